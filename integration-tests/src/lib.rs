@@ -1,0 +1,1 @@
+//! Sandbox, process and load helpers for the integration tests and the benchmark.

@@ -1,0 +1,387 @@
+//! Every type that crosses a process boundary in reloadsup, and the framing that carries it.
+//!
+//! This crate owns the wire format and nothing else: no I/O, no `unsafe`. Messages are encoded
+//! with postcard, which numbers enum variants by position, so every enum here is append-only:
+//! add new variants at the end, never reorder or remove one, and never change a field's type.
+//!
+//! A frame is a 4-byte little-endian length followed by that many bytes of postcard. A frame
+//! longer than [`MAX_FRAME`] is refused before anything is allocated for it. Decoding never
+//! panics: truncated, oversized and random input all come back as [`Error`].
+//!
+//! Every connection opens with [`Message::Hello`] from both sides; a peer whose
+//! [`PROTOCOL_VERSION`] differs is refused with [`Error::VersionMismatch`].
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Bumped on any change that is not an append.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame body either side accepts: a status of a few thousand workers fits easily.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Bytes of the length prefix in front of every frame.
+pub const HEADER_LEN: usize = 4;
+
+/// What can go wrong on the wire. Messages are lowercase and carry their context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The length prefix announces more than [`MAX_FRAME`] bytes.
+    FrameTooLarge { len: usize },
+    /// The body is not a valid postcard encoding of the expected type.
+    Malformed(String),
+    /// The peer speaks another protocol version.
+    VersionMismatch { ours: u32, theirs: u32 },
+    /// The peer sent something other than the message the exchange expects.
+    Unexpected(&'static str),
+    /// A message said it carries `expected` fds and `received` arrived.
+    FdCount { expected: usize, received: usize },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::FrameTooLarge { len } => {
+                write!(f, "frame of {len} bytes exceeds the limit of {MAX_FRAME} bytes")
+            }
+            Error::Malformed(why) => write!(f, "malformed message: {why}"),
+            Error::VersionMismatch { ours, theirs } => write!(
+                f,
+                "protocol version mismatch: this side speaks version {ours}, the peer version {theirs}"
+            ),
+            Error::Unexpected(what) => write!(f, "unexpected message: expected {what}"),
+            Error::FdCount { expected, received } => {
+                write!(f, "expected {expected} file descriptors, received {received}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Encodes `msg` as one frame: length prefix and postcard body.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, Error> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out = postcard::to_extend(msg, out).map_err(|e| Error::Malformed(e.to_string()))?;
+    let len = out.len() - HEADER_LEN;
+    if len > MAX_FRAME {
+        return Err(Error::FrameTooLarge { len });
+    }
+    out[..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(out)
+}
+
+/// Encodes `msg` as a bare postcard body, for transports that keep message boundaries
+/// (SOCK_SEQPACKET).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, Error> {
+    let out = postcard::to_stdvec(msg).map_err(|e| Error::Malformed(e.to_string()))?;
+    if out.len() > MAX_FRAME {
+        return Err(Error::FrameTooLarge { len: out.len() });
+    }
+    Ok(out)
+}
+
+/// Decodes one bare postcard body; trailing bytes are an error.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
+    if bytes.len() > MAX_FRAME {
+        return Err(Error::FrameTooLarge { len: bytes.len() });
+    }
+    let (msg, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| Error::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(Error::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(msg)
+}
+
+/// Accumulates bytes from a stream and yields whole frames.
+///
+/// Feed it whatever `read` returned; call [`FrameReader::next_frame`] until it returns
+/// `Ok(None)`. Memory use is bounded by [`MAX_FRAME`] plus one read's worth of bytes.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends bytes read from the peer.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held that do not yet form a whole frame.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next whole frame decoded as `T`, `Ok(None)` when more bytes are needed.
+    ///
+    /// After an error the stream is out of step and the connection should be closed.
+    pub fn next_frame<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, Error> {
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&self.buf[..HEADER_LEN]);
+        let len = u32::from_le_bytes(header) as usize;
+        if len > MAX_FRAME {
+            return Err(Error::FrameTooLarge { len });
+        }
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let result = decode(&self.buf[HEADER_LEN..HEADER_LEN + len]);
+        self.buf.drain(..HEADER_LEN + len);
+        result.map(Some)
+    }
+}
+
+/// Checks a received hello against our version.
+pub fn check_hello(msg: &Message) -> Result<(), Error> {
+    match msg {
+        Message::Hello { version } if *version == PROTOCOL_VERSION => Ok(()),
+        Message::Hello { version } => Err(Error::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: *version,
+        }),
+        _ => Err(Error::Unexpected("hello")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control connections: `reloadsup ctl`, the shell worker, and the primary.
+// ---------------------------------------------------------------------------------------------
+
+/// Every frame on a control connection (control socket or shell link), in either direction.
+///
+/// A client sends `Hello`, then any number of `Request`s, each with an id of its choosing. The
+/// primary answers `Hello`, then for each request zero or more `Progress` frames and exactly one
+/// final `Reply` with the same id. Requests may be in flight concurrently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    Hello { version: u32 },
+    Request { id: u32, request: Request },
+    Progress { id: u32, progress: Progress },
+    Reply { id: u32, reply: Reply },
+}
+
+impl Message {
+    pub fn hello() -> Self {
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+/// What a client can ask the primary to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The whole state: listeners, generations, workers.
+    Status,
+    /// Start a new generation; the reply comes when it took over or was rolled back.
+    Reload,
+    /// Set the number of workers per generation.
+    Scale { workers: u32 },
+    /// Add this many workers.
+    Add { workers: u32 },
+    /// Remove this many workers (never below zero).
+    Remove { workers: u32 },
+    /// Restart every dead slot.
+    Revive,
+    /// Reload every worker and replace the shell worker.
+    Restart,
+    /// Graceful shutdown; the reply comes when every worker is gone.
+    Stop,
+}
+
+/// Intermediate news about a request in flight (a reload, a stop).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Progress {
+    /// A new generation started with this many workers.
+    GenerationStarted { generation: u64, workers: u32 },
+    /// A worker of the new generation was spawned.
+    WorkerSpawned { generation: u64, slot: u32, pid: u32 },
+    /// A worker of the new generation is ready.
+    WorkerReady { generation: u64, slot: u32, pid: u32 },
+    /// The request was coalesced with one already in flight and waits for its turn.
+    Queued,
+    /// The old generation was sent the stop signal.
+    Draining { generation: u64, workers: u32 },
+    /// Free text (shutdown progress and the like).
+    Text(String),
+}
+
+/// The final answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Status(Status),
+    Reload(ReloadOutcome),
+    /// Done; the text says what happened.
+    Done(String),
+    /// Refused or failed; the text says why.
+    Error(String),
+}
+
+/// Whether a reload took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The new generation is serving.
+    Succeeded,
+    /// The new generation failed and was killed; the old one is still serving.
+    RolledBack,
+    /// The reload was abandoned because the primary is shutting down.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::RolledBack => "rolled back",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    pub generation: u64,
+    pub outcome: Outcome,
+    /// Empty on success; otherwise why the generation failed.
+    pub reason: String,
+}
+
+/// A worker's phase as shown to users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerState {
+    Starting,
+    Ready,
+    Draining,
+    /// Waiting for its back-off to pass before it is restarted.
+    Backoff,
+    /// Crashed too often; not restarted until revived.
+    Dead,
+    /// Exited and not restarted because of `--restart never`.
+    Stopped,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Draining => "draining",
+            WorkerState::Backoff => "backoff",
+            WorkerState::Dead => "dead",
+            WorkerState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    pub name: String,
+    /// The bound address, `tcp://127.0.0.1:41234` or `unix:/path`; port 0 is resolved.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub slot: u32,
+    /// 0 when no process runs in the slot (back-off, dead, stopped).
+    pub pid: u32,
+    pub generation: u64,
+    pub state: WorkerState,
+    pub restarts: u32,
+    pub uptime_ms: u64,
+    /// The last `STATUS=` text the worker sent, or why the slot is down.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub name: String,
+    /// The generation serving now.
+    pub generation: u64,
+    pub target_workers: u32,
+    /// Workers of the serving generation that are running (starting or ready).
+    pub current_workers: u32,
+    pub dead_workers: u32,
+    pub listeners: Vec<ListenerInfo>,
+    pub workers: Vec<WorkerInfo>,
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hand-off from the primary to a freshly exec'd role process.
+// ---------------------------------------------------------------------------------------------
+
+/// The first and only message on a worker's hand-off socket (SOCK_SEQPACKET, bare postcard).
+/// It arrives together with `fd_count` listener fds in SCM_RIGHTS messages, in `--listen`
+/// order; more than one control message may carry them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    pub version: u32,
+    /// The primary's pid: the role process exits at once if its parent is another process.
+    pub primary_pid: u32,
+    pub generation: u64,
+    pub slot: u32,
+    /// argv of the command, templates already substituted; argv[0] is looked up in PATH.
+    pub argv: Vec<Vec<u8>>,
+    /// Added to (or replacing in) the inherited environment.
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// One name per listener, for `LISTEN_FDNAMES`.
+    pub listener_names: Vec<String>,
+    /// How many listener fds follow.
+    pub fd_count: u32,
+    /// Path of the primary's notify socket, when readiness is `notify`.
+    pub notify_socket: Option<Vec<u8>>,
+    /// Switch to this uid/gid before exec.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Also export `EINHORN_FD_COUNT` and `EINHORN_FD_n`.
+    pub einhorn_env: bool,
+}
+
+/// Sent on a hand-off socket in front of the fd batches when there are more listeners than
+/// fit in one SCM_RIGHTS message: each batch is a `FdBatch` frame carrying `count` fds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdBatch {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// Everything the shell worker needs, sent once over its link with the admin listener fd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellSpec {
+    pub version: u32,
+    pub primary_pid: u32,
+    pub name: String,
+    /// PEM certificate chain and key for the console.
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// `pbkdf2-sha256$ITERATIONS$SALT$HASH`, salt and hash in hex.
+    pub password_hash: String,
+    /// Path of the control socket, exported to custom commands as `RELOADSUP_CONTROL`.
+    pub control_path: Vec<u8>,
+    pub commands: Vec<CustomCommand>,
+    /// How many fds follow (the admin listener: 1).
+    pub fd_count: u32,
+}
+
+/// A `[commands.NAME]` entry of the config: an external program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomCommand {
+    pub name: String,
+    pub run: Vec<String>,
+    pub help: String,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,2 @@
+//! reloadsup: a zero-downtime reload supervisor.
+#![deny(unsafe_code)]
