@@ -1,2 +1,68 @@
 //! reloadsup: a zero-downtime reload supervisor.
+//!
+//! The binary is thin: [`main`] parses the command line, picks the role, and maps errors to
+//! exit codes. See `ARCHITECTURE.md` for the codemap.
 #![deny(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod primary;
+pub mod roles;
+pub mod sys;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Runs reloadsup with the process's arguments: the run mode, a client, or a hidden role.
+pub fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let code = match args.get(1).and_then(|a| a.to_str()) {
+        Some("__worker") => roles::worker::run(),
+        Some("ctl") => client::ctl::main(args[1..].to_vec()),
+        _ => run_primary(args),
+    };
+    ExitCode::from(code)
+}
+
+fn init_logging() {
+    use std::io::Write;
+    let pid = std::process::id();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(move |buf, record| {
+            writeln!(
+                buf,
+                "{} {:<5} reloadsup[{pid}] {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.args()
+            )
+        })
+        .init();
+}
+
+fn run_primary(args: Vec<OsString>) -> u8 {
+    let parsed = match config::RunArgs::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let config = match config::Config::from_args(parsed) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("reloadsup: {e}");
+            return 2;
+        }
+    };
+    init_logging();
+    match primary::run(config) {
+        Ok(code) => code,
+        Err(fatal) => {
+            log::error!("{}", fatal.message);
+            fatal.code
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! `reloadsup ctl`: steers a running primary over its control socket.
+//!
+//! One connection per invocation: hello, one request, progress lines, one reply. Exit codes:
+//! 0 done, 1 the request failed (a reload rolled back, an error reply, no instance), 2 bad usage.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use reloadsup_protocol::{
+    self as proto, FrameReader, Message, Outcome, Progress, Reply, Request, Status,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "reloadsup ctl",
+    about = "Steer a running reloadsup over its control socket"
+)]
+pub struct CtlArgs {
+    /// Instance name (as given to --name; default state dir).
+    #[arg(long, value_name = "NAME", conflicts_with = "control")]
+    pub name: Option<String>,
+    /// Path of the control socket (STATE_DIR/control.sock).
+    #[arg(long, value_name = "PATH", env = "RELOADSUP_CONTROL")]
+    pub control: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Show listeners, generations and workers.
+    Status {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new generation; exit 1 if it was rolled back.
+    Reload,
+    /// Set the number of workers.
+    Scale { workers: u32 },
+    /// One worker more.
+    Inc,
+    /// One worker fewer.
+    Dec,
+    /// Restart dead workers.
+    Revive,
+    /// Reload every worker and replace the shell worker.
+    Restart,
+    /// Graceful shutdown; returns when the primary is gone.
+    Stop,
+}
+
+/// A blocking connection to a primary's control socket.
+pub struct Client {
+    stream: UnixStream,
+    reader: FrameReader,
+    next_id: u32,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Client, String> {
+        let stream = UnixStream::connect(path).map_err(|e| {
+            format!(
+                "no reloadsup instance answers at {} ({}); name another with --name NAME or --control PATH",
+                path.display(),
+                crate::config::lower(&e)
+            )
+        })?;
+        let mut client = Client {
+            stream,
+            reader: FrameReader::new(),
+            next_id: 1,
+        };
+        client.send(&Message::hello())?;
+        let hello = client.recv()?;
+        proto::check_hello(&hello).map_err(|e| e.to_string())?;
+        Ok(client)
+    }
+
+    fn send(&mut self, msg: &Message) -> Result<(), String> {
+        let frame = proto::encode_frame(msg).map_err(|e| e.to_string())?;
+        self.stream.write_all(&frame).map_err(|e| {
+            format!(
+                "unable to send to the primary: {}",
+                crate::config::lower(&e)
+            )
+        })
+    }
+
+    fn recv(&mut self) -> Result<Message, String> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if let Some(msg) = self
+                .reader
+                .next_frame::<Message>()
+                .map_err(|e| e.to_string())?
+            {
+                return Ok(msg);
+            }
+            let n = self
+                .stream
+                .read(&mut buf)
+                .map_err(|e| format!("lost the primary: {}", crate::config::lower(&e)))?;
+            if n == 0 {
+                return Err("the primary closed the connection".into());
+            }
+            self.reader.push(&buf[..n]);
+        }
+    }
+
+    /// Sends a request and waits for its reply, passing progress to `on_progress`.
+    pub fn request(
+        &mut self,
+        request: Request,
+        mut on_progress: impl FnMut(&Progress),
+    ) -> Result<Reply, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&Message::Request { id, request })?;
+        loop {
+            match self.recv()? {
+                Message::Progress { id: pid, progress } if pid == id => on_progress(&progress),
+                Message::Reply { id: rid, reply } if rid == id => return Ok(reply),
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits until the primary closes the connection (it exits), at most `timeout`.
+    pub fn wait_closed(&mut self, timeout: Duration) {
+        let _ = self.stream.set_read_timeout(Some(timeout));
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = self.stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// The control socket for `--name`, `--control` or the default instance.
+pub fn control_path(name: Option<&str>, control: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(c) = control {
+        return Ok(c.to_path_buf());
+    }
+    if let Some(n) = name {
+        return Ok(crate::config::default_state_dir(n).join("control.sock"));
+    }
+    // No name: the only instance in the default place, if there is exactly one.
+    let base = crate::config::default_state_dir("x");
+    let base = base.parent().map(Path::to_path_buf).unwrap_or_default();
+    let found: Vec<PathBuf> = std::fs::read_dir(&base)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("control.sock"))
+                .filter(|p| p.exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    match found.len() {
+        1 => Ok(found[0].clone()),
+        0 => Err(format!(
+            "no reloadsup instance found under {}; name one with --name NAME or --control PATH",
+            base.display()
+        )),
+        _ => Err(format!(
+            "several instances run under {}: name one with --name NAME or --control PATH ({})",
+            base.display(),
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+pub fn main(args: Vec<std::ffi::OsString>) -> u8 {
+    let args = match CtlArgs::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("reloadsup ctl: {e}");
+            1
+        }
+    }
+}
+
+fn run(args: CtlArgs) -> Result<u8, String> {
+    let path = control_path(args.name.as_deref(), args.control.as_deref())?;
+    let mut client = Client::connect(&path)?;
+    let request = match &args.command {
+        CtlCommand::Status { .. } => Request::Status,
+        CtlCommand::Reload => Request::Reload,
+        CtlCommand::Scale { workers } => Request::Scale { workers: *workers },
+        CtlCommand::Inc => Request::Add { workers: 1 },
+        CtlCommand::Dec => Request::Remove { workers: 1 },
+        CtlCommand::Revive => Request::Revive,
+        CtlCommand::Restart => Request::Restart,
+        CtlCommand::Stop => Request::Stop,
+    };
+    let reply = client.request(request, |p| println!("{}", progress_line(p)))?;
+    match (&args.command, reply) {
+        (CtlCommand::Status { json }, Reply::Status(status)) => {
+            if *json {
+                println!("{}", status_json(&status));
+            } else {
+                print!("{}", status_table(&status));
+            }
+            Ok(0)
+        }
+        (_, Reply::Reload(outcome)) => match outcome.outcome {
+            Outcome::Succeeded => {
+                println!("generation {} is serving", outcome.generation);
+                Ok(0)
+            }
+            _ => {
+                println!(
+                    "reload to generation {} {}: {}",
+                    outcome.generation,
+                    outcome.outcome.as_str(),
+                    outcome.reason
+                );
+                Ok(1)
+            }
+        },
+        (CtlCommand::Stop, Reply::Done(text)) => {
+            client.wait_closed(Duration::from_secs(10));
+            println!("{text}");
+            Ok(0)
+        }
+        (_, Reply::Done(text)) => {
+            println!("{text}");
+            Ok(0)
+        }
+        (_, Reply::Error(text)) => Err(text),
+        (_, other) => Err(format!("unexpected reply: {other:?}")),
+    }
+}
+
+pub fn progress_line(p: &Progress) -> String {
+    match p {
+        Progress::GenerationStarted {
+            generation,
+            workers,
+        } => format!("starting generation {generation} with {workers} workers"),
+        Progress::WorkerSpawned {
+            generation,
+            slot,
+            pid,
+        } => format!("  worker {slot} of generation {generation}: spawned as pid {pid}"),
+        Progress::WorkerReady {
+            generation,
+            slot,
+            pid,
+        } => format!("  worker {slot} of generation {generation} (pid {pid}): ready"),
+        Progress::Queued => "a reload is in progress; this one follows it".to_string(),
+        Progress::Draining {
+            generation,
+            workers,
+        } => format!("draining {workers} workers of generation {generation}"),
+        Progress::Text(t) => t.clone(),
+    }
+}
+
+/// The JSON object of DESIGN.md section 6.
+pub fn status_json(s: &Status) -> serde_json::Value {
+    serde_json::json!({
+        "pid": s.pid,
+        "name": s.name,
+        "generation": s.generation,
+        "target_workers": s.target_workers,
+        "current_workers": s.current_workers,
+        "dead_workers": s.dead_workers,
+        "listeners": s.listeners.iter().map(|l| serde_json::json!({"name": l.name, "address": l.address})).collect::<Vec<_>>(),
+        "workers": s.workers.iter().map(|w| serde_json::json!({
+            "slot": w.slot,
+            "pid": w.pid,
+            "generation": w.generation,
+            "state": w.state.as_str(),
+            "restarts": w.restarts,
+            "uptime_s": w.uptime_ms as f64 / 1000.0,
+            "status": w.status,
+        })).collect::<Vec<_>>(),
+        "last_reload": s.last_reload.as_ref().map(|r| serde_json::json!({
+            "generation": r.generation,
+            "outcome": r.outcome.as_str(),
+            "reason": r.reason,
+        })),
+    })
+}
+
+/// The readable form of `status`.
+pub fn status_table(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "instance:   {} (pid {})", s.name, s.pid);
+    let _ = writeln!(out, "generation: {}", s.generation);
+    let _ = writeln!(
+        out,
+        "workers:    {} current, {} target, {} dead",
+        s.current_workers, s.target_workers, s.dead_workers
+    );
+    for l in &s.listeners {
+        let _ = writeln!(out, "listener:   {} {}", l.name, l.address);
+    }
+    if let Some(r) = &s.last_reload {
+        let reason = if r.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", r.reason)
+        };
+        let _ = writeln!(
+            out,
+            "last reload: generation {} {}{reason}",
+            r.generation,
+            r.outcome.as_str()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:>4}  {:>8}  {:>4}  {:<9} {:>8}  {:>9}  STATUS",
+        "SLOT", "PID", "GEN", "STATE", "RESTARTS", "UPTIME"
+    );
+    for w in &s.workers {
+        let pid = if w.pid == 0 {
+            "-".to_string()
+        } else {
+            w.pid.to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{:>4}  {:>8}  {:>4}  {:<9} {:>8}  {:>9}  {}",
+            w.slot,
+            pid,
+            w.generation,
+            w.state.as_str(),
+            w.restarts,
+            uptime(w.uptime_ms),
+            w.status
+        );
+    }
+    out
+}
+
+fn uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{}.{}s", s, (ms % 1000) / 100),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}

@@ -1,0 +1,4 @@
+//! Clients of a running primary: `reloadsup ctl` over the local control socket, and
+//! `reloadsup console` over TLS.
+
+pub mod ctl;

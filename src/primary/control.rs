@@ -1,0 +1,320 @@
+//! The control socket's connections, served by the primary's loop without ever blocking it.
+//!
+//! Each connection reads postcard frames into a bounded buffer and writes replies from a
+//! bounded queue. A peer of another uid (not root) is refused at accept; a malformed frame, a
+//! wrong protocol version or a peer that lets its replies pile up closes only that connection.
+//! A slow or silent client costs one slot and nothing else: nothing here waits on a peer.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+use mio::net::{UnixListener, UnixStream};
+use mio::{Interest, Poll, Token};
+use reloadsup_protocol::{self as proto, FrameReader, Message, Progress, Reply, Request};
+
+use super::state::Requester;
+use super::FIRST_CONN;
+use crate::config::lower;
+
+/// At most this many control connections; the oldest idle one gives way to a new one.
+const MAX_CONNS: usize = 512;
+/// A peer that does not read its replies is dropped past this much queued output.
+const MAX_QUEUED: usize = 8 << 20;
+/// Requests a connection may have in flight at once.
+const MAX_INFLIGHT: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConnId(pub usize);
+
+/// Who is waiting, as the state machine sees it: the connection in the high bits, the
+/// request id in the low 32.
+pub fn requester(conn: ConnId, id: u32) -> Requester {
+    ((conn.0 as u64) << 32) | id as u64
+}
+
+fn split(who: Requester) -> (ConnId, u32) {
+    (ConnId((who >> 32) as usize), who as u32)
+}
+
+struct Conn {
+    stream: UnixStream,
+    reader: FrameReader,
+    out: Vec<u8>,
+    greeted: bool,
+    inflight: usize,
+    writable: bool,
+    /// Accept order, to find the oldest idle connection.
+    serial: u64,
+}
+
+pub struct Connections {
+    listener: UnixListener,
+    conns: BTreeMap<ConnId, Conn>,
+    next: usize,
+    serial: u64,
+    uid: u32,
+}
+
+impl Connections {
+    pub fn new(listener: UnixListener) -> Connections {
+        Connections {
+            listener,
+            conns: BTreeMap::new(),
+            next: FIRST_CONN,
+            serial: 0,
+            uid: nix::unistd::geteuid().as_raw(),
+        }
+    }
+
+    /// Registers a connection that did not come through the control socket (the shell link).
+    pub fn adopt(&mut self, poll: &Poll, stream: UnixStream) -> io::Result<ConnId> {
+        self.insert(poll, stream)
+    }
+
+    fn insert(&mut self, poll: &Poll, mut stream: UnixStream) -> io::Result<ConnId> {
+        // Tokens are never reused while the process lives, so a late reply to a connection
+        // that closed can never reach a new one.
+        let id = ConnId(self.next);
+        self.next += 1;
+        poll.registry()
+            .register(&mut stream, Token(id.0), Interest::READABLE)?;
+        self.serial += 1;
+        let mut conn = Conn {
+            stream,
+            reader: FrameReader::new(),
+            out: Vec::new(),
+            greeted: false,
+            inflight: 0,
+            writable: false,
+            serial: self.serial,
+        };
+        if let Ok(hello) = proto::encode_frame(&Message::hello()) {
+            conn.out.extend_from_slice(&hello);
+        }
+        self.conns.insert(id, conn);
+        self.flush(poll, id);
+        Ok(id)
+    }
+
+    pub fn accept(&mut self, poll: &Poll) {
+        // A bounded batch per wake-up keeps a connection storm from starving the loop.
+        for _ in 0..64 {
+            let (stream, _) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("control socket: accept failed: {}", lower(&e));
+                    return;
+                }
+            };
+            match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            {
+                Ok(cred) if cred.uid() == self.uid || cred.uid() == 0 => {}
+                Ok(cred) => {
+                    log::warn!(
+                        "control socket: refused a peer of uid {} (pid {})",
+                        cred.uid(),
+                        cred.pid()
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("control socket: unable to read peer credentials: {e}");
+                    continue;
+                }
+            }
+            if self.conns.len() >= MAX_CONNS {
+                let oldest_idle = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.inflight == 0)
+                    .min_by_key(|(_, c)| c.serial)
+                    .map(|(id, _)| *id);
+                match oldest_idle {
+                    Some(id) => self.close(
+                        poll,
+                        id,
+                        "too many control connections; dropped the oldest idle one",
+                    ),
+                    None => {
+                        log::warn!("control socket: too many busy connections; refused one");
+                        continue;
+                    }
+                }
+            }
+            if let Err(e) = self.insert(poll, stream) {
+                log::warn!(
+                    "control socket: unable to register a connection: {}",
+                    lower(&e)
+                );
+            }
+        }
+    }
+
+    /// Handles readiness of one connection; returns the requests it completed.
+    pub fn on_ready(
+        &mut self,
+        poll: &Poll,
+        id: ConnId,
+        readable: bool,
+        writable: bool,
+    ) -> Vec<(Requester, Request)> {
+        let mut requests = Vec::new();
+        if writable {
+            self.flush(poll, id);
+        }
+        if !readable {
+            return requests;
+        }
+        let mut closed = None;
+        if let Some(conn) = self.conns.get_mut(&id) {
+            let mut buf = [0u8; 16 * 1024];
+            // Read until WouldBlock (mio is edge-triggered), but bounded per wake-up.
+            for _ in 0..64 {
+                match conn.stream.read(&mut buf) {
+                    Ok(0) => {
+                        closed = Some("closed by peer".to_string());
+                        break;
+                    }
+                    Ok(n) => conn.reader.push(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        closed = Some(lower(&e));
+                        break;
+                    }
+                }
+                if conn.reader.pending() > proto::MAX_FRAME + proto::HEADER_LEN + buf.len() {
+                    break;
+                }
+            }
+            loop {
+                match conn.reader.next_frame::<Message>() {
+                    Ok(None) => break,
+                    Ok(Some(msg)) if !conn.greeted => match proto::check_hello(&msg) {
+                        Ok(()) => conn.greeted = true,
+                        Err(e) => {
+                            closed = Some(e.to_string());
+                            break;
+                        }
+                    },
+                    Ok(Some(Message::Request { id: rid, request })) => {
+                        if conn.inflight >= MAX_INFLIGHT {
+                            closed = Some("too many requests in flight".into());
+                            break;
+                        }
+                        conn.inflight += 1;
+                        requests.push((requester(id, rid), request));
+                    }
+                    Ok(Some(_)) => {
+                        closed = Some("unexpected message: expected a request".into());
+                        break;
+                    }
+                    Err(e) => {
+                        closed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(why) = closed {
+            // Requests completed before the bad frame still run; their replies go nowhere.
+            self.close(poll, id, &why);
+        }
+        requests
+    }
+
+    pub fn send_progress(&mut self, poll: &Poll, who: Requester, progress: Progress) {
+        let (conn, id) = split(who);
+        self.send(poll, conn, &Message::Progress { id, progress }, false);
+    }
+
+    pub fn send_reply(&mut self, poll: &Poll, who: Requester, reply: Reply) {
+        let (conn, id) = split(who);
+        self.send(poll, conn, &Message::Reply { id, reply }, true);
+    }
+
+    fn send(&mut self, poll: &Poll, id: ConnId, msg: &Message, last: bool) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if last {
+            conn.inflight = conn.inflight.saturating_sub(1);
+        }
+        match proto::encode_frame(msg) {
+            Ok(frame) => conn.out.extend_from_slice(&frame),
+            Err(e) => {
+                log::error!("unable to encode a reply: {e}");
+                return;
+            }
+        }
+        if conn.out.len() > MAX_QUEUED {
+            self.close(poll, id, "the peer does not read its replies");
+            return;
+        }
+        self.flush(poll, id);
+    }
+
+    fn flush(&mut self, poll: &Poll, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let mut error = None;
+        while !conn.out.is_empty() {
+            match conn.stream.write(&conn.out) {
+                Ok(0) => {
+                    error = Some("write returned 0".to_string());
+                    break;
+                }
+                Ok(n) => {
+                    conn.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error = Some(lower(&e));
+                    break;
+                }
+            }
+        }
+        if let Some(why) = error {
+            self.close(poll, id, &why);
+            return;
+        }
+        let want_write = !conn.out.is_empty();
+        if want_write != conn.writable {
+            let interest = if want_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if poll
+                .registry()
+                .reregister(&mut conn.stream, Token(id.0), interest)
+                .is_ok()
+            {
+                conn.writable = want_write;
+            }
+        }
+    }
+
+    /// Best effort before exit: whatever fits in the socket buffers goes out.
+    pub fn flush_all(&mut self) {
+        for conn in self.conns.values_mut() {
+            let _ = conn.stream.write(&conn.out);
+        }
+    }
+
+    pub fn close(&mut self, poll: &Poll, id: ConnId, why: &str) {
+        if let Some(mut conn) = self.conns.remove(&id) {
+            if why != "closed by peer" {
+                log::debug!("control connection {} closed: {why}", id.0);
+            }
+            let _ = poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    pub fn contains(&self, id: ConnId) -> bool {
+        self.conns.contains_key(&id)
+    }
+}

@@ -1,0 +1,134 @@
+//! Binding the listening sockets. The primary binds them once, at start, and holds them for
+//! its whole life: it never accepts on them, never closes, re-binds or shuts them down.
+//! Workers get duplicates through SCM_RIGHTS.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6,
+    SockaddrStorage, UnixAddr,
+};
+
+use crate::config::{lower, Address, ListenerSpec};
+
+/// A bound, listening socket and what it is bound to.
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    /// As configured.
+    pub address: Address,
+    /// As bound: port 0 resolved to the real port.
+    pub bound: String,
+    pub fd: OwnedFd,
+}
+
+/// Why a listener could not be bound. Exit code 2: the user asked for something impossible.
+#[derive(Debug)]
+pub struct BindError(pub String);
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn nixerr(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+pub fn bind_all(specs: &[ListenerSpec], backlog: i32) -> Result<Vec<Listener>, BindError> {
+    specs
+        .iter()
+        .map(|spec| {
+            bind(spec, backlog).map_err(|e| {
+                BindError(format!(
+                    "--listen {}: unable to bind {}: {}",
+                    spec.name,
+                    spec.address,
+                    lower(&e)
+                ))
+            })
+        })
+        .collect()
+}
+
+fn bind(spec: &ListenerSpec, backlog: i32) -> io::Result<Listener> {
+    let backlog = Backlog::new(backlog).unwrap_or(Backlog::MAXCONN);
+    let fd = match &spec.address {
+        Address::Tcp(addr) => {
+            let family = if addr.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+                .map_err(nixerr)?;
+            socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(nixerr)?;
+            if addr.is_ipv6() {
+                // `[::]` means IPv6 only; bind 0.0.0.0 separately for IPv4.
+                socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(nixerr)?;
+            }
+            match addr {
+                std::net::SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(*a)),
+                std::net::SocketAddr::V6(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(*a)),
+            }
+            .map_err(nixerr)?;
+            fd
+        }
+        Address::Unix(path) => {
+            remove_stale_unix_socket(path)?;
+            let fd = socket::socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .map_err(nixerr)?;
+            let addr = UnixAddr::new(path.as_path()).map_err(nixerr)?;
+            socket::bind(fd.as_raw_fd(), &addr).map_err(nixerr)?;
+            fd
+        }
+    };
+    socket::listen(&fd, backlog).map_err(nixerr)?;
+    let bound = bound_address(&fd, &spec.address);
+    Ok(Listener {
+        name: spec.name.clone(),
+        address: spec.address.clone(),
+        bound,
+        fd,
+    })
+}
+
+/// A socket file left behind by a previous run is removed; a live one is "address in use".
+fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket",
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::from(io::ErrorKind::AddrInUse)),
+        Err(_) => std::fs::remove_file(path),
+    }
+}
+
+fn bound_address(fd: &OwnedFd, configured: &Address) -> String {
+    if let Address::Tcp(_) = configured {
+        if let Ok(addr) = socket::getsockname::<SockaddrStorage>(fd.as_fd().as_raw_fd()) {
+            if let Some(v4) = addr.as_sockaddr_in() {
+                return format!("tcp://{}", std::net::SocketAddrV4::from(*v4));
+            }
+            if let Some(v6) = addr.as_sockaddr_in6() {
+                return format!("tcp://{}", std::net::SocketAddrV6::from(*v6));
+            }
+        }
+    }
+    configured.to_string()
+}

@@ -1,0 +1,610 @@
+//! The primary: one synchronous mio event loop that holds the listening sockets for its whole
+//! life and runs generations of workers.
+//!
+//! It owns the poll, the signal pipe, the notify socket, the control socket and its
+//! connections, and the pure [`state::State`]. Raw readiness becomes an [`Input`], the state
+//! machine answers with [`state::Action`]s, and this module carries them out. It must never
+//! block and never panic on input: every peer (worker, `ctl` client, shell worker) is treated as
+//! hostile, every error from one is logged and contained. When idle it sleeps in `poll` with no
+//! timeout: the only timer is the earliest deadline in the state.
+
+pub mod control;
+pub mod listeners;
+pub mod state;
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mio::net::{UnixDatagram, UnixListener};
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::Signal;
+use reloadsup_protocol::{self as proto, Reply, Request, WorkerSpec, PROTOCOL_VERSION};
+use signal_hook::consts::signal::*;
+use signal_hook_mio::v1_0::Signals;
+
+use crate::config::{lower, Config, ReadyMode};
+use crate::sys;
+use control::{ConnId, Connections};
+use listeners::Listener;
+use state::{Action, Event, Exit, Requester, Settings, State};
+
+const SIGNALS: Token = Token(0);
+const NOTIFY: Token = Token(1);
+const CONTROL: Token = Token(2);
+/// Control connections take tokens from here up.
+pub(crate) const FIRST_CONN: usize = 16;
+
+/// Requests that come from signals rather than a connection.
+pub(crate) const FROM_SIGNAL: Requester = 0;
+
+/// A fatal error at start: the message is for the user; the code is the exit status.
+#[derive(Debug)]
+pub struct Fatal {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Fatal {
+    fn usage(message: impl Into<String>) -> Fatal {
+        Fatal {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    fn other(message: impl Into<String>) -> Fatal {
+        Fatal {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+pub struct Primary {
+    config: Config,
+    poll: Poll,
+    signals: Signals,
+    listeners: Vec<Listener>,
+    notify: Option<UnixDatagram>,
+    notify_path: Option<PathBuf>,
+    control_path: PathBuf,
+    conns: Connections,
+    state: State,
+    argv: Vec<OsString>,
+    env: Vec<(Vec<u8>, Vec<u8>)>,
+    pid: u32,
+    /// Whoever asked for a restart gets its reply when the reload is done.
+    restarting: Vec<Requester>,
+}
+
+/// Runs the primary until it is asked to stop. Returns the exit code.
+pub fn run(config: Config) -> Result<u8, Fatal> {
+    let mut primary = Primary::start(config)?;
+    primary.main_loop()
+}
+
+impl Primary {
+    fn start(config: Config) -> Result<Primary, Fatal> {
+        sys::ensure_std_fds()
+            .map_err(|e| Fatal::other(format!("unable to open /dev/null: {}", lower(&e))))?;
+        let pid = std::process::id();
+        prepare_state_dir(&config.state_dir, &config.name)?;
+
+        let listeners = listeners::bind_all(&config.listeners, config.backlog)
+            .map_err(|e| Fatal::usage(e.0))?;
+        for l in &listeners {
+            log::info!("listener {} bound to {}", l.name, l.bound);
+        }
+
+        let poll = Poll::new()
+            .map_err(|e| Fatal::other(format!("unable to create the poll: {}", lower(&e))))?;
+        let mut signals = Signals::new([
+            SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2,
+        ])
+        .map_err(|e| Fatal::other(format!("unable to install signal handlers: {}", lower(&e))))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| Fatal::other(format!("unable to poll signals: {}", lower(&e))))?;
+
+        let (notify, notify_path) = if config.ready == ReadyMode::Notify {
+            let path = config.state_dir.join("notify.sock");
+            let _ = std::fs::remove_file(&path);
+            let mut sock = UnixDatagram::bind(&path).map_err(|e| {
+                Fatal::other(format!(
+                    "unable to bind the notify socket {}: {}",
+                    path.display(),
+                    lower(&e)
+                ))
+            })?;
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)
+                .map_err(|e| {
+                    Fatal::other(format!(
+                        "unable to enable SO_PASSCRED on the notify socket: {e}"
+                    ))
+                })?;
+            // Workers may run as another user (--user): they must be able to write to it.
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
+            poll.registry()
+                .register(&mut sock, NOTIFY, Interest::READABLE)
+                .map_err(|e| {
+                    Fatal::other(format!("unable to poll the notify socket: {}", lower(&e)))
+                })?;
+            (Some(sock), Some(path))
+        } else {
+            (None, None)
+        };
+
+        let control_path = config.state_dir.join("control.sock");
+        let _ = std::fs::remove_file(&control_path);
+        let mut control = UnixListener::bind(&control_path).map_err(|e| {
+            Fatal::other(format!(
+                "unable to bind the control socket {}: {}",
+                control_path.display(),
+                lower(&e)
+            ))
+        })?;
+        poll.registry()
+            .register(&mut control, CONTROL, Interest::READABLE)
+            .map_err(|e| {
+                Fatal::other(format!("unable to poll the control socket: {}", lower(&e)))
+            })?;
+
+        if let Some(pidfile) = &config.pidfile {
+            std::fs::write(pidfile, format!("{pid}\n")).map_err(|e| {
+                Fatal::usage(format!(
+                    "--pidfile: unable to write {}: {}",
+                    pidfile.display(),
+                    lower(&e)
+                ))
+            })?;
+        }
+
+        let settings = Settings {
+            ready: config.ready,
+            ready_timeout: config.ready_timeout,
+            graceful_timeout: config.graceful_timeout,
+            restart: config.restart,
+            stop_signal: config.stop_signal as i32,
+        };
+        let state = State::new(settings, config.workers);
+        let argv = config.argv();
+        let env = config
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        log::info!(
+            "reloadsup {} (pid {pid}) supervising '{}' as '{}'; control socket {}",
+            env!("CARGO_PKG_VERSION"),
+            argv.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
+            config.name,
+            control_path.display()
+        );
+        Ok(Primary {
+            conns: Connections::new(control),
+            config,
+            poll,
+            signals,
+            listeners,
+            notify,
+            notify_path,
+            control_path,
+            state,
+            argv,
+            env,
+            pid,
+            restarting: Vec::new(),
+        })
+    }
+
+    fn main_loop(&mut self) -> Result<u8, Fatal> {
+        let mut events = Events::with_capacity(256);
+        let first = self.state.handle(Instant::now(), Event::Start);
+        if let Some(code) = self.apply(first) {
+            return Ok(code);
+        }
+        loop {
+            let timeout = self
+                .state
+                .next_deadline()
+                .map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Fatal::other(format!("poll failed: {}", lower(&e))));
+            }
+            let mut actions = Vec::new();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.on_signals(&mut actions),
+                    NOTIFY => self.on_notify(&mut actions),
+                    CONTROL => self.on_accept(),
+                    Token(t) => self.on_conn(
+                        ConnId(t),
+                        event.is_readable(),
+                        event.is_writable(),
+                        &mut actions,
+                    ),
+                }
+            }
+            let now = Instant::now();
+            if self.state.next_deadline().is_some_and(|t| t <= now) {
+                actions.extend(self.state.handle(now, Event::Tick));
+            }
+            if let Some(code) = self.apply(actions) {
+                return Ok(code);
+            }
+        }
+    }
+
+    /// Carries out actions, feeding the results of spawns back to the state machine.
+    /// Returns an exit code once the primary is done.
+    fn apply(&mut self, actions: Vec<Action>) -> Option<u8> {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Spawn { generation, slot } => {
+                    let event = match self.spawn(generation, slot) {
+                        Ok(pid) => Event::Spawned {
+                            generation,
+                            slot,
+                            pid,
+                        },
+                        Err(e) => Event::SpawnFailed {
+                            generation,
+                            slot,
+                            reason: lower(&e),
+                        },
+                    };
+                    queue.extend(self.state.handle(Instant::now(), event));
+                }
+                Action::Signal { pid, signal } => {
+                    let sig = Signal::try_from(signal).unwrap_or(Signal::SIGKILL);
+                    if let Err(e) = sys::kill_group(pid, sig) {
+                        log::warn!(
+                            "unable to send {} to worker pid {pid}: {}",
+                            sig.as_str(),
+                            lower(&e)
+                        );
+                    }
+                }
+                Action::Progress { waiters, progress } => {
+                    for who in waiters {
+                        self.conns.send_progress(&self.poll, who, progress.clone());
+                    }
+                }
+                Action::ReloadDone { waiters, outcome } => {
+                    for who in waiters {
+                        self.conns
+                            .send_reply(&self.poll, who, Reply::Reload(outcome.clone()));
+                        self.restarting.retain(|&r| r != who);
+                    }
+                }
+                Action::Exit { waiters } => {
+                    for who in waiters {
+                        self.conns
+                            .send_reply(&self.poll, who, Reply::Done("stopped".into()));
+                    }
+                    self.conns.flush_all();
+                    self.cleanup();
+                    log::info!("all workers are gone; exiting");
+                    return Some(0);
+                }
+            }
+        }
+        None
+    }
+
+    fn spawn(&mut self, generation: u64, slot: u32) -> io::Result<u32> {
+        let spec = WorkerSpec {
+            version: PROTOCOL_VERSION,
+            primary_pid: self.pid,
+            generation,
+            slot,
+            argv: self.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            env: self.env.clone(),
+            listener_names: self.listeners.iter().map(|l| l.name.clone()).collect(),
+            fd_count: self.listeners.len() as u32,
+            notify_socket: self
+                .notify_path
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec()),
+            uid: self.config.uid,
+            gid: self.config.gid,
+            einhorn_env: self.config.einhorn_env,
+        };
+        let body = proto::encode(&spec).map_err(io::Error::other)?;
+        let (ours, theirs) = sys::seqpacket_pair()?;
+        let pid = sys::spawn_role(
+            Path::new("/proc/self/exe"),
+            "reloadsup-worker",
+            &["__worker"],
+            &theirs,
+        )?;
+        drop(theirs);
+        let sent = send_handoff(&ours, &body, &self.listeners);
+        if let Err(e) = sent {
+            // The role process will find its link closed and exit; make sure of it.
+            let _ = sys::kill_group(pid.as_raw() as u32, Signal::SIGKILL);
+            return Err(e);
+        }
+        log::debug!("spawned worker {slot} of generation {generation} as pid {pid}");
+        Ok(pid.as_raw() as u32)
+    }
+
+    fn on_signals(&mut self, actions: &mut Vec<Action>) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for sig in pending {
+            match sig {
+                SIGCHLD => self.reap(actions),
+                SIGHUP => {
+                    log::info!("SIGHUP: reloading");
+                    self.request(FROM_SIGNAL, Request::Reload, actions);
+                }
+                SIGTTIN => self.request(FROM_SIGNAL, Request::Add { workers: 1 }, actions),
+                SIGTTOU => self.request(FROM_SIGNAL, Request::Remove { workers: 1 }, actions),
+                SIGTERM | SIGINT => {
+                    log::info!(
+                        "{}: graceful shutdown",
+                        if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
+                    );
+                    self.request(FROM_SIGNAL, Request::Stop, actions);
+                }
+                SIGQUIT => {
+                    log::info!("SIGQUIT: fast shutdown");
+                    let now = Instant::now();
+                    actions.extend(self.state.handle(
+                        now,
+                        Event::Shutdown {
+                            graceful: false,
+                            requester: None,
+                        },
+                    ));
+                }
+                SIGUSR2 => log::warn!(
+                    "SIGUSR2 (re-exec in place) is not supported by this version; ignored"
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    fn reap(&mut self, actions: &mut Vec<Action>) {
+        loop {
+            match sys::reap_one() {
+                Ok(Some((pid, status))) => {
+                    let exit = match status {
+                        sys::ExitStatus::Exited(c) => Exit::Code(c),
+                        sys::ExitStatus::Signaled(s) => Exit::Signal(s),
+                    };
+                    actions.extend(
+                        self.state
+                            .handle(Instant::now(), Event::Exited { pid, exit }),
+                    );
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::error!("waitid failed: {}", lower(&e));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_notify(&mut self, actions: &mut Vec<Action>) {
+        let Some(sock) = &self.notify else { return };
+        let mut buf = [0u8; 4096];
+        // A bounded batch per wake-up, so a flood of datagrams cannot starve the loop.
+        for _ in 0..256 {
+            let (n, sender) = match sys::recv_with_creds(sock.as_fd(), &mut buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::warn!("notify socket: {}", lower(&e));
+                    break;
+                }
+            };
+            let Some(sender) = sender else { continue };
+            // The worker itself, or any process of its process group (systemd-notify, helpers).
+            let pid = if self.state.process(sender).is_some() {
+                Some(sender)
+            } else {
+                sys::getpgid(sender).filter(|&g| self.state.process(g).is_some())
+            };
+            let Some(pid) = pid else {
+                log::debug!("notify message from pid {sender}, which is no worker; ignored");
+                continue;
+            };
+            let text = String::from_utf8_lossy(&buf[..n]);
+            let mut ready = false;
+            let mut status = None;
+            for line in text.lines() {
+                if line == "READY=1" {
+                    ready = true;
+                } else if let Some(s) = line.strip_prefix("STATUS=") {
+                    status = Some(s.chars().take(256).collect());
+                }
+            }
+            if ready || status.is_some() {
+                actions.extend(
+                    self.state
+                        .handle(Instant::now(), Event::Notify { pid, ready, status }),
+                );
+            }
+        }
+    }
+
+    fn on_accept(&mut self) {
+        self.conns.accept(&self.poll);
+    }
+
+    fn on_conn(&mut self, id: ConnId, readable: bool, writable: bool, actions: &mut Vec<Action>) {
+        let requests = self.conns.on_ready(&self.poll, id, readable, writable);
+        for (who, request) in requests {
+            self.request(who, request, actions);
+        }
+    }
+
+    /// The one code path for every request, from a signal, `ctl` or the console.
+    fn request(&mut self, who: Requester, request: Request, actions: &mut Vec<Action>) {
+        let now = Instant::now();
+        if self.state.is_shutting_down() && !matches!(request, Request::Status | Request::Stop) {
+            self.conns.send_reply(
+                &self.poll,
+                who,
+                Reply::Error("the supervisor is shutting down".into()),
+            );
+            return;
+        }
+        let reply = match request {
+            Request::Status => Some(Reply::Status(self.status(now))),
+            Request::Reload => {
+                actions.extend(self.state.handle(now, Event::Reload(who)));
+                None
+            }
+            Request::Restart => {
+                log::info!("restart: reloading every worker");
+                self.restarting.push(who);
+                actions.extend(self.state.handle(now, Event::Reload(who)));
+                None
+            }
+            Request::Scale { workers } => Some(self.scale(now, workers, actions)),
+            Request::Add { workers } => {
+                let n = self.state.target.saturating_add(workers);
+                Some(self.scale(now, n, actions))
+            }
+            Request::Remove { workers } => {
+                let n = self.state.target.saturating_sub(workers);
+                Some(self.scale(now, n, actions))
+            }
+            Request::Revive => {
+                let dead = self.state.dead_slots();
+                actions.extend(self.state.handle(now, Event::Revive));
+                Some(Reply::Done(match dead {
+                    0 => "no dead workers".to_string(),
+                    1 => "revived 1 worker".to_string(),
+                    n => format!("revived {n} workers"),
+                }))
+            }
+            Request::Stop => {
+                actions.extend(self.state.handle(
+                    now,
+                    Event::Shutdown {
+                        graceful: true,
+                        requester: Some(who),
+                    },
+                ));
+                None
+            }
+        };
+        if let Some(reply) = reply {
+            self.conns.send_reply(&self.poll, who, reply);
+        }
+    }
+
+    fn scale(&mut self, now: Instant, workers: u32, actions: &mut Vec<Action>) -> Reply {
+        const MAX: u32 = 4096;
+        if workers > MAX {
+            return Reply::Error(format!("{workers} workers is more than the limit of {MAX}"));
+        }
+        let old = self.state.target;
+        actions.extend(self.state.handle(now, Event::Scale(workers)));
+        Reply::Done(format!("workers: {old} -> {workers}"))
+    }
+
+    fn status(&self, now: Instant) -> proto::Status {
+        proto::Status {
+            pid: self.pid,
+            name: self.config.name.clone(),
+            generation: self.state.serving,
+            target_workers: self.state.target,
+            current_workers: self.state.current_workers(),
+            dead_workers: self.state.dead_slots(),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| proto::ListenerInfo {
+                    name: l.name.clone(),
+                    address: l.bound.clone(),
+                })
+                .collect(),
+            workers: self.state.workers(now),
+            last_reload: self.state.last_reload.clone(),
+        }
+    }
+
+    fn cleanup(&mut self) {
+        let _ = std::fs::remove_file(&self.control_path);
+        if let Some(p) = &self.notify_path {
+            let _ = std::fs::remove_file(p);
+        }
+        if let Some(p) = &self.config.pidfile {
+            let _ = std::fs::remove_file(p);
+        }
+        for l in &self.listeners {
+            if let crate::config::Address::Unix(path) = &l.address {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// Sends the worker spec and the listener fds: the spec with the first batch of fds, then
+/// further batches when there are more listeners than fit in one SCM_RIGHTS message.
+fn send_handoff(sock: &OwnedFd, body: &[u8], listeners: &[Listener]) -> io::Result<()> {
+    let fds: Vec<_> = listeners.iter().map(|l| l.fd.as_fd()).collect();
+    let mut chunks = fds.chunks(sys::MAX_FDS_PER_MESSAGE);
+    sys::send_with_fds(sock.as_fd(), body, chunks.next().unwrap_or(&[]))?;
+    for (index, chunk) in chunks.enumerate() {
+        let batch = proto::encode(&proto::FdBatch {
+            index: index as u32 + 1,
+            count: chunk.len() as u32,
+        })
+        .map_err(io::Error::other)?;
+        sys::send_with_fds(sock.as_fd(), &batch, chunk)?;
+    }
+    let _ = sock.as_raw_fd();
+    Ok(())
+}
+
+/// Creates the state directory (0700) or checks an existing one, and refuses to start a second
+/// instance with the same name.
+fn prepare_state_dir(dir: &Path, name: &str) -> Result<(), Fatal> {
+    let fail = |what: String| Fatal::usage(format!("--state-dir {}: {what}", dir.display()));
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        return Err(fail(format!("unable to create it: {}", lower(&e))));
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| fail(lower(&e)))?;
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid {
+        return Err(fail(format!(
+            "owned by uid {}, not by us (uid {uid})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail(lower(&e)))?;
+    }
+    let control = dir.join("control.sock");
+    if std::os::unix::net::UnixStream::connect(&control).is_ok() {
+        return Err(Fatal::usage(format!(
+            "another reloadsup named '{name}' is running (control socket {}); give this one another --name or --state-dir",
+            control.display()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The worker role: receives its [`WorkerSpec`] and listener fds from the primary, sets up the
+//! socket-activation environment, and execs the user's command in place, so that
+//! `LISTEN_PID` is simply its own pid.
+//!
+//! It must leave the command exactly fds 0, 1, 2 and the listeners at 3.., default signal
+//! dispositions, an empty signal mask, its own process group (set at spawn) and
+//! `PR_SET_PDEATHSIG`, and nothing else of the supervisor.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+
+use reloadsup_protocol::{self as proto, FdBatch, WorkerSpec, PROTOCOL_VERSION};
+
+use crate::sys;
+
+/// Variables of reloadsup's own that a worker must not see; the socket-activation ones are
+/// set afresh.
+const OWN_VARS: &[&str] = &[
+    "RELOADSUP_ADMIN_PASSWORD_HASH",
+    "RELOADSUP_PASSWORD",
+    "RELOADSUP_CONTROL",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+];
+
+/// Exit status when the command cannot be run, like a shell's.
+const EXEC_FAILED: u8 = 127;
+
+pub fn run() -> u8 {
+    match prepare() {
+        Ok(spec) => {
+            let argv: Vec<OsString> = spec.argv.into_iter().map(OsString::from_vec).collect();
+            let err = sys::execvp(&argv);
+            eprintln!(
+                "reloadsup: worker {} of generation {}: unable to run {}: {}",
+                spec.slot,
+                spec.generation,
+                argv.first()
+                    .map(|a| a.to_string_lossy())
+                    .unwrap_or_default(),
+                crate::config::lower(&err)
+            );
+            EXEC_FAILED
+        }
+        Err(e) => {
+            eprintln!("reloadsup: worker: {e}");
+            EXEC_FAILED
+        }
+    }
+}
+
+fn prepare() -> io::Result<WorkerSpec> {
+    let link = sys::take_role_link()?;
+    let (spec, fds) = receive(&link)?;
+    drop(link);
+    sys::die_with_parent(spec.primary_pid)?;
+    sys::drop_privileges(spec.uid, spec.gid)?;
+    set_env(&spec);
+    sys::place_fds(fds, 3)?;
+    sys::reset_signals();
+    Ok(spec)
+}
+
+fn receive(link: &OwnedFd) -> io::Result<(WorkerSpec, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; proto::MAX_FRAME];
+    let (n, mut fds) = sys::recv_with_fds(link.as_fd(), &mut buf, sys::MAX_FDS_PER_MESSAGE)?;
+    if n == 0 {
+        return Err(io::Error::other(
+            "the primary closed the hand-off socket before sending the spec",
+        ));
+    }
+    let spec: WorkerSpec = proto::decode(&buf[..n]).map_err(io::Error::other)?;
+    if spec.version != PROTOCOL_VERSION {
+        return Err(io::Error::other(proto::Error::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: spec.version,
+        }));
+    }
+    let expected = spec.fd_count as usize;
+    while fds.len() < expected {
+        let (n, more) = sys::recv_with_fds(link.as_fd(), &mut buf, sys::MAX_FDS_PER_MESSAGE)?;
+        if n == 0 {
+            break;
+        }
+        let batch: FdBatch = proto::decode(&buf[..n]).map_err(io::Error::other)?;
+        if batch.count as usize != more.len() {
+            return Err(io::Error::other(proto::Error::FdCount {
+                expected: batch.count as usize,
+                received: more.len(),
+            }));
+        }
+        fds.extend(more);
+    }
+    if fds.len() != expected || spec.listener_names.len() != expected {
+        return Err(io::Error::other(proto::Error::FdCount {
+            expected,
+            received: fds.len(),
+        }));
+    }
+    Ok((spec, fds))
+}
+
+fn set_env(spec: &WorkerSpec) {
+    // This process is single-threaded, so changing the environment is sound.
+    let internal: Vec<OsString> = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            k.to_str()
+                .is_some_and(|k| k.starts_with("RELOADSUP_") || k.starts_with("EINHORN_"))
+        })
+        .collect();
+    for k in internal {
+        std::env::remove_var(k);
+    }
+    for k in OWN_VARS {
+        std::env::remove_var(k);
+    }
+    for (k, v) in &spec.env {
+        std::env::set_var(OsString::from_vec(k.clone()), OsString::from_vec(v.clone()));
+    }
+    let n = spec.fd_count;
+    std::env::set_var("LISTEN_FDS", n.to_string());
+    std::env::set_var("LISTEN_PID", std::process::id().to_string());
+    std::env::set_var("LISTEN_FDNAMES", spec.listener_names.join(":"));
+    if let Some(path) = &spec.notify_socket {
+        std::env::set_var("NOTIFY_SOCKET", OsString::from_vec(path.clone()));
+    }
+    std::env::set_var("RELOADSUP_GENERATION", spec.generation.to_string());
+    std::env::set_var("RELOADSUP_WORKER", spec.slot.to_string());
+    if spec.einhorn_env {
+        std::env::set_var("EINHORN_FD_COUNT", n.to_string());
+        for i in 0..n {
+            std::env::set_var(format!("EINHORN_FD_{i}"), (3 + i).to_string());
+        }
+    }
+}

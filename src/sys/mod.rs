@@ -1,0 +1,500 @@
+//! The only place in reloadsup that talks to the kernel below nix's safe API: spawning role
+//! processes, passing and placing fds, exec, and reaping.
+//!
+//! Every fd created here is close-on-exec in the same call that creates it. Between fork and
+//! exec (in [`spawn_role`]) only async-signal-safe calls run: no allocation, no locks.
+//! Nothing here knows about generations or workers; it works on pids and fds.
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixCredentials,
+};
+use nix::unistd::Pid;
+
+/// The fd at which a role process finds its link to the primary.
+pub const ROLE_LINK_FD: RawFd = 3;
+
+/// The most fds sent in one SCM_RIGHTS message (the kernel's SCM_MAX_FD is 253).
+pub const MAX_FDS_PER_MESSAGE: usize = 250;
+
+fn errno(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Makes sure fds 0, 1 and 2 are open, on `/dev/null` if they were closed, so that no socket of
+/// ours is ever created there and handed to a worker as its standard stream.
+pub fn ensure_std_fds() -> io::Result<()> {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the fd table; an invalid fd yields EBADF.
+        let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+        if !open {
+            let flags = if fd == 0 {
+                libc::O_RDONLY
+            } else {
+                libc::O_WRONLY
+            };
+            // SAFETY: the path is a NUL-terminated literal. Without O_CLOEXEC on purpose: this
+            // becomes a standard stream that children inherit.
+            let got = unsafe { libc::open(c"/dev/null".as_ptr(), flags) };
+            if got < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if got != fd {
+                // The lowest free fd is taken by open(2), so a lower std fd is still closed;
+                // the loop opens that one first. This cannot happen, but do not leak.
+                // SAFETY: `got` was just opened by us and is owned by nobody else.
+                unsafe { libc::close(got) };
+                return Err(io::Error::other(
+                    "unable to place /dev/null on a closed standard fd",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A connected pair of SOCK_SEQPACKET Unix sockets, both close-on-exec.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(errno)
+}
+
+/// A connected pair of SOCK_STREAM Unix sockets, both close-on-exec.
+pub fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(errno)
+}
+
+/// Sends `bytes` with `fds` attached as SCM_RIGHTS. Uses the `sendfd` crate for the send side.
+pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use sendfd::SendWithFd;
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    // sendfd works on std socket types; borrow ours as one without taking ownership.
+    // SAFETY: the fd is valid for the duration of the borrow and ManuallyDrop keeps the
+    // temporary UnixStream from closing it.
+    let stream = std::mem::ManuallyDrop::new(unsafe {
+        std::os::unix::net::UnixStream::from_raw_fd(sock.as_raw_fd())
+    });
+    let sent = stream.send_with_fd(bytes, &raw)?;
+    if sent != bytes.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short send of a hand-off message",
+        ));
+    }
+    Ok(())
+}
+
+/// Receives one message and the fds attached to it, at most `max_fds`.
+///
+/// Received fds are close-on-exec (MSG_CMSG_CLOEXEC) and owned at once. Truncated data or
+/// truncated control data is an error, and every fd that did arrive is closed then.
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
+    let _ = max_fds;
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(errno)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(errno)? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for fd in raw {
+                // SAFETY: the kernel just installed this fd in our table for us; nobody else
+                // owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(io::Error::other(
+            "control data was truncated: too many fds in one message",
+        ));
+    }
+    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+        return Err(io::Error::other("message was truncated"));
+    }
+    if fds.len() > max_fds {
+        return Err(io::Error::other(format!(
+            "received {} fds where at most {max_fds} were expected",
+            fds.len()
+        )));
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Receives one datagram with the sender's credentials (SO_PASSCRED must be on).
+/// Returns the sender's pid, or `None` when the kernel attached no credentials.
+pub fn recv_with_creds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<u32>)> {
+    let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; 8]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(errno)?;
+    let mut pid = None;
+    for c in msg.cmsgs().map_err(errno)? {
+        match c {
+            ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid() as u32),
+            ControlMessageOwned::ScmRights(raw) => {
+                // Nobody should send us fds here; close whatever arrived.
+                for fd in raw {
+                    // SAFETY: the kernel just gave us this fd; we own it and drop it.
+                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((msg.bytes, pid))
+}
+
+/// Spawns `exe` (normally `/proc/self/exe`) with `args` in its own process group, with `link`
+/// placed at [`ROLE_LINK_FD`] and every other fd of ours left behind by close-on-exec.
+pub fn spawn_role(exe: &Path, arg0: &str, args: &[&str], link: &OwnedFd) -> io::Result<Pid> {
+    let link_fd = link.as_raw_fd();
+    let mut cmd = Command::new(exe);
+    cmd.arg0(arg0).args(args).process_group(0);
+    // SAFETY: the closure runs in the child between fork and exec and calls only dup2 and
+    // fcntl, which are async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if link_fd == ROLE_LINK_FD {
+                // dup2 onto itself would leave close-on-exec set; clear it instead.
+                if libc::fcntl(link_fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(link_fd, ROLE_LINK_FD) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // The std Child handle is dropped without waiting: the primary reaps with waitpid.
+    Ok(Pid::from_raw(child.id() as i32))
+}
+
+/// Takes the role link inherited at [`ROLE_LINK_FD`] and makes it close-on-exec.
+pub fn take_role_link() -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only queries the fd table.
+    if unsafe { libc::fcntl(ROLE_LINK_FD, libc::F_GETFD) } == -1 {
+        return Err(io::Error::other(
+            "no link to the primary at fd 3: this role is started by reloadsup itself",
+        ));
+    }
+    // SAFETY: fd 3 was placed for us by the primary and nothing else in this fresh process
+    // owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(ROLE_LINK_FD) };
+    set_cloexec(fd.as_fd(), true)?;
+    Ok(fd)
+}
+
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let flags = if on {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    fcntl(fd, FcntlArg::F_SETFD(flags)).map_err(errno)?;
+    Ok(())
+}
+
+/// Places `fds` at `first`, `first+1`, ... without close-on-exec, and closes every other fd at
+/// or above `first`. Used by the worker role right before exec.
+///
+/// The fds are first moved above the target range, so that placing one never overwrites
+/// another still to be placed (the `dup2(fd, fd)` trap and its cousins).
+pub fn place_fds(fds: Vec<OwnedFd>, first: RawFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let end = first + fds.len() as RawFd;
+    let mut moved = Vec::with_capacity(fds.len());
+    for fd in fds {
+        let high = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(end)).map_err(errno)?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new fd that we own.
+        moved.push(unsafe { OwnedFd::from_raw_fd(high) });
+        drop(fd);
+    }
+    for (i, fd) in moved.iter().enumerate() {
+        let target = first + i as RawFd;
+        // SAFETY: dup2 onto a target below `end`: every fd we still need lives at `end` or
+        // above, so nothing of ours is overwritten; dup2 clears close-on-exec on the target.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    drop(moved);
+    close_from(end);
+    Ok(())
+}
+
+/// Closes every fd at or above `first`.
+pub fn close_from(first: RawFd) {
+    // SAFETY: close_range only closes fds; callers have given up every fd at or above `first`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Old kernels: walk /proc/self/fd instead.
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd >= first)
+        .collect();
+    for fd in fds {
+        // SAFETY: as above; an fd that was the directory's own is already gone (EBADF).
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Asks the kernel to SIGKILL us when our parent dies, then checks the parent is still the one
+/// we expect (it may have died before the request took effect).
+pub fn die_with_parent(expected_parent: u32) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes only our own state.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } == -1
+    {
+        return Err(io::Error::last_os_error());
+    }
+    let parent = nix::unistd::getppid().as_raw() as u32;
+    if parent != expected_parent {
+        return Err(io::Error::other(format!(
+            "the primary (pid {expected_parent}) is gone; parent is now pid {parent}"
+        )));
+    }
+    Ok(())
+}
+
+/// Restores every signal to its default disposition and unblocks all, so the command starts
+/// as if the supervisor was not there (Rust ignores SIGPIPE, and ignored signals survive exec).
+pub fn reset_signals() {
+    for sig in Signal::iterator() {
+        if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL is always sound: no handler code of ours can run after.
+        let _ = unsafe { signal::signal(sig, signal::SigHandler::SigDfl) };
+    }
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Replaces this process with `argv[0]` looked up in PATH. Returns only on failure.
+pub fn execvp(argv: &[impl AsRef<OsStr>]) -> io::Error {
+    let cargs: Result<Vec<CString>, _> = argv
+        .iter()
+        .map(|a| CString::new(a.as_ref().as_bytes()))
+        .collect();
+    let Ok(cargs) = cargs else {
+        return io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an argument contains a NUL byte",
+        );
+    };
+    if cargs.is_empty() {
+        return io::Error::new(io::ErrorKind::InvalidInput, "empty command");
+    }
+    match nix::unistd::execvp(&cargs[0], &cargs) {
+        Ok(never) => match never {},
+        Err(e) => errno(e),
+    }
+}
+
+/// Switches to `gid` and `uid` (supplementary groups dropped), for workers run as another user.
+pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    if let Some(gid) = gid {
+        if nix::unistd::getuid().is_root() {
+            setgroups(&[Gid::from_raw(gid)]).map_err(errno)?;
+        }
+        setgid(Gid::from_raw(gid)).map_err(errno)?;
+    }
+    if let Some(uid) = uid {
+        setuid(Uid::from_raw(uid)).map_err(errno)?;
+    }
+    Ok(())
+}
+
+/// Sends `sig` to the process group `pgid`. A group that is gone is not an error.
+pub fn kill_group(pgid: u32, sig: Signal) -> io::Result<()> {
+    match signal::killpg(Pid::from_raw(pgid as i32), sig) {
+        Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+        Err(e) => Err(errno(e)),
+    }
+}
+
+/// Sends `sig` to one process. A process that is gone is not an error.
+pub fn kill(pid: u32, sig: Signal) -> io::Result<()> {
+    match signal::kill(Pid::from_raw(pid as i32), sig) {
+        Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+        Err(e) => Err(errno(e)),
+    }
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Exited(code) => write!(f, "exited with status {code}"),
+            ExitStatus::Signaled(sig) => match Signal::try_from(*sig) {
+                Ok(s) => write!(f, "was killed by {}", s.as_str()),
+                Err(_) => write!(f, "was killed by signal {sig}"),
+            },
+        }
+    }
+}
+
+/// Reaps one exited child, if any, without blocking.
+///
+/// The child is first observed with WNOWAIT and its process group SIGKILLed while the child is
+/// still a zombie: its pid (the group's id) cannot have been recycled then, so no stranger is
+/// ever signalled, and whatever the worker left running in its group goes with it.
+pub fn reap_one() -> io::Result<Option<(u32, ExitStatus)>> {
+    // SAFETY: siginfo_t is plain data; waitid fills it in, and zeroed si_pid means "no child".
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a siginfo_t we own; P_ALL with WNOHANG never blocks.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if r == -1 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ECHILD) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    // SAFETY: after a successful waitid the pid and status fields are initialised.
+    let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    // Our children all lead their own process group (spawn_role sets it).
+    let _ = kill_group(pid as u32, Signal::SIGKILL);
+    let status = if code == libc::CLD_EXITED {
+        ExitStatus::Exited(status)
+    } else {
+        ExitStatus::Signaled(status)
+    };
+    // SAFETY: reaps exactly the child observed above; WNOHANG keeps it non-blocking.
+    let mut raw = 0;
+    unsafe { libc::waitpid(pid, &mut raw, libc::WNOHANG) };
+    Ok(Some((pid as u32, status)))
+}
+
+/// The process group of `pid`, if it still exists.
+pub fn getpgid(pid: u32) -> Option<u32> {
+    nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
+        .ok()
+        .map(|p| p.as_raw() as u32)
+}
+
+/// Our own resident set size in KiB, from /proc.
+pub fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+
+    fn cloexec(fd: BorrowedFd<'_>) -> bool {
+        FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap())
+            .contains(FdFlag::FD_CLOEXEC)
+    }
+
+    #[test]
+    fn pairs_are_cloexec() {
+        let (a, b) = seqpacket_pair().unwrap();
+        assert!(cloexec(a.as_fd()) && cloexec(b.as_fd()));
+        let (a, b) = stream_pair().unwrap();
+        assert!(cloexec(a.as_fd()) && cloexec(b.as_fd()));
+    }
+
+    #[test]
+    fn fds_travel_and_arrive_cloexec() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (x, _y) = stream_pair().unwrap();
+        let (p, _q) = stream_pair().unwrap();
+        set_cloexec(x.as_fd(), false).unwrap();
+        send_with_fds(a.as_fd(), b"hello", &[x.as_fd(), p.as_fd()]).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, fds) = recv_with_fds(b.as_fd(), &mut buf, 2).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(fds.len(), 2);
+        assert!(
+            fds.iter().all(|f| cloexec(f.as_fd())),
+            "received fds must be close-on-exec"
+        );
+    }
+
+    #[test]
+    fn too_many_fds_is_an_error_and_closes_them() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (x, _y) = stream_pair().unwrap();
+        send_with_fds(a.as_fd(), b"x", &[x.as_fd(), x.as_fd()]).unwrap();
+        let mut buf = [0u8; 8];
+        assert!(recv_with_fds(b.as_fd(), &mut buf, 1).is_err());
+    }
+}
