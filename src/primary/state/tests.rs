@@ -1,1 +1,425 @@
 use super::*;
+
+const T0: Duration = Duration::ZERO;
+
+fn settings(ready: ReadyMode) -> Settings {
+    Settings {
+        ready,
+        ready_timeout: Duration::from_secs(2),
+        graceful_timeout: Duration::from_secs(5),
+        restart: RestartPolicy::OnFailure,
+        stop_signal: 15,
+    }
+}
+
+/// A state machine plus a fake clock and a fake pid allocator that "spawns" every Spawn
+/// action at once, the way the event loop does.
+struct Harness {
+    state: State,
+    base: Instant,
+    now: Duration,
+    next_pid: u32,
+    log: Vec<Action>,
+}
+
+impl Harness {
+    fn new(ready: ReadyMode, workers: u32) -> Harness {
+        let mut h = Harness {
+            state: State::new(settings(ready), workers),
+            base: Instant::now(),
+            now: T0,
+            next_pid: 100,
+            log: Vec::new(),
+        };
+        h.feed(Event::Start);
+        h
+    }
+
+    fn at(&self) -> Instant {
+        self.base + self.now
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.feed(Event::Tick);
+    }
+
+    fn feed(&mut self, event: Event) -> Vec<Action> {
+        let mut queue: std::collections::VecDeque<Action> =
+            self.state.handle(self.at(), event).into();
+        let mut done = Vec::new();
+        while let Some(a) = queue.pop_front() {
+            if let Action::Spawn { generation, slot } = a {
+                let pid = self.next_pid;
+                self.next_pid += 1;
+                queue.extend(self.state.handle(
+                    self.at(),
+                    Event::Spawned {
+                        generation,
+                        slot,
+                        pid,
+                    },
+                ));
+            }
+            done.push(a);
+        }
+        self.log.extend(done.clone());
+        done
+    }
+
+    fn pids(&self, generation: u64) -> Vec<u32> {
+        self.state
+            .processes
+            .iter()
+            .filter(|p| p.generation == generation && p.phase != Phase::Draining)
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    fn ready_all(&mut self, generation: u64) {
+        for pid in self.pids(generation) {
+            self.feed(Event::Notify {
+                pid,
+                ready: true,
+                status: None,
+            });
+        }
+    }
+
+    fn outcome(actions: &[Action]) -> Option<ReloadOutcome> {
+        actions.iter().find_map(|a| match a {
+            Action::ReloadDone { outcome, .. } => Some(outcome.clone()),
+            _ => None,
+        })
+    }
+}
+
+#[test]
+fn reload_commits_only_when_every_new_worker_is_ready() {
+    let mut h = Harness::new(ReadyMode::Notify, 3);
+    h.ready_all(1);
+    let old = h.pids(1);
+    h.feed(Event::Reload(7));
+    let new = h.pids(2);
+    assert_eq!(new.len(), 3);
+    // Two of three ready: the old generation is untouched.
+    for &pid in &new[..2] {
+        let acts = h.feed(Event::Notify {
+            pid,
+            ready: true,
+            status: None,
+        });
+        assert!(!acts.iter().any(|a| matches!(a, Action::Signal { .. })));
+    }
+    let acts = h.feed(Event::Notify {
+        pid: new[2],
+        ready: true,
+        status: None,
+    });
+    let signalled: Vec<u32> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Signal { pid, signal: 15 } => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(signalled, old, "the old generation gets the stop signal");
+    let outcome = Harness::outcome(&acts).unwrap();
+    assert_eq!(
+        (outcome.generation, outcome.outcome),
+        (2, Outcome::Succeeded)
+    );
+    assert_eq!(h.state.serving, 2);
+}
+
+#[test]
+fn worker_exit_during_start_rolls_back_and_old_keeps_serving() {
+    let mut h = Harness::new(ReadyMode::Notify, 2);
+    h.ready_all(1);
+    let old = h.pids(1);
+    h.feed(Event::Reload(1));
+    let new = h.pids(2);
+    let acts = h.feed(Event::Exited {
+        pid: new[0],
+        exit: Exit::Code(1),
+    });
+    let outcome = Harness::outcome(&acts).unwrap();
+    assert_eq!(outcome.outcome, Outcome::RolledBack);
+    assert!(
+        outcome.reason.contains("exited with status 1"),
+        "{}",
+        outcome.reason
+    );
+    assert!(acts.contains(&Action::Signal {
+        pid: new[1],
+        signal: SIGKILL
+    }));
+    assert!(!acts
+        .iter()
+        .any(|a| matches!(a, Action::Signal { pid, .. } if old.contains(pid))));
+    assert_eq!(h.state.serving, 1);
+    assert_eq!(h.pids(1), old);
+    // The killed worker is reaped without effect.
+    let acts = h.feed(Event::Exited {
+        pid: new[1],
+        exit: Exit::Signal(9),
+    });
+    assert!(acts.is_empty());
+}
+
+#[test]
+fn ready_timeout_rolls_back() {
+    let mut h = Harness::new(ReadyMode::Notify, 1);
+    h.ready_all(1);
+    h.feed(Event::Reload(1));
+    h.advance(Duration::from_millis(1999));
+    assert!(Harness::outcome(&h.log).is_none());
+    h.advance(Duration::from_millis(2));
+    let outcome = Harness::outcome(&h.log).unwrap();
+    assert_eq!(outcome.outcome, Outcome::RolledBack);
+    assert!(
+        outcome.reason.contains("not ready within 2s"),
+        "{}",
+        outcome.reason
+    );
+}
+
+#[test]
+fn reloads_during_start_are_coalesced_into_one() {
+    let mut h = Harness::new(ReadyMode::Notify, 1);
+    h.ready_all(1);
+    h.feed(Event::Reload(1));
+    h.feed(Event::Reload(2));
+    h.feed(Event::Reload(3));
+    assert_eq!(
+        h.state.next_generation, 3,
+        "only generation 2 started so far"
+    );
+    h.ready_all(2);
+    assert_eq!(h.state.serving, 2);
+    assert_eq!(
+        h.state.starting.as_ref().map(|s| s.waiters.clone()),
+        Some(vec![2, 3])
+    );
+    h.ready_all(3);
+    assert_eq!(h.state.serving, 3);
+    assert_eq!(
+        h.state.next_generation, 4,
+        "three requests, two generations"
+    );
+}
+
+#[test]
+fn delay_mode_and_immediate_mode() {
+    let mut h = Harness::new(ReadyMode::Delay(Duration::from_millis(300)), 2);
+    h.feed(Event::Reload(1));
+    h.advance(Duration::from_millis(299));
+    assert_eq!(h.state.serving, 1);
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.state.serving, 2);
+
+    let mut h = Harness::new(ReadyMode::Immediate, 2);
+    h.feed(Event::Reload(1));
+    assert_eq!(h.state.serving, 2);
+}
+
+#[test]
+fn draining_worker_is_killed_after_graceful_timeout() {
+    let mut h = Harness::new(ReadyMode::Immediate, 1);
+    let old = h.pids(1)[0];
+    h.feed(Event::Reload(1));
+    h.log.clear();
+    h.advance(Duration::from_secs(5));
+    assert!(h.log.contains(&Action::Signal {
+        pid: old,
+        signal: SIGKILL
+    }));
+    assert_eq!(h.state.next_deadline(), None, "no timer left once killed");
+}
+
+#[test]
+fn crash_backoff_doubles_and_slot_dies_after_five() {
+    let mut h = Harness::new(ReadyMode::Immediate, 1);
+    let mut gaps = Vec::new();
+    for _ in 0..5 {
+        let pid = h.pids(1)[0];
+        h.now += Duration::from_millis(10);
+        h.feed(Event::Exited {
+            pid,
+            exit: Exit::Code(1),
+        });
+        if let Some(t) = h.state.slots[0].restart_at {
+            gaps.push(t - h.at());
+            h.now += t - h.at();
+            h.feed(Event::Tick);
+        }
+    }
+    assert_eq!(
+        gaps,
+        vec![
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+            Duration::from_millis(400),
+            Duration::from_millis(800)
+        ]
+    );
+    assert!(matches!(h.state.slots[0].down, Some(Down::Dead(_))));
+    assert_eq!(h.state.dead_slots(), 1);
+    assert!(h.pids(1).is_empty());
+    assert_eq!(h.state.next_deadline(), None, "a dead slot has no timer");
+    h.feed(Event::Revive);
+    assert_eq!(h.pids(1).len(), 1);
+    assert_eq!(h.state.dead_slots(), 0);
+}
+
+#[test]
+fn clean_exit_is_not_restarted_under_on_failure() {
+    let mut h = Harness::new(ReadyMode::Immediate, 1);
+    let pid = h.pids(1)[0];
+    h.feed(Event::Exited {
+        pid,
+        exit: Exit::Code(0),
+    });
+    assert!(matches!(h.state.slots[0].down, Some(Down::Stopped(_))));
+}
+
+#[test]
+fn scale_up_and_down() {
+    let mut h = Harness::new(ReadyMode::Immediate, 1);
+    h.feed(Event::Scale(4));
+    assert_eq!(h.pids(1).len(), 4);
+    let acts = h.feed(Event::Scale(2));
+    let stopped = acts
+        .iter()
+        .filter(|a| matches!(a, Action::Signal { signal: 15, .. }))
+        .count();
+    assert_eq!(stopped, 2);
+    assert_eq!(h.state.current_workers(), 2);
+    assert!(h
+        .pids(1)
+        .iter()
+        .all(|&pid| h.state.process(pid).is_some_and(|p| p.slot < 2)));
+}
+
+#[test]
+fn scale_down_during_start_can_complete_the_reload() {
+    let mut h = Harness::new(ReadyMode::Notify, 2);
+    h.ready_all(1);
+    h.feed(Event::Reload(1));
+    let new = h.pids(2);
+    h.feed(Event::Notify {
+        pid: new[0],
+        ready: true,
+        status: None,
+    });
+    let acts = h.feed(Event::Scale(1));
+    assert_eq!(
+        Harness::outcome(&acts).map(|o| o.outcome),
+        Some(Outcome::Succeeded)
+    );
+}
+
+#[test]
+fn graceful_shutdown_exits_when_every_worker_is_reaped() {
+    let mut h = Harness::new(ReadyMode::Immediate, 2);
+    let pids = h.pids(1);
+    let acts = h.feed(Event::Shutdown {
+        graceful: true,
+        requester: Some(9),
+    });
+    assert_eq!(
+        acts.iter()
+            .filter(|a| matches!(a, Action::Signal { signal: 15, .. }))
+            .count(),
+        2
+    );
+    h.feed(Event::Exited {
+        pid: pids[0],
+        exit: Exit::Code(0),
+    });
+    let acts = h.feed(Event::Exited {
+        pid: pids[1],
+        exit: Exit::Code(0),
+    });
+    assert_eq!(acts, vec![Action::Exit { waiters: vec![9] }]);
+}
+
+#[test]
+fn shutdown_cancels_a_starting_generation() {
+    let mut h = Harness::new(ReadyMode::Notify, 1);
+    h.feed(Event::Reload(4));
+    let acts = h.feed(Event::Shutdown {
+        graceful: false,
+        requester: None,
+    });
+    assert_eq!(
+        Harness::outcome(&acts).map(|o| o.outcome),
+        Some(Outcome::Cancelled)
+    );
+    assert!(
+        acts.iter()
+            .filter(|a| matches!(
+                a,
+                Action::Signal {
+                    signal: SIGKILL,
+                    ..
+                }
+            ))
+            .count()
+            == 2
+    );
+}
+
+#[test]
+fn spawn_for_a_rolled_back_generation_is_killed() {
+    let mut h = Harness::new(ReadyMode::Notify, 2);
+    h.ready_all(1);
+    h.state.handle(h.at(), Event::Reload(1));
+    h.state.handle(
+        h.at(),
+        Event::SpawnFailed {
+            generation: 2,
+            slot: 0,
+            reason: "no".into(),
+        },
+    );
+    let acts = h.state.handle(
+        h.at(),
+        Event::Spawned {
+            generation: 2,
+            slot: 1,
+            pid: 999,
+        },
+    );
+    assert_eq!(
+        acts,
+        vec![Action::Signal {
+            pid: 999,
+            signal: SIGKILL
+        }]
+    );
+}
+
+#[test]
+fn first_generation_failures_back_off_instead_of_rolling_back() {
+    let mut h = Harness::new(ReadyMode::Notify, 1);
+    let pid = h.pids(1)[0];
+    let acts = h.feed(Event::Exited {
+        pid,
+        exit: Exit::Code(1),
+    });
+    assert!(Harness::outcome(&acts).is_none());
+    assert!(matches!(h.state.slots[0].down, Some(Down::Backoff)));
+}
+
+#[test]
+fn status_rows_show_dead_slots() {
+    let mut h = Harness::new(ReadyMode::Immediate, 2);
+    h.state.slots[1].down = Some(Down::Dead("5 crashes".into()));
+    let pid = h.pids(1)[1];
+    h.state.processes.retain(|p| p.pid != pid);
+    let rows = h.state.workers(h.at());
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].state, Shown::Dead);
+    assert_eq!(rows[1].pid, 0);
+}

@@ -1,0 +1,44 @@
+# reloadsup — the two commands a user needs are `make demo` and `make test`.
+CARGO ?= cargo
+RELEASE_BIN := target/release
+
+.PHONY: all build build-debug demo test unit integration bench lint fmt fmt-check fuzz ci clean
+
+all: build
+
+## Release build of the supervisor, the examples, the benchmark and the demo.
+build:
+	$(CARGO) build --release --workspace --bins --examples
+
+build-debug:
+	$(CARGO) build --workspace --bins --examples
+
+## Runs `hello` under reloadsup, reloads it while a client hammers it, and prints the result.
+demo: build
+	$(RELEASE_BIN)/reloadsup-demo
+
+## The whole suite: unit tests, protocol tests, and the integration tests against the real binary.
+test: build-debug
+	$(CARGO) test --workspace --no-fail-fast
+
+## Figures: reload under load vs direct vs kill-and-restart, overhead, RSS, wake-ups.
+bench: build
+	$(RELEASE_BIN)/reloadsup-bench
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+## Coverage-guided fuzzing of frame decoding (needs a nightly toolchain and cargo-fuzz).
+fuzz:
+	cd fuzz && $(CARGO) +nightly fuzz run frames -- -max_total_time=60
+
+ci: fmt-check lint test
+
+clean:
+	$(CARGO) clean
