@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod listeners;
+pub mod shell_link;
 pub mod state;
 
 use std::collections::VecDeque;
@@ -80,6 +81,7 @@ pub struct Primary {
     pid: u32,
     /// Whoever asked for a restart gets its reply when the reload is done.
     restarting: Vec<Requester>,
+    shell: Option<shell_link::Shell>,
 }
 
 /// Runs the primary until it is asked to stop. Returns the exit code.
@@ -93,7 +95,7 @@ impl Primary {
         sys::ensure_std_fds()
             .map_err(|e| Fatal::other(format!("unable to open /dev/null: {}", lower(&e))))?;
         let pid = std::process::id();
-        prepare_state_dir(&config.state_dir, &config.name)?;
+        prepare_state_dir(&config.state_dir, &config.name, config.uid.is_some())?;
 
         let listeners = listeners::bind_all(&config.listeners, config.backlog)
             .map_err(|e| Fatal::usage(e.0))?;
@@ -154,6 +156,11 @@ impl Primary {
                 Fatal::other(format!("unable to poll the control socket: {}", lower(&e)))
             })?;
 
+        let shell = match &config.admin {
+            Some(admin) => Some(admin_console(&config, admin, &control_path)?),
+            None => None,
+        };
+
         if let Some(pidfile) = &config.pidfile {
             std::fs::write(pidfile, format!("{pid}\n")).map_err(|e| {
                 Fatal::usage(format!(
@@ -202,19 +209,25 @@ impl Primary {
             env,
             pid,
             restarting: Vec::new(),
+            shell,
         })
     }
 
     fn main_loop(&mut self) -> Result<u8, Fatal> {
         let mut events = Events::with_capacity(256);
+        if let Some(shell) = &mut self.shell {
+            shell.start(&self.poll, &mut self.conns, Instant::now());
+        }
         let first = self.state.handle(Instant::now(), Event::Start);
         if let Some(code) = self.apply(first) {
             return Ok(code);
         }
         loop {
-            let timeout = self
-                .state
-                .next_deadline()
+            let shell_deadline = self.shell.as_ref().and_then(|s| s.restart_at);
+            let timeout = [self.state.next_deadline(), shell_deadline]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -239,6 +252,11 @@ impl Primary {
             let now = Instant::now();
             if self.state.next_deadline().is_some_and(|t| t <= now) {
                 actions.extend(self.state.handle(now, Event::Tick));
+            }
+            if let Some(shell) = &mut self.shell {
+                if shell.due(now) {
+                    shell.start(&self.poll, &mut self.conns, now);
+                }
             }
             if let Some(code) = self.apply(actions) {
                 return Ok(code);
@@ -290,6 +308,10 @@ impl Primary {
                     }
                 }
                 Action::Exit { waiters } => {
+                    if let Some(shell) = &mut self.shell {
+                        // It got SIGTERM when the shutdown began; it has no work to finish.
+                        shell.kill();
+                    }
                     for who in waiters {
                         self.conns
                             .send_reply(&self.poll, who, Reply::Done("stopped".into()));
@@ -361,6 +383,9 @@ impl Primary {
                 }
                 SIGQUIT => {
                     log::info!("SIGQUIT: fast shutdown");
+                    if let Some(shell) = &mut self.shell {
+                        shell.stop();
+                    }
                     let now = Instant::now();
                     actions.extend(self.state.handle(
                         now,
@@ -382,6 +407,10 @@ impl Primary {
         loop {
             match sys::reap_one() {
                 Ok(Some((pid, status))) => {
+                    if let Some(shell) = self.shell.as_mut().filter(|s| s.pid == Some(pid)) {
+                        shell.exited(&self.poll, &mut self.conns, Instant::now(), status);
+                        continue;
+                    }
                     let exit = match status {
                         sys::ExitStatus::Exited(c) => Exit::Code(c),
                         sys::ExitStatus::Signaled(s) => Exit::Signal(s),
@@ -496,6 +525,9 @@ impl Primary {
                 }))
             }
             Request::Stop => {
+                if let Some(shell) = &mut self.shell {
+                    shell.stop();
+                }
                 actions.extend(self.state.handle(
                     now,
                     Event::Shutdown {
@@ -578,7 +610,7 @@ fn send_handoff(sock: &OwnedFd, body: &[u8], listeners: &[Listener]) -> io::Resu
 
 /// Creates the state directory (0700) or checks an existing one, and refuses to start a second
 /// instance with the same name.
-fn prepare_state_dir(dir: &Path, name: &str) -> Result<(), Fatal> {
+fn prepare_state_dir(dir: &Path, name: &str, other_user: bool) -> Result<(), Fatal> {
     let fail = |what: String| Fatal::usage(format!("--state-dir {}: {what}", dir.display()));
     if let Err(e) = std::fs::DirBuilder::new()
         .recursive(true)
@@ -595,8 +627,10 @@ fn prepare_state_dir(dir: &Path, name: &str) -> Result<(), Fatal> {
             meta.uid()
         )));
     }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    // Workers run as another user (--user) must reach notify.sock: let them traverse, not list.
+    let mode = if other_user { 0o711 } else { 0o700 };
+    if meta.mode() & 0o777 != mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
             .map_err(|e| fail(lower(&e)))?;
     }
     let control = dir.join("control.sock");
@@ -607,4 +641,37 @@ fn prepare_state_dir(dir: &Path, name: &str) -> Result<(), Fatal> {
         )));
     }
     Ok(())
+}
+
+fn admin_console(
+    config: &Config,
+    admin: &crate::config::Admin,
+    control_path: &Path,
+) -> Result<shell_link::Shell, Fatal> {
+    let spec = crate::config::ListenerSpec {
+        name: "admin".into(),
+        address: crate::config::Address::Tcp(admin.address),
+    };
+    let mut bound = listeners::bind_all(std::slice::from_ref(&spec), 128)
+        .map_err(|e| Fatal::usage(e.0.replace("--listen admin", "--admin")))?;
+    let listener = bound.remove(0);
+    let identity = shell_link::identity(
+        &config.state_dir,
+        admin.cert.as_deref(),
+        admin.key.as_deref(),
+    )
+    .map_err(|e| Fatal::usage(format!("--admin-cert/--admin-key: {e}")))?;
+    log::info!(
+        "admin console on {} (TLS certificate SHA-256 fingerprint {})",
+        listener.bound.trim_start_matches("tcp://"),
+        identity.fingerprint_hex
+    );
+    let spec = shell_link::spec(
+        config,
+        control_path,
+        identity.cert_pem,
+        identity.key_pem,
+        admin.password_hash.clone(),
+    );
+    Ok(shell_link::Shell::new(spec, listener.fd))
 }

@@ -54,6 +54,9 @@ pub fn run() -> u8 {
 }
 
 fn prepare() -> io::Result<WorkerSpec> {
+    // Default dispositions first, then unblock: a stop signal that arrived while this process
+    // was starting ends it, as it would end the worker.
+    sys::reset_signals();
     let link = sys::take_role_link()?;
     let (spec, fds) = receive(&link)?;
     drop(link);
@@ -61,7 +64,6 @@ fn prepare() -> io::Result<WorkerSpec> {
     sys::drop_privileges(spec.uid, spec.gid)?;
     set_env(&spec);
     sys::place_fds(fds, 3)?;
-    sys::reset_signals();
     Ok(spec)
 }
 

@@ -10,9 +10,7 @@ use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
 
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{
@@ -181,28 +179,65 @@ pub fn recv_with_creds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usiz
 
 /// Spawns `exe` (normally `/proc/self/exe`) with `args` in its own process group, with `link`
 /// placed at [`ROLE_LINK_FD`] and every other fd of ours left behind by close-on-exec.
+///
+/// A plain fork, not std's `Command`: `Command` waits for the child's exec to succeed, which
+/// serialises the exec of every worker of a generation in the primary (about 2 ms each);
+/// here the parent returns right after fork and the children exec in parallel. A failed exec
+/// shows up as the child's exit status 127. The child starts with every signal blocked, so no
+/// handler of ours runs in it; the role unblocks them once it runs (see [`unblock_signals`]).
 pub fn spawn_role(exe: &Path, arg0: &str, args: &[&str], link: &OwnedFd) -> io::Result<Pid> {
+    // Everything the child touches is built before fork: after it, no allocation.
+    let path = CString::new(exe.as_os_str().as_bytes())?;
+    let argv: Vec<CString> = std::iter::once(arg0)
+        .chain(args.iter().copied())
+        .map(CString::new)
+        .collect::<Result<_, _>>()?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
     let link_fd = link.as_raw_fd();
-    let mut cmd = Command::new(exe);
-    cmd.arg0(arg0).args(args).process_group(0);
-    // SAFETY: the closure runs in the child between fork and exec and calls only dup2 and
-    // fcntl, which are async-signal-safe; it allocates nothing and takes no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            if link_fd == ROLE_LINK_FD {
+
+    let mut old = SigSet::empty();
+    signal::sigprocmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )
+    .map_err(errno)?;
+    // SAFETY: the primary is single-threaded, so the child's copy of the address space is
+    // consistent. The child calls only async-signal-safe functions (setpgid, fcntl, dup2,
+    // execv, _exit) on data prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: in the child; see above. `_exit` skips every destructor and atexit hook.
+        unsafe {
+            libc::setpgid(0, 0);
+            let placed = if link_fd == ROLE_LINK_FD {
                 // dup2 onto itself would leave close-on-exec set; clear it instead.
-                if libc::fcntl(link_fd, libc::F_SETFD, 0) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(link_fd, ROLE_LINK_FD) == -1 {
-                return Err(io::Error::last_os_error());
+                libc::fcntl(link_fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(link_fd, ROLE_LINK_FD)
+            };
+            if placed != -1 {
+                libc::execv(path.as_ptr(), argv_ptrs.as_ptr());
             }
-            Ok(())
-        });
+            libc::_exit(127);
+        }
     }
-    let child = cmd.spawn()?;
-    // The std Child handle is dropped without waiting: the primary reaps with waitpid.
-    Ok(Pid::from_raw(child.id() as i32))
+    let fork_error = io::Error::last_os_error();
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    if pid < 0 {
+        return Err(fork_error);
+    }
+    // Also from this side, so the group exists before we might signal it; after the child's
+    // exec this fails with EACCES, harmlessly, because the child did it itself.
+    // SAFETY: setpgid on our own child changes nothing else.
+    unsafe { libc::setpgid(pid, pid) };
+    Ok(Pid::from_raw(pid))
+}
+
+/// Unblocks every signal: role processes start with all of them blocked (see [`spawn_role`]).
+pub fn unblock_signals() {
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
 /// Takes the role link inherited at [`ROLE_LINK_FD`] and makes it close-on-exec.

@@ -1,0 +1,243 @@
+//! The primary's side of the shell worker: it binds the admin listener, spawns the shell role
+//! with the listener and a link, restarts it with back-off when it dies, and replaces it on
+//! `restart`. The link is adopted as one more control connection, so console commands take the
+//! same code path as `reloadsup ctl` and signals.
+//!
+//! Nothing the shell worker does can stall the primary: the link is non-blocking like every
+//! control connection, and the shell's process is reaped like a worker's.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mio::Poll;
+use nix::sys::signal::Signal;
+use reloadsup_protocol::{self as proto, ShellSpec, PROTOCOL_VERSION};
+
+use super::control::{ConnId, Connections};
+use super::state::{BACKOFF_MAX, BACKOFF_MIN, HEALTHY_AFTER};
+use crate::sys;
+
+pub struct Shell {
+    spec: ShellSpec,
+    listener: OwnedFd,
+    pub pid: Option<u32>,
+    conn: Option<ConnId>,
+    started: Option<Instant>,
+    backoff: Duration,
+    pub restart_at: Option<Instant>,
+    /// The shell is being replaced on purpose: respawn at once when it is reaped.
+    replacing: bool,
+    stopping: bool,
+}
+
+impl Shell {
+    pub fn new(spec: ShellSpec, listener: OwnedFd) -> Shell {
+        Shell {
+            spec,
+            listener,
+            pid: None,
+            conn: None,
+            started: None,
+            backoff: BACKOFF_MIN,
+            restart_at: None,
+            replacing: false,
+            stopping: false,
+        }
+    }
+
+    pub fn start(&mut self, poll: &Poll, conns: &mut Connections, now: Instant) {
+        self.restart_at = None;
+        match self.spawn(poll, conns) {
+            Ok(pid) => {
+                log::info!("admin console: shell worker started as pid {pid}");
+                self.pid = Some(pid);
+                self.started = Some(now);
+            }
+            Err(e) => {
+                log::error!(
+                    "admin console: unable to start the shell worker: {}",
+                    crate::config::lower(&e)
+                );
+                self.schedule(now);
+            }
+        }
+    }
+
+    fn spawn(&mut self, poll: &Poll, conns: &mut Connections) -> io::Result<u32> {
+        let frame = proto::encode_frame(&self.spec).map_err(io::Error::other)?;
+        let (ours, theirs) = sys::stream_pair()?;
+        let pid = sys::spawn_role(
+            Path::new("/proc/self/exe"),
+            "reloadsup-shell",
+            &["__shell"],
+            &theirs,
+        )?;
+        drop(theirs);
+        // A fresh socketpair's buffer takes the whole spec: this send does not block.
+        if let Err(e) = sys::send_with_fds(ours.as_fd(), &frame, &[self.listener.as_fd()]) {
+            let _ = sys::kill_group(pid.as_raw() as u32, Signal::SIGKILL);
+            return Err(e);
+        }
+        let stream = std::os::unix::net::UnixStream::from(ours);
+        stream.set_nonblocking(true)?;
+        let id = conns.adopt(poll, mio::net::UnixStream::from_std(stream))?;
+        self.conn = Some(id);
+        Ok(pid.as_raw() as u32)
+    }
+
+    fn schedule(&mut self, now: Instant) {
+        if self.stopping {
+            return;
+        }
+        log::info!(
+            "admin console: restarting the shell worker in {:?}",
+            self.backoff
+        );
+        self.restart_at = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// The shell worker was reaped.
+    pub fn exited(
+        &mut self,
+        poll: &Poll,
+        conns: &mut Connections,
+        now: Instant,
+        status: sys::ExitStatus,
+    ) {
+        self.pid = None;
+        if let Some(id) = self.conn.take() {
+            conns.close(poll, id, "the shell worker exited");
+        }
+        if self.stopping {
+            return;
+        }
+        if self.replacing {
+            self.replacing = false;
+            self.backoff = BACKOFF_MIN;
+            self.start(poll, conns, now);
+            return;
+        }
+        log::warn!("admin console: the shell worker {status}");
+        if self
+            .started
+            .is_some_and(|t| now.saturating_duration_since(t) >= HEALTHY_AFTER)
+        {
+            self.backoff = BACKOFF_MIN;
+        }
+        self.schedule(now);
+    }
+
+    /// Replaces the shell worker (the `restart` command): sessions end and clients reconnect.
+    pub fn replace(&mut self, poll: &Poll, conns: &mut Connections, now: Instant) {
+        match self.pid {
+            Some(pid) => {
+                self.replacing = true;
+                let _ = sys::kill_group(pid, Signal::SIGTERM);
+            }
+            None => self.start(poll, conns, now),
+        }
+    }
+
+    pub fn due(&self, now: Instant) -> bool {
+        self.restart_at.is_some_and(|t| t <= now)
+    }
+
+    pub fn stop(&mut self) {
+        self.stopping = true;
+        self.restart_at = None;
+        if let Some(pid) = self.pid {
+            let _ = sys::kill_group(pid, Signal::SIGTERM);
+        }
+    }
+
+    /// At exit: nothing the shell worker does matters any more.
+    pub fn kill(&mut self) {
+        self.stop();
+        if let Some(pid) = self.pid {
+            let _ = sys::kill_group(pid, Signal::SIGKILL);
+        }
+    }
+
+    pub fn is_link(&self, id: ConnId) -> bool {
+        self.conn == Some(id)
+    }
+}
+
+/// The spec sent to every shell worker, built once at start.
+pub fn spec(
+    config: &crate::config::Config,
+    control_path: &Path,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    password_hash: String,
+) -> ShellSpec {
+    use std::os::unix::ffi::OsStrExt;
+    ShellSpec {
+        version: PROTOCOL_VERSION,
+        primary_pid: std::process::id(),
+        name: config.name.clone(),
+        cert_pem,
+        key_pem,
+        password_hash,
+        control_path: control_path.as_os_str().as_bytes().to_vec(),
+        commands: config.commands.clone(),
+        fd_count: 1,
+    }
+}
+
+/// The console's TLS identity. Interim: replaced by the shell module's own loader.
+pub struct Identity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub fingerprint_hex: String,
+}
+
+pub fn identity(
+    state_dir: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Identity, String> {
+    let (cert_pem, key_pem) = match (cert, key) {
+        (Some(c), Some(k)) => (
+            std::fs::read(c).map_err(|e| format!("unable to read {}: {e}", c.display()))?,
+            std::fs::read(k).map_err(|e| format!("unable to read {}: {e}", k.display()))?,
+        ),
+        _ => {
+            let c = state_dir.join("console-cert.pem");
+            let k = state_dir.join("console-key.pem");
+            match (std::fs::read(&c), std::fs::read(&k)) {
+                (Ok(c), Ok(k)) => (c, k),
+                _ => {
+                    let made = rcgen::generate_simple_self_signed(vec![
+                        "localhost".into(),
+                        "127.0.0.1".into(),
+                        "::1".into(),
+                    ])
+                    .map_err(|e| e.to_string())?;
+                    let (cp, kp) = (
+                        made.cert.pem().into_bytes(),
+                        made.signing_key.serialize_pem().into_bytes(),
+                    );
+                    std::fs::write(&c, &cp).map_err(|e| e.to_string())?;
+                    std::fs::write(&k, &kp).map_err(|e| e.to_string())?;
+                    (cp, kp)
+                }
+            }
+        }
+    };
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(&cert_pem)
+        .next()
+        .ok_or("no certificate in the PEM")?
+        .map_err(|e| e.to_string())?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &der);
+    let fingerprint_hex = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Identity {
+        cert_pem,
+        key_pem,
+        fingerprint_hex,
+    })
+}
