@@ -205,9 +205,17 @@ pub enum Progress {
     /// A new generation started with this many workers.
     GenerationStarted { generation: u64, workers: u32 },
     /// A worker of the new generation was spawned.
-    WorkerSpawned { generation: u64, slot: u32, pid: u32 },
+    WorkerSpawned {
+        generation: u64,
+        slot: u32,
+        pid: u32,
+    },
     /// A worker of the new generation is ready.
-    WorkerReady { generation: u64, slot: u32, pid: u32 },
+    WorkerReady {
+        generation: u64,
+        slot: u32,
+        pid: u32,
+    },
     /// The request was coalesced with one already in flight and waits for its turn.
     Queued,
     /// The old generation was sent the stop signal.
