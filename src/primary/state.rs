@@ -193,6 +193,8 @@ pub struct State {
     pub last_reload: Option<ReloadOutcome>,
     /// Set once a shutdown began: who waits for it.
     pub shutdown: Option<Vec<Requester>>,
+    /// The first generation had every worker ready once (it is logged as serving then).
+    pub first_ready: bool,
 }
 
 impl State {
@@ -208,6 +210,7 @@ impl State {
             slots: Vec::new(),
             last_reload: None,
             shutdown: None,
+            first_ready: false,
         }
     }
 
@@ -456,6 +459,14 @@ impl State {
                 },
             });
             self.check_complete(now, out);
+        } else if generation == self.serving && !self.first_ready && self.last_reload.is_none() {
+            let all_ready = (0..self.target).all(|slot| {
+                self.processes.iter().any(|p| p.generation == generation && p.slot == slot && p.phase == Phase::Ready)
+            });
+            if all_ready {
+                self.first_ready = true;
+                log::info!("generation {generation} is serving");
+            }
         }
     }
 

@@ -1,0 +1,533 @@
+//! The core promises (DESIGN.md section 1), driven through signals and the log only.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use reloadsup_integration_tests::{
+    bins, proc, python3, wait_json_file, wait_until, Limits, Load, Run, Sandbox, Supervisor,
+    DEADLINE,
+};
+use serde_json::Value;
+
+/// The longest pause in answers tolerated around a reload. Workers take 200 ms to start, so a
+/// supervisor that let the old generation go before the new one was ready would show a pause
+/// of at least that; the real figure is in `make bench`.
+const MAX_PAUSE_AFTER_RELOAD: Duration = Duration::from_millis(150);
+/// Pacing between reloads, so each generation serves a little.
+const PACING: Duration = Duration::from_millis(20);
+
+/// The standard flags of these tests for `workers` notify-ready workers.
+fn standard(workers: usize) -> Vec<String> {
+    [
+        "-n",
+        &workers.to_string(),
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "2s",
+        "--graceful-timeout",
+        "5s",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Starts `run` and waits for its first generation of `workers` to be ready.
+fn start(sandbox: &Sandbox, run: Run, workers: usize) -> (Supervisor, SocketAddr) {
+    let mut sup = run.start(sandbox);
+    let addr = sup.addr();
+    sup.wait_ready(1, workers);
+    (sup, addr)
+}
+
+/// Reloads `reloads` times under a load of `clients` and checks nothing was lost.
+fn reload_under_load(sup: &mut Supervisor, addr: SocketAddr, clients: usize, reloads: u32) {
+    let load = Load::start(addr, clients, Limits::default());
+    load.wait_for_more_answers(20, DEADLINE);
+    let mut reloaded_at = Vec::new();
+    for generation in 2..=reloads + 1 {
+        reloaded_at.push(Instant::now());
+        if let Err(reason) = sup.reload(generation) {
+            panic!("reload to generation {generation} failed: {reason}");
+        }
+        // Every generation must be seen answering before it is replaced.
+        load.wait_for_generation(generation, DEADLINE);
+        thread::sleep(PACING);
+    }
+    load.wait_for_more_answers(20, DEADLINE);
+    let report = load.stop();
+    let gaps = report.gaps_after(&reloaded_at, Duration::from_secs(1));
+    eprintln!(
+        "{}\nlongest pause after each reload: {gaps:?}\np50 {:?} p99 {:?}",
+        report.summary(),
+        report.latency(0.5),
+        report.latency(0.99)
+    );
+    report.assert_no_failures();
+    assert_eq!(
+        sup.count_in_log(" is serving"),
+        reloads as usize,
+        "one 'is serving' line per reload"
+    );
+    let expected: BTreeSet<u32> = (1..=reloads + 1).collect();
+    assert_eq!(report.generations(), expected, "generations that answered");
+    let longest = report.longest_gap_after(&reloaded_at, Duration::from_secs(1));
+    assert!(
+        longest < MAX_PAUSE_AFTER_RELOAD,
+        "answers paused for {longest:?} after a reload (limit {MAX_PAUSE_AFTER_RELOAD:?}); each: {gaps:?}"
+    );
+}
+
+#[test]
+fn reload_under_load_loses_nothing() {
+    let sb = Sandbox::new("reload_under_load_loses_nothing");
+    let run = Run::hello(&["--delay", "200ms"]).args(standard(4));
+    let (mut sup, addr) = start(&sb, run, 4);
+    reload_under_load(&mut sup, addr, 8, 20);
+}
+
+#[test]
+fn reload_under_load_python() {
+    let Some(python) = python3() else {
+        eprintln!("skipped: python3 is not on PATH");
+        return;
+    };
+    let server = bins::python_server();
+    if !server.is_file() {
+        eprintln!("skipped: {} is missing", server.display());
+        return;
+    }
+    let sb = Sandbox::new("reload_under_load_python");
+    let command = [python.into_os_string(), server.into_os_string()]
+        .into_iter()
+        .chain(["--delay", "0.2"].map(Into::into));
+    // Python starts slowly on a busy machine: a longer ready timeout than the Rust tests.
+    let run = Run::new(command)
+        .args(["-n", "4", "--ready", "notify", "--ready-timeout", "15s"])
+        .env("PYTHONUNBUFFERED", "1");
+    let (mut sup, addr) = start(&sb, run, 4);
+    reload_under_load(&mut sup, addr, 4, 5);
+}
+
+/// A script in the sandbox that runs hello with `args`; tests rewrite it to break a reload.
+fn hello_script(sb: &Sandbox, args: &[&str]) -> PathBuf {
+    sb.exec_script("server", &bins::example("hello"), args)
+}
+
+/// Breaks the command with `broken` (a script body), reloads under load and checks the old
+/// generation is untouched and nothing of the failed one remains.
+fn rollback(name: &str, broken: &str) {
+    let sb = Sandbox::new(name);
+    let script = hello_script(&sb, &["--delay", "200ms"]);
+    let (mut sup, addr) = start(&sb, Run::new([&script]).args(standard(4)), 4);
+    let old: Vec<u32> = sup.wait_workers(4);
+
+    let load = Load::start(addr, 8, Limits::default());
+    load.wait_for_more_answers(20, DEADLINE);
+    sb.write_script("server", broken);
+    let reason = match sup.reload(2) {
+        Ok(()) => panic!("the reload to a broken command succeeded"),
+        Err(reason) => reason,
+    };
+    eprintln!("rollback reason: {reason}");
+    assert!(!reason.is_empty(), "a failed reload names its reason");
+
+    // The failed generation is killed and reaped: only the old workers remain, none a zombie.
+    let primary = sup.pid();
+    wait_until(
+        DEADLINE,
+        "only the old workers as the primary's children",
+        || proc::children_of(primary) == old,
+    );
+    assert!(
+        !old.iter().any(|&p| proc::is_zombie(p)),
+        "an old worker is a zombie"
+    );
+    load.wait_for_more_answers(50, DEADLINE);
+    let report = load.stop();
+    eprintln!("{}", report.summary());
+    report.assert_no_failures();
+    assert_eq!(report.generations(), BTreeSet::from([1]));
+    let answered: BTreeSet<u32> = report.pids();
+    let old_set: BTreeSet<u32> = old.iter().copied().collect();
+    assert!(
+        answered.is_subset(&old_set),
+        "answers from {answered:?}, old workers {old_set:?}"
+    );
+    assert_eq!(sup.workers(), old, "the old workers are untouched");
+
+    // Fixing the command makes the next reload succeed.
+    hello_script(&sb, &["--delay", "200ms"]);
+    sup.signal(libc::SIGHUP);
+    sup.wait_for_log(" is serving", DEADLINE);
+    let new = sup.wait_workers(4);
+    assert!(
+        new.iter().all(|p| !old.contains(p)),
+        "every worker replaced"
+    );
+}
+
+#[test]
+fn failed_generation_keeps_old_one_serving() {
+    rollback(
+        "failed_generation_keeps_old_one_serving",
+        "#!/bin/sh\nexit 1\n",
+    );
+}
+
+#[test]
+fn unready_generation_is_rolled_back_after_ready_timeout() {
+    // `--delay 60s` keeps the broken worker from accepting too: a worker that accepts
+    // connections but never becomes ready loses them when it is killed, which is the worker's
+    // fault, not the supervisor's.
+    let hello = bins::example("hello");
+    rollback(
+        "unready_generation_is_rolled_back",
+        &format!(
+            "#!/bin/sh\nexec {} --no-ready --delay 60s \"$@\"\n",
+            reloadsup_integration_tests::shell_quote(&hello.to_string_lossy())
+        ),
+    );
+}
+
+fn json_str<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} is not a string in {v}"))
+}
+
+#[test]
+fn worker_sees_exactly_its_fds_and_env() {
+    let sb = Sandbox::new("worker_sees_exactly_its_fds_and_env");
+    let out = sb.join("probe.json");
+    let mut sup = Run::probe(&["--flag", "{fd:a}", "{fd}"])
+        .args(["-l", "a=tcp://127.0.0.1:0", "-l", "tcp://127.0.0.1:0"])
+        .args(standard(1))
+        .args(["--env", "IT_EXTRA=from-flag"])
+        .env("PROBE_OUT", &out)
+        .env("IT_INHERITED", "from-parent")
+        .env("RELOADSUP_ADMIN_PASSWORD_HASH", "secret-hash-must-not-leak")
+        .start(&sb);
+    let a = sup.listener_addr("a");
+    let listen1 = sup.listener_addr("listen1");
+    sup.wait_ready(1, 1);
+    let report = wait_json_file(&out);
+    let pid = report["pid"].as_u64().expect("pid") as u32;
+
+    let fds: Vec<i64> = report["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .map(|f| f["fd"].as_i64().expect("fd"))
+        .collect();
+    assert_eq!(fds, [0, 1, 2, 3, 4], "the worker's fds: {}", report["fds"]);
+    for (fd, addr) in [(3, a), (4, listen1)] {
+        let entry = &report["fds"][fd];
+        assert_eq!(entry["listening"], Value::Bool(true), "fd {fd}: {entry}");
+        assert_eq!(
+            entry["local_addr"].as_str(),
+            Some(addr.to_string().as_str()),
+            "fd {fd}: {entry}"
+        );
+    }
+    // stdout and stderr are the primary's own.
+    let primary_fds = proc::fds_of(sup.pid());
+    for fd in [1, 2] {
+        let theirs = &primary_fds
+            .iter()
+            .find(|f| f.0 == fd)
+            .expect("primary fd")
+            .1;
+        assert_eq!(
+            report["fds"][fd as usize]["target"].as_str(),
+            Some(theirs.as_str()),
+            "fd {fd}"
+        );
+    }
+
+    let env = &report["env"];
+    assert_eq!(json_str(env, "LISTEN_FDS"), "2");
+    assert_eq!(json_str(env, "LISTEN_PID"), pid.to_string());
+    assert_eq!(json_str(env, "LISTEN_FDNAMES"), "a:listen1");
+    assert_eq!(json_str(env, "RELOADSUP_GENERATION"), "1");
+    assert_eq!(json_str(env, "RELOADSUP_WORKER"), "0");
+    assert!(
+        !json_str(env, "NOTIFY_SOCKET").is_empty(),
+        "NOTIFY_SOCKET in notify mode"
+    );
+    assert_eq!(json_str(env, "IT_INHERITED"), "from-parent");
+    assert_eq!(json_str(env, "IT_EXTRA"), "from-flag");
+    let leaked: Vec<&String> = env
+        .as_object()
+        .expect("env object")
+        .keys()
+        .filter(|k| k.starts_with("RELOADSUP_"))
+        .filter(|k| *k != "RELOADSUP_GENERATION" && *k != "RELOADSUP_WORKER")
+        .collect();
+    assert!(leaked.is_empty(), "reloadsup variables leaked: {leaked:?}");
+
+    let argv: Vec<&str> = report["argv"]
+        .as_array()
+        .expect("argv")
+        .iter()
+        .map(|a| a.as_str().expect("argv word"))
+        .collect();
+    assert_eq!(argv[1..], ["--flag", "3", "3"]);
+
+    assert_eq!(json_str(&report, "sigblk"), "0000000000000000");
+    let ignored = report["ignored_signals"]
+        .as_array()
+        .expect("ignored_signals");
+    assert!(
+        !ignored.contains(&Value::from(libc::SIGPIPE)),
+        "SIGPIPE is ignored in the worker: {ignored:?}"
+    );
+    assert_eq!(
+        report["pgid"].as_u64(),
+        Some(u64::from(pid)),
+        "own process group"
+    );
+    assert_eq!(report["ppid"].as_u64(), Some(u64::from(sup.pid())));
+}
+
+#[test]
+fn primary_sigkill_takes_workers_down() {
+    let sb = Sandbox::new("primary_sigkill_takes_workers_down");
+    let (mut sup, _) = start(&sb, Run::hello(&[]).args(standard(4)), 4);
+    let workers = sup.wait_workers(4);
+    let killed = Instant::now();
+    sup.signal(libc::SIGKILL);
+    sup.wait_exit(DEADLINE);
+    wait_until(
+        Duration::from_secs(5),
+        "every worker to die with the primary",
+        || !workers.iter().any(|&p| proc::is_alive(p)),
+    );
+    eprintln!(
+        "workers gone {:?} after SIGKILL to the primary",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn fifty_reloads_leave_no_zombie_or_fd_leak() {
+    let sb = Sandbox::new("fifty_reloads_leave_no_zombie_or_fd_leak");
+    let run = Run::hello(&[]).args([
+        "-n",
+        "2",
+        "--ready",
+        "immediate",
+        "--graceful-timeout",
+        "5s",
+    ]);
+    let (mut sup, _) = start(&sb, run, 2);
+    sup.reload(2).expect("reload 1");
+    sup.wait_workers(2);
+    let primary = sup.pid();
+    let baseline = proc::fds_of(primary);
+    for generation in 3..=51 {
+        sup.reload(generation)
+            .unwrap_or_else(|r| panic!("reload to {generation} failed: {r}"));
+        thread::sleep(Duration::from_millis(5));
+    }
+    sup.wait_workers(2);
+    let mut now = Vec::new();
+    let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(
+            Duration::from_secs(5),
+            "the primary's fd count to settle",
+            || {
+                now = proc::fds_of(primary);
+                now.len() == baseline.len()
+            },
+        )
+    }));
+    assert!(
+        settled.is_ok(),
+        "fd leak: after reload 1 {baseline:#?}\nafter reload 50 {now:#?}"
+    );
+    let children = proc::children_of(primary);
+    assert_eq!(children.len(), 2, "children: {children:?}");
+    assert!(!children.iter().any(|&p| proc::is_zombie(p)));
+}
+
+#[test]
+fn graceful_shutdown_exits_zero() {
+    let sb = Sandbox::new("graceful_shutdown_exits_zero");
+    let (mut sup, _) = start(&sb, Run::hello(&[]).args(standard(2)), 2);
+    let workers = sup.wait_workers(2);
+    sup.signal(libc::SIGTERM);
+    let status = sup.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(!workers.iter().any(|&p| proc::is_alive(p)), "workers left");
+}
+
+#[test]
+fn fast_shutdown() {
+    let sb = Sandbox::new("fast_shutdown");
+    let (mut sup, _) = start(&sb, Run::probe(&["--ignore-term"]).args(standard(2)), 2);
+    let workers = sup.wait_workers(2);
+    let started = Instant::now();
+    sup.signal(libc::SIGQUIT);
+    let status = sup.wait_exit(DEADLINE);
+    eprintln!("fast shutdown took {:?}, {status}", started.elapsed());
+    assert!(
+        status.code().is_some(),
+        "the primary died of a signal: {status}"
+    );
+    wait_until(DEADLINE, "every worker to be gone", || {
+        !workers.iter().any(|&p| proc::is_alive(p))
+    });
+    // Stubborn workers are not waited for: SIGKILL goes out at once.
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[test]
+fn graceful_timeout_kills_stubborn_worker() {
+    let sb = Sandbox::new("graceful_timeout_kills_stubborn_worker");
+    let run = Run::probe(&["--ignore-term"]).args([
+        "-n",
+        "1",
+        "--ready",
+        "notify",
+        "--graceful-timeout",
+        "1s",
+    ]);
+    let (mut sup, _) = start(&sb, run, 1);
+    let old = sup.wait_workers(1)[0];
+    let hup = Instant::now();
+    sup.reload(2).expect("reload");
+    wait_until(
+        DEADLINE,
+        "the stubborn worker to be killed and reaped",
+        || !proc::exists(old),
+    );
+    let took = hup.elapsed();
+    eprintln!("stubborn worker gone {took:?} after SIGHUP");
+    assert!(
+        took >= Duration::from_millis(950),
+        "killed before the graceful timeout: {took:?}"
+    );
+    assert_eq!(sup.wait_workers(1).len(), 1);
+}
+
+#[test]
+fn crashed_worker_is_restarted_in_its_slot() {
+    let sb = Sandbox::new("crashed_worker_is_restarted_in_its_slot");
+    let (sup, addr) = start(&sb, Run::hello(&[]).args(standard(2)), 2);
+    let before = sup.wait_workers(2);
+    proc::kill(before[0], libc::SIGKILL).expect("kill a worker");
+    let after = reloadsup_integration_tests::wait_for(DEADLINE, "a replacement worker", || {
+        let now = sup.workers();
+        (now.len() == 2 && !now.contains(&before[0])).then_some(now)
+    });
+    assert!(after.contains(&before[1]), "the other worker is untouched");
+    let load = Load::start(addr, 2, Limits::default());
+    load.wait_for_more_answers(20, DEADLINE);
+    load.stop().assert_no_failures();
+}
+
+#[test]
+fn bad_input_exits_2() {
+    let sb = Sandbox::new("bad_input_exits_2");
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("local addr");
+    let config = sb.write("bad.toml", "bogus_key = 1\n");
+    let not_executable = sb.write("not-executable", "#!/bin/sh\nexit 0\n");
+    let hello = bins::example("hello");
+    let hello = hello.to_string_lossy().into_owned();
+    let l0 = ["-l", "tcp://127.0.0.1:0"];
+    let in_use = format!("tcp://{taken_addr}");
+    let cases: Vec<(&str, Run, Vec<String>)> = vec![
+        (
+            "no command",
+            Run::new(Vec::<String>::new()),
+            vec!["command".into()],
+        ),
+        (
+            "unparsable address",
+            Run::new([&hello]).args(["-l", "tcp://nonsense"]),
+            vec!["--listen".into(), "nonsense".into()],
+        ),
+        (
+            "address in use",
+            Run::new([&hello]).args(["-l", &in_use]),
+            vec![taken_addr.port().to_string(), "in use".into()],
+        ),
+        (
+            "unknown stop signal",
+            Run::new([&hello])
+                .args(l0)
+                .args(["--stop-signal", "SIGFOO"]),
+            vec!["--stop-signal".into(), "SIGFOO".into()],
+        ),
+        (
+            "bad duration",
+            Run::new([&hello])
+                .args(l0)
+                .args(["--ready-timeout", "5parsecs"]),
+            vec!["--ready-timeout".into(), "5parsecs".into()],
+        ),
+        (
+            "unknown config key",
+            Run::new([&hello]).args(l0).arg("-c").arg(&config),
+            vec!["bogus_key".into()],
+        ),
+        (
+            "missing command",
+            Run::new(["no-such-command-xyz"]).args(l0),
+            vec!["no-such-command-xyz".into()],
+        ),
+        (
+            "command not executable",
+            Run::new([&not_executable]).args(l0),
+            vec![not_executable.to_string_lossy().into_owned()],
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (what, run, needles) in cases {
+        let out = run.output(&sb, DEADLINE);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let lower = stderr.to_lowercase();
+        if out.status.code() != Some(2) {
+            problems.push(format!(
+                "{what}: exit {} (want 2); stderr: {stderr}",
+                out.status
+            ));
+        }
+        if stderr.contains("panicked") {
+            problems.push(format!("{what}: panicked: {stderr}"));
+        }
+        for needle in needles {
+            if !lower.contains(&needle.to_lowercase()) {
+                problems.push(format!("{what}: stderr lacks {needle:?}: {stderr}"));
+            }
+        }
+    }
+    drop(taken);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn scaling_with_signals() {
+    let sb = Sandbox::new("scaling_with_signals");
+    let (sup, addr) = start(&sb, Run::hello(&[]).args(standard(2)), 2);
+    sup.wait_workers(2);
+    let load = Load::start(addr, 4, Limits::default());
+    for (sig, expected) in [
+        (libc::SIGTTIN, 3),
+        (libc::SIGTTIN, 4),
+        (libc::SIGTTOU, 3),
+        (libc::SIGTTOU, 2),
+        (libc::SIGTTOU, 1),
+    ] {
+        sup.signal(sig);
+        sup.wait_workers(expected);
+        load.wait_for_more_answers(10, DEADLINE);
+    }
+    let report = load.stop();
+    report.assert_no_failures();
+}
