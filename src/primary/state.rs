@@ -461,7 +461,9 @@ impl State {
             self.check_complete(now, out);
         } else if generation == self.serving && !self.first_ready && self.last_reload.is_none() {
             let all_ready = (0..self.target).all(|slot| {
-                self.processes.iter().any(|p| p.generation == generation && p.slot == slot && p.phase == Phase::Ready)
+                self.processes.iter().any(|p| {
+                    p.generation == generation && p.slot == slot && p.phase == Phase::Ready
+                })
             });
             if all_ready {
                 self.first_ready = true;

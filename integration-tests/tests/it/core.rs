@@ -69,8 +69,8 @@ fn reload_under_load(sup: &mut Supervisor, addr: SocketAddr, clients: usize, rel
     report.assert_no_failures();
     assert_eq!(
         sup.count_in_log(" is serving"),
-        reloads as usize,
-        "one 'is serving' line per reload"
+        reloads as usize + 1,
+        "one 'is serving' line for the first generation and one per reload"
     );
     let expected: BTreeSet<u32> = (1..=reloads + 1).collect();
     assert_eq!(report.generations(), expected, "generations that answered");
@@ -162,7 +162,7 @@ fn rollback(name: &str, broken: &str) {
     // Fixing the command makes the next reload succeed.
     hello_script(&sb, &["--delay", "200ms"]);
     sup.signal(libc::SIGHUP);
-    sup.wait_for_log(" is serving", DEADLINE);
+    sup.wait_for_log("generation 3 is serving", DEADLINE);
     let new = sup.wait_workers(4);
     assert!(
         new.iter().all(|p| !old.contains(p)),
