@@ -4,3 +4,4 @@
 
 mod control;
 mod core;
+mod lifecycle;

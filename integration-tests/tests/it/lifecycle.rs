@@ -1,0 +1,285 @@
+//! The bad day: crashes, crash loops, dead slots and revive, workers with children of their
+//! own, hundreds of listeners, einhorn's variables, and workers run as another user.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use reloadsup_integration_tests::load::FailureKind;
+use reloadsup_integration_tests::{
+    bins, proc, wait_for, wait_json_file, wait_until, Limits, Load, Run, Sandbox, Supervisor,
+    DEADLINE,
+};
+use serde_json::Value;
+
+fn standard(workers: usize) -> Vec<String> {
+    [
+        "-n",
+        &workers.to_string(),
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "5s",
+        "--graceful-timeout",
+        "5s",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn start(sandbox: &Sandbox, run: Run, workers: usize) -> (Supervisor, SocketAddr) {
+    let mut sup = run.start(sandbox);
+    let addr = sup.addr();
+    sup.wait_ready(1, workers);
+    (sup, addr)
+}
+
+fn ctl_ok(sup: &Supervisor, args: &[&str]) -> String {
+    let out = sup.ctl(args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ctl {args:?}: {}; {text}; {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn killed_worker_is_replaced_and_only_its_own_connections_fail() {
+    let sb = Sandbox::new("killed_worker_is_replaced");
+    let (sup, addr) = start(&sb, Run::hello(&[]).args(standard(4)), 4);
+    let load = Load::start(addr, 8, Limits::default());
+    load.wait_for_more_answers(200, DEADLINE);
+    let before = sup.wait_workers(4);
+    let victim = before[1];
+    let killed_at = Instant::now();
+    unsafe_kill(victim, libc::SIGKILL);
+    // A replacement in the same slot, ready and answering.
+    let replacement = wait_for(DEADLINE, "a replacement worker", || {
+        let now = sup.workers();
+        (now.len() == 4 && !now.contains(&victim))
+            .then(|| now.into_iter().find(|p| !before.contains(p)))
+            .flatten()
+    });
+    wait_until(DEADLINE, "an answer from the replacement", || {
+        reloadsup_integration_tests::get(addr, "/").is_ok_and(|a| a.pid == replacement)
+    });
+    let replaced_in = killed_at.elapsed();
+    load.wait_for_more_answers(200, DEADLINE);
+    let report = load.stop();
+    eprintln!(
+        "{}\nreplacement answered {replaced_in:?} after the kill",
+        report.summary()
+    );
+    // Only connections the killed worker had accepted can fail: at most one per client, and
+    // never a refused connection (the listener never closed).
+    assert_eq!(
+        report.failures_of(FailureKind::Refused),
+        0,
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report.failed() <= 8,
+        "more failures than clients in flight: {}",
+        report.summary()
+    );
+    assert!(
+        sup.log()
+            .contains(&format!("(pid {victim}) was killed by SIGKILL")),
+        "the log says why it died"
+    );
+    assert!(
+        sup.log().contains("restarting worker"),
+        "the slot was restarted"
+    );
+}
+
+#[test]
+fn crash_loop_backs_off_dies_and_revives() {
+    let sb = Sandbox::new("crash_loop_backs_off");
+    let script = sb.write_script("server", "#!/bin/sh\nexit 3\n");
+    let mut sup = Run::new([&script]).args(standard(1)).start(&sb);
+    wait_until(DEADLINE, "the slot to be dead", || {
+        sup.log().contains("worker 0 is dead")
+    });
+    let log = sup.log();
+    let delays: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("restarting worker 0 in ").nth(1))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        delays,
+        ["100ms", "200ms", "400ms", "800ms"],
+        "the back-off doubles"
+    );
+    let deaths = log
+        .lines()
+        .filter(|l| l.contains("(pid ") && l.contains("exited with status 3"))
+        .count();
+    assert_eq!(deaths, 5, "the log says why each died");
+    let status = sup.status_json();
+    assert_eq!(status["dead_workers"], 1, "{status:#}");
+    assert_eq!(status["current_workers"], 0, "{status:#}");
+    assert_eq!(status["workers"][0]["state"], "dead", "{status:#}");
+
+    // Fixed on disk, then revived.
+    sb.exec_script("server", &bins::example("hello"), &[]);
+    let text = ctl_ok(&sup, &["revive"]);
+    assert!(text.contains("revived 1 worker"), "{text}");
+    let addr = sup.addr();
+    wait_for(DEADLINE, "the revived worker to answer", || {
+        reloadsup_integration_tests::get(addr, "/").ok()
+    });
+    let status = sup.status_json();
+    assert_eq!(status["dead_workers"], 0, "{status:#}");
+    assert_eq!(status["current_workers"], 1, "{status:#}");
+}
+
+#[test]
+fn three_hundred_listeners_arrive_in_order() {
+    let sb = Sandbox::new("three_hundred_listeners");
+    let out = sb.join("probe.json");
+    let mut run = Run::probe(&[]).env("PROBE_OUT", &out).args(standard(1));
+    for i in 0..300 {
+        run = run.args(["-l".to_string(), format!("l{i}=tcp://127.0.0.1:0")]);
+    }
+    let mut sup = run.start(&sb);
+    let addrs: Vec<SocketAddr> = (0..300)
+        .map(|i| sup.listener_addr(&format!("l{i}")))
+        .collect();
+    sup.wait_ready(1, 1);
+    let report = wait_json_file(&out);
+    let fds = report["fds"].as_array().expect("fds");
+    assert_eq!(fds.len(), 303, "0, 1, 2 and 300 listeners");
+    for (i, addr) in addrs.iter().enumerate() {
+        let entry = &fds[3 + i];
+        assert_eq!(entry["fd"], 3 + i as i64);
+        assert_eq!(
+            entry["listening"],
+            Value::Bool(true),
+            "fd {}: {entry}",
+            3 + i
+        );
+        assert_eq!(
+            entry["local_addr"].as_str(),
+            Some(addr.to_string().as_str()),
+            "fd {}",
+            3 + i
+        );
+    }
+    let names: Vec<String> = (0..300).map(|i| format!("l{i}")).collect();
+    assert_eq!(
+        report["env"]["LISTEN_FDNAMES"].as_str(),
+        Some(names.join(":").as_str())
+    );
+    assert_eq!(report["env"]["LISTEN_FDS"].as_str(), Some("300"));
+}
+
+fn children_of_report(path: &std::path::Path) -> Vec<u32> {
+    let report = wait_json_file(path);
+    report["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .map(|c| c.as_u64().expect("pid") as u32)
+        .collect()
+}
+
+#[test]
+fn worker_children_do_not_survive_reload_or_stop() {
+    let sb = Sandbox::new("worker_children_do_not_survive");
+    let out = sb.join("probe.json");
+    let (mut sup, _) = start(
+        &sb,
+        Run::probe(&["--children", "2"])
+            .env("PROBE_OUT", &out)
+            .args(standard(1)),
+        1,
+    );
+    let first = children_of_report(&out);
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|&p| proc::is_alive(p)));
+    std::fs::remove_file(&out).expect("remove report");
+    sup.reload(2).expect("reload");
+    let second = children_of_report(&out);
+    wait_until(DEADLINE, "the old worker's children to be gone", || {
+        first
+            .iter()
+            .all(|&p| !proc::is_alive(p) || proc::is_zombie(p))
+    });
+    assert!(second.iter().all(|&p| proc::is_alive(p)));
+    sup.signal(libc::SIGTERM);
+    assert!(sup.wait_exit(DEADLINE).success());
+    wait_until(
+        DEADLINE,
+        "the new worker's children to be gone after stop",
+        || {
+            second
+                .iter()
+                .all(|&p| !proc::is_alive(p) || proc::is_zombie(p))
+        },
+    );
+}
+
+#[test]
+fn einhorn_variables_on_request() {
+    let sb = Sandbox::new("einhorn_variables");
+    let out = sb.join("probe.json");
+    let (_sup, _) = start(
+        &sb,
+        Run::probe(&[])
+            .env("PROBE_OUT", &out)
+            .args([
+                "-l",
+                "tcp://127.0.0.1:0",
+                "-l",
+                "tcp://127.0.0.1:0",
+                "--einhorn-env",
+            ])
+            .args(standard(1)),
+        1,
+    );
+    let env = &wait_json_file(&out)["env"];
+    assert_eq!(env["EINHORN_FD_COUNT"], "2");
+    assert_eq!(env["EINHORN_FD_0"], "3");
+    assert_eq!(env["EINHORN_FD_1"], "4");
+}
+
+#[test]
+fn workers_run_as_another_user() {
+    if unsafe_geteuid() != 0 {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let sb = Sandbox::new("workers_run_as_another_user");
+    // The probe must be reachable by the other user: the sandbox is under /tmp.
+    let out = sb.join("probe.json");
+    let _ = std::fs::set_permissions(
+        sb.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    );
+    let (_sup, _) = start(
+        &sb,
+        Run::probe(&[])
+            .env("PROBE_OUT", &out)
+            .args(["--user", "65534", "--group", "65534"])
+            .args(standard(1)),
+        1,
+    );
+    let report = wait_json_file(&out);
+    assert_eq!(report["uid"], 65534, "{report}");
+    assert_eq!(report["gid"], 65534, "{report}");
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a pid this test started (a worker of its own supervisor).
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+fn unsafe_geteuid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions.
+    unsafe { libc::geteuid() }
+}
