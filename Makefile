@@ -1,5 +1,6 @@
 # reloadsup — the two commands a user needs are `make demo` and `make test`.
 CARGO ?= cargo
+SHELL := /bin/bash
 RELEASE_BIN := target/release
 
 .PHONY: all build build-debug demo test unit integration bench lint fmt fmt-check fuzz ci clean
@@ -19,7 +20,10 @@ demo: build
 
 ## The whole suite: unit tests, protocol tests, and the integration tests against the real binary.
 test: build-debug
-	$(CARGO) test --workspace --no-fail-fast
+	@mkdir -p target
+	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \
+	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test.log; \
+	exit $$status
 
 ## Figures: reload under load vs direct vs kill-and-restart, overhead, RSS, wake-ups.
 bench: build

@@ -12,10 +12,12 @@ use reloadsup_integration_tests::{
 };
 use serde_json::Value;
 
-/// The longest pause in answers tolerated around a reload. Workers take 200 ms to start, so a
-/// supervisor that let the old generation go before the new one was ready would show a pause
-/// of at least that; the real figure is in `make bench`.
-const MAX_PAUSE_AFTER_RELOAD: Duration = Duration::from_millis(150);
+/// Workers of the reload-under-load tests take this long to start. A supervisor that stopped
+/// the old generation before the new one accepts would pause answers for about this long.
+const STARTUP: &str = "500ms";
+/// The pause after a reload must stay well below the start-up time. The real figure (a few ms)
+/// is measured by `make bench`; this bound only has to survive a busy machine.
+const MAX_PAUSE_AFTER_RELOAD: Duration = Duration::from_millis(400);
 /// Pacing between reloads, so each generation serves a little.
 const PACING: Duration = Duration::from_millis(20);
 
@@ -84,7 +86,7 @@ fn reload_under_load(sup: &mut Supervisor, addr: SocketAddr, clients: usize, rel
 #[test]
 fn reload_under_load_loses_nothing() {
     let sb = Sandbox::new("reload_under_load_loses_nothing");
-    let run = Run::hello(&["--delay", "200ms"]).args(standard(4));
+    let run = Run::hello(&["--delay", STARTUP]).args(standard(4));
     let (mut sup, addr) = start(&sb, run, 4);
     reload_under_load(&mut sup, addr, 8, 20);
 }
@@ -103,7 +105,7 @@ fn reload_under_load_python() {
     let sb = Sandbox::new("reload_under_load_python");
     let command = [python.into_os_string(), server.into_os_string()]
         .into_iter()
-        .chain(["--delay", "0.2"].map(Into::into));
+        .chain(["--delay", "0.5"].map(Into::into));
     // Python starts slowly on a busy machine: a longer ready timeout than the Rust tests.
     let run = Run::new(command)
         .args(["-n", "4", "--ready", "notify", "--ready-timeout", "15s"])
