@@ -310,3 +310,58 @@ fn ctl_with_missing_instance_exits_1() {
     );
     assert!(!stderr.contains("panicked"), "{}", text(&out));
 }
+
+#[test]
+fn peer_of_another_uid_is_refused_and_garbage_closes_only_its_connection() {
+    let sb = Sandbox::new("peer_of_another_uid_is_refused");
+    let (sup, _) = start(&sb, Run::hello(&[]).args(standard(1)), 1);
+    let control = sup.control_path();
+
+    // Garbage: a frame that announces 4 GiB, then random bytes. Only that connection closes.
+    {
+        use std::io::{Read, Write};
+        let mut bad = UnixStream::connect(&control).expect("connect");
+        bad.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        bad.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+            .expect("write");
+        let mut buf = Vec::new();
+        // The primary's hello, then EOF.
+        let _ = bad.read_to_end(&mut buf);
+    }
+    assert!(status_ok(&control).is_ok(), "the primary still answers");
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped the uid part: needs root to act as another user");
+        return;
+    }
+    // Let uid 65534 reach the socket, so SO_PEERCRED is what refuses it.
+    use std::os::unix::fs::PermissionsExt;
+    for p in [
+        sb.path().to_path_buf(),
+        sup.state_dir().to_path_buf(),
+        control.clone(),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let out = {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(bins::reloadsup());
+        cmd.arg("ctl").arg("--control").arg(&control).arg("status");
+        cmd.uid(65534).gid(65534);
+        reloadsup_integration_tests::output_with_timeout(&mut cmd, Duration::from_secs(30))
+    };
+    assert!(
+        !out.status.success(),
+        "a stranger got an answer: {}",
+        text(&out)
+    );
+    assert!(
+        sup.log().contains("refused a peer of uid 65534"),
+        "the refusal is logged"
+    );
+    assert!(
+        status_ok(&control).is_ok(),
+        "the primary still answers its own user"
+    );
+}

@@ -533,3 +533,42 @@ fn scaling_with_signals() {
     let report = load.stop();
     report.assert_no_failures();
 }
+
+#[test]
+fn closed_standard_fds_are_opened_on_dev_null() {
+    let sb = Sandbox::new("closed_standard_fds");
+    let out = sb.join("probe.json");
+    let argv: Vec<String> = [
+        bins::reloadsup().display().to_string(),
+        "-l".into(),
+        "tcp://127.0.0.1:0".into(),
+        "--ready".into(),
+        "notify".into(),
+        "--state-dir".into(),
+        sb.join("state").display().to_string(),
+        "--".into(),
+        bins::example("probe").display().to_string(),
+    ]
+    .iter()
+    .map(|a| reloadsup_integration_tests::shell_quote(a))
+    .collect();
+    // Start the supervisor with stdin closed, the way some init scripts do; sh execs it, so the
+    // child is the primary itself.
+    let mut child = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("exec 0<&- {}", argv.join(" ")))
+        .env("PROBE_OUT", &out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(sb.join("stderr")).expect("stderr file"))
+        .spawn()
+        .expect("spawn sh");
+    let report = wait_json_file(&out);
+    // SAFETY: kill(2) on the primary this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    let fd0 = &report["fds"][0];
+    assert_eq!(fd0["target"], "/dev/null", "fd 0 of the worker: {fd0}");
+    assert_eq!(report["fds"][3]["listening"], Value::Bool(true), "{report}");
+    assert_eq!(report["fds"].as_array().map(Vec::len), Some(4), "{report}");
+    assert!(status.success(), "{status}");
+}
