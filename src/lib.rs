@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod primary;
 pub mod roles;
+pub mod shell;
 pub mod sys;
 
 use std::ffi::OsString;
@@ -17,10 +18,19 @@ use clap::Parser;
 
 /// Runs reloadsup with the process's arguments: the run mode, a client, or a hidden role.
 pub fn main() -> ExitCode {
+    main_with(shell::Commands::default())
+}
+
+/// Like [`main`], for a supervisor binary built on the library: its admin console offers
+/// `commands` besides the built-in ones.
+pub fn main_with(commands: shell::Commands) -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let code = match args.get(1).and_then(|a| a.to_str()) {
         Some("__worker") => roles::worker::run(),
+        Some("__shell") => shell::run_role(commands),
         Some("ctl") => client::ctl::main(args[1..].to_vec()),
+        Some("console") => client::console::main(args[1..].to_vec()),
+        Some("hash-password") => shell::auth::main(args[1..].to_vec()),
         _ => run_primary(args),
     };
     ExitCode::from(code)

@@ -162,6 +162,7 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    // Even length: every chunk has two bytes.
     s.as_bytes()
         .chunks(2)
         .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
