@@ -698,6 +698,12 @@ impl Config {
                 let Some(password_hash) = password_hash else {
                     return err("--admin needs --admin-password-hash (or RELOADSUP_ADMIN_PASSWORD_HASH): make one with 'reloadsup hash-password'");
                 };
+                // The message never repeats the hash itself.
+                crate::shell::auth::PasswordHash::parse(&password_hash).or_else(|e| {
+                    err(format!(
+                        "--admin-password-hash: {e}; make one with 'reloadsup hash-password'"
+                    ))
+                })?;
                 let cert = args.admin_cert.or(file.admin_cert);
                 let key = args.admin_key.or(file.admin_key);
                 if cert.is_some() != key.is_some() {

@@ -301,10 +301,20 @@ impl Primary {
                     }
                 }
                 Action::ReloadDone { waiters, outcome } => {
+                    let mut replace_shell = false;
                     for who in waiters {
                         self.conns
                             .send_reply(&self.poll, who, Reply::Reload(outcome.clone()));
-                        self.restarting.retain(|&r| r != who);
+                        if self.restarting.contains(&who) {
+                            self.restarting.retain(|&r| r != who);
+                            replace_shell = true;
+                        }
+                    }
+                    // A restart replaces the shell worker whatever became of the reload, and
+                    // only after its reply is queued, so the console can show the outcome.
+                    if let Some(shell) = self.shell.as_mut().filter(|_| replace_shell) {
+                        log::info!("restart: replacing the shell worker");
+                        shell.replace(&self.poll, &mut self.conns, Instant::now());
                     }
                 }
                 Action::Exit { waiters } => {
@@ -655,7 +665,7 @@ fn admin_console(
     let mut bound = listeners::bind_all(std::slice::from_ref(&spec), 128)
         .map_err(|e| Fatal::usage(e.0.replace("--listen admin", "--admin")))?;
     let listener = bound.remove(0);
-    let identity = shell_link::identity(
+    let identity = crate::shell::load_or_create_identity(
         &config.state_dir,
         admin.cert.as_deref(),
         admin.key.as_deref(),
