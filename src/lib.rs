@@ -53,12 +53,9 @@ fn init_logging() {
 }
 
 fn run_primary(args: Vec<OsString>) -> u8 {
-    let parsed = match config::RunArgs::try_parse_from(args) {
+    let parsed = match parse_args::<config::RunArgs>(args) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
-        }
+        Err(code) => return code,
     };
     let config = match config::Config::from_args(parsed) {
         Ok(c) => c,
@@ -75,4 +72,17 @@ fn run_primary(args: Vec<OsString>) -> u8 {
             fatal.code
         }
     }
+}
+
+/// Parses a command line with clap; on `--help`/`--version` prints and gives exit code 0, on a
+/// usage error prints it and gives exit code 2.
+pub(crate) fn parse_args<T: Parser>(args: Vec<OsString>) -> Result<T, u8> {
+    T::try_parse_from(args).map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            2
+        } else {
+            0
+        }
+    })
 }

@@ -61,12 +61,9 @@ pub struct ConsoleArgs {
 }
 
 pub fn main(args: Vec<std::ffi::OsString>) -> u8 {
-    let args = match ConsoleArgs::try_parse_from(args) {
+    let args = match crate::parse_args::<ConsoleArgs>(args) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
-        }
+        Err(code) => return code,
     };
     match run(args) {
         Ok(code) => code,

@@ -179,12 +179,9 @@ pub fn control_path(name: Option<&str>, control: Option<&Path>) -> Result<PathBu
 }
 
 pub fn main(args: Vec<std::ffi::OsString>) -> u8 {
-    let args = match CtlArgs::try_parse_from(args) {
+    let args = match crate::parse_args::<CtlArgs>(args) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
-        }
+        Err(code) => return code,
     };
     match run(args) {
         Ok(code) => code,

@@ -1,7 +1,6 @@
 //! `reloadsup ctl` against a live primary: status, reload outcomes, scaling, revive, and a
 //! crowd of control clients (good and idle) during reloads.
 
-use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Output;
@@ -14,27 +13,7 @@ use reloadsup_integration_tests::{
 };
 use serde_json::Value;
 
-fn standard(workers: usize) -> Vec<String> {
-    [
-        "-n",
-        &workers.to_string(),
-        "--ready",
-        "notify",
-        "--ready-timeout",
-        "2s",
-        "--graceful-timeout",
-        "5s",
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
-fn start(sandbox: &Sandbox, run: Run, workers: usize) -> (Supervisor, SocketAddr) {
-    let mut sup = run.start(sandbox);
-    let addr = sup.addr();
-    sup.wait_ready(1, workers);
-    (sup, addr)
-}
+use crate::{standard, start};
 
 fn text(out: &Output) -> String {
     format!(

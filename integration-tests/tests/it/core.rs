@@ -12,6 +12,8 @@ use reloadsup_integration_tests::{
 };
 use serde_json::Value;
 
+use crate::{standard, start};
+
 /// Workers of the reload-under-load tests take this long to start. A supervisor that stopped
 /// the old generation before the new one accepts would pause answers for about this long.
 const STARTUP: &str = "500ms";
@@ -20,30 +22,6 @@ const STARTUP: &str = "500ms";
 const MAX_PAUSE_AFTER_RELOAD: Duration = Duration::from_millis(400);
 /// Pacing between reloads, so each generation serves a little.
 const PACING: Duration = Duration::from_millis(20);
-
-/// The standard flags of these tests for `workers` notify-ready workers.
-fn standard(workers: usize) -> Vec<String> {
-    [
-        "-n",
-        &workers.to_string(),
-        "--ready",
-        "notify",
-        "--ready-timeout",
-        "2s",
-        "--graceful-timeout",
-        "5s",
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
-/// Starts `run` and waits for its first generation of `workers` to be ready.
-fn start(sandbox: &Sandbox, run: Run, workers: usize) -> (Supervisor, SocketAddr) {
-    let mut sup = run.start(sandbox);
-    let addr = sup.addr();
-    sup.wait_ready(1, workers);
-    (sup, addr)
-}
 
 /// Reloads `reloads` times under a load of `clients` and checks nothing was lost.
 fn reload_under_load(sup: &mut Supervisor, addr: SocketAddr, clients: usize, reloads: u32) {

@@ -11,27 +11,7 @@ use reloadsup_integration_tests::{
 };
 use serde_json::Value;
 
-fn standard(workers: usize) -> Vec<String> {
-    [
-        "-n",
-        &workers.to_string(),
-        "--ready",
-        "notify",
-        "--ready-timeout",
-        "5s",
-        "--graceful-timeout",
-        "5s",
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
-fn start(sandbox: &Sandbox, run: Run, workers: usize) -> (Supervisor, SocketAddr) {
-    let mut sup = run.start(sandbox);
-    let addr = sup.addr();
-    sup.wait_ready(1, workers);
-    (sup, addr)
-}
+use crate::{standard, start};
 
 fn ctl_ok(sup: &Supervisor, args: &[&str]) -> String {
     let out = sup.ctl(args);
