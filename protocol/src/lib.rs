@@ -60,10 +60,16 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// postcard's messages are capitalised sentences ("Hit the end of buffer, ..."); ours are
+/// lowercase.
+fn malformed(e: postcard::Error) -> Error {
+    Error::Malformed(e.to_string().to_lowercase())
+}
+
 /// Encodes `msg` as one frame: length prefix and postcard body.
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, Error> {
     let mut out = vec![0u8; HEADER_LEN];
-    out = postcard::to_extend(msg, out).map_err(|e| Error::Malformed(e.to_string()))?;
+    out = postcard::to_extend(msg, out).map_err(malformed)?;
     let len = out.len() - HEADER_LEN;
     if len > MAX_FRAME {
         return Err(Error::FrameTooLarge { len });
@@ -75,7 +81,7 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, Error> {
 /// Encodes `msg` as a bare postcard body, for transports that keep message boundaries
 /// (SOCK_SEQPACKET).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, Error> {
-    let out = postcard::to_stdvec(msg).map_err(|e| Error::Malformed(e.to_string()))?;
+    let out = postcard::to_stdvec(msg).map_err(malformed)?;
     if out.len() > MAX_FRAME {
         return Err(Error::FrameTooLarge { len: out.len() });
     }
@@ -87,8 +93,7 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
     if bytes.len() > MAX_FRAME {
         return Err(Error::FrameTooLarge { len: bytes.len() });
     }
-    let (msg, rest) =
-        postcard::take_from_bytes(bytes).map_err(|e| Error::Malformed(e.to_string()))?;
+    let (msg, rest) = postcard::take_from_bytes(bytes).map_err(malformed)?;
     if !rest.is_empty() {
         return Err(Error::Malformed(format!("{} trailing bytes", rest.len())));
     }

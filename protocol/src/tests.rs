@@ -1,14 +1,1123 @@
+//! Tests of the wire format: round trips of every type and variant, golden bytes that pin the
+//! encoding, and hostile input (truncated, oversized, random and mutated bytes).
+//!
+//! Random input comes from a fixed-seed xorshift generator so that every run sees the same bytes
+//! and a failure can be reproduced by running the test again.
+
 use super::*;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// xorshift64: tiny, deterministic, and good enough to make garbage.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> Self {
+        // A zero state would stay zero forever.
+        XorShift(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Random bytes, half of the time biased towards the small values that postcard uses for
+    /// variant indices, lengths and option tags, so that decoding gets past the first byte.
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let small = self.next() & 1 == 0;
+        (0..len)
+            .map(|_| {
+                let x = self.next();
+                if small && x & 3 != 0 {
+                    (x >> 8) as u8 % 6
+                } else {
+                    (x >> 8) as u8
+                }
+            })
+            .collect()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses a hex literal; whitespace is ignored so that goldens can be grouped by field.
+fn unhex(text: &str) -> Vec<u8> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    assert!(
+        digits.len() % 2 == 0,
+        "odd number of hex digits in {text:?}"
+    );
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).unwrap();
+            u8::from_str_radix(pair, 16).unwrap()
+        })
+        .collect()
+}
+
+fn frame_header(len: usize) -> [u8; HEADER_LEN] {
+    (len as u32).to_le_bytes()
+}
+
+/// Checks every way a value crosses the wire: bare body, frame, and a frame fed byte by byte.
+fn assert_round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: &T) {
+    let body = encode(value).unwrap();
+    assert_eq!(
+        &decode::<T>(&body).unwrap(),
+        value,
+        "bare body of {value:?}"
+    );
+
+    let frame = encode_frame(value).unwrap();
+    assert_eq!(frame[..HEADER_LEN], frame_header(body.len()), "{value:?}");
+    assert_eq!(frame[HEADER_LEN..], body[..], "{value:?}");
+
+    let mut whole = FrameReader::new();
+    whole.push(&frame);
+    assert_eq!(whole.next_frame::<T>().unwrap().as_ref(), Some(value));
+    assert_eq!(whole.next_frame::<T>().unwrap(), None);
+    assert_eq!(whole.pending(), 0);
+
+    let mut trickle = FrameReader::new();
+    for (i, byte) in frame.iter().enumerate() {
+        trickle.push(std::slice::from_ref(byte));
+        let got = trickle.next_frame::<T>().unwrap();
+        if i + 1 < frame.len() {
+            assert_eq!(got, None, "{value:?} yielded early after {} bytes", i + 1);
+            assert_eq!(trickle.pending(), i + 1);
+        } else {
+            assert_eq!(got.as_ref(), Some(value), "{value:?} fed byte by byte");
+        }
+    }
+    assert_eq!(trickle.pending(), 0);
+}
+
+/// Asserts `value` encodes to exactly `golden` and that `golden` decodes back to `value`.
+fn assert_golden<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: &T, golden: &str) {
+    let expected = unhex(golden);
+    assert_eq!(
+        hex(&encode(value).unwrap()),
+        hex(&expected),
+        "encoding of {value:?} changed: that is a protocol break"
+    );
+    assert_eq!(&decode::<T>(&expected).unwrap(), value);
+}
+
+/// Decodes `bytes` as `T`; whatever comes out must survive another round trip unchanged.
+fn decode_must_not_panic<T: Serialize + DeserializeOwned + PartialEq + Debug>(bytes: &[u8]) {
+    if let Ok(value) = decode::<T>(bytes) {
+        let again = encode(&value).unwrap();
+        assert_eq!(decode::<T>(&again).unwrap(), value, "from {}", hex(bytes));
+    }
+}
+
+/// Feeds `bytes` to a fresh reader and takes `Message` frames until it runs dry or fails.
+fn frames_must_not_panic(bytes: &[u8]) {
+    let mut reader = FrameReader::new();
+    reader.push(bytes);
+    // Every frame consumes at least a header, so this ends; the bound guards a reader that
+    // yields without consuming.
+    for _ in 0..=bytes.len() / HEADER_LEN {
+        match reader.next_frame::<Message>() {
+            Ok(Some(msg)) => assert_round_trip(&msg),
+            Ok(None) | Err(_) => return,
+        }
+    }
+    panic!(
+        "reader yielded more frames than {} bytes can hold",
+        bytes.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden bytes
+//
+// WIRE ENUMS ARE APPEND-ONLY. postcard writes an enum variant as its position, so reordering,
+// removing or inserting a variant, or changing a field's type, silently changes what every peer
+// reads. The goldens below pin the bytes; a golden that has to change means the change is a
+// protocol break and PROTOCOL_VERSION must be bumped. Appending a variant fails to compile in the
+// `*_index` functions: give it the next index and add a golden row for it.
+// ---------------------------------------------------------------------------------------------
+
+fn message_index(msg: &Message) -> u8 {
+    match msg {
+        Message::Hello { .. } => 0,
+        Message::Request { .. } => 1,
+        Message::Progress { .. } => 2,
+        Message::Reply { .. } => 3,
+    }
+}
+
+fn request_index(request: &Request) -> u8 {
+    match request {
+        Request::Status => 0,
+        Request::Reload => 1,
+        Request::Scale { .. } => 2,
+        Request::Add { .. } => 3,
+        Request::Remove { .. } => 4,
+        Request::Revive => 5,
+        Request::Restart => 6,
+        Request::Stop => 7,
+    }
+}
+
+fn progress_index(progress: &Progress) -> u8 {
+    match progress {
+        Progress::GenerationStarted { .. } => 0,
+        Progress::WorkerSpawned { .. } => 1,
+        Progress::WorkerReady { .. } => 2,
+        Progress::Queued => 3,
+        Progress::Draining { .. } => 4,
+        Progress::Text(_) => 5,
+    }
+}
+
+fn reply_index(reply: &Reply) -> u8 {
+    match reply {
+        Reply::Status(_) => 0,
+        Reply::Reload(_) => 1,
+        Reply::Done(_) => 2,
+        Reply::Error(_) => 3,
+    }
+}
+
+fn outcome_index(outcome: &Outcome) -> u8 {
+    match outcome {
+        Outcome::Succeeded => 0,
+        Outcome::RolledBack => 1,
+        Outcome::Cancelled => 2,
+    }
+}
+
+fn worker_state_index(state: &WorkerState) -> u8 {
+    match state {
+        WorkerState::Starting => 0,
+        WorkerState::Ready => 1,
+        WorkerState::Draining => 2,
+        WorkerState::Backoff => 3,
+        WorkerState::Dead => 4,
+        WorkerState::Stopped => 5,
+    }
+}
+
+fn empty_status() -> Status {
+    Status {
+        pid: 1,
+        name: String::new(),
+        generation: 0,
+        target_workers: 0,
+        current_workers: 0,
+        dead_workers: 0,
+        listeners: vec![],
+        workers: vec![],
+        last_reload: None,
+    }
+}
+
+fn small_status() -> Status {
+    Status {
+        pid: 42,
+        name: "w".into(),
+        generation: 3,
+        target_workers: 2,
+        current_workers: 1,
+        dead_workers: 1,
+        listeners: vec![ListenerInfo {
+            name: "l".into(),
+            address: "a".into(),
+        }],
+        workers: vec![WorkerInfo {
+            slot: 1,
+            pid: 300,
+            generation: 3,
+            state: WorkerState::Ready,
+            restarts: 0,
+            uptime_ms: 128,
+            status: String::new(),
+        }],
+        last_reload: Some(ReloadOutcome {
+            generation: 2,
+            outcome: Outcome::RolledBack,
+            reason: "x".into(),
+        }),
+    }
+}
+
+const SMALL_STATUS: &str = "
+    2a        01 77     03          02 01 01          (pid, name, generation, target, current, dead)
+    01 01 6c 01 61                                    (listeners: [l @ a])
+    01 01 ac02 03 01 00 8001 00                       (workers: [slot 1, pid 300, ready, 128 ms])
+    01 02 01 01 78                                    (last_reload: generation 2, rolled back, x)
+";
+
+fn small_worker_spec() -> WorkerSpec {
+    WorkerSpec {
+        version: 1,
+        primary_pid: 100,
+        generation: 2,
+        slot: 0,
+        argv: vec![b"a".to_vec()],
+        env: vec![(b"K".to_vec(), b"V".to_vec())],
+        listener_names: vec!["l".into()],
+        fd_count: 1,
+        notify_socket: Some(b"n".to_vec()),
+        uid: None,
+        gid: Some(5),
+        einhorn_env: true,
+    }
+}
+
+const SMALL_WORKER_SPEC: &str = "
+    01 64 02 00                                 (version, primary_pid, generation, slot)
+    01 01 61     01 01 4b 01 56     01 01 6c    (argv, env, listener_names)
+    01           01 01 6e                       (fd_count, notify_socket)
+    00           01 05       01                 (uid, gid, einhorn_env)
+";
+
+fn small_shell_spec() -> ShellSpec {
+    ShellSpec {
+        version: 1,
+        primary_pid: 2,
+        name: "s".into(),
+        cert_pem: b"c".to_vec(),
+        key_pem: b"k".to_vec(),
+        password_hash: "h".into(),
+        control_path: b"p".to_vec(),
+        commands: vec![CustomCommand {
+            name: "n".into(),
+            run: vec!["r".into()],
+            help: "?".into(),
+        }],
+        fd_count: 1,
+    }
+}
+
+const SMALL_SHELL_SPEC: &str = "
+    01 02 01 73                           (version, primary_pid, name)
+    01 63 01 6b 01 68 01 70               (cert_pem, key_pem, password_hash, control_path)
+    01 01 6e 01 01 72 01 3f               (commands: [n: run [r], help ?])
+    01                                    (fd_count)
+";
+
+/// Strips the `(field notes)` from a golden so that only hex digits remain.
+fn golden(text: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in text.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn request_goldens() -> Vec<(Request, &'static str)> {
+    vec![
+        (Request::Status, "00"),
+        (Request::Reload, "01"),
+        (Request::Scale { workers: 3 }, "02 03"),
+        (Request::Add { workers: 4 }, "03 04"),
+        (Request::Remove { workers: 5 }, "04 05"),
+        (Request::Revive, "05"),
+        (Request::Restart, "06"),
+        (Request::Stop, "07"),
+    ]
+}
+
+fn progress_goldens() -> Vec<(Progress, &'static str)> {
+    vec![
+        (
+            Progress::GenerationStarted {
+                generation: 2,
+                workers: 3,
+            },
+            "00 02 03",
+        ),
+        (
+            Progress::WorkerSpawned {
+                generation: 2,
+                slot: 1,
+                pid: 300,
+            },
+            "01 02 01 ac02",
+        ),
+        (
+            Progress::WorkerReady {
+                generation: 2,
+                slot: 1,
+                pid: 300,
+            },
+            "02 02 01 ac02",
+        ),
+        (Progress::Queued, "03"),
+        (
+            Progress::Draining {
+                generation: 1,
+                workers: 4,
+            },
+            "04 01 04",
+        ),
+        (Progress::Text("hi".into()), "05 02 6869"),
+    ]
+}
+
+fn reply_goldens() -> Vec<(Reply, &'static str)> {
+    vec![
+        (
+            Reply::Status(empty_status()),
+            "00 01 00 00 00 00 00 00 00 00",
+        ),
+        (
+            Reply::Reload(ReloadOutcome {
+                generation: 4,
+                outcome: Outcome::Cancelled,
+                reason: "x".into(),
+            }),
+            "01 04 02 01 78",
+        ),
+        (Reply::Done("ok".into()), "02 02 6f6b"),
+        (Reply::Error("no".into()), "03 02 6e6f"),
+    ]
+}
+
+fn message_goldens() -> Vec<(Message, &'static str)> {
+    vec![
+        (Message::Hello { version: 1 }, "00 01"),
+        (
+            Message::Request {
+                id: 7,
+                request: Request::Scale { workers: 3 },
+            },
+            "01 07 02 03",
+        ),
+        (
+            Message::Progress {
+                id: 9,
+                progress: Progress::WorkerReady {
+                    generation: 2,
+                    slot: 1,
+                    pid: 300,
+                },
+            },
+            "02 09 02 02 01 ac02",
+        ),
+        (
+            Message::Reply {
+                id: 200,
+                reply: Reply::Done("ok".into()),
+            },
+            "03 c801 02 02 6f6b",
+        ),
+    ]
+}
+
+fn outcome_goldens() -> Vec<(Outcome, &'static str)> {
+    vec![
+        (Outcome::Succeeded, "00"),
+        (Outcome::RolledBack, "01"),
+        (Outcome::Cancelled, "02"),
+    ]
+}
+
+fn worker_state_goldens() -> Vec<(WorkerState, &'static str)> {
+    vec![
+        (WorkerState::Starting, "00"),
+        (WorkerState::Ready, "01"),
+        (WorkerState::Draining, "02"),
+        (WorkerState::Backoff, "03"),
+        (WorkerState::Dead, "04"),
+        (WorkerState::Stopped, "05"),
+    ]
+}
+
+/// Checks a table of one enum's goldens: one row per variant, in variant order, each starting
+/// with its index.
+fn assert_variant_goldens<T: Serialize + DeserializeOwned + PartialEq + Debug>(
+    rows: &[(T, &str)],
+    index: fn(&T) -> u8,
+) {
+    for (position, (value, text)) in rows.iter().enumerate() {
+        assert_eq!(
+            index(value) as usize,
+            position,
+            "golden rows must list every variant once, in order"
+        );
+        assert_eq!(
+            unhex(text)[0],
+            index(value),
+            "{value:?} must start with its index"
+        );
+        assert_golden(value, text);
+    }
+}
 
 #[test]
-fn control_message_round_trips() {
-    let msg = Message::Request {
-        id: 7,
-        request: Request::Scale { workers: 3 },
+fn every_variant_index_is_pinned() {
+    assert_variant_goldens(&message_goldens(), message_index);
+    assert_variant_goldens(&request_goldens(), request_index);
+    assert_variant_goldens(&progress_goldens(), progress_index);
+    assert_variant_goldens(&reply_goldens(), reply_index);
+    assert_variant_goldens(&outcome_goldens(), outcome_index);
+    assert_variant_goldens(&worker_state_goldens(), worker_state_index);
+}
+
+#[test]
+fn message_goldens_are_pinned() {
+    assert_golden(&Message::hello(), "00 01");
+    assert_golden(&Message::Hello { version: 300 }, "00 ac02");
+    assert_golden(
+        &Message::Request {
+            id: 0,
+            request: Request::Stop,
+        },
+        "01 00 07",
+    );
+    assert_golden(
+        &Message::Reply {
+            id: 1,
+            reply: Reply::Status(small_status()),
+        },
+        &format!("03 01 00 {}", golden(SMALL_STATUS)),
+    );
+}
+
+#[test]
+fn frame_golden_is_pinned() {
+    assert_eq!(
+        hex(&encode_frame(&Message::hello()).unwrap()),
+        "020000000001"
+    );
+    assert_eq!(
+        hex(&encode_frame(&Message::Request {
+            id: 7,
+            request: Request::Scale { workers: 3 },
+        })
+        .unwrap()),
+        "0400000001070203"
+    );
+}
+
+#[test]
+fn status_golden_is_pinned() {
+    assert_golden(&small_status(), &golden(SMALL_STATUS));
+}
+
+#[test]
+fn worker_spec_golden_is_pinned() {
+    assert_golden(&small_worker_spec(), &golden(SMALL_WORKER_SPEC));
+}
+
+#[test]
+fn shell_spec_golden_is_pinned() {
+    assert_golden(&small_shell_spec(), &golden(SMALL_SHELL_SPEC));
+}
+
+#[test]
+fn fd_batch_golden_is_pinned() {
+    assert_golden(
+        &FdBatch {
+            index: 1,
+            count: 253,
+        },
+        "01 fd01",
+    );
+}
+
+#[test]
+fn protocol_version_is_one() {
+    // Bumping this is deliberate and goes with a note in CHANGELOG.md; this test is the tripwire.
+    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(HEADER_LEN, 4);
+    assert_eq!(MAX_FRAME, 1 << 20);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Round trips
+// ---------------------------------------------------------------------------------------------
+
+fn full_status() -> Status {
+    Status {
+        pid: u32::MAX,
+        name: "web ☃".into(),
+        generation: u64::MAX,
+        target_workers: 4,
+        current_workers: 3,
+        dead_workers: 1,
+        listeners: vec![
+            ListenerInfo {
+                name: "http".into(),
+                address: "tcp://127.0.0.1:41234".into(),
+            },
+            ListenerInfo {
+                name: "admin".into(),
+                address: "unix:/run/reloadsup/admin.sock".into(),
+            },
+        ],
+        workers: worker_state_goldens()
+            .into_iter()
+            .enumerate()
+            .map(|(slot, (state, _))| WorkerInfo {
+                slot: slot as u32,
+                pid: if state == WorkerState::Dead {
+                    0
+                } else {
+                    1000 + slot as u32
+                },
+                generation: 7,
+                state,
+                restarts: slot as u32 * 3,
+                uptime_ms: 1 << (slot * 10),
+                status: format!("{} for a while", state.as_str()),
+            })
+            .collect(),
+        last_reload: Some(ReloadOutcome {
+            generation: 7,
+            outcome: Outcome::Succeeded,
+            reason: String::new(),
+        }),
+    }
+}
+
+fn full_worker_spec() -> WorkerSpec {
+    WorkerSpec {
+        version: PROTOCOL_VERSION,
+        primary_pid: 4242,
+        generation: 1 << 40,
+        slot: 17,
+        argv: vec![b"python3".to_vec(), b"-m".to_vec(), vec![0xff, 0, b'\n']],
+        env: vec![
+            (b"PORT".to_vec(), b"8080".to_vec()),
+            (b"EMPTY".to_vec(), vec![]),
+        ],
+        listener_names: vec!["http".into(), "https".into()],
+        fd_count: 2,
+        notify_socket: None,
+        uid: Some(0),
+        gid: None,
+        einhorn_env: false,
+    }
+}
+
+fn full_shell_spec() -> ShellSpec {
+    ShellSpec {
+        version: PROTOCOL_VERSION,
+        primary_pid: 1,
+        name: "web".into(),
+        cert_pem: b"-----BEGIN CERTIFICATE-----\n...\n".to_vec(),
+        key_pem: b"-----BEGIN PRIVATE KEY-----\n...\n".to_vec(),
+        password_hash: "pbkdf2-sha256$600000$00ff$abcdef".into(),
+        control_path: b"/run/reloadsup/web.sock".to_vec(),
+        commands: vec![
+            CustomCommand {
+                name: "migrate".into(),
+                run: vec!["./manage.py".into(), "migrate".into()],
+                help: "run database migrations".into(),
+            },
+            CustomCommand {
+                name: "noop".into(),
+                run: vec![],
+                help: String::new(),
+            },
+        ],
+        fd_count: 1,
+    }
+}
+
+/// One message per variant of every enum a message can carry, plus extreme values.
+fn every_message() -> Vec<Message> {
+    let mut all: Vec<Message> = message_goldens().into_iter().map(|(m, _)| m).collect();
+    all.push(Message::Hello { version: u32::MAX });
+    all.push(Message::hello());
+    let requests = request_goldens().into_iter().map(|(request, _)| request);
+    all.extend(requests.enumerate().map(|(id, request)| Message::Request {
+        id: id as u32,
+        request,
+    }));
+    all.push(Message::Request {
+        id: u32::MAX,
+        request: Request::Remove { workers: u32::MAX },
+    });
+    let progress = progress_goldens().into_iter().map(|(progress, _)| progress);
+    all.extend(progress.map(|progress| Message::Progress {
+        id: 1 << 20,
+        progress,
+    }));
+    all.push(Message::Progress {
+        id: 3,
+        progress: Progress::Text(String::new()),
+    });
+    let replies = reply_goldens().into_iter().map(|(reply, _)| reply);
+    all.extend(replies.map(|reply| Message::Reply { id: 5, reply }));
+    for (outcome, _) in outcome_goldens() {
+        all.push(Message::Reply {
+            id: 6,
+            reply: Reply::Reload(ReloadOutcome {
+                generation: u64::MAX,
+                outcome,
+                reason: format!("{} because", outcome.as_str()),
+            }),
+        });
+    }
+    for status in [small_status(), full_status()] {
+        all.push(Message::Reply {
+            id: 8,
+            reply: Reply::Status(status),
+        });
+    }
+    all
+}
+
+#[test]
+fn every_message_round_trips() {
+    for msg in every_message() {
+        assert_round_trip(&msg);
+    }
+}
+
+#[test]
+fn every_enum_variant_round_trips_on_its_own() {
+    for (request, _) in request_goldens() {
+        assert_round_trip(&request);
+    }
+    for (progress, _) in progress_goldens() {
+        assert_round_trip(&progress);
+    }
+    for (reply, _) in reply_goldens() {
+        assert_round_trip(&reply);
+    }
+    for (outcome, _) in outcome_goldens() {
+        assert_round_trip(&outcome);
+    }
+    for (state, _) in worker_state_goldens() {
+        assert_round_trip(&state);
+    }
+}
+
+#[test]
+fn hand_off_specs_round_trip() {
+    assert_round_trip(&small_status());
+    assert_round_trip(&full_status());
+    assert_round_trip(&empty_status());
+    assert_round_trip(&small_worker_spec());
+    assert_round_trip(&full_worker_spec());
+    assert_round_trip(&small_shell_spec());
+    assert_round_trip(&full_shell_spec());
+    assert_round_trip(&FdBatch { index: 0, count: 0 });
+    assert_round_trip(&FdBatch {
+        index: u32::MAX,
+        count: 253,
+    });
+}
+
+#[test]
+fn several_frames_in_one_push_come_out_in_order() {
+    let messages = every_message();
+    let mut stream = Vec::new();
+    for msg in &messages {
+        stream.extend(encode_frame(msg).unwrap());
+    }
+    let mut reader = FrameReader::new();
+    reader.push(&stream);
+    for msg in &messages {
+        assert_eq!(reader.next_frame::<Message>().unwrap().as_ref(), Some(msg));
+    }
+    assert_eq!(reader.next_frame::<Message>().unwrap(), None);
+    assert_eq!(reader.pending(), 0);
+}
+
+#[test]
+fn frames_split_at_arbitrary_points_come_out_in_order() {
+    let messages = every_message();
+    let mut stream = Vec::new();
+    for msg in &messages {
+        stream.extend(encode_frame(msg).unwrap());
+    }
+    let mut rng = XorShift::new(0x5eed_0001);
+    for _ in 0..50 {
+        let mut reader = FrameReader::new();
+        let mut got = Vec::new();
+        let mut rest = &stream[..];
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(1 + rng.below(rest.len().min(40)));
+            rest = tail;
+            reader.push(chunk);
+            while let Some(msg) = reader.next_frame::<Message>().unwrap() {
+                got.push(msg);
+            }
+        }
+        assert_eq!(got, messages);
+        assert_eq!(reader.pending(), 0);
+    }
+}
+
+#[test]
+fn frame_of_exactly_max_frame_is_accepted() {
+    // Reply, id 0, Done, then the text's 3-byte varint length (it is below 2^21) and the text.
+    let text = "a".repeat(MAX_FRAME - 6);
+    let msg = Message::Reply {
+        id: 0,
+        reply: Reply::Done(text),
     };
     let frame = encode_frame(&msg).unwrap();
+    assert_eq!(frame.len(), HEADER_LEN + MAX_FRAME);
     let mut reader = FrameReader::new();
     reader.push(&frame);
     assert_eq!(reader.next_frame::<Message>().unwrap(), Some(msg));
-    assert_eq!(reader.next_frame::<Message>().unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile input
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn every_prefix_of_a_frame_waits_for_more() {
+    fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: &T) {
+        let frame = encode_frame(value).unwrap();
+        for cut in 0..frame.len() {
+            let mut reader = FrameReader::new();
+            reader.push(&frame[..cut]);
+            assert_eq!(
+                reader.next_frame::<T>(),
+                Ok(None),
+                "{cut} bytes of {value:?}"
+            );
+            assert_eq!(reader.pending(), cut);
+            reader.push(&frame[cut..]);
+            assert_eq!(reader.next_frame::<T>().unwrap().as_ref(), Some(value));
+        }
+    }
+    for msg in every_message() {
+        check(&msg);
+    }
+    check(&full_worker_spec());
+    check(&full_shell_spec());
+}
+
+#[test]
+fn every_prefix_of_a_body_is_an_error() {
+    fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: &T) {
+        let body = encode(value).unwrap();
+        for cut in 0..body.len() {
+            assert!(
+                decode::<T>(&body[..cut]).is_err(),
+                "{cut} bytes of {value:?} decoded"
+            );
+        }
+    }
+    for msg in every_message() {
+        check(&msg);
+    }
+    check(&full_status());
+    check(&full_worker_spec());
+    check(&small_worker_spec());
+    check(&full_shell_spec());
+    check(&FdBatch {
+        index: 300,
+        count: 70000,
+    });
+}
+
+#[test]
+fn oversized_length_prefix_is_refused_before_the_body_arrives() {
+    for len in [MAX_FRAME + 1, 1 << 31, u32::MAX as usize] {
+        let mut reader = FrameReader::new();
+        reader.push(&frame_header(len));
+        assert_eq!(
+            reader.next_frame::<Message>(),
+            Err(Error::FrameTooLarge { len })
+        );
+        // Nothing was read or reserved past the header.
+        assert_eq!(reader.pending(), HEADER_LEN);
+    }
+    let mut reader = FrameReader::new();
+    reader.push(&frame_header(MAX_FRAME));
+    assert_eq!(reader.next_frame::<Message>(), Ok(None));
+}
+
+#[test]
+fn oversized_values_are_refused_by_encode_and_decode() {
+    let too_big = Message::Reply {
+        id: 0,
+        reply: Reply::Done("a".repeat(MAX_FRAME)),
+    };
+    let len = MAX_FRAME + 6;
+    assert_eq!(encode(&too_big), Err(Error::FrameTooLarge { len }));
+    assert_eq!(encode_frame(&too_big), Err(Error::FrameTooLarge { len }));
+    let bytes = vec![0u8; MAX_FRAME + 1];
+    assert_eq!(
+        decode::<Message>(&bytes),
+        Err(Error::FrameTooLarge { len: MAX_FRAME + 1 })
+    );
+}
+
+#[test]
+fn huge_inner_length_is_refused_without_allocating_it() {
+    // argv claims u32::MAX elements, Status u32::MAX workers and a name of usize::MAX bytes;
+    // none of that may be reserved up front.
+    let spec = unhex("01 64 02 00 ffffffff0f 01");
+    assert!(matches!(
+        decode::<WorkerSpec>(&spec),
+        Err(Error::Malformed(_))
+    ));
+    let status = unhex("2a 01 77 03 02 01 01 00 ffffffff0f 00");
+    assert!(matches!(
+        decode::<Status>(&status),
+        Err(Error::Malformed(_))
+    ));
+    let name = unhex("01 ffffffffffffffffff01");
+    assert!(decode::<Status>(&name).is_err());
+}
+
+#[test]
+fn trailing_bytes_are_an_error() {
+    let mut body = encode(&Message::hello()).unwrap();
+    body.extend([0, 0, 0]);
+    assert_eq!(
+        decode::<Message>(&body),
+        Err(Error::Malformed("3 trailing bytes".into()))
+    );
+
+    // Inside a frame too: the length prefix and the message must agree.
+    let mut frame = frame_header(body.len()).to_vec();
+    frame.extend(&body);
+    let mut reader = FrameReader::new();
+    reader.push(&frame);
+    assert!(matches!(
+        reader.next_frame::<Message>(),
+        Err(Error::Malformed(_))
+    ));
+}
+
+#[test]
+fn empty_and_unknown_bodies_are_errors() {
+    let mut reader = FrameReader::new();
+    reader.push(&frame_header(0));
+    assert!(matches!(
+        reader.next_frame::<Message>(),
+        Err(Error::Malformed(_))
+    ));
+    // Variant index 4 does not exist (yet); nor does Request 8 or WorkerState 6.
+    assert!(decode::<Message>(&[4]).is_err());
+    assert!(decode::<Message>(&unhex("01 00 08")).is_err());
+    assert!(decode::<WorkerState>(&[6]).is_err());
+    assert!(decode::<Outcome>(&[3]).is_err());
+    // Overlong varint, bad bool, bad option tag, invalid utf-8.
+    assert!(decode::<Message>(&unhex("00 ffffffffff0f")).is_err());
+    let mut spec = unhex(&golden(SMALL_WORKER_SPEC));
+    *spec.last_mut().unwrap() = 2;
+    assert!(decode::<WorkerSpec>(&spec).is_err());
+    assert!(decode::<Status>(&unhex("01 00 00 00 00 00 00 00 02")).is_err());
+    assert!(decode::<Message>(&unhex("02 00 05 02 c328")).is_err());
+}
+
+/// Calls `check` on 100_000 random byte strings, mostly short, every thousandth one long.
+fn for_random_bytes(check: impl Fn(&[u8])) {
+    let mut rng = XorShift::new(0x5eed_0002);
+    for i in 0..100_000 {
+        let len = if i % 1000 == 0 {
+            64 + rng.below(4096)
+        } else {
+            rng.below(64)
+        };
+        check(&rng.bytes(len));
+    }
+}
+
+// The same random inputs go through four tests rather than one so that they run in parallel.
+
+#[test]
+fn random_bytes_never_panic_as_message() {
+    for_random_bytes(decode_must_not_panic::<Message>);
+}
+
+#[test]
+fn random_bytes_never_panic_as_worker_spec() {
+    for_random_bytes(decode_must_not_panic::<WorkerSpec>);
+}
+
+#[test]
+fn random_bytes_never_panic_as_shell_spec_or_status() {
+    for_random_bytes(|bytes| {
+        decode_must_not_panic::<ShellSpec>(bytes);
+        decode_must_not_panic::<Status>(bytes);
+    });
+}
+
+#[test]
+fn random_bytes_never_panic_in_a_frame_reader() {
+    for_random_bytes(frames_must_not_panic);
+}
+
+#[test]
+fn random_bodies_behind_a_plausible_header_never_panic() {
+    let mut rng = XorShift::new(0x5eed_0003);
+    for _ in 0..20_000 {
+        let len = rng.below(64);
+        let mut stream = frame_header(len).to_vec();
+        stream.extend(rng.bytes(len));
+        if rng.below(2) == 0 {
+            // A second frame whose header may lie about its length.
+            stream.extend(frame_header(rng.below(80)));
+            let len = rng.below(64);
+            stream.extend(rng.bytes(len));
+        }
+        frames_must_not_panic(&stream);
+    }
+}
+
+#[test]
+fn mutated_encodings_never_panic() {
+    let mut samples: Vec<Vec<u8>> = every_message().iter().map(|m| encode(m).unwrap()).collect();
+    samples.push(encode(&full_worker_spec()).unwrap());
+    samples.push(encode(&small_worker_spec()).unwrap());
+    samples.push(encode(&full_shell_spec()).unwrap());
+    samples.push(encode(&full_status()).unwrap());
+
+    let mut rng = XorShift::new(0x5eed_0004);
+    for sample in &samples {
+        for _ in 0..500 {
+            let mut bytes = sample.clone();
+            for _ in 0..1 + rng.below(3) {
+                match rng.below(4) {
+                    0 if !bytes.is_empty() => {
+                        let at = rng.below(bytes.len());
+                        bytes[at] ^= 1 << rng.below(8);
+                    }
+                    1 if !bytes.is_empty() => {
+                        let at = rng.below(bytes.len());
+                        bytes[at] = rng.next() as u8;
+                    }
+                    2 => bytes.truncate(rng.below(bytes.len() + 1)),
+                    _ => {
+                        let at = rng.below(bytes.len() + 1);
+                        bytes.insert(at, rng.next() as u8);
+                    }
+                }
+            }
+            decode_must_not_panic::<Message>(&bytes);
+            decode_must_not_panic::<WorkerSpec>(&bytes);
+            decode_must_not_panic::<ShellSpec>(&bytes);
+
+            // The same body behind its original (now possibly wrong) length prefix.
+            let mut frame = frame_header(sample.len()).to_vec();
+            frame.extend(&bytes);
+            frames_must_not_panic(&frame);
+        }
+    }
+}
+
+#[test]
+fn check_hello_accepts_only_our_version() {
+    assert_eq!(check_hello(&Message::hello()), Ok(()));
+    for theirs in [0, PROTOCOL_VERSION + 1, u32::MAX] {
+        assert_eq!(
+            check_hello(&Message::Hello { version: theirs }),
+            Err(Error::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs
+            })
+        );
+    }
+}
+
+#[test]
+fn check_hello_refuses_anything_but_hello() {
+    for msg in every_message() {
+        if !matches!(msg, Message::Hello { .. }) {
+            assert_eq!(check_hello(&msg), Err(Error::Unexpected("hello")));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error messages
+// ---------------------------------------------------------------------------------------------
+
+fn assert_lowercase(text: &str) {
+    assert!(
+        !text.chars().any(char::is_uppercase),
+        "error message is not lowercase: {text:?}"
+    );
+}
+
+#[test]
+fn error_messages_are_lowercase_and_carry_their_numbers() {
+    let cases: Vec<(Error, &[&str])> = vec![
+        (
+            Error::FrameTooLarge { len: 2_000_000 },
+            &["2000000", "1048576"],
+        ),
+        (
+            Error::Malformed("3 trailing bytes".into()),
+            &["3 trailing bytes"],
+        ),
+        (
+            Error::VersionMismatch { ours: 1, theirs: 9 },
+            &["version 1", "version 9"],
+        ),
+        (Error::Unexpected("hello"), &["hello"]),
+        (
+            Error::FdCount {
+                expected: 2,
+                received: 5,
+            },
+            &["expected 2", "received 5"],
+        ),
+    ];
+    for (error, needles) in &cases {
+        // Fails to compile when a variant is added: add a case above too.
+        match error {
+            Error::FrameTooLarge { .. }
+            | Error::Malformed(_)
+            | Error::VersionMismatch { .. }
+            | Error::Unexpected(_)
+            | Error::FdCount { .. } => {}
+        }
+        let text = error.to_string();
+        assert_lowercase(&text);
+        for needle in *needles {
+            assert!(
+                text.contains(needle),
+                "{text:?} does not mention {needle:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn decode_errors_are_lowercase() {
+    let mut spec = unhex(&golden(SMALL_WORKER_SPEC));
+    *spec.last_mut().unwrap() = 2;
+    let bad: Vec<Error> = vec![
+        decode::<Message>(&[]).unwrap_err(),
+        decode::<Message>(&[4]).unwrap_err(),
+        decode::<Message>(&unhex("00 ffffffffff0f")).unwrap_err(),
+        decode::<Message>(&unhex("02 00 05 02 c328")).unwrap_err(),
+        decode::<Status>(&unhex("01 00 00 00 00 00 00 00 02")).unwrap_err(),
+        decode::<WorkerSpec>(&spec).unwrap_err(),
+        decode::<Message>(&unhex("00 01 00")).unwrap_err(),
+    ];
+    for error in bad {
+        assert!(matches!(error, Error::Malformed(_)), "{error:?}");
+        assert_lowercase(&error.to_string());
+    }
 }
