@@ -40,6 +40,7 @@ fmt-check:
 
 ## Coverage-guided fuzzing of frame decoding (needs a nightly toolchain and cargo-fuzz).
 fuzz:
+	@command -v cargo-fuzz >/dev/null || { echo "make fuzz needs cargo-fuzz and a nightly toolchain: cargo install cargo-fuzz"; exit 1; }
 	cd fuzz && $(CARGO) +nightly fuzz run frames -- -max_total_time=60
 
 ci: fmt-check lint test

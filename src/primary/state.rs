@@ -411,7 +411,11 @@ impl State {
         out: &mut Vec<Action>,
     ) {
         if Some(generation) == self.starting_generation() {
-            self.rollback(format!("worker {slot} could not be spawned: {reason}"), out);
+            self.rollback(
+                now,
+                format!("worker {slot} could not be spawned: {reason}"),
+                out,
+            );
         } else if generation == self.serving {
             log::error!("worker {slot} of generation {generation} could not be spawned: {reason}");
             self.slot_down(now, slot, Exit::Code(127), Duration::ZERO);
@@ -556,16 +560,23 @@ impl State {
         });
     }
 
-    fn rollback(&mut self, reason: String, out: &mut Vec<Action>) {
+    fn rollback(&mut self, now: Instant, reason: String, out: &mut Vec<Action>) {
         let Some(starting) = self.starting.take() else {
             return;
         };
         let generation = starting.generation;
         for i in 0..self.processes.len() {
             let p = &self.processes[i];
-            let killed = p.phase == Phase::Draining && p.deadline.is_none();
-            if p.generation == generation && !killed {
-                self.kill(i, out);
+            if p.generation != generation {
+                continue;
+            }
+            match p.phase {
+                // Ready workers of the failed generation are healthy and may hold accepted
+                // connections: they drain like an old generation, so none of those is reset.
+                Phase::Ready => self.drain(now, i, out),
+                // Not ready: broken or still starting. Killed at once, as a process group.
+                Phase::Starting => self.kill(i, out),
+                Phase::Draining => {}
             }
         }
         log::warn!(
@@ -600,6 +611,7 @@ impl State {
         }
         if Some(p.generation) == self.starting_generation() {
             self.rollback(
+                now,
                 format!("worker {} (pid {pid}) {exit} before it was ready", p.slot),
                 out,
             );
@@ -686,6 +698,7 @@ impl State {
                 let timeout = self.settings.ready_timeout;
                 if Some(generation) == self.starting_generation() {
                     self.rollback(
+                        now,
                         format!(
                             "worker {slot} (pid {pid}) was not ready within {}",
                             human(timeout)

@@ -423,3 +423,41 @@ fn status_rows_show_dead_slots() {
     assert_eq!(rows[1].state, Shown::Dead);
     assert_eq!(rows[1].pid, 0);
 }
+
+#[test]
+fn rollback_drains_ready_new_workers_and_kills_the_rest() {
+    let mut h = Harness::new(ReadyMode::Notify, 3);
+    h.ready_all(1);
+    h.feed(Event::Reload(1));
+    let new = h.pids(2);
+    h.feed(Event::Notify {
+        pid: new[0],
+        ready: true,
+        status: None,
+    });
+    let acts = h.feed(Event::Exited {
+        pid: new[1],
+        exit: Exit::Code(2),
+    });
+    assert!(
+        acts.contains(&Action::Signal {
+            pid: new[0],
+            signal: 15
+        }),
+        "a ready one drains: {acts:?}"
+    );
+    assert!(
+        acts.contains(&Action::Signal {
+            pid: new[2],
+            signal: SIGKILL
+        }),
+        "a starting one is killed: {acts:?}"
+    );
+    // The drained one gets SIGKILL only after the graceful timeout.
+    h.log.clear();
+    h.advance(Duration::from_secs(5));
+    assert!(h.log.contains(&Action::Signal {
+        pid: new[0],
+        signal: SIGKILL
+    }));
+}
