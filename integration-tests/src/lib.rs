@@ -331,6 +331,11 @@ impl Supervisor {
         proc::kill(self.pid(), sig).unwrap_or_else(|e| panic!("kill({}, {sig}): {e}", self.pid()));
     }
 
+    /// The file the primary's stderr (its log) goes to.
+    pub fn log_path(&self) -> &Path {
+        &self.stderr
+    }
+
     /// Everything the primary wrote to stderr so far (its log).
     pub fn log(&self) -> String {
         read_lossy(&self.stderr)

@@ -560,6 +560,17 @@ impl LoadReport {
             .map_or(Duration::ZERO, |us| Duration::from_micros(u64::from(us)))
     }
 
+    /// The longest time between two consecutive correct answers where the pause overlaps no
+    /// `window` after any of `instants`: the steady-state pause.
+    pub fn longest_gap_outside(&self, instants: &[Instant], window: Duration) -> Duration {
+        let windows = self.windows(instants, window);
+        self.gaps()
+            .filter(|&(a, b, _)| !windows.iter().any(|&(ws, we)| b >= ws && a <= we))
+            .map(|(_, _, gap)| gap)
+            .max()
+            .map_or(Duration::ZERO, |us| Duration::from_micros(u64::from(us)))
+    }
+
     /// For each instant, the longest pause overlapping `window` after it.
     pub fn gaps_after(&self, instants: &[Instant], window: Duration) -> Vec<Duration> {
         instants

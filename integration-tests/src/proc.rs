@@ -72,6 +72,29 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     children
 }
 
+/// The direct children of `pid` (zombies included), sorted, read cheaply from
+/// `/proc/PID/task/*/children`; falls back to [`children_of`] (a scan of every process) on a
+/// kernel without that file.
+pub fn task_children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children = Vec::new();
+    for task in tasks.filter_map(Result::ok) {
+        match fs::read_to_string(task.path().join("children")) {
+            Ok(text) => children.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return children_of(pid),
+            Err(_) => {}
+        }
+    }
+    children.sort_unstable();
+    children.dedup();
+    children
+}
+
 /// Every descendant of `pid` (zombies included), sorted.
 pub fn descendants_of(pid: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = all_pids()
@@ -168,6 +191,24 @@ pub fn context_switches(pid: u32) -> Option<u64> {
                 }
             }
         }
+    }
+    Some(total)
+}
+
+/// CPU time `pid` has used so far in nanoseconds, summed over its threads, from
+/// `/proc/PID/task/*/schedstat` (far finer than the clock ticks of `/proc/PID/stat`).
+pub fn cpu_time_ns(pid: u32) -> Option<u64> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.filter_map(Result::ok) {
+        let Ok(text) = fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
     }
     Some(total)
 }
