@@ -92,6 +92,33 @@ fn reload_under_load_python() {
     reload_under_load(&mut sup, addr, 4, 5);
 }
 
+#[test]
+fn reload_under_load_node() {
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !node {
+        eprintln!("skipped: node is not on PATH");
+        return;
+    }
+    let sb = Sandbox::new("reload_under_load_node");
+    let server = bins::workspace_root().join("examples/node/server.js");
+    // Node cannot send READY=1 (no Unix datagrams): readiness is "alive for 1 s".
+    let run = Run::new(["node".into(), server.into_os_string()]).args([
+        "-n",
+        "2",
+        "--ready",
+        "delay:1s",
+        "--ready-timeout",
+        "15s",
+    ]);
+    let mut sup = run.start(&sb);
+    let addr = sup.addr();
+    sup.wait_for_log("generation 1 is serving", DEADLINE);
+    reload_under_load(&mut sup, addr, 4, 3);
+}
+
 /// A script in the sandbox that runs hello with `args`; tests rewrite it to break a reload.
 fn hello_script(sb: &Sandbox, args: &[&str]) -> PathBuf {
     sb.exec_script("server", &bins::example("hello"), args)
