@@ -45,6 +45,8 @@ struct Conn {
     writable: bool,
     /// Accept order, to find the oldest idle connection.
     serial: u64,
+    /// The shell link: never dropped to make room for a control client.
+    pinned: bool,
 }
 
 pub struct Connections {
@@ -68,10 +70,10 @@ impl Connections {
 
     /// Registers a connection that did not come through the control socket (the shell link).
     pub fn adopt(&mut self, poll: &Poll, stream: UnixStream) -> io::Result<ConnId> {
-        self.insert(poll, stream)
+        self.insert(poll, stream, true)
     }
 
-    fn insert(&mut self, poll: &Poll, mut stream: UnixStream) -> io::Result<ConnId> {
+    fn insert(&mut self, poll: &Poll, mut stream: UnixStream, pinned: bool) -> io::Result<ConnId> {
         // Tokens are never reused while the process lives, so a late reply to a connection
         // that closed can never reach a new one.
         let id = ConnId(self.next);
@@ -87,6 +89,7 @@ impl Connections {
             inflight: 0,
             writable: false,
             serial: self.serial,
+            pinned,
         };
         if let Ok(hello) = proto::encode_frame(&Message::hello()) {
             conn.out.extend_from_slice(&hello);
@@ -127,7 +130,7 @@ impl Connections {
                 let oldest_idle = self
                     .conns
                     .iter()
-                    .filter(|(_, c)| c.inflight == 0)
+                    .filter(|(_, c)| c.inflight == 0 && !c.pinned)
                     .min_by_key(|(_, c)| c.serial)
                     .map(|(id, _)| *id);
                 match oldest_idle {
@@ -142,7 +145,7 @@ impl Connections {
                     }
                 }
             }
-            if let Err(e) = self.insert(poll, stream) {
+            if let Err(e) = self.insert(poll, stream, false) {
                 log::warn!(
                     "control socket: unable to register a connection: {}",
                     lower(&e)
