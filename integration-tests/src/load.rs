@@ -509,16 +509,7 @@ impl LoadReport {
         instants: &[Instant],
         window: Duration,
     ) -> Option<Duration> {
-        let windows = self.windows(instants, window);
-        let inside = |us: u32| windows.iter().any(|&(a, b)| a <= us && us <= b);
-        quantile(
-            self.records
-                .iter()
-                .filter(|r| inside(r.started_us))
-                .map(latency_us)
-                .collect(),
-            q,
-        )
+        self.latency_where(q, instants, window, true)
     }
 
     /// The `q` quantile of the latency of requests that started outside every window: the
@@ -529,12 +520,22 @@ impl LoadReport {
         instants: &[Instant],
         window: Duration,
     ) -> Option<Duration> {
+        self.latency_where(q, instants, window, false)
+    }
+
+    fn latency_where(
+        &self,
+        q: f64,
+        instants: &[Instant],
+        window: Duration,
+        inside_windows: bool,
+    ) -> Option<Duration> {
         let windows = self.windows(instants, window);
         let inside = |us: u32| windows.iter().any(|&(a, b)| a <= us && us <= b);
         quantile(
             self.records
                 .iter()
-                .filter(|r| !inside(r.started_us))
+                .filter(|r| inside(r.started_us) == inside_windows)
                 .map(latency_us)
                 .collect(),
             q,

@@ -76,13 +76,17 @@ impl Harness {
             .collect()
     }
 
+    fn ready(&mut self, pid: u32) -> Vec<Action> {
+        self.feed(Event::Notify {
+            pid,
+            ready: true,
+            status: None,
+        })
+    }
+
     fn ready_all(&mut self, generation: u64) {
         for pid in self.pids(generation) {
-            self.feed(Event::Notify {
-                pid,
-                ready: true,
-                status: None,
-            });
+            self.ready(pid);
         }
     }
 
@@ -111,11 +115,7 @@ fn reload_commits_only_when_every_new_worker_is_ready() {
         });
         assert!(!acts.iter().any(|a| matches!(a, Action::Signal { .. })));
     }
-    let acts = h.feed(Event::Notify {
-        pid: new[2],
-        ready: true,
-        status: None,
-    });
+    let acts = h.ready(new[2]);
     let signalled: Vec<u32> = acts
         .iter()
         .filter_map(|a| match a {
@@ -307,11 +307,7 @@ fn scale_down_during_start_can_complete_the_reload() {
     h.ready_all(1);
     h.feed(Event::Reload(1));
     let new = h.pids(2);
-    h.feed(Event::Notify {
-        pid: new[0],
-        ready: true,
-        status: None,
-    });
+    h.ready(new[0]);
     let acts = h.feed(Event::Scale(1));
     assert_eq!(
         Harness::outcome(&acts).map(|o| o.outcome),
@@ -430,11 +426,7 @@ fn rollback_drains_ready_new_workers_and_kills_the_rest() {
     h.ready_all(1);
     h.feed(Event::Reload(1));
     let new = h.pids(2);
-    h.feed(Event::Notify {
-        pid: new[0],
-        ready: true,
-        status: None,
-    });
+    h.ready(new[0]);
     let acts = h.feed(Event::Exited {
         pid: new[1],
         exit: Exit::Code(2),
