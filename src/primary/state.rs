@@ -49,6 +49,8 @@ pub enum Exit {
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            // The worker role's own status when exec fails; the log has its message.
+            Exit::Code(127) => write!(f, "exited with status 127 (the command could not be run)"),
             Exit::Code(c) => write!(f, "exited with status {c}"),
             Exit::Signal(s) => match nix::sys::signal::Signal::try_from(*s) {
                 Ok(sig) => write!(f, "was killed by {}", sig.as_str()),
