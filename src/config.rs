@@ -107,6 +107,9 @@ pub struct Config {
     pub listeners: Vec<ListenerSpec>,
     pub backlog: i32,
     pub workers: u32,
+    /// Worker roles kept exec'd and waiting for a spec, so a reload costs only the command's
+    /// own start.
+    pub prespawn: u32,
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
     pub stop_signal: Signal,
@@ -207,6 +210,10 @@ pub struct RunArgs {
     /// Workers per generation [default: 1].
     #[arg(short = 'n', long, value_name = "N")]
     pub workers: Option<u32>,
+    /// Keep N worker processes started ahead of time, so a reload only costs the command's own
+    /// start [default: 0].
+    #[arg(long, value_name = "N")]
+    pub prespawn: Option<u32>,
     /// Readiness: notify | delay:DURATION | immediate [default: delay:1s].
     #[arg(long, value_name = "MODE")]
     pub ready: Option<String>,
@@ -270,6 +277,7 @@ struct FileConfig {
     listen: Option<Vec<String>>,
     backlog: Option<i32>,
     workers: Option<u32>,
+    prespawn: Option<u32>,
     ready: Option<String>,
     #[serde(alias = "ready_timeout")]
     ready_timeout: Option<String>,
@@ -550,6 +558,14 @@ impl Config {
             ));
         }
 
+        let prespawn = args.prespawn.or(file.prespawn).unwrap_or(0);
+        if prespawn > 4096 {
+            return err(format!(
+                "{}: {prespawn} is more than the limit of 4096",
+                src("prespawn", "prespawn", args.prespawn.is_some())
+            ));
+        }
+
         macro_rules! pick {
             ($cli:expr, $file:expr, $flag:literal, $key:literal, $default:expr, $parse:expr) => {{
                 let cli = $cli.is_some();
@@ -735,6 +751,7 @@ impl Config {
             listeners,
             backlog,
             workers,
+            prespawn,
             ready,
             ready_timeout,
             stop_signal,

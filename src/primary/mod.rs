@@ -82,7 +82,21 @@ pub struct Primary {
     /// Whoever asked for a restart gets its reply when the reload is done.
     restarting: Vec<Requester>,
     shell: Option<shell_link::Shell>,
+    /// Worker roles exec'd ahead of time (`--prespawn`), waiting on their link for a spec.
+    spares: Vec<Spare>,
+    /// When to top the spares up again: a little after they were used, so that starting them
+    /// does not compete with the reload that used them.
+    refill_at: Option<Instant>,
 }
+
+/// A worker role that is running and waiting for its [`WorkerSpec`].
+struct Spare {
+    pid: u32,
+    link: OwnedFd,
+}
+
+/// How long after spares were used (or one died) they are topped up again.
+const REFILL_DELAY: Duration = Duration::from_millis(200);
 
 /// Runs the primary until it is asked to stop. Returns the exit code.
 pub fn run(config: Config) -> Result<u8, Fatal> {
@@ -210,6 +224,8 @@ impl Primary {
             pid,
             restarting: Vec::new(),
             shell,
+            spares: Vec::new(),
+            refill_at: None,
         })
     }
 
@@ -219,12 +235,15 @@ impl Primary {
             shell.start(&self.poll, &mut self.conns, Instant::now());
         }
         let first = self.state.handle(Instant::now(), Event::Start);
+        if self.config.prespawn > 0 {
+            self.refill_at = Some(Instant::now() + REFILL_DELAY);
+        }
         if let Some(code) = self.apply(first) {
             return Ok(code);
         }
         loop {
             let shell_deadline = self.shell.as_ref().and_then(|s| s.restart_at);
-            let timeout = [self.state.next_deadline(), shell_deadline]
+            let timeout = [self.state.next_deadline(), shell_deadline, self.refill_at]
                 .into_iter()
                 .flatten()
                 .min()
@@ -257,6 +276,9 @@ impl Primary {
                 if shell.due(now) {
                     shell.start(&self.poll, &mut self.conns, now);
                 }
+            }
+            if self.refill_at.is_some_and(|t| t <= now) {
+                self.refill_spares();
             }
             if let Some(code) = self.apply(actions) {
                 return Ok(code);
@@ -355,22 +377,64 @@ impl Primary {
             einhorn_env: self.config.einhorn_env,
         };
         let body = proto::encode(&spec).map_err(io::Error::other)?;
-        let (ours, theirs) = sys::seqpacket_pair()?;
-        let pid = sys::spawn_role(
-            Path::new("/proc/self/exe"),
-            "reloadsup-worker",
-            &["__worker"],
-            &theirs,
-        )?;
-        drop(theirs);
-        let sent = send_handoff(&ours, &body, &self.listeners);
-        if let Err(e) = sent {
+        // A spare that died since it was started fails the send: try the next, then a new one.
+        while let Some(spare) = self.spares.pop() {
+            if self.config.prespawn > 0 && self.refill_at.is_none() {
+                self.refill_at = Some(Instant::now() + REFILL_DELAY);
+            }
+            match send_handoff(&spare.link, &body, &self.listeners) {
+                Ok(()) => {
+                    log::debug!(
+                        "worker {slot} of generation {generation} runs in spare pid {}",
+                        spare.pid
+                    );
+                    return Ok(spare.pid);
+                }
+                Err(e) => {
+                    log::debug!("spare pid {} is gone: {}", spare.pid, lower(&e));
+                    let _ = sys::kill_group(spare.pid, Signal::SIGKILL);
+                }
+            }
+        }
+        let (pid, link) = self.spawn_role()?;
+        if let Err(e) = send_handoff(&link, &body, &self.listeners) {
             // The role process will find its link closed and exit; make sure of it.
-            let _ = sys::kill_group(pid.as_raw() as u32, Signal::SIGKILL);
+            let _ = sys::kill_group(pid, Signal::SIGKILL);
             return Err(e);
         }
         log::debug!("spawned worker {slot} of generation {generation} as pid {pid}");
-        Ok(pid.as_raw() as u32)
+        Ok(pid)
+    }
+
+    /// Starts a worker role process; it waits on the returned link for its spec.
+    fn spawn_role(&self) -> io::Result<(u32, OwnedFd)> {
+        let (ours, theirs) = sys::seqpacket_pair()?;
+        let parent = self.pid.to_string();
+        let pid = sys::spawn_role(
+            Path::new("/proc/self/exe"),
+            "reloadsup-worker",
+            &["__worker", &parent],
+            &theirs,
+        )?;
+        Ok((pid.as_raw() as u32, ours))
+    }
+
+    /// Tops the spares up to `--prespawn`.
+    fn refill_spares(&mut self) {
+        self.refill_at = None;
+        if self.state.is_shutting_down() {
+            return;
+        }
+        while self.spares.len() < self.config.prespawn as usize {
+            match self.spawn_role() {
+                Ok((pid, link)) => self.spares.push(Spare { pid, link }),
+                Err(e) => {
+                    log::warn!("unable to start a spare worker: {}", lower(&e));
+                    self.refill_at = Some(Instant::now() + Duration::from_secs(1));
+                    return;
+                }
+            }
+        }
     }
 
     fn on_signals(&mut self, actions: &mut Vec<Action>) {
@@ -396,6 +460,8 @@ impl Primary {
                     if let Some(shell) = &mut self.shell {
                         shell.stop();
                     }
+                    self.spares.clear();
+                    self.refill_at = None;
                     let now = Instant::now();
                     actions.extend(self.state.handle(
                         now,
@@ -417,6 +483,14 @@ impl Primary {
         loop {
             match sys::reap_one() {
                 Ok(Some((pid, status))) => {
+                    if let Some(i) = self.spares.iter().position(|s| s.pid == pid) {
+                        self.spares.remove(i);
+                        if !self.state.is_shutting_down() {
+                            log::warn!("spare worker pid {pid} {status}; starting another in 1s");
+                            self.refill_at = Some(Instant::now() + Duration::from_secs(1));
+                        }
+                        continue;
+                    }
                     if let Some(shell) = self.shell.as_mut().filter(|s| s.pid == Some(pid)) {
                         shell.exited(&self.poll, &mut self.conns, Instant::now(), status);
                         continue;
@@ -538,6 +612,9 @@ impl Primary {
                 if let Some(shell) = &mut self.shell {
                     shell.stop();
                 }
+                // Closing their links retires the spares: they exit on EOF.
+                self.spares.clear();
+                self.refill_at = None;
                 actions.extend(self.state.handle(
                     now,
                     Event::Shutdown {

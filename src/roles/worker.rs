@@ -30,9 +30,12 @@ const OWN_VARS: &[&str] = &[
 /// Exit status when the command cannot be run, like a shell's.
 const EXEC_FAILED: u8 = 127;
 
-pub fn run() -> u8 {
-    match prepare() {
-        Ok(spec) => {
+/// Runs the worker role. `args` are the words after `__worker`: the primary's pid, so that a
+/// spare role (exec'd ahead of a reload, see `--prespawn`) dies with the primary while it waits.
+pub fn run(args: &[OsString]) -> u8 {
+    let parent = args.first().and_then(|a| a.to_str()?.parse::<u32>().ok());
+    match prepare(parent) {
+        Ok(Some(spec)) => {
             let argv: Vec<OsString> = spec.argv.into_iter().map(OsString::from_vec).collect();
             let err = sys::execvp(&argv);
             eprintln!(
@@ -46,6 +49,8 @@ pub fn run() -> u8 {
             );
             EXEC_FAILED
         }
+        // A spare the primary no longer needs: it closed the link without a spec.
+        Ok(None) => 0,
         Err(e) => {
             eprintln!("reloadsup: worker: {e}");
             EXEC_FAILED
@@ -53,27 +58,39 @@ pub fn run() -> u8 {
     }
 }
 
-fn prepare() -> io::Result<WorkerSpec> {
+fn prepare(parent: Option<u32>) -> io::Result<Option<WorkerSpec>> {
     // Default dispositions first, then unblock: a stop signal that arrived while this process
     // was starting ends it, as it would end the worker.
     sys::reset_signals();
+    // Until the command runs, this process must not steal the CPU from the primary, which may
+    // be handing out a whole generation: a spare is woken by its spec while the primary is
+    // still sending the others'.
+    let deferred = sys::sched_defer();
+    if let Some(parent) = parent {
+        // Before waiting for the spec: a spare may wait a long time.
+        sys::die_with_parent(parent)?;
+    }
     let link = sys::take_role_link()?;
-    let (spec, fds) = receive(&link)?;
+    let Some((spec, fds)) = receive(&link)? else {
+        return Ok(None);
+    };
     drop(link);
     sys::die_with_parent(spec.primary_pid)?;
     sys::drop_privileges(spec.uid, spec.gid)?;
     set_env(&spec);
     sys::place_fds(fds, 3)?;
-    Ok(spec)
+    if deferred {
+        sys::sched_normal()?;
+    }
+    Ok(Some(spec))
 }
 
-fn receive(link: &OwnedFd) -> io::Result<(WorkerSpec, Vec<OwnedFd>)> {
+/// The spec and the listener fds; `None` when the primary closed the link without sending.
+fn receive(link: &OwnedFd) -> io::Result<Option<(WorkerSpec, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; proto::MAX_FRAME];
     let (n, mut fds) = sys::recv_with_fds(link.as_fd(), &mut buf, sys::MAX_FDS_PER_MESSAGE)?;
     if n == 0 {
-        return Err(io::Error::other(
-            "the primary closed the hand-off socket before sending the spec",
-        ));
+        return Ok(None);
     }
     let spec: WorkerSpec = proto::decode(&buf[..n]).map_err(io::Error::other)?;
     if spec.version != PROTOCOL_VERSION {
@@ -103,7 +120,7 @@ fn receive(link: &OwnedFd) -> io::Result<(WorkerSpec, Vec<OwnedFd>)> {
             received: fds.len(),
         }));
     }
-    Ok((spec, fds))
+    Ok(Some((spec, fds)))
 }
 
 fn set_env(spec: &WorkerSpec) {

@@ -235,6 +235,33 @@ pub fn spawn_role(exe: &Path, arg0: &str, args: &[&str], link: &OwnedFd) -> io::
     Ok(Pid::from_raw(pid))
 }
 
+/// Moves this process from SCHED_OTHER to SCHED_BATCH while it waits to become a worker, so
+/// that waking it does not preempt the primary while it hands out a generation. Returns
+/// whether it changed anything; a supervisor run under another policy is left alone.
+///
+/// Not SCHED_IDLE, though it frees the primary better: on a machine saturated by the serving
+/// generation an idle-class process gets almost no CPU, and a reload would wait for it.
+pub fn sched_defer() -> bool {
+    // SAFETY: sched_getscheduler(0) only reads our own policy.
+    if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
+        return false;
+    }
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a valid sched_param; it changes only this process's own policy, and going
+    // between SCHED_OTHER and SCHED_BATCH needs no privilege.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0 }
+}
+
+/// Undoes [`sched_defer`] before the command runs, so the worker schedules like the primary.
+pub fn sched_normal() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as above.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Unblocks every signal: role processes start with all of them blocked (see [`spawn_role`]).
 pub fn unblock_signals() {
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);

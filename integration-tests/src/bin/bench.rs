@@ -68,7 +68,7 @@ const CONSOLE_COMMANDS: usize = 300;
 const CONSOLE_RUNS: usize = 5;
 const CONSOLE_PASSWORD: &str = "bench-password";
 /// How often the reload-overhead probes look at procfs, the log and the control socket.
-const PROBE_EVERY: Duration = Duration::from_micros(100);
+const PROBE_EVERY: Duration = Duration::from_micros(500);
 
 struct Options {
     duration: Duration,
@@ -712,9 +712,21 @@ fn execd(primary: u32, old: &HashSet<u32>, exe: &Path) -> usize {
         .count()
 }
 
-/// Waits until the primary has exactly `n` live children (the old generation is gone).
+/// Waits until the primary has exactly `n` live children (the old generation is gone) and all
+/// of them are asleep: spares started by a refill have finished starting, so a reload measured
+/// next starts from rest.
 fn settle(sup: &Supervisor, n: usize) -> HashSet<u32> {
-    sup.wait_workers(n).into_iter().collect()
+    let children = sup.wait_workers(n);
+    let asleep = |p: &u32| {
+        fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('S')))
+            .unwrap_or(true)
+    };
+    wait_until(DEADLINE, "every child of the primary asleep", || {
+        children.iter().all(asleep)
+    });
+    children.into_iter().collect()
 }
 
 /// What one reload took, from the moment the request (signal or frame) was sent.
@@ -732,9 +744,20 @@ struct Sample {
 #[derive(Default)]
 struct Overhead {
     workers: usize,
+    /// `--prespawn`: worker roles exec'd ahead of the reload.
+    spares: usize,
     execd: Vec<Duration>,
     done: Vec<Duration>,
     cpu: Vec<Duration>,
+}
+
+impl Overhead {
+    fn label(&self) -> String {
+        match self.spares {
+            0 => self.workers.to_string(),
+            n => format!("{} (`--prespawn {n}`)", self.workers),
+        }
+    }
 }
 
 /// How a reload is asked for.
@@ -749,9 +772,14 @@ fn reload_once(
     via: &mut Via<'_>,
     generation: u64,
     workers: usize,
+    spares: usize,
     exe: &Path,
 ) -> Result<Sample, String> {
-    let old = settle(sup, workers);
+    // The old generation: children running the command (spares run reloadsup until used).
+    let old: HashSet<u32> = settle(sup, workers + spares)
+        .into_iter()
+        .filter(|p| fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == exe))
+        .collect();
     let mut tail = LogTail::at_end(sup.log_path()).map_err(|e| format!("log: {e}"))?;
     let serving = format!("generation {generation} is serving");
     let primary = sup.pid();
@@ -790,7 +818,7 @@ fn reload_once(
         }
         thread::sleep(PROBE_EVERY);
     }
-    settle(sup, workers);
+    settle(sup, workers + spares);
     if let (Some(a), Some(b)) = (cpu0, proc::cpu_time_ns(primary)) {
         sample.cpu = Some(Duration::from_nanos(b.saturating_sub(a)));
     }
@@ -798,15 +826,16 @@ fn reload_once(
 }
 
 /// `reloads` reloads of `workers` `hello`s with `--ready immediate`, each from rest.
-fn reload_overhead(workers: usize, reloads: u32, signal: bool) -> Overhead {
+fn reload_overhead(workers: usize, spares: usize, reloads: u32, signal: bool) -> Overhead {
     let sb = Sandbox::new("bench-overhead");
     let mut sup = Run::hello(&[])
         .args(["-n", &workers.to_string(), "--ready", "immediate"])
         .args(["--graceful-timeout", "5s"])
+        .args(["--prespawn", &spares.to_string()])
         .env("RUST_LOG", "info")
         .start(&sb);
     sup.addr();
-    settle(&sup, workers);
+    settle(&sup, workers + spares);
     let exe = canonical(&bins::example("hello"));
     let mut control = if signal {
         None
@@ -818,6 +847,7 @@ fn reload_overhead(workers: usize, reloads: u32, signal: bool) -> Overhead {
                 shut_down(sup);
                 return Overhead {
                     workers,
+                    spares,
                     ..Overhead::default()
                 };
             }
@@ -825,6 +855,7 @@ fn reload_overhead(workers: usize, reloads: u32, signal: bool) -> Overhead {
     };
     let mut o = Overhead {
         workers,
+        spares,
         ..Overhead::default()
     };
     for generation in 2..=u64::from(reloads) + 1 {
@@ -832,7 +863,7 @@ fn reload_overhead(workers: usize, reloads: u32, signal: bool) -> Overhead {
             Some(c) => Via::Control(c),
             None => Via::Signal,
         };
-        match reload_once(&sup, &mut via, generation, workers, &exe) {
+        match reload_once(&sup, &mut via, generation, workers, spares, &exe) {
             Ok(s) => {
                 o.execd.extend(s.execd);
                 o.done.extend(s.done);
@@ -860,7 +891,7 @@ fn overhead_report(issue: u32, via: &str, done: &str, rows: &[Overhead], checks:
     for o in rows {
         println!(
             "| {} | {} | {} | {} |",
-            o.workers,
+            o.label(),
             spread(&o.execd),
             spread(&o.done),
             spread(&o.cpu)
@@ -872,7 +903,7 @@ fn overhead_report(issue: u32, via: &str, done: &str, rows: &[Overhead], checks:
         let figure = |what: &str| {
             format!(
                 "reload overhead, {} worker(s), {via} → {what}, median",
-                o.workers
+                o.label()
             )
         };
         let enough = o.execd.len() == OVERHEAD_RELOADS as usize;
@@ -903,7 +934,7 @@ fn overhead_report(issue: u32, via: &str, done: &str, rows: &[Overhead], checks:
             issue,
             &format!(
                 "primary CPU time per reload, {} worker(s), median",
-                o.workers
+                o.label()
             ),
             ms(median(&o.cpu)),
         );
@@ -913,9 +944,9 @@ fn overhead_report(issue: u32, via: &str, done: &str, rows: &[Overhead], checks:
 fn costs_section(o: &Options, checks: &mut Checks) {
     let mark = checks.0.len();
     eprintln!("costs: reload overhead through SIGHUP, RSS and wake-ups at rest");
-    let overhead: Vec<Overhead> = [1, 16]
+    let overhead: Vec<Overhead> = [(1, 0), (16, 0), (16, 16)]
         .into_iter()
-        .map(|n| reload_overhead(n, OVERHEAD_RELOADS, true))
+        .map(|(n, spares)| reload_overhead(n, spares, OVERHEAD_RELOADS, true))
         .collect();
     let (rss, wakeups) = at_rest(o.workers);
 
@@ -1104,9 +1135,9 @@ fn control_section(checks: &mut Checks) {
     let mark = checks.0.len();
     eprintln!("control: ctl status round trips with 16 workers, reload overhead through the control socket");
     let status = status_round_trips(16);
-    let overhead: Vec<Overhead> = [1, 16]
+    let overhead: Vec<Overhead> = [(1, 0), (16, 0), (16, 16)]
         .into_iter()
-        .map(|n| reload_overhead(n, OVERHEAD_RELOADS, false))
+        .map(|(n, spares)| reload_overhead(n, spares, OVERHEAD_RELOADS, false))
         .collect();
 
     println!("\n## 3. Control plane (issue 3)\n");

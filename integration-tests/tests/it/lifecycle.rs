@@ -263,3 +263,60 @@ fn unsafe_geteuid() -> u32 {
     // SAFETY: geteuid(2) has no preconditions.
     unsafe { libc::geteuid() }
 }
+
+#[test]
+fn prespawned_roles_take_over_reloads() {
+    let sb = Sandbox::new("prespawned_roles");
+    let (mut sup, addr) = start(
+        &sb,
+        Run::hello(&[]).args(standard(4)).args(["--prespawn", "4"]),
+        4,
+    );
+    // Four workers and four spares, all children of the primary.
+    let children = sup.wait_workers(8);
+    let serving = |sup: &Supervisor| -> Vec<u32> {
+        let status = sup.status_json();
+        status["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .filter(|w| w["state"] == "ready" || w["state"] == "starting")
+            .map(|w| w["pid"].as_u64().expect("pid") as u32)
+            .collect()
+    };
+    let workers = serving(&sup);
+    let spares: Vec<u32> = children
+        .iter()
+        .copied()
+        .filter(|p| !workers.contains(p))
+        .collect();
+    assert_eq!(
+        spares.len(),
+        4,
+        "children {children:?}, workers {workers:?}"
+    );
+
+    let load = Load::start(addr, 8, Limits::default());
+    load.wait_for_more_answers(50, DEADLINE);
+    sup.reload(2).expect("reload");
+    let new = serving(&sup);
+    assert_eq!(new.len(), 4);
+    assert!(
+        new.iter().all(|p| spares.contains(p)),
+        "generation 2 runs in the spares {spares:?}: {new:?}"
+    );
+    for generation in 3..=5 {
+        sup.reload(generation).expect("reload");
+    }
+    load.wait_for_more_answers(50, DEADLINE);
+    let report = load.stop();
+    report.assert_no_failures();
+    // Topped up again: four workers and four spares, none a zombie.
+    let last = sup.wait_workers(8);
+    sup.signal(libc::SIGTERM);
+    assert!(sup.wait_exit(DEADLINE).success());
+    wait_until(DEADLINE, "every worker and spare gone", || {
+        last.iter()
+            .all(|&p| !proc::is_alive(p) || proc::is_zombie(p))
+    });
+}
