@@ -14,17 +14,26 @@ use serde_json::Value;
 
 use crate::{standard, start};
 
-/// Workers of the reload-under-load tests take this long to start. A supervisor that stopped
-/// the old generation before the new one accepts would pause answers for about this long.
-const STARTUP: &str = "500ms";
-/// The pause after a reload must stay well below the start-up time. The real figure (a few ms)
-/// is measured by `make bench`; this bound only has to survive a busy machine.
-const MAX_PAUSE_AFTER_RELOAD: Duration = Duration::from_millis(400);
+/// `hello` in the reload-under-load test takes this long to start, as the issue asks. A
+/// supervisor that stopped the old generation before the new one accepts would pause answers
+/// for about this long; the real pause (a few ms) is measured by `make bench`, and this bound
+/// only has to tell the two apart on a busy machine.
+const STARTUP: &str = "200ms";
+const MAX_PAUSE_AFTER_RELOAD: Duration = Duration::from_millis(150);
+/// Python and Node start slowly on a busy machine: a longer start-up and a looser bound.
+const SLOW_STARTUP_SECS: &str = "0.5";
+const SLOW_MAX_PAUSE: Duration = Duration::from_millis(400);
 /// Pacing between reloads, so each generation serves a little.
 const PACING: Duration = Duration::from_millis(20);
 
 /// Reloads `reloads` times under a load of `clients` and checks nothing was lost.
-fn reload_under_load(sup: &mut Supervisor, addr: SocketAddr, clients: usize, reloads: u32) {
+fn reload_under_load(
+    sup: &mut Supervisor,
+    addr: SocketAddr,
+    clients: usize,
+    reloads: u32,
+    max_pause: Duration,
+) {
     let load = Load::start(addr, clients, Limits::default());
     load.wait_for_more_answers(20, DEADLINE);
     let mut reloaded_at = Vec::new();
@@ -56,8 +65,8 @@ fn reload_under_load(sup: &mut Supervisor, addr: SocketAddr, clients: usize, rel
     assert_eq!(report.generations(), expected, "generations that answered");
     let longest = report.longest_gap_after(&reloaded_at, Duration::from_secs(1));
     assert!(
-        longest < MAX_PAUSE_AFTER_RELOAD,
-        "answers paused for {longest:?} after a reload (limit {MAX_PAUSE_AFTER_RELOAD:?}); each: {gaps:?}"
+        longest < max_pause,
+        "answers paused for {longest:?} after a reload (limit {max_pause:?}); each: {gaps:?}"
     );
 }
 
@@ -66,7 +75,7 @@ fn reload_under_load_loses_nothing() {
     let sb = Sandbox::new("reload_under_load_loses_nothing");
     let run = Run::hello(&["--delay", STARTUP]).args(standard(4));
     let (mut sup, addr) = start(&sb, run, 4);
-    reload_under_load(&mut sup, addr, 8, 20);
+    reload_under_load(&mut sup, addr, 8, 20, MAX_PAUSE_AFTER_RELOAD);
 }
 
 #[test]
@@ -83,13 +92,13 @@ fn reload_under_load_python() {
     let sb = Sandbox::new("reload_under_load_python");
     let command = [python.into_os_string(), server.into_os_string()]
         .into_iter()
-        .chain(["--delay", "0.5"].map(Into::into));
+        .chain(["--delay", SLOW_STARTUP_SECS].map(Into::into));
     // Python starts slowly on a busy machine: a longer ready timeout than the Rust tests.
     let run = Run::new(command)
         .args(["-n", "4", "--ready", "notify", "--ready-timeout", "15s"])
         .env("PYTHONUNBUFFERED", "1");
     let (mut sup, addr) = start(&sb, run, 4);
-    reload_under_load(&mut sup, addr, 4, 5);
+    reload_under_load(&mut sup, addr, 4, 5, SLOW_MAX_PAUSE);
 }
 
 #[test]
@@ -116,7 +125,7 @@ fn reload_under_load_node() {
     let mut sup = run.start(&sb);
     let addr = sup.addr();
     sup.wait_for_log("generation 1 is serving", DEADLINE);
-    reload_under_load(&mut sup, addr, 4, 3);
+    reload_under_load(&mut sup, addr, 4, 3, SLOW_MAX_PAUSE);
 }
 
 /// A script in the sandbox that runs hello with `args`; tests rewrite it to break a reload.
