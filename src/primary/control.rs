@@ -316,8 +316,4 @@ impl Connections {
             let _ = poll.registry().deregister(&mut conn.stream);
         }
     }
-
-    pub fn contains(&self, id: ConnId) -> bool {
-        self.conns.contains_key(&id)
-    }
 }

@@ -16,7 +16,7 @@ pub mod state;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -691,7 +691,6 @@ fn send_handoff(sock: &OwnedFd, body: &[u8], listeners: &[Listener]) -> io::Resu
         .map_err(io::Error::other)?;
         sys::send_with_fds(sock.as_fd(), &batch, chunk)?;
     }
-    let _ = sock.as_raw_fd();
     Ok(())
 }
 

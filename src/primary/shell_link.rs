@@ -160,10 +160,6 @@ impl Shell {
             let _ = sys::kill_group(pid, Signal::SIGKILL);
         }
     }
-
-    pub fn is_link(&self, id: ConnId) -> bool {
-        self.conn == Some(id)
-    }
 }
 
 /// The spec sent to every shell worker, built once at start.

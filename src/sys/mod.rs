@@ -112,7 +112,6 @@ pub fn recv_with_fds(
     max_fds: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
-    let _ = max_fds;
     let mut iov = [io::IoSliceMut::new(buf)];
     let msg = socket::recvmsg::<()>(
         sock.as_raw_fd(),
@@ -505,15 +504,6 @@ pub fn getpgid(pid: u32) -> Option<u32> {
     nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
         .ok()
         .map(|p| p.as_raw() as u32)
-}
-
-/// Our own resident set size in KiB, from /proc.
-pub fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 #[cfg(test)]
