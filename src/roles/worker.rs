@@ -75,8 +75,10 @@ fn prepare(parent: Option<u32>) -> io::Result<Option<WorkerSpec>> {
         return Ok(None);
     };
     drop(link);
-    sys::die_with_parent(spec.primary_pid)?;
     sys::drop_privileges(spec.uid, spec.gid)?;
+    // After the credentials change: the kernel clears the parent-death signal on a change of
+    // user or group, so it is set (again) only now.
+    sys::die_with_parent(spec.primary_pid)?;
     set_env(&spec);
     sys::place_fds(fds, 3)?;
     if deferred {

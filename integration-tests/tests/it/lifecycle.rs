@@ -241,7 +241,7 @@ fn workers_run_as_another_user() {
         sb.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     );
-    let (_sup, _) = start(
+    let (sup, _) = start(
         &sb,
         Run::probe(&[])
             .env("PROBE_OUT", &out)
@@ -252,6 +252,15 @@ fn workers_run_as_another_user() {
     let report = wait_json_file(&out);
     assert_eq!(report["uid"], 65534, "{report}");
     assert_eq!(report["gid"], 65534, "{report}");
+    // Regression: switching users clears the parent-death signal, so a worker run as another
+    // user outlived a SIGKILLed primary until the role set it again after the switch.
+    let pid = report["pid"].as_u64().expect("pid") as u32;
+    unsafe_kill(sup.pid(), libc::SIGKILL);
+    wait_until(
+        DEADLINE,
+        "the other user's worker to die with the primary",
+        || !proc::is_alive(pid) || proc::is_zombie(pid),
+    );
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {
