@@ -127,6 +127,16 @@ impl Admin {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// The address the workers serve on (the first listener, port 0 resolved).
+    fn http_addr(&self) -> std::net::SocketAddr {
+        self.status()["listeners"][0]["address"]
+            .as_str()
+            .expect("listener address")
+            .trim_start_matches("tcp://")
+            .parse()
+            .expect("a socket address")
+    }
+
     fn worker_pids(&self) -> Vec<u64> {
         let mut pids: Vec<u64> = self.status()["workers"]
             .as_array()
@@ -494,13 +504,7 @@ fn console_trusts_on_first_use_and_refuses_a_changed_certificate() {
 fn silent_and_slow_clients_do_not_lock_out_an_operator() {
     let sandbox = Sandbox::new("console-slowloris");
     let admin = Admin::start(&sandbox, 2);
-    let status = admin.status();
-    let addr: std::net::SocketAddr = status["listeners"][0]["address"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("tcp://")
-        .parse()
-        .unwrap();
+    let addr = admin.http_addr();
     let load = Load::start(addr, 4, Limits::duration(Duration::from_secs(60)));
     load.wait_for_more_answers(20, DEADLINE);
 
@@ -565,13 +569,7 @@ fn restart_from_the_console_under_load_replaces_every_worker_without_a_failure()
     let mut admin = Admin::start(&sandbox, 3);
     let before = admin.worker_pids();
     let shell = admin.shell_pid();
-    let status = admin.status();
-    let addr: std::net::SocketAddr = status["listeners"][0]["address"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("tcp://")
-        .parse()
-        .unwrap();
+    let addr = admin.http_addr();
     let load = Load::start(addr, 4, Limits::duration(Duration::from_secs(60)));
     load.wait_for_more_answers(20, DEADLINE);
     let out = admin.console(&["restart", "worker info"]);
