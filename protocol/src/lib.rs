@@ -396,5 +396,35 @@ pub struct CustomCommand {
     pub help: String,
 }
 
+// ---------------------------------------------------------------------------------------------
+// The keeper: a watcher that kills every worker's process group (and cgroup) when the primary
+// dies.
+// ---------------------------------------------------------------------------------------------
+
+/// The most process groups one [`KeeperMessage::Track`] carries, so that every message on the
+/// keeper's link stays small (a few KiB at most) however many workers there are.
+pub const MAX_TRACK_BATCH: usize = 256;
+
+/// The first message on the keeper's link (SOCK_SEQPACKET, bare postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeeperSpec {
+    pub version: u32,
+    pub primary_pid: u32,
+    /// The cgroup v2 directory under which every worker has a cgroup `w<PGID>` of its own,
+    /// when the primary could create one; killed as a whole (`cgroup.kill`) with the primary.
+    pub cgroup: Option<Vec<u8>>,
+}
+
+/// Every later message on the keeper's link, in the order the primary spawns and reaps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeeperMessage {
+    /// These worker process groups exist: kill them if the primary dies. At most
+    /// [`MAX_TRACK_BATCH`] per message.
+    Track { pgids: Vec<u32> },
+    /// This group's leader is about to be reaped (its group was killed): never signal it again,
+    /// and remove its cgroup once it is empty.
+    Forget { pgid: u32 },
+}
+
 #[cfg(test)]
 mod tests;

@@ -1121,3 +1121,65 @@ fn decode_errors_are_lowercase() {
         assert_lowercase(&error.to_string());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The keeper's link
+// ---------------------------------------------------------------------------------------------
+
+fn keeper_message_index(msg: &KeeperMessage) -> u8 {
+    match msg {
+        KeeperMessage::Track { .. } => 0,
+        KeeperMessage::Forget { .. } => 1,
+    }
+}
+
+fn keeper_message_goldens() -> Vec<(KeeperMessage, &'static str)> {
+    vec![
+        (
+            KeeperMessage::Track {
+                pgids: vec![1, 300],
+            },
+            "00 02 01 ac02",
+        ),
+        (KeeperMessage::Forget { pgid: 300 }, "01 ac02"),
+    ]
+}
+
+#[test]
+fn keeper_goldens_are_pinned() {
+    assert_variant_goldens(&keeper_message_goldens(), keeper_message_index);
+    assert_golden(
+        &KeeperSpec {
+            version: 1,
+            primary_pid: 100,
+            cgroup: Some(b"/c".to_vec()),
+        },
+        "01 64 01 02 2f63",
+    );
+    assert_golden(
+        &KeeperSpec {
+            version: 1,
+            primary_pid: 2,
+            cgroup: None,
+        },
+        "01 02 00",
+    );
+}
+
+#[test]
+fn a_full_track_batch_stays_small() {
+    let batch = KeeperMessage::Track {
+        pgids: vec![u32::MAX; MAX_TRACK_BATCH],
+    };
+    assert_round_trip(&batch);
+    // The keeper reads each message into a buffer of this size.
+    assert!(encode(&batch).unwrap().len() <= 2048);
+}
+
+#[test]
+fn random_bytes_never_panic_as_keeper_messages() {
+    for_random_bytes(|bytes| {
+        decode_must_not_panic::<KeeperSpec>(bytes);
+        decode_must_not_panic::<KeeperMessage>(bytes);
+    });
+}
