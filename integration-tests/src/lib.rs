@@ -438,21 +438,30 @@ impl Supervisor {
         })
     }
 
-    /// The worker processes: the primary's live children (zombies excluded).
+    /// The worker processes: the primary's live children (zombies excluded), but the keeper.
     pub fn workers(&self) -> Vec<u32> {
-        proc::children_of(self.pid())
+        self.children()
             .into_iter()
             .filter(|&p| !proc::is_zombie(p))
             .collect()
     }
 
-    /// Waits until the primary has exactly `n` children, none of them a zombie, and returns them.
+    /// The primary's children (zombies included), but the keeper, which every primary has.
+    pub fn children(&self) -> Vec<u32> {
+        proc::children_of(self.pid())
+            .into_iter()
+            .filter(|&p| !proc::is_keeper(p))
+            .collect()
+    }
+
+    /// Waits until the primary has exactly `n` children besides the keeper, none of them a
+    /// zombie, and returns them.
     pub fn wait_workers(&self, n: usize) -> Vec<u32> {
         wait_for(
             DEADLINE,
             &format!("exactly {n} live children of the primary"),
             || {
-                let children = proc::children_of(self.pid());
+                let children = self.children();
                 (children.len() == n && !children.iter().any(|&p| proc::is_zombie(p)))
                     .then_some(children)
             },

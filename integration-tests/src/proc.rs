@@ -95,6 +95,13 @@ pub fn task_children(pid: u32) -> Vec<u32> {
     children
 }
 
+/// Whether `pid` runs reloadsup's keeper role (`__keeper`): a child of the primary that is
+/// no worker.
+pub fn is_keeper(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"__keeper"))
+}
+
 /// Every descendant of `pid` (zombies included), sorted.
 pub fn descendants_of(pid: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = all_pids()

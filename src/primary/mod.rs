@@ -9,6 +9,7 @@
 //! timeout: the only timer is the earliest deadline in the state.
 
 pub mod control;
+pub mod keeper_link;
 pub mod listeners;
 pub mod shell_link;
 pub mod state;
@@ -87,6 +88,8 @@ pub struct Primary {
     /// When to top the spares up again: a little after they were used, so that starting them
     /// does not compete with the reload that used them.
     refill_at: Option<Instant>,
+    /// Kills every worker's process group and cgroup if the primary dies (promise 4).
+    keeper: keeper_link::Keeper,
 }
 
 /// A worker role that is running and waiting for its [`WorkerSpec`].
@@ -226,11 +229,13 @@ impl Primary {
             shell,
             spares: Vec::new(),
             refill_at: None,
+            keeper: keeper_link::Keeper::new(pid),
         })
     }
 
     fn main_loop(&mut self) -> Result<u8, Fatal> {
         let mut events = Events::with_capacity(256);
+        self.keeper.start(Instant::now());
         if let Some(shell) = &mut self.shell {
             shell.start(&self.poll, &mut self.conns, Instant::now());
         }
@@ -243,11 +248,16 @@ impl Primary {
         }
         loop {
             let shell_deadline = self.shell.as_ref().and_then(|s| s.restart_at);
-            let timeout = [self.state.next_deadline(), shell_deadline, self.refill_at]
-                .into_iter()
-                .flatten()
-                .min()
-                .map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
+            let timeout = [
+                self.state.next_deadline(),
+                shell_deadline,
+                self.refill_at,
+                self.keeper.state.restart_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -279,6 +289,9 @@ impl Primary {
             }
             if self.refill_at.is_some_and(|t| t <= now) {
                 self.refill_spares();
+            }
+            if self.keeper.due(now) {
+                self.keeper.start(now);
             }
             if let Some(code) = self.apply(actions) {
                 return Ok(code);
@@ -350,6 +363,7 @@ impl Primary {
                     }
                     self.conns.flush_all();
                     self.cleanup();
+                    self.keeper.close();
                     log::info!("all workers are gone; exiting");
                     return Some(0);
                 }
@@ -407,16 +421,20 @@ impl Primary {
     }
 
     /// Starts a worker role process; it waits on the returned link for its spec.
-    fn spawn_role(&self) -> io::Result<(u32, OwnedFd)> {
+    fn spawn_role(&mut self) -> io::Result<(u32, OwnedFd)> {
         let (ours, theirs) = sys::seqpacket_pair()?;
         let parent = self.pid.to_string();
+        let mut args = vec!["__worker", &parent];
+        args.extend(self.keeper.worker_arg());
         let pid = sys::spawn_role(
             Path::new("/proc/self/exe"),
             "reloadsup-worker",
-            &["__worker", &parent],
+            &args,
             &theirs,
-        )?;
-        Ok((pid.as_raw() as u32, ours))
+        )?
+        .as_raw() as u32;
+        self.keeper.track(pid);
+        Ok((pid, ours))
     }
 
     /// Tops the spares up to `--prespawn`.
@@ -481,8 +499,13 @@ impl Primary {
 
     fn reap(&mut self, actions: &mut Vec<Action>) {
         loop {
-            match sys::reap_one() {
+            let keeper = &mut self.keeper;
+            match sys::reap_one(|pid| keeper.forget(pid)) {
                 Ok(Some((pid, status))) => {
+                    if self.keeper.is(pid) {
+                        self.keeper.exited(Instant::now(), status);
+                        continue;
+                    }
                     if let Some(i) = self.spares.iter().position(|s| s.pid == pid) {
                         self.spares.remove(i);
                         if !self.state.is_shutting_down() {

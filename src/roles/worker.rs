@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
 
 use reloadsup_protocol::{self as proto, FdBatch, WorkerSpec, PROTOCOL_VERSION};
 
@@ -31,9 +32,13 @@ const OWN_VARS: &[&str] = &[
 const EXEC_FAILED: u8 = 127;
 
 /// Runs the worker role. `args` are the words after `__worker`: the primary's pid, so that a
-/// spare role (exec'd ahead of a reload, see `--prespawn`) dies with the primary while it waits.
+/// spare role (exec'd ahead of a reload, see `--prespawn`) dies with the primary while it waits;
+/// then, when the primary uses per-worker cgroups, their base directory.
 pub fn run(args: &[OsString]) -> u8 {
     let parent = args.first().and_then(|a| a.to_str()?.parse::<u32>().ok());
+    if let Some(base) = args.get(1) {
+        join_cgroup(Path::new(base));
+    }
     match prepare(parent) {
         Ok(Some(spec)) => {
             let argv: Vec<OsString> = spec.argv.into_iter().map(OsString::from_vec).collect();
@@ -55,6 +60,19 @@ pub fn run(args: &[OsString]) -> u8 {
             eprintln!("reloadsup: worker: {e}");
             EXEC_FAILED
         }
+    }
+}
+
+/// Moves this process into its own cgroup, before the command can fork anything, so that every
+/// process it starts is killed with it even after `setsid()`. A failure is not fatal: the
+/// keeper still watches the process group.
+fn join_cgroup(base: &Path) {
+    if let Err(e) = sys::cgroup::join(base) {
+        eprintln!(
+            "reloadsup: worker: unable to join a cgroup under {}: {}; its children are tracked by process group only",
+            base.display(),
+            crate::config::lower(&e)
+        );
     }
 }
 

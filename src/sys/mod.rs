@@ -6,6 +6,8 @@
 //! Nothing here knows about generations or workers; it works on pids and fds.
 #![allow(unsafe_code)]
 
+pub mod cgroup;
+
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -462,7 +464,9 @@ impl std::fmt::Display for ExitStatus {
 /// The child is first observed with WNOWAIT and its process group SIGKILLed while the child is
 /// still a zombie: its pid (the group's id) cannot have been recycled then, so no stranger is
 /// ever signalled, and whatever the worker left running in its group goes with it.
-pub fn reap_one() -> io::Result<Option<(u32, ExitStatus)>> {
+/// `before_reap(pid)` runs after that kill and before the reap, while the pid still names our
+/// zombie: the primary uses it to kill the worker's cgroup and tell the keeper to forget it.
+pub fn reap_one(mut before_reap: impl FnMut(u32)) -> io::Result<Option<(u32, ExitStatus)>> {
     // SAFETY: siginfo_t is plain data; waitid fills it in, and zeroed si_pid means "no child".
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to a siginfo_t we own; P_ALL with WNOHANG never blocks.
@@ -488,6 +492,7 @@ pub fn reap_one() -> io::Result<Option<(u32, ExitStatus)>> {
     }
     // Our children all lead their own process group (spawn_role sets it).
     let _ = kill_group(pid as u32, Signal::SIGKILL);
+    before_reap(pid as u32);
     let status = if code == libc::CLD_EXITED {
         ExitStatus::Exited(status)
     } else {
@@ -497,6 +502,43 @@ pub fn reap_one() -> io::Result<Option<(u32, ExitStatus)>> {
     let mut raw = 0;
     unsafe { libc::waitpid(pid, &mut raw, libc::WNOHANG) };
     Ok(Some((pid as u32, status)))
+}
+
+/// Sends one message on a SOCK_SEQPACKET socket without ever blocking (and without SIGPIPE
+/// when the peer is gone). A full socket buffer is `WouldBlock`.
+pub fn send_nonblocking(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    let sent = socket::send(sock.as_raw_fd(), bytes, flags).map_err(errno)?;
+    if sent != bytes.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short send"));
+    }
+    Ok(())
+}
+
+/// Waits until `fd` is readable (or hung up), at most `timeout` (`None`: no limit).
+/// Returns whether it is; an interrupted wait counts as a timeout.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<std::time::Duration>) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
+    };
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::Error::EINTR) => Ok(false),
+        Err(e) => Err(errno(e)),
+    }
+}
+
+/// Ignores `signals` and unblocks every other one (role processes start with all blocked).
+/// Ignored dispositions survive exec; only the keeper uses this, and it execs nothing.
+pub fn ignore_signals(signals: &[Signal]) {
+    for &sig in signals {
+        // SAFETY: installing SIG_IGN runs no code of ours.
+        let _ = unsafe { signal::signal(sig, signal::SigHandler::SigIgn) };
+    }
+    unblock_signals();
 }
 
 /// The process group of `pid`, if it still exists.

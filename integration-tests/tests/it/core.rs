@@ -152,11 +152,10 @@ fn rollback(name: &str, broken: &str) {
     assert!(!reason.is_empty(), "a failed reload names its reason");
 
     // The failed generation is killed and reaped: only the old workers remain, none a zombie.
-    let primary = sup.pid();
     wait_until(
         DEADLINE,
         "only the old workers as the primary's children",
-        || proc::children_of(primary) == old,
+        || sup.children() == old,
     );
     assert!(
         !old.iter().any(|&p| proc::is_zombie(p)),
@@ -365,7 +364,7 @@ fn fifty_reloads_leave_no_zombie_or_fd_leak() {
         settled.is_ok(),
         "fd leak: after reload 1 {baseline:#?}\nafter reload 50 {now:#?}"
     );
-    let children = proc::children_of(primary);
+    let children = sup.children();
     assert_eq!(children.len(), 2, "children: {children:?}");
     assert!(!children.iter().any(|&p| proc::is_zombie(p)));
 }

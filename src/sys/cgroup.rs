@@ -1,0 +1,164 @@
+//! Per-worker cgroups (cgroup v2): the one way to find every process a worker started, even one
+//! that left the worker's process group with `setsid()`.
+//!
+//! Layout: the primary creates `reloadsup-<PID>` under its own cgroup (the *base*); each worker
+//! role moves itself into `<base>/w<PGID>` (its pid, which is its process group id) before it
+//! runs the command, so everything the command forks is born there. The base itself never holds
+//! a process, so the "no internal processes" rule of cgroup v2 cannot bite, and neither the
+//! primary nor the keeper is ever inside what they kill.
+//!
+//! Nothing here decides anything: callers choose when to kill and when to remove. Every
+//! operation is a single write, mkdir or rmdir on cgroupfs, so none of them blocks on a peer.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Creates the base cgroup for the primary `pid` under the primary's own cgroup v2 directory.
+/// The error says, in lowercase, why per-worker cgroups cannot be used here.
+pub fn create_base(pid: u32) -> Result<PathBuf, String> {
+    let mount = unified_mount().ok_or("no cgroup2 file system is mounted")?;
+    let own = own_path().ok_or("this process has no cgroup v2 path in /proc/self/cgroup")?;
+    let parent = mount.join(own.trim_start_matches('/'));
+    let base = parent.join(format!("reloadsup-{pid}"));
+    match std::fs::create_dir(&base) {
+        Ok(()) => {}
+        // Left over from a primary with our pid that was killed before its keeper cleaned up.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(format!(
+                "unable to create {}: {}",
+                base.display(),
+                crate::config::lower(&e)
+            ))
+        }
+    }
+    // cgroup.kill (Linux 5.14) is what makes killing a whole tree one atomic write; without it
+    // the process-group watcher alone is used, rather than a racy loop over cgroup.procs.
+    if !base.join("cgroup.kill").exists() {
+        let _ = std::fs::remove_dir(&base);
+        return Err("cgroup.kill is missing (linux older than 5.14)".into());
+    }
+    Ok(base)
+}
+
+/// The cgroup of the worker whose process group is `pgid`.
+pub fn worker_dir(base: &Path, pgid: u32) -> PathBuf {
+    base.join(format!("w{pgid}"))
+}
+
+/// Moves the calling process into its own worker cgroup under `base`, creating it.
+pub fn join(base: &Path) -> io::Result<()> {
+    let dir = worker_dir(base, std::process::id());
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    // "0" names the writing process itself.
+    std::fs::write(dir.join("cgroup.procs"), "0")
+}
+
+/// SIGKILLs every process in the cgroup `dir` and its descendants. A cgroup that does not exist
+/// (never created, or already removed) is not an error.
+pub fn kill(dir: &Path) -> io::Result<()> {
+    match std::fs::write(dir.join("cgroup.kill"), "1") {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the cgroup `dir` (which must have no child cgroups). `Ok(false)` while processes
+/// are still in it (they may be dying); `Ok(true)` once it is gone.
+pub fn remove(dir: &Path) -> io::Result<bool> {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes every worker cgroup under `base`, then `base`. `Ok(false)` if one is still busy.
+pub fn remove_tree(base: &Path) -> io::Result<bool> {
+    let mut all_gone = true;
+    if let Ok(dir) = std::fs::read_dir(base) {
+        for entry in dir.filter_map(Result::ok) {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                all_gone &= remove(&entry.path())?;
+            }
+        }
+    }
+    Ok(all_gone && remove(base)?)
+}
+
+/// Where the cgroup2 file system is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// a hybrid system), from /proc/self/mountinfo.
+fn unified_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPER"
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        // Only a mount of the hierarchy's root maps our path the simple way.
+        if fields.get(3) != Some(&"/") {
+            return None;
+        }
+        Some(PathBuf::from(unescape(fields.get(4)?)))
+    })
+}
+
+/// Our path in the cgroup v2 hierarchy: the `0::PATH` line of /proc/self/cgroup.
+fn own_path() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        // A process moved out of a cgroup that was then removed.
+        .filter(|p| !p.ends_with(" (deleted)"))
+        .map(str::to_owned)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let mut out = Vec::with_capacity(field.len());
+    let bytes = field.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        if let (b'\\', Some(d)) = (bytes[i], octal) {
+            out.push(
+                d.iter()
+                    .fold(0u8, |v, b| v.wrapping_mul(8).wrapping_add(b - b'0')),
+            );
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/sys/fs/cgroup"), "/sys/fs/cgroup");
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/a\"), r"/a\");
+    }
+
+    #[test]
+    fn worker_dirs_are_named_by_group() {
+        assert_eq!(
+            worker_dir(Path::new("/c/reloadsup-1"), 42),
+            Path::new("/c/reloadsup-1/w42")
+        );
+    }
+}
