@@ -1,7 +1,7 @@
 //! `probe`: a worker for tests that reports exactly what it was given, then idles.
 //!
 //! ```text
-//! probe [--children N] [--ignore-term] [ANY OTHER ARGS, recorded verbatim]
+//! probe [--children N] [--setsid-children N] [--ignore-term] [ANY OTHER ARGS, recorded verbatim]
 //! ```
 //!
 //! On start it writes one JSON object to `$PROBE_OUT` (to `$PROBE_OUT.tmp`, then renamed, so a
@@ -9,7 +9,10 @@
 //! `pgid`, `sid`, `uid`, `gid`, `cwd`, `argv`, `env`, `fds` (each `{fd, target, cloexec,
 //! nonblocking}`, and for fd >= 3 also `listening` and `local_addr`), `sigblk`/`sigign` (the
 //! 16-hex-digit masks of /proc/self/status), `blocked_signals`/`ignored_signals` (the same as
-//! signal numbers) and `children` (pids from `--children N`, each `sleep 1000`).
+//! signal numbers), `children` (pids from `--children N`, each `sleep 1000`, in the probe's
+//! process group) and `setsid_children` (pids from `--setsid-children N`, each `sleep 1000` in a
+//! session of its own, so out of the probe's process group). Every child inherits the
+//! listeners, as a server's background helper would.
 //! Then it sends `READY=1` to `$NOTIFY_SOCKET` if set, and waits: SIGTERM makes it exit 0, unless
 //! `--ignore-term` (then only SIGKILL ends it).
 //!
@@ -60,24 +63,31 @@ extern "C" fn exit_on_term(_: libc::c_int) {
 
 struct Options {
     children: usize,
+    setsid_children: usize,
     ignore_term: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut options = Options {
         children: 0,
+        setsid_children: 0,
         ignore_term: false,
     };
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--ignore-term" => options.ignore_term = true,
-            "--children" => {
+            flag @ ("--children" | "--setsid-children") => {
                 i += 1;
-                let n = args.get(i).ok_or("--children needs a value")?;
-                options.children = n
+                let n = args.get(i).ok_or(format!("{flag} needs a value"))?;
+                let n = n
                     .parse()
-                    .map_err(|_| format!("--children {n:?}: expected a count"))?;
+                    .map_err(|_| format!("{flag} {n:?}: expected a count"))?;
+                if flag == "--children" {
+                    options.children = n;
+                } else {
+                    options.setsid_children = n;
+                }
             }
             // Anything else is only recorded.
             _ => {}
@@ -109,7 +119,7 @@ fn main() -> ExitCode {
     // SAFETY: the handler only calls _exit, which is async-signal-safe.
     unsafe { libc::signal(libc::SIGTERM, disposition) };
 
-    match report(argv, options.children) {
+    match report(argv, &options) {
         Ok(()) => {}
         Err(e) => {
             eprintln!("probe: {e}");
@@ -126,22 +136,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn report(argv: Vec<String>, children: usize) -> io::Result<()> {
+fn report(argv: Vec<String>, options: &Options) -> io::Result<()> {
     // Gathered before spawning children, so the fd list shows what the supervisor passed and
     // nothing the spawning opened.
     let mut report = snapshot(argv)?;
-    let mut pids = Vec::with_capacity(children);
-    for _ in 0..children {
-        let child = Command::new("sleep")
-            .arg("1000")
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("unable to spawn `sleep 1000`: {e}")))?;
-        // Dropping the handle neither kills nor reaps: the child lives on in our process group,
-        // which is the point of the test.
-        pids.push(child.id());
-    }
-    report.insert("children".to_owned(), json!(pids));
+    report.insert(
+        "children".to_owned(),
+        json!(spawn_sleepers(options.children, false)?),
+    );
+    report.insert(
+        "setsid_children".to_owned(),
+        json!(spawn_sleepers(options.setsid_children, true)?),
+    );
 
     let mut text = serde_json::to_string_pretty(&Value::Object(report))?;
     text.push('\n');
@@ -159,6 +165,35 @@ fn report(argv: Vec<String>, children: usize) -> io::Result<()> {
             })
         }
     }
+}
+
+/// Starts `n` times `sleep 1000`, each in a new session if `setsid`, and returns their pids.
+fn spawn_sleepers(n: usize, setsid: bool) -> io::Result<Vec<u32>> {
+    use std::os::unix::process::CommandExt;
+    let mut pids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut command = Command::new("sleep");
+        command.arg("1000").stdin(Stdio::null());
+        if setsid {
+            // SAFETY: setsid is async-signal-safe, and it is all the closure does between fork
+            // and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::setsid() == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("unable to spawn `sleep 1000`: {e}")))?;
+        // Dropping the handle neither kills nor reaps: the child lives on (in our process group
+        // unless `setsid`), which is the point of the tests.
+        pids.push(child.id());
+    }
+    Ok(pids)
 }
 
 fn snapshot(argv: Vec<String>) -> io::Result<Map<String, Value>> {

@@ -329,3 +329,220 @@ fn prespawned_roles_take_over_reloads() {
             .all(|&p| !proc::is_alive(p) || proc::is_zombie(p))
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Promise 4 for a worker's children: the keeper and the per-worker cgroups.
+// ---------------------------------------------------------------------------------------------
+
+/// Whether this run must not skip what the machine cannot do (`CI=true`).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn pids_in_report(report: &Value, key: &str) -> Vec<u32> {
+    report[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} in {report}"))
+        .iter()
+        .map(|c| c.as_u64().expect("pid") as u32)
+        .collect()
+}
+
+fn all_gone(pids: &[u32]) -> bool {
+    pids.iter()
+        .all(|&p| !proc::is_alive(p) || proc::is_zombie(p))
+}
+
+/// The pid in the `n`th `keeper started as pid N` line of the log.
+fn keeper_pid(sup: &mut Supervisor, n: usize) -> u32 {
+    let line = sup.wait_for_nth_log("keeper started as pid ", n, DEADLINE);
+    line.rsplit(' ')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+/// Whether the supervisor put each worker in a cgroup of its own. Where it cannot (no cgroup2,
+/// not allowed to create one), a test that needs it is skipped, except under `CI=true`, where
+/// the machine is known to allow it.
+fn uses_cgroups(sup: &Supervisor) -> bool {
+    let log = sup.log();
+    if log.contains("and a cgroup per worker under") {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "CI=true but the supervisor uses no per-worker cgroup:\n{log}"
+    );
+    eprintln!("no per-worker cgroup on this machine: the setsid() children are not checked");
+    false
+}
+
+/// SIGKILLs, when the test ends, the `sleep` helpers a probe started that are still alive
+/// (only those the guard under test failed to kill, or could not be asked to).
+struct Sleepers(Vec<u32>);
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if proc::is_alive(pid) && cmdline.starts_with(b"sleep\0") {
+                unsafe_kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A new supervisor binds `addr` at once: nothing of the killed one still listens on it.
+fn port_is_free_for_a_new_supervisor(sb: &Sandbox, addr: SocketAddr) {
+    let mut sup = Run::probe(&[])
+        .args(["-l".to_string(), format!("tcp://{addr}")])
+        .args(standard(1))
+        .start(sb);
+    assert_eq!(sup.addr(), addr, "the new supervisor bound the same port");
+    sup.wait_ready(1, 1);
+}
+
+#[test]
+fn regression_killed_primary_left_worker_children_holding_the_port() {
+    let sb = Sandbox::new("killed_primary_takes_children");
+    let out = sb.join("probe.json");
+    let (mut sup, addr) = start(
+        &sb,
+        Run::probe(&["--children", "2", "--setsid-children", "1"])
+            .env("PROBE_OUT", &out)
+            .args(standard(1)),
+        1,
+    );
+    let report = wait_json_file(&out);
+    let in_group = pids_in_report(&report, "children");
+    let setsid = pids_in_report(&report, "setsid_children");
+    let _sleepers = Sleepers([in_group.clone(), setsid.clone()].concat());
+    let keeper = keeper_pid(&mut sup, 1);
+    let mut doomed = vec![report["pid"].as_u64().expect("pid") as u32, keeper];
+    doomed.extend(&in_group);
+    if uses_cgroups(&sup) {
+        doomed.extend(&setsid);
+    }
+    assert!(doomed.iter().all(|&p| proc::is_alive(p)), "{doomed:?}");
+    sup.signal(libc::SIGKILL);
+    sup.wait_exit(DEADLINE);
+    wait_until(
+        DEADLINE,
+        "every process the worker started to die with the primary",
+        || all_gone(&doomed),
+    );
+    port_is_free_for_a_new_supervisor(&sb, addr);
+}
+
+#[test]
+fn killed_primary_takes_worker_children_without_cgroups() {
+    let sb = Sandbox::new("killed_primary_no_cgroups");
+    let out = sb.join("probe.json");
+    let (mut sup, addr) = start(
+        &sb,
+        Run::probe(&["--children", "2"])
+            .env("PROBE_OUT", &out)
+            .env("RELOADSUP_NO_CGROUP", "1")
+            .args(standard(1)),
+        1,
+    );
+    assert!(sup
+        .log()
+        .contains("through process groups (RELOADSUP_NO_CGROUP is set)"));
+    let report = wait_json_file(&out);
+    let children = pids_in_report(&report, "children");
+    let _sleepers = Sleepers(children.clone());
+    sup.signal(libc::SIGKILL);
+    sup.wait_exit(DEADLINE);
+    wait_until(
+        DEADLINE,
+        "the worker's children to die with the primary",
+        || all_gone(&children),
+    );
+    port_is_free_for_a_new_supervisor(&sb, addr);
+}
+
+#[test]
+fn killed_keeper_is_restarted_and_still_guards_the_children() {
+    let sb = Sandbox::new("killed_keeper_is_restarted");
+    let out = sb.join("probe.json");
+    // Without cgroups the new keeper knows the worker's group only because it was told again.
+    let (mut sup, addr) = start(
+        &sb,
+        Run::probe(&["--children", "2"])
+            .env("PROBE_OUT", &out)
+            .env("RELOADSUP_NO_CGROUP", "1")
+            .args(standard(1)),
+        1,
+    );
+    let children = pids_in_report(&wait_json_file(&out), "children");
+    let _sleepers = Sleepers(children.clone());
+    let first = keeper_pid(&mut sup, 1);
+    unsafe_kill(first, libc::SIGKILL);
+    let second = keeper_pid(&mut sup, 2);
+    assert_ne!(first, second);
+    assert!(sup.log().contains("the keeper was killed by SIGKILL"));
+    assert!(all_gone(&[first]), "the dead keeper was reaped");
+    assert!(
+        children.iter().all(|&p| proc::is_alive(p)),
+        "a keeper's death harms no worker"
+    );
+    sup.signal(libc::SIGKILL);
+    sup.wait_exit(DEADLINE);
+    wait_until(
+        DEADLINE,
+        "the worker's children to die with the primary after the keeper was replaced",
+        || all_gone(&children),
+    );
+    assert!(all_gone(&[second]), "the keeper exits after the primary");
+    port_is_free_for_a_new_supervisor(&sb, addr);
+}
+
+#[test]
+fn setsid_children_do_not_survive_reload_or_stop() {
+    let sb = Sandbox::new("setsid_children_do_not_survive");
+    let out = sb.join("probe.json");
+    let (mut sup, _) = start(
+        &sb,
+        Run::probe(&["--setsid-children", "1"])
+            .env("PROBE_OUT", &out)
+            .args(standard(1)),
+        1,
+    );
+    let first = pids_in_report(&wait_json_file(&out), "setsid_children");
+    let mut sleepers = Sleepers(first.clone());
+    if !uses_cgroups(&sup) {
+        return;
+    }
+    let base = format!("/reloadsup-{}", sup.pid());
+    let base = sup
+        .log()
+        .lines()
+        .find_map(|l| {
+            let i = l.find("a cgroup per worker under ")?;
+            Some(l[i..].split_whitespace().last()?.to_owned())
+        })
+        .filter(|b| b.ends_with(&base))
+        .unwrap_or_else(|| panic!("no cgroup base ending in {base} in the log"));
+    std::fs::remove_file(&out).expect("remove report");
+    sup.reload(2).expect("reload");
+    let second = pids_in_report(&wait_json_file(&out), "setsid_children");
+    sleepers.0.extend(&second);
+    wait_until(
+        DEADLINE,
+        "the old worker's setsid() child to be gone after the reload",
+        || all_gone(&first),
+    );
+    assert!(second.iter().all(|&p| proc::is_alive(p)));
+    sup.signal(libc::SIGTERM);
+    assert!(sup.wait_exit(DEADLINE).success());
+    wait_until(
+        DEADLINE,
+        "the new worker's setsid() child to be gone after stop",
+        || all_gone(&second),
+    );
+    wait_until(DEADLINE, "the workers' cgroups to be removed", || {
+        !std::path::Path::new(&base).exists()
+    });
+}
