@@ -93,15 +93,10 @@ fn keep() -> io::Result<()> {
                 Err(e) => eprintln!("reloadsup: keeper: bad message: {e}"),
             }
         }
+        // The primary killed the cgroup before it said Forget; its processes are dying. One
+        // still there after RMDIR_FOR is left to the final sweep.
         busy.retain(|(dir, since)| {
-            let gone = cgroup::remove(dir).unwrap_or(true);
-            if !gone && since.elapsed() > RMDIR_FOR {
-                // Still busy after the primary killed it: kill again and stop waiting; the
-                // final sweep tries once more.
-                let _ = cgroup::kill(dir);
-                return false;
-            }
-            !gone
+            !cgroup::remove(dir).unwrap_or(true) && since.elapsed() < RMDIR_FOR
         });
     }
     // The primary is gone: whatever it started goes with it.
