@@ -181,6 +181,7 @@ fn worker_children_do_not_survive_reload_or_stop() {
     );
     let first = children_of_report(&out);
     assert_eq!(first.len(), 2);
+    let keeper = keeper_pid(&mut sup, 1);
     assert!(first.iter().all(|&p| proc::is_alive(p)));
     std::fs::remove_file(&out).expect("remove report");
     sup.reload(2).expect("reload");
@@ -202,6 +203,9 @@ fn worker_children_do_not_survive_reload_or_stop() {
                 .all(|&p| !proc::is_alive(p) || proc::is_zombie(p))
         },
     );
+    wait_until(DEADLINE, "the keeper to exit after the primary", || {
+        all_gone(&[keeper])
+    });
 }
 
 #[test]
@@ -483,7 +487,11 @@ fn killed_keeper_is_restarted_and_still_guards_the_children() {
     let second = keeper_pid(&mut sup, 2);
     assert_ne!(first, second);
     assert!(sup.log().contains("the keeper was killed by SIGKILL"));
-    assert!(all_gone(&[first]), "the dead keeper was reaped");
+    assert_ne!(
+        proc::ppid_of(first),
+        Some(sup.pid()),
+        "the dead keeper was reaped"
+    );
     assert!(
         children.iter().all(|&p| proc::is_alive(p)),
         "a keeper's death harms no worker"
@@ -545,4 +553,53 @@ fn setsid_children_do_not_survive_reload_or_stop() {
     wait_until(DEADLINE, "the workers' cgroups to be removed", || {
         !std::path::Path::new(&base).exists()
     });
+}
+
+#[test]
+fn stuck_keeper_is_replaced_without_blocking_the_primary() {
+    let sb = Sandbox::new("stuck_keeper_is_replaced");
+    let out = sb.join("probe.json");
+    let mut sup = Run::probe(&["--children", "1"])
+        .env("PROBE_OUT", &out)
+        .env("RELOADSUP_NO_CGROUP", "1")
+        .args([
+            "-n",
+            "4",
+            "--ready",
+            "immediate",
+            "--graceful-timeout",
+            "5s",
+        ])
+        .start(&sb);
+    sup.wait_ready(1, 4);
+    let stuck = keeper_pid(&mut sup, 1);
+    // A stopped keeper reads nothing: the primary's sends fill the link's buffer (a few
+    // hundred messages; each reload sends 8) and must fail rather than wait.
+    unsafe_kill(stuck, libc::SIGSTOP);
+    let mut generation = 1;
+    while sup.count_in_log("the keeper does not keep up") == 0 {
+        generation += 1;
+        assert!(generation <= 200, "the stopped keeper was never replaced");
+        sup.reload(generation)
+            .expect("reload while the keeper is stopped");
+    }
+    let replacement = keeper_pid(&mut sup, 2);
+    assert_ne!(stuck, replacement);
+    assert!(sup.log().contains("the keeper was killed by SIGKILL"));
+    // The new keeper was told the whole live set: the last generation's helpers die with the
+    // primary.
+    generation += 1;
+    std::fs::remove_file(&out).ok();
+    eprintln!("the keeper was replaced after {} reloads", generation - 2);
+    sup.reload(generation)
+        .expect("reload after the keeper was replaced");
+    let children = children_of_report(&out);
+    let _sleepers = Sleepers(children.clone());
+    sup.signal(libc::SIGKILL);
+    sup.wait_exit(DEADLINE);
+    wait_until(
+        DEADLINE,
+        "the helpers to die with the primary after a stuck keeper was replaced",
+        || all_gone(&children),
+    );
 }
