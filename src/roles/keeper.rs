@@ -50,7 +50,8 @@ pub fn run(_args: &[OsString]) -> u8 {
 
 fn keep() -> io::Result<()> {
     let link = sys::take_role_link()?;
-    let mut buf = vec![0u8; 4096];
+    // Room for a spec with a cgroup path of PATH_MAX and for the largest Track batch.
+    let mut buf = vec![0u8; 16 * 1024];
     let (n, _) = sys::recv_with_fds(link.as_fd(), &mut buf, 0)?;
     if n == 0 {
         return Ok(());
