@@ -74,10 +74,10 @@ fn keep() -> io::Result<()> {
             let n = match sys::recv_with_fds(link.as_fd(), &mut buf, 0) {
                 Ok((n, _)) => n,
                 Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => 0,
-                Err(e) => {
-                    eprintln!("reloadsup: keeper: {}", crate::config::lower(&e));
-                    continue;
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A broken link (not the primary's death): kill nothing, exit, and let the
+                // primary start a keeper with a fresh link and the whole set.
+                Err(e) => return Err(e),
             };
             if n == 0 {
                 break;
