@@ -168,6 +168,40 @@ impl Admin {
         output_with_timeout(&mut cmd, Duration::from_secs(60))
     }
 
+    /// Like [`Admin::console`], connecting from the local address `source` (any of 127/8)
+    /// with `password`.
+    fn console_from(&self, source: &str, password: &str, lines: &[&str]) -> Output {
+        let mut cmd = Command::new(bins::reloadsup());
+        cmd.args([
+            "console",
+            "--source",
+            source,
+            "--fingerprint",
+            &self.fingerprint,
+        ]);
+        for l in lines {
+            cmd.arg("-c").arg(l);
+        }
+        cmd.arg(&self.addr).env("RELOADSUP_PASSWORD", password);
+        output_with_timeout(&mut cmd, Duration::from_secs(60))
+    }
+
+    /// The shell worker's count of PBKDF2 checks, from its log lines (the count only grows).
+    fn checks_computed(&self) -> u64 {
+        self.log_text()
+            .lines()
+            .filter_map(|l| {
+                let end = l.find(" password checks computed so far")?;
+                l[..end]
+                    .rsplit(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Kills worker 2 while the crash file exists, and waits until its slot is dead.
     fn make_worker_2_dead(&self, sandbox: &Sandbox) {
         std::fs::write(sandbox.join("crash"), "").unwrap();
@@ -592,4 +626,125 @@ fn restart_from_the_console_under_load_replaces_every_worker_without_a_failure()
         "{before:?} -> {after:?}"
     );
     assert_ne!(admin.shell_pid(), shell, "the shell worker was replaced");
+}
+
+/// The shell worker's user + system CPU time, in clock ticks (utime and stime of
+/// /proc/PID/stat, fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    n(11) + n(12)
+}
+
+/// Regression for the console lockouts of issue 12 (items 1 and 2): one address floods the
+/// console with plain connections, then with many parallel wrong-password sessions; an
+/// operator at another address (127.0.0.2) logs in during both, and the number of PBKDF2
+/// checks the shell worker computed stays at the per-address limit instead of one per guess.
+#[test]
+fn a_flood_from_one_address_never_locks_out_an_operator_at_another() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let sandbox = Sandbox::new("console-flood");
+    let admin = Admin::start(&sandbox, 1);
+    let shell = wait_for(DEADLINE, "the shell worker", || admin.shell_pid());
+    let cpu_before = cpu_ticks(shell);
+
+    // Phase 1: connections from 127.0.0.1 as fast as 4 threads can open them, the newest
+    // 1000 of each held open (a closed one would free its slot by itself). Bounded in count
+    // and time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicU64::new(0));
+    let floods: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, opened, addr) = (stop.clone(), opened.clone(), admin.addr.clone());
+            thread::spawn(move || {
+                let start = Instant::now();
+                let mut held = std::collections::VecDeque::new();
+                while !stop.load(Ordering::SeqCst)
+                    && opened.load(Ordering::SeqCst) < 200_000
+                    && start.elapsed() < Duration::from_secs(120)
+                {
+                    if let Ok(s) = TcpStream::connect(&addr) {
+                        opened.fetch_add(1, Ordering::SeqCst);
+                        held.push_back(s);
+                        if held.len() > 1000 {
+                            held.pop_front();
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until(DEADLINE, "the flood to start", || {
+        opened.load(Ordering::SeqCst) > 500
+    });
+    for round in 0..2 {
+        let out = admin.console_from("127.0.0.2", PASSWORD, &["worker info"]);
+        assert!(
+            out.status.success()
+                && text(&out).starts_with(
+                    "  Current Workers: 1
+"
+                ),
+            "operator locked out during the connection flood (round {round}): {}
+{}",
+            text(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for f in floods {
+        f.join().unwrap();
+    }
+    eprintln!(
+        "connection flood: {} connections from 127.0.0.1",
+        opened.load(Ordering::SeqCst)
+    );
+
+    // Phase 2: 16 wrong-password clients at once from 127.0.0.3, 4 rounds: 64 guesses.
+    let guessers: Vec<_> = (0..16)
+        .map(|_| {
+            let (fp, addr) = (admin.fingerprint.clone(), admin.addr.clone());
+            thread::spawn(move || {
+                for _ in 0..4 {
+                    let mut cmd = Command::new(bins::reloadsup());
+                    cmd.args(["console", "--source", "127.0.0.3", "--fingerprint", &fp])
+                        .args(["-c", "status"])
+                        .arg(&addr)
+                        .env("RELOADSUP_PASSWORD", "wrong guess");
+                    let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
+                    assert!(!out.status.success(), "a wrong password got in");
+                }
+            })
+        })
+        .collect();
+    wait_until(DEADLINE, "the guesses to be checked", || {
+        admin.log_text().contains("wrong password from 127.0.0.3")
+    });
+    let out = admin.console_from("127.0.0.2", PASSWORD, &["worker info"]);
+    assert!(
+        out.status.success()
+            && text(&out).starts_with(
+                "  Current Workers: 1
+"
+            ),
+        "operator locked out during the guesses: {}
+{}",
+        text(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for g in guessers {
+        g.join().unwrap();
+    }
+    let computed = admin.checks_computed();
+    let ticks = cpu_ticks(shell) - cpu_before;
+    eprintln!(
+        "64 wrong guesses from one address in 16 parallel sessions: {computed} PBKDF2 checks computed (3 of them the operator's), shell worker CPU {ticks} ticks"
+    );
+    // 20 guesses per address and minute, plus the operator's 3 logins.
+    assert!(computed <= 20 + 3, "{computed} checks computed");
 }
