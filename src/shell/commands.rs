@@ -8,11 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use reloadsup_protocol::{CustomCommand, Reply, Request};
 
 /// The signature of a Rust console command.
@@ -209,8 +212,12 @@ pub(crate) fn spawn_closure(
     Ok(tx)
 }
 
+/// How long a program whose session ended has between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Starts an external command: `run` with the user's words appended, stdin and stdout (and
-/// stderr) wired to the session, `RELOADSUP_CONTROL` set.
+/// stderr) wired to the session, `RELOADSUP_CONTROL` set, in a process group of its own so
+/// that whatever it starts is stopped with it when the session ends.
 pub(crate) fn spawn_program(
     command: &CustomCommand,
     words: &[String],
@@ -230,6 +237,7 @@ pub(crate) fn spawn_program(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("unable to run {program}: {}", crate::config::lower(&e)))?;
     let pid = child.id();
@@ -286,10 +294,22 @@ pub(crate) fn spawn_program(
                         }
                     }
                     ToJob::Closed => {
+                        // The session is gone: end the program's input, ask its group to
+                        // stop, and make sure after a grace period. Until the waiter below
+                        // has reaped the program its pid, and so its group id, cannot be
+                        // reused: `fin` is set only after that.
                         drop(stdin.take());
-                        if !fin.load(Ordering::SeqCst) {
-                            let _ = crate::sys::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                        let stop = |sig| {
+                            if !fin.load(Ordering::SeqCst) {
+                                let _ = crate::sys::kill_group(pid, sig);
+                            }
+                        };
+                        stop(Signal::SIGTERM);
+                        let until = Instant::now() + STOP_GRACE;
+                        while !fin.load(Ordering::SeqCst) && Instant::now() < until {
+                            std::thread::sleep(Duration::from_millis(20));
                         }
+                        stop(Signal::SIGKILL);
                         return;
                     }
                 }

@@ -750,7 +750,7 @@ impl Shell {
         }
     }
 
-    /// Timers: login, wrong-password delay, restart grace, idle.
+    /// Timers: login, wrong-password delay, restart grace, idle prompt, idle command.
     fn expire(&mut self, now: Instant) {
         let due: Vec<SessionId> = self
             .sessions
@@ -788,6 +788,13 @@ impl Shell {
                     s.prompt();
                     self.advance(sid);
                 }
+                Phase::Job { .. } if now >= s.last_input + IDLE_TIMEOUT => {
+                    s.say(&format!(
+                        "\n{ERROR_PREFIX}stopping the command after {} minutes without input or output\n",
+                        IDLE_TIMEOUT.as_secs() / 60
+                    ));
+                    self.close(sid, "command idle");
+                }
                 Phase::Prompt if now >= s.last_input + IDLE_TIMEOUT => {
                     s.say(&format!(
                         "\n{ERROR_PREFIX}closing the session after {} minutes without input\n",
@@ -815,21 +822,20 @@ impl Shell {
         if s.closing.is_none() {
             if let Err(why) = s.flush(self.poll.registry()) {
                 s.closing = Some(why);
-            } else if s.eof && s.lines.is_empty() {
+            } else if s.eof && (s.lines.is_empty() || matches!(s.phase, Phase::Job { .. })) {
                 match &s.phase {
-                    Phase::Job {
-                        input, wants_line, ..
-                    } if *wants_line => {
-                        let _ = input.send(ToJob::Closed);
-                    }
-                    Phase::Handshake
+                    // A command's session ends with its client: `finish` stops the command
+                    // (a program loses its stdin and its process group is stopped), so
+                    // neither the slot nor the program outlive the connection.
+                    Phase::Job { .. }
+                    | Phase::Handshake
                     | Phase::Password
                     | Phase::Prompt
                     | Phase::Denied { .. }
                     | Phase::Restarting { .. } => {
                         s.closing = Some("closed by the client".into());
                     }
-                    _ => {}
+                    Phase::Verifying | Phase::Waiting => {}
                 }
             }
         }
@@ -863,6 +869,8 @@ impl Shell {
                 ToLoop::Output(sid, bytes) => {
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.say_bytes(&bytes);
+                        // Output is activity too: the command's deadline counts from it.
+                        s.last_input = Instant::now();
                     }
                 }
                 ToLoop::ReadLine(sid, prompt) => {
