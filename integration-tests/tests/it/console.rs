@@ -51,6 +51,11 @@ impl Admin {
     /// Three (or `workers`) `hello` workers; worker 2 crashes at start while the file `crash`
     /// exists in the sandbox.
     fn start(sandbox: &Sandbox, workers: usize) -> Admin {
+        Admin::start_binary(sandbox, workers, bins::example("console_commands"))
+    }
+
+    /// Like [`Admin::start`], with `binary` as the supervisor.
+    fn start_binary(sandbox: &Sandbox, workers: usize, binary: PathBuf) -> Admin {
         let crash = sandbox.join("crash");
         let hello = bins::example("hello");
         let script = sandbox.write_script(
@@ -63,7 +68,7 @@ impl Admin {
         );
         let log = sandbox.join("supervisor.log");
         let state = sandbox.join("state");
-        let child = Command::new(bins::example("console_commands"))
+        let child = Command::new(binary)
             .args(["-l", "tcp://127.0.0.1:0", "--name", "t", "--state-dir"])
             .arg(&state)
             .args(["--admin", "127.0.0.1:0", "--admin-password-hash"])
@@ -747,4 +752,42 @@ fn a_flood_from_one_address_never_locks_out_an_operator_at_another() {
     );
     // 20 guesses per address and minute, plus the operator's 3 logins.
     assert!(computed <= 20 + 3, "{computed} checks computed");
+}
+
+/// Issue 12, item 5: the release profile used `panic = "abort"`, which made the catch_unwind
+/// around Rust commands dead code there: one panicking command killed the shell worker and
+/// every session. This runs the release build of the `console_commands` example (built by
+/// `make test`); without it the test is skipped, and fails under CI=true.
+#[test]
+fn release_build_a_panicking_command_costs_only_an_error_message() {
+    let release = bins::profile_dir()
+        .parent()
+        .map(|t| t.join("release/examples/console_commands"))
+        .filter(|p| p.is_file());
+    let Some(binary) = release else {
+        let msg = "the release build of the console_commands example is missing: cargo build --release -p reloadsup-examples --example console_commands (make test does)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("skipped: {msg}");
+        return;
+    };
+    let sandbox = Sandbox::new("console-release-panic");
+    let admin = Admin::start_binary(&sandbox, 1, binary);
+    let shell = wait_for(DEADLINE, "the shell worker", || admin.shell_pid());
+    // A scripted console stops at the first failed command, with exit code 1.
+    let out = admin.console(&["panic", "worker info"]);
+    let stdout = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(stdout, "error: the command 'panic' panicked\n");
+    assert_eq!(admin.shell_pid(), Some(shell), "the shell worker died");
+    let out = admin.console(&["worker info"]);
+    assert!(
+        text(&out).starts_with("  Current Workers: 1\n"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        admin.shell_pid(),
+        Some(shell),
+        "the shell worker was replaced"
+    );
 }
