@@ -791,3 +791,28 @@ fn release_build_a_panicking_command_costs_only_an_error_message() {
         "the shell worker was replaced"
     );
 }
+
+/// Issue 12, item 6: `worker scale N` in the console reported "3 -> 3" going from 2 to 3. The
+/// console and `ctl scale` must report the same old count.
+#[test]
+fn worker_scale_in_the_console_reports_the_old_count() {
+    let sandbox = Sandbox::new("console-scale");
+    let admin = Admin::start(&sandbox, 2);
+    let out = admin.console(&["worker scale 3", "worker info"]);
+    let stdout = text(&out);
+    assert!(
+        stdout.starts_with("workers: 2 -> 3\n  Current Workers: "),
+        "{stdout}"
+    );
+    let out = output_with_timeout(
+        Command::new(bins::reloadsup())
+            .arg("ctl")
+            .arg("--control")
+            .arg(admin.state.join("control.sock"))
+            .args(["scale", "2"]),
+        DEADLINE,
+    );
+    assert_eq!(text(&out), "workers: 3 -> 2\n");
+    let out = admin.console(&["worker add 2", "worker remove"]);
+    assert_eq!(text(&out), "workers: 2 -> 4\nworkers: 4 -> 3\n");
+}
