@@ -212,6 +212,15 @@ pub(crate) fn spawn_closure(
     Ok(tx)
 }
 
+/// The variables a console program gets from the shell worker's environment, besides
+/// `RELOADSUP_CONTROL`.
+fn allowed_env(key: &str) -> bool {
+    matches!(
+        key,
+        "PATH" | "HOME" | "USER" | "LOGNAME" | "SHELL" | "LANG" | "TZ" | "TMPDIR" | "TERM"
+    ) || key.starts_with("LC_")
+}
+
 /// How long a program whose session ended has between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -228,12 +237,21 @@ pub(crate) fn spawn_program(
     let Some((program, fixed)) = command.run.split_first() else {
         return Err(format!("the command '{}' has nothing to run", command.name));
     };
-    let mut child = Command::new(program)
+    let mut cmd = Command::new(program);
+    // A clean environment: only the allow-listed variables of the shell worker's own, so that
+    // nothing of the supervisor's (the password hash variable, the primary's settings) reaches
+    // a program that the console's users run.
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os() {
+        if k.to_str().is_some_and(allowed_env) {
+            cmd.env(k, v);
+        }
+    }
+    crate::sys::no_inherited_fds(&mut cmd);
+    let mut child = cmd
         .args(fixed)
         .args(words)
         .env("RELOADSUP_CONTROL", control_path)
-        .env_remove("RELOADSUP_ADMIN_PASSWORD_HASH")
-        .env_remove("RELOADSUP_PASSWORD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

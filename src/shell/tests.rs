@@ -612,3 +612,31 @@ fn a_disconnect_during_a_program_stops_its_group_and_frees_the_slot() {
     assert_eq!(run(&mut c, "worker info").len(), 4);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 12, item 4: a console program gets an allow-listed environment and no fd above 2,
+/// even one the shell worker's process holds without close-on-exec.
+#[test]
+fn external_programs_get_a_clean_environment_and_only_fds_0_to_2() {
+    // dup() makes a copy without close-on-exec: a leak the program must not see.
+    let leaked = nix::unistd::dup(std::io::stdout()).unwrap();
+    let custom = vec![CustomCommand {
+        name: "env".into(),
+        run: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "ls /proc/$$/fd; echo vars:; env | cut -d= -f1 | sort | tr '\\n' ' '; echo".into(),
+        ],
+        help: "fds and environment".into(),
+    }];
+    let h = Harness::start("clean-env", Commands::default(), custom);
+    let mut c = h.login();
+    let out = run(&mut c, "env");
+    drop(leaked);
+    // ls lists the shell's fds from outside, so its own directory fd is not among them.
+    assert_eq!(out[..4], ["0", "1", "2", "vars:"], "{out:?}");
+    let vars: Vec<&str> = out[4].split_whitespace().collect();
+    assert!(vars.contains(&"RELOADSUP_CONTROL"), "{vars:?}");
+    assert!(vars.contains(&"PATH"), "{vars:?}");
+    // cargo sets these for every test process; the program must not inherit them.
+    assert!(!vars.iter().any(|v| v.starts_with("CARGO")), "{vars:?}");
+}
