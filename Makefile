@@ -19,7 +19,10 @@ demo: build
 	$(RELEASE_BIN)/reloadsup-demo
 
 ## The whole suite: unit tests, protocol tests, and the integration tests against the real binary.
+## The release build of the console example is tested too: the shipped profile must keep
+## unwinding (a panicking console command must not kill the console).
 test: build-debug
+	$(CARGO) build --release -p reloadsup-examples --example console_commands
 	@mkdir -p target
 	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test.log; \

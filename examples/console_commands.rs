@@ -3,7 +3,8 @@
 //!
 //! - `foo 1 2 3` prints each word of argv on its own line: foo, 1, 2, 3;
 //! - `bar foo` prints argv reversed (foo, bar), then asks the primary to restart everything;
-//! - `baz` asks for a number and prints twice it: `21*2 = 42`.
+//! - `baz` asks for a number and prints twice it: `21*2 = 42`;
+//! - `panic` panics, to show that a panicking command ends only with an error message.
 //!
 //! Run it exactly like `reloadsup`:
 //! `console_commands --admin 127.0.0.1:9443 --admin-password-hash H -- python3 -m http.server --fd {fd}`,
@@ -60,6 +61,13 @@ fn main() -> std::process::ExitCode {
             "print the words reversed, then restart everything",
             bar,
         )
-        .command("baz", "ask for a number and double it", baz);
+        .command("baz", "ask for a number and double it", baz)
+        // A command with a bug costs only its own session: it ends with an error, the console
+        // and every other session go on.
+        .command(
+            "panic",
+            "panic on purpose (shows that the console survives)",
+            |_| panic!("this command panics on purpose"),
+        );
     reloadsup::main_with(commands)
 }

@@ -133,6 +133,9 @@ pub struct Admin {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub password_hash: String,
+    /// What the user should hear about how the hash was given (on the command line, in a
+    /// file others can read), logged once the logger runs.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -259,9 +262,13 @@ pub struct RunArgs {
     /// PEM private key for the console.
     #[arg(long, value_name = "PEM")]
     pub admin_key: Option<PathBuf>,
-    /// Console password hash from `reloadsup hash-password` (or RELOADSUP_ADMIN_PASSWORD_HASH).
-    #[arg(long, value_name = "H")]
+    /// Console password hash from `reloadsup hash-password`; visible to every local user in
+    /// /proc/PID/cmdline, so prefer --admin-password-hash-file or RELOADSUP_ADMIN_PASSWORD_HASH.
+    #[arg(long, value_name = "H", conflicts_with = "admin_password_hash_file")]
     pub admin_password_hash: Option<String>,
+    /// File holding the console password hash (one line; keep it mode 0600).
+    #[arg(long, value_name = "PATH")]
+    pub admin_password_hash_file: Option<PathBuf>,
     /// TOML file with the same keys; command-line flags win.
     #[arg(short = 'c', long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -302,6 +309,8 @@ struct FileConfig {
     admin_key: Option<PathBuf>,
     #[serde(alias = "admin_password_hash")]
     admin_password_hash: Option<String>,
+    #[serde(alias = "admin_password_hash_file")]
+    admin_password_hash_file: Option<PathBuf>,
     command: Option<Vec<String>>,
     commands: Option<BTreeMap<String, FileCommand>>,
 }
@@ -312,6 +321,28 @@ struct FileCommand {
     run: Vec<String>,
     #[serde(default)]
     help: String,
+}
+
+/// Reads the console password hash from `path` (its first line); `what` names the flag or key
+/// in errors. A file that others may read earns a warning, not a refusal: the hash is salted
+/// and slow to attack, and refusing would break a start that worked before.
+fn read_hash_file(
+    path: &Path,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path)
+        .or_else(|e| err(format!("{what}: unable to read: {}", lower(&e))))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o044 != 0 {
+            warnings.push(format!(
+                "{what}: the password hash file is readable by other users (mode {:o}); chmod 600 it",
+                meta.permissions().mode() & 0o777
+            ));
+        }
+    }
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
 
 /// Parses a duration: `250ms`, `2s`, `1m`, `1h`, or a bare number of seconds.
@@ -706,18 +737,37 @@ impl Config {
                         src("admin", "admin", admin_cli)
                     ))
                 })?;
-                let password_hash = args
-                    .admin_password_hash
-                    .or(file.admin_password_hash)
-                    .or_else(|| std::env::var("RELOADSUP_ADMIN_PASSWORD_HASH").ok())
-                    .filter(|h| !h.is_empty());
-                let Some(password_hash) = password_hash else {
-                    return err("--admin needs --admin-password-hash (or RELOADSUP_ADMIN_PASSWORD_HASH): make one with 'reloadsup hash-password'");
+                let mut warnings = Vec::new();
+                if file.admin_password_hash.is_some() && file.admin_password_hash_file.is_some() {
+                    return err("config keys 'admin-password-hash' and 'admin-password-hash-file' cannot both be given");
+                }
+                // Command line first, then the config file, then the environment; in each, the
+                // hash itself or a file holding it.
+                let (password_hash, from) = if let Some(h) = args.admin_password_hash {
+                    warnings.push("the console password hash was given on the command line, where every local user can read it (/proc/PID/cmdline); use --admin-password-hash-file or RELOADSUP_ADMIN_PASSWORD_HASH".to_string());
+                    (Some(h), "--admin-password-hash".to_string())
+                } else if let Some(path) = args.admin_password_hash_file {
+                    let what = format!("--admin-password-hash-file {}", path.display());
+                    (Some(read_hash_file(&path, &what, &mut warnings)?), what)
+                } else if let Some(h) = file.admin_password_hash {
+                    (Some(h), "config key 'admin-password-hash'".to_string())
+                } else if let Some(path) = file.admin_password_hash_file {
+                    let what =
+                        format!("config key 'admin-password-hash-file' ({})", path.display());
+                    (Some(read_hash_file(&path, &what, &mut warnings)?), what)
+                } else {
+                    (
+                        std::env::var("RELOADSUP_ADMIN_PASSWORD_HASH").ok(),
+                        "RELOADSUP_ADMIN_PASSWORD_HASH".to_string(),
+                    )
+                };
+                let Some(password_hash) = password_hash.filter(|h| !h.is_empty()) else {
+                    return err("--admin needs --admin-password-hash-file (or RELOADSUP_ADMIN_PASSWORD_HASH, or --admin-password-hash): make one with 'reloadsup hash-password'");
                 };
                 // The message never repeats the hash itself.
                 crate::shell::auth::PasswordHash::parse(&password_hash).or_else(|e| {
                     err(format!(
-                        "--admin-password-hash: {e}; make one with 'reloadsup hash-password'"
+                        "{from}: {e}; make one with 'reloadsup hash-password'"
                     ))
                 })?;
                 let cert = args.admin_cert.or(file.admin_cert);
@@ -730,6 +780,7 @@ impl Config {
                     cert,
                     key,
                     password_hash,
+                    warnings,
                 })
             }
         };
@@ -864,6 +915,63 @@ mod tests {
             let e = parse(&args).unwrap_err();
             assert!(e.0.contains(needle), "{args:?}: {e}");
         }
+    }
+
+    /// Issue 12, item 7: the hash on argv is readable by every local user, so it can come
+    /// from a file (flag or config key) and argv earns a warning.
+    #[test]
+    fn password_hash_from_a_file_and_a_warning_on_argv() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("reloadsup-hashfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hash = crate::shell::auth::PasswordHash::create(b"pw", 1)
+            .unwrap()
+            .encode();
+        let file = dir.join("hash");
+        std::fs::write(&file, format!("{hash}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let f = file.to_str().unwrap();
+        let admin = |args: &[&str]| {
+            let mut a = vec!["--admin", "127.0.0.1:0"];
+            a.extend_from_slice(args);
+            a.extend_from_slice(&["--", "/bin/sh"]);
+            parse(&a).map(|c| c.admin.unwrap())
+        };
+        let a = admin(&["--admin-password-hash-file", f]).unwrap();
+        assert_eq!(a.password_hash, hash);
+        assert!(a.warnings.is_empty(), "{:?}", a.warnings);
+
+        let a = admin(&["--admin-password-hash", &hash]).unwrap();
+        assert!(a.warnings[0].contains("command line"), "{:?}", a.warnings);
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let a = admin(&["--admin-password-hash-file", f]).unwrap();
+        assert!(
+            a.warnings[0].contains("readable by other users"),
+            "{:?}",
+            a.warnings
+        );
+
+        let toml = dir.join("c.toml");
+        std::fs::write(&toml, format!("admin-password-hash-file = {f:?}\n")).unwrap();
+        let a = admin(&["-c", toml.to_str().unwrap()]).unwrap();
+        assert_eq!(a.password_hash, hash);
+
+        let missing = dir.join("missing");
+        let e = admin(&["--admin-password-hash-file", missing.to_str().unwrap()]).unwrap_err();
+        assert!(e.0.contains("--admin-password-hash-file"), "{e}");
+        std::fs::write(&file, "nonsense\n").unwrap();
+        let e = admin(&["--admin-password-hash-file", f]).unwrap_err();
+        assert!(e.0.starts_with("--admin-password-hash-file"), "{e}");
+        assert!(!e.0.contains("nonsense"), "{e}");
+        let e = admin(&[
+            "--admin-password-hash",
+            &hash,
+            "--admin-password-hash-file",
+            f,
+        ]);
+        assert!(e.is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -66,6 +66,9 @@ fn run_primary(args: Vec<OsString>) -> u8 {
         }
     };
     init_logging();
+    for w in config.admin.iter().flat_map(|a| &a.warnings) {
+        log::warn!("{w}");
+    }
     match primary::run(config) {
         Ok(code) => code,
         Err(fatal) => {

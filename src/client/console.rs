@@ -52,6 +52,10 @@ pub struct ConsoleArgs {
     /// Where first-use trust is remembered [default: $XDG_CONFIG_HOME/reloadsup/known_hosts].
     #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,
+    /// Connect from this local IP address (on a host with several, or to test per-address
+    /// limits).
+    #[arg(long, value_name = "IP")]
+    pub source: Option<std::net::IpAddr>,
     /// Run this line (repeatable, in order), then exit; exit 1 if a command failed.
     #[arg(short = 'c', value_name = "LINE")]
     pub command: Vec<String>,
@@ -350,6 +354,8 @@ pub(crate) struct Target {
     host: String,
     port: u16,
     key: String,
+    /// `--source`: the local address to connect from.
+    pub source: Option<std::net::IpAddr>,
 }
 
 pub(crate) fn parse_target(address: &str) -> Result<Target, String> {
@@ -367,6 +373,7 @@ pub(crate) fn parse_target(address: &str) -> Result<Target, String> {
         host: host.to_string(),
         port,
         key: address.to_string(),
+        source: None,
     })
 }
 
@@ -405,7 +412,7 @@ pub(crate) fn connect(target: &Target, trust: &Trust) -> Result<(Conn, String), 
     let mut last = None;
     let mut tcp = None;
     for a in addrs {
-        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+        match connect_tcp(a, target.source) {
             Ok(s) => {
                 tcp = Some(s);
                 break;
@@ -496,8 +503,36 @@ enum Input {
     Script(VecDeque<String>),
 }
 
+/// A TCP connection to `to`, from `source` when given (bound before connecting).
+fn connect_tcp(
+    to: std::net::SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> io::Result<TcpStream> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let Some(source) = source else {
+        return TcpStream::connect_timeout(&to, CONNECT_TIMEOUT);
+    };
+    let family = if to.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(std::net::SocketAddr::new(source, 0)),
+    )?;
+    // A blocking connect: the kernel's own timeout applies with --source.
+    socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(to),
+    )?;
+    Ok(TcpStream::from(fd))
+}
+
 fn run(args: ConsoleArgs) -> Result<u8, String> {
-    let target = parse_target(&args.address)?;
+    let mut target = parse_target(&args.address)?;
+    target.source = args.source;
     let provider = crate::shell::tls::provider();
     let mut trust = if let Some(ca) = &args.ca {
         Trust::Ca(load_ca(ca, provider)?)

@@ -1,16 +1,13 @@
-//! Console passwords: the stored hash string, its constant-time check, the per-address attempt
-//! limit, and `reloadsup hash-password`.
+//! Console passwords: the stored hash string, its constant-time check, and
+//! `reloadsup hash-password`. The per-source attempt limit is in [`super::admission`].
 //!
 //! The hash is PBKDF2-HMAC-SHA256 from ring, written as one string
 //! `pbkdf2-sha256$ITERATIONS$SALT_HEX$HASH_HEX` so that salt and work factor travel with it.
 //! Neither a password nor a hash ever goes into a log line or an error message.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufRead, IsTerminal};
-use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
 
 use ring::pbkdf2;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -169,58 +166,6 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Failed logins per source address: past [`Attempts::LIMIT`] failures within
-/// [`Attempts::WINDOW`], an address gets no more tries until the window has passed.
-///
-/// Bounded: past [`Attempts::MAX_ADDRESSES`] addresses, expired entries are dropped, then the
-/// oldest, so a spray of source addresses costs memory no more than a fixed table.
-#[derive(Debug, Default)]
-pub struct Attempts {
-    by_address: HashMap<IpAddr, (u32, Instant)>,
-}
-
-impl Attempts {
-    pub const LIMIT: u32 = 20;
-    pub const WINDOW: Duration = Duration::from_secs(60);
-    const MAX_ADDRESSES: usize = 4096;
-
-    /// Whether `addr` may try a password now.
-    pub fn allowed(&mut self, addr: IpAddr, now: Instant) -> bool {
-        match self.by_address.get(&addr) {
-            Some(&(n, since)) if now.saturating_duration_since(since) < Self::WINDOW => {
-                n < Self::LIMIT
-            }
-            Some(_) => {
-                self.by_address.remove(&addr);
-                true
-            }
-            None => true,
-        }
-    }
-
-    pub fn failed(&mut self, addr: IpAddr, now: Instant) {
-        if self.by_address.len() >= Self::MAX_ADDRESSES && !self.by_address.contains_key(&addr) {
-            self.by_address
-                .retain(|_, (_, since)| now.saturating_duration_since(*since) < Self::WINDOW);
-            if self.by_address.len() >= Self::MAX_ADDRESSES {
-                if let Some(oldest) = self
-                    .by_address
-                    .iter()
-                    .min_by_key(|(_, (_, since))| *since)
-                    .map(|(a, _)| *a)
-                {
-                    self.by_address.remove(&oldest);
-                }
-            }
-        }
-        let entry = self.by_address.entry(addr).or_insert((0, now));
-        if now.saturating_duration_since(entry.1) >= Self::WINDOW {
-            *entry = (0, now);
-        }
-        entry.0 += 1;
-    }
-}
-
 /// `reloadsup hash-password`: reads a password (without echo on a terminal, else one line of
 /// standard input) and prints its hash string.
 pub fn main(args: Vec<std::ffi::OsString>) -> u8 {
@@ -331,20 +276,5 @@ mod tests {
                 assert!(!e.to_string().contains(&bad[20..]), "{e}");
             }
         }
-    }
-
-    #[test]
-    fn attempts_are_limited_per_address() {
-        let mut a = Attempts::default();
-        let t = Instant::now();
-        let x: IpAddr = "127.0.0.1".parse().unwrap();
-        let y: IpAddr = "::1".parse().unwrap();
-        for _ in 0..Attempts::LIMIT {
-            assert!(a.allowed(x, t));
-            a.failed(x, t);
-        }
-        assert!(!a.allowed(x, t));
-        assert!(a.allowed(y, t));
-        assert!(a.allowed(x, t + Attempts::WINDOW));
     }
 }

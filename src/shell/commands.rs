@@ -8,11 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use reloadsup_protocol::{CustomCommand, Reply, Request};
 
 /// The signature of a Rust console command.
@@ -209,8 +212,21 @@ pub(crate) fn spawn_closure(
     Ok(tx)
 }
 
+/// The variables a console program gets from the shell worker's environment, besides
+/// `RELOADSUP_CONTROL`.
+fn allowed_env(key: &str) -> bool {
+    matches!(
+        key,
+        "PATH" | "HOME" | "USER" | "LOGNAME" | "SHELL" | "LANG" | "TZ" | "TMPDIR" | "TERM"
+    ) || key.starts_with("LC_")
+}
+
+/// How long a program whose session ended has between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Starts an external command: `run` with the user's words appended, stdin and stdout (and
-/// stderr) wired to the session, `RELOADSUP_CONTROL` set.
+/// stderr) wired to the session, `RELOADSUP_CONTROL` set, in a process group of its own so
+/// that whatever it starts is stopped with it when the session ends.
 pub(crate) fn spawn_program(
     command: &CustomCommand,
     words: &[String],
@@ -221,15 +237,25 @@ pub(crate) fn spawn_program(
     let Some((program, fixed)) = command.run.split_first() else {
         return Err(format!("the command '{}' has nothing to run", command.name));
     };
-    let mut child = Command::new(program)
+    let mut cmd = Command::new(program);
+    // A clean environment: only the allow-listed variables of the shell worker's own, so that
+    // nothing of the supervisor's (the password hash variable, the primary's settings) reaches
+    // a program that the console's users run.
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os() {
+        if k.to_str().is_some_and(allowed_env) {
+            cmd.env(k, v);
+        }
+    }
+    crate::sys::no_inherited_fds(&mut cmd);
+    let mut child = cmd
         .args(fixed)
         .args(words)
         .env("RELOADSUP_CONTROL", control_path)
-        .env_remove("RELOADSUP_ADMIN_PASSWORD_HASH")
-        .env_remove("RELOADSUP_PASSWORD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("unable to run {program}: {}", crate::config::lower(&e)))?;
     let pid = child.id();
@@ -286,10 +312,22 @@ pub(crate) fn spawn_program(
                         }
                     }
                     ToJob::Closed => {
+                        // The session is gone: end the program's input, ask its group to
+                        // stop, and make sure after a grace period. Until the waiter below
+                        // has reaped the program its pid, and so its group id, cannot be
+                        // reused: `fin` is set only after that.
                         drop(stdin.take());
-                        if !fin.load(Ordering::SeqCst) {
-                            let _ = crate::sys::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                        let stop = |sig| {
+                            if !fin.load(Ordering::SeqCst) {
+                                let _ = crate::sys::kill_group(pid, sig);
+                            }
+                        };
+                        stop(Signal::SIGTERM);
+                        let until = Instant::now() + STOP_GRACE;
+                        while !fin.load(Ordering::SeqCst) && Instant::now() < until {
+                            std::thread::sleep(Duration::from_millis(20));
                         }
+                        stop(Signal::SIGKILL);
                         return;
                     }
                 }

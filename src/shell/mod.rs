@@ -9,10 +9,13 @@
 //! readiness events, and anything slow (password hashing, custom commands) runs on a thread
 //! that reports back through a channel and a [`mio::Waker`].
 //!
-//! Architecture invariant: a bad client costs at most one session slot until its deadline;
-//! clients that never finish logging in are evicted oldest first once
-//! [`MAX_PENDING`] of them are waiting, so they can never lock out an operator.
+//! Architecture invariant: a bad client costs at most one session slot until its deadline,
+//! and one source (an IPv4 address, an IPv6 /64) can never lock out an operator at another:
+//! accepts are rate-limited per source, at most [`admission::PER_SOURCE`] of its connections
+//! wait to log in, the source holding the most pays when [`MAX_PENDING`] are waiting, and
+//! password checks are scheduled one per source ([`admission`]).
 
+pub mod admission;
 pub mod auth;
 mod commands;
 pub mod console;
@@ -44,14 +47,16 @@ use reloadsup_protocol::{
 
 use crate::config::lower;
 use crate::sys;
-use auth::{Attempts, PasswordHash};
+use admission::{AcceptRate, Admit, Attempts, Checks, Source, Waiting};
+use auth::PasswordHash;
 use commands::{Outbox, SessionId, ToJob, ToLoop};
 use console::{Line, Show, ERROR_PREFIX};
 use session::{Phase, Session};
 
 /// At most this many logged-in sessions.
 pub const MAX_SESSIONS: usize = 16;
-/// At most this many connections that have not logged in yet; past it the oldest one goes.
+/// At most this many connections that have not logged in yet; past it the source holding the
+/// most loses its oldest one.
 pub const MAX_PENDING: usize = 64;
 /// Time from accept to a correct password.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -197,6 +202,8 @@ struct Shell {
     next_session: usize,
     tls: Arc<rustls::ServerConfig>,
     attempts: Attempts,
+    rate: AcceptRate,
+    checks: Checks,
     commands: Commands,
     external: BTreeMap<String, CustomCommand>,
     control_path: OsString,
@@ -323,6 +330,8 @@ impl Shell {
             next_session: FIRST_SESSION,
             tls,
             attempts: Attempts::default(),
+            rate: AcceptRate::default(),
+            checks: Checks::new(VERIFIERS),
             commands,
             external,
             control_path: OsString::from_vec(spec.control_path),
@@ -429,19 +438,43 @@ impl Shell {
                     return;
                 }
             };
-            let pending: Vec<(Instant, SessionId)> = self
+            let now = Instant::now();
+            let source = Source::of(peer.ip());
+            if !self.rate.allow(source, now) {
+                // Closed at once: a connection left in the kernel's queue would wait ahead
+                // of the operator's.
+                log::debug!(
+                    "admin console: too many connections from {}; closed one",
+                    peer.ip()
+                );
+                continue;
+            }
+            let waiting: Vec<Waiting> = self
                 .sessions
                 .values()
                 .filter(|s| !s.logged_in && s.closing.is_none())
-                .map(|s| (s.accepted, s.id))
+                .map(|s| Waiting {
+                    id: s.id,
+                    source: Source::of(s.peer.ip()),
+                    accepted: s.accepted,
+                    verifying: matches!(s.phase, Phase::Verifying),
+                })
                 .collect();
-            if pending.len() >= MAX_PENDING {
-                if let Some(&(_, oldest)) = pending.iter().min() {
+            match admission::admit(&waiting, source, MAX_PENDING) {
+                Admit::Accept => {}
+                Admit::Evict(sid) => {
                     log::debug!(
-                        "admin console: too many connections logging in; dropped the oldest"
+                        "admin console: too many connections logging in; dropped the oldest of the busiest address"
                     );
-                    self.close(oldest, "too many connections logging in");
-                    self.sweep_one(oldest);
+                    self.close(sid, "too many connections logging in");
+                    self.sweep_one(sid);
+                }
+                Admit::Refuse => {
+                    log::debug!(
+                        "admin console: too many connections from {} logging in; closed one",
+                        peer.ip()
+                    );
+                    continue;
                 }
             }
             let tls = match rustls::ServerConnection::new(self.tls.clone()) {
@@ -453,7 +486,7 @@ impl Shell {
             };
             let sid = self.next_session;
             self.next_session += 1;
-            let mut session = Session::new(sid, stream, peer, tls, Instant::now());
+            let mut session = Session::new(sid, stream, peer, tls, now);
             if let Err(e) =
                 self.poll
                     .registry()
@@ -538,7 +571,8 @@ impl Shell {
             return;
         };
         let ip = s.peer.ip();
-        if !self.attempts.allowed(ip, now) {
+        let source = Source::of(ip);
+        if !self.attempts.allowed(source, now) {
             log::warn!("admin console: too many failed logins from {ip}; refused another");
             s.say(&format!(
                 "{ERROR_PREFIX}too many failed logins from {ip}; try again later\n"
@@ -546,19 +580,43 @@ impl Shell {
             self.close(sid, "too many failed logins from its address");
             return;
         }
+        // Counted now, not when the check ends: a check whose session is gone by then
+        // still was a guess.
+        self.attempts.attempt(source, now);
         if password.len() > auth::MAX_PASSWORD || password.is_empty() {
             // Not worth hashing; answered like any wrong password.
             self.denied(sid, now);
             return;
         }
+        if !self.checks.submit(sid, source, password) {
+            s.say(&format!(
+                "{ERROR_PREFIX}too many logins under way; try again later\n"
+            ));
+            self.close(sid, "too many password checks queued");
+            return;
+        }
         s.phase = Phase::Verifying;
-        if self.verify.send((sid, password)).is_err() {
-            self.close(sid, "the password checker is gone");
+        self.dispatch_checks();
+    }
+
+    /// Hands queued password checks to free verifiers; the verifier threads never queue.
+    fn dispatch_checks(&mut self) {
+        loop {
+            let attempts = &self.attempts;
+            let Some((sid, password)) = self.checks.next(|s| attempts.count(s)) else {
+                return;
+            };
+            if self.verify.send((sid, password)).is_err() {
+                self.checks.done(sid);
+                self.close(sid, "the password checker is gone");
+            }
         }
     }
 
     fn verified(&mut self, sid: SessionId, ok: bool) {
         let now = Instant::now();
+        self.checks.done(sid);
+        self.dispatch_checks();
         let logged_in = self.sessions.values().filter(|s| s.logged_in).count();
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
@@ -577,7 +635,12 @@ impl Shell {
             self.close(sid, "too many sessions");
             return;
         }
-        log::info!("admin console: {} logged in", s.peer);
+        self.attempts.succeeded(Source::of(s.peer.ip()));
+        log::info!(
+            "admin console: {} logged in ({} password checks computed so far)",
+            s.peer,
+            self.checks.computed
+        );
         s.logged_in = true;
         s.failures = 0;
         s.last_input = now;
@@ -589,12 +652,12 @@ impl Shell {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        self.attempts.failed(s.peer.ip(), now);
         s.failures += 1;
         log::warn!(
-            "admin console: wrong password from {} ({} of {MAX_FAILURES})",
+            "admin console: wrong password from {} ({} of {MAX_FAILURES}; {} password checks computed so far)",
             s.peer,
-            s.failures
+            s.failures,
+            self.checks.computed
         );
         // Lines typed ahead were meant for a session that did not open: never take them as
         // further password guesses.
@@ -687,7 +750,7 @@ impl Shell {
         }
     }
 
-    /// Timers: login, wrong-password delay, restart grace, idle.
+    /// Timers: login, wrong-password delay, restart grace, idle prompt, idle command.
     fn expire(&mut self, now: Instant) {
         let due: Vec<SessionId> = self
             .sessions
@@ -725,6 +788,13 @@ impl Shell {
                     s.prompt();
                     self.advance(sid);
                 }
+                Phase::Job { .. } if now >= s.last_input + IDLE_TIMEOUT => {
+                    s.say(&format!(
+                        "\n{ERROR_PREFIX}stopping the command after {} minutes without input or output\n",
+                        IDLE_TIMEOUT.as_secs() / 60
+                    ));
+                    self.close(sid, "command idle");
+                }
                 Phase::Prompt if now >= s.last_input + IDLE_TIMEOUT => {
                     s.say(&format!(
                         "\n{ERROR_PREFIX}closing the session after {} minutes without input\n",
@@ -752,21 +822,20 @@ impl Shell {
         if s.closing.is_none() {
             if let Err(why) = s.flush(self.poll.registry()) {
                 s.closing = Some(why);
-            } else if s.eof && s.lines.is_empty() {
+            } else if s.eof && (s.lines.is_empty() || matches!(s.phase, Phase::Job { .. })) {
                 match &s.phase {
-                    Phase::Job {
-                        input, wants_line, ..
-                    } if *wants_line => {
-                        let _ = input.send(ToJob::Closed);
-                    }
-                    Phase::Handshake
+                    // A command's session ends with its client: `finish` stops the command
+                    // (a program loses its stdin and its process group is stopped), so
+                    // neither the slot nor the program outlive the connection.
+                    Phase::Job { .. }
+                    | Phase::Handshake
                     | Phase::Password
                     | Phase::Prompt
                     | Phase::Denied { .. }
                     | Phase::Restarting { .. } => {
                         s.closing = Some("closed by the client".into());
                     }
-                    _ => {}
+                    Phase::Verifying | Phase::Waiting => {}
                 }
             }
         }
@@ -774,6 +843,8 @@ impl Shell {
             return;
         };
         if let Some(mut s) = self.sessions.remove(&sid) {
+            // A queued check of a closed session is dropped before anything is hashed.
+            self.checks.cancel(sid);
             s.finish(self.poll.registry());
             if s.logged_in {
                 log::info!("admin console: session of {} ended: {why}", s.peer);
@@ -798,6 +869,8 @@ impl Shell {
                 ToLoop::Output(sid, bytes) => {
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.say_bytes(&bytes);
+                        // Output is activity too: the command's deadline counts from it.
+                        s.last_input = Instant::now();
                     }
                 }
                 ToLoop::ReadLine(sid, prompt) => {

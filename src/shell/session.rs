@@ -109,6 +109,8 @@ impl Session {
         let phase = match self.phase {
             Phase::Denied { until } | Phase::Restarting { until } => Some(until),
             Phase::Prompt if self.logged_in => Some(self.last_input + IDLE_TIMEOUT),
+            // A command that neither reads nor writes for as long is ended with its session.
+            Phase::Job { .. } => Some(self.last_input + IDLE_TIMEOUT),
             _ => None,
         };
         match (login, phase) {

@@ -558,3 +558,85 @@ fn garbage_lines_never_hurt_the_session() {
     }
     assert_eq!(run(&mut c, "foo ok"), ["foo", "ok"]);
 }
+
+/// Regression (issue 12, item 3): a client that disconnects while its program runs used to
+/// leave the session and the program (its stdin open) behind. Now the program's process group
+/// is stopped and the slot freed: after 16 such sessions a 17th can still log in.
+#[test]
+fn a_disconnect_during_a_program_stops_its_group_and_frees_the_slot() {
+    let dir = sandbox("leak-pids");
+    let custom = vec![CustomCommand {
+        name: "hang".into(),
+        run: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "sleep 1000 & echo \"$$ $!\" > \"$1/$$\"; echo started; cat".into(),
+            "sh".into(),
+            dir.to_string_lossy().into_owned(),
+        ],
+        help: "waits".into(),
+    }];
+    let h = Harness::start("leak", Commands::default(), custom);
+    for _ in 0..super::MAX_SESSIONS {
+        let mut c = h.login();
+        c.send_line("hang").unwrap();
+        assert_eq!(c.next(), Said::Line("started".into()));
+        drop(c);
+    }
+    let pids: Vec<u32> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flat_map(|e| {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            text.split_whitespace()
+                .map(|p| p.parse::<u32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(pids.len(), 2 * super::MAX_SESSIONS);
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_string()))
+            .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+    assert!(
+        left.is_empty(),
+        "still running after their sessions ended: {left:?}"
+    );
+    let mut c = h.login();
+    assert_eq!(run(&mut c, "worker info").len(), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 12, item 4: a console program gets an allow-listed environment and no fd above 2,
+/// even one the shell worker's process holds without close-on-exec.
+#[test]
+fn external_programs_get_a_clean_environment_and_only_fds_0_to_2() {
+    // dup() makes a copy without close-on-exec: a leak the program must not see.
+    let leaked = nix::unistd::dup(std::io::stdout()).unwrap();
+    let custom = vec![CustomCommand {
+        name: "env".into(),
+        run: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "ls /proc/$$/fd; echo vars:; env | cut -d= -f1 | sort | tr '\\n' ' '; echo".into(),
+        ],
+        help: "fds and environment".into(),
+    }];
+    let h = Harness::start("clean-env", Commands::default(), custom);
+    let mut c = h.login();
+    let out = run(&mut c, "env");
+    drop(leaked);
+    // ls lists the shell's fds from outside, so its own directory fd is not among them.
+    assert_eq!(out[..4], ["0", "1", "2", "vars:"], "{out:?}");
+    let vars: Vec<&str> = out[4].split_whitespace().collect();
+    assert!(vars.contains(&"RELOADSUP_CONTROL"), "{vars:?}");
+    assert!(vars.contains(&"PATH"), "{vars:?}");
+    // cargo sets these for every test process; the program must not inherit them.
+    assert!(!vars.iter().any(|v| v.starts_with("CARGO")), "{vars:?}");
+}

@@ -350,6 +350,34 @@ pub fn close_from(first: RawFd) {
     }
 }
 
+/// Makes the program `cmd` starts inherit no fd above 2: in the child, after fork, every fd
+/// from 3 up is marked close-on-exec (not closed: std's own exec-error pipe must survive
+/// until the exec), so whatever a library leaked without CLOEXEC goes at the exec.
+pub fn no_inherited_fds(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs between fork and exec in the child of a multi-threaded process, so
+    // it makes only async-signal-safe calls (raw close_range and fcntl syscalls) and no
+    // allocation.
+    unsafe {
+        cmd.pre_exec(|| {
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            let r = libc::syscall(
+                libc::SYS_close_range,
+                3,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            );
+            if r != 0 {
+                // Kernels before 5.11: one fcntl per possible fd, bounded.
+                for fd in 3..65536 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Asks the kernel to SIGKILL us when our parent dies, then checks the parent is still the one
 /// we expect (it may have died before the request took effect).
 pub fn die_with_parent(expected_parent: u32) -> io::Result<()> {
