@@ -537,16 +537,8 @@ impl Primary {
                 log::debug!("notify message from pid {sender}, which is no worker; ignored");
                 continue;
             };
-            let text = String::from_utf8_lossy(&buf[..n]);
-            let mut ready = false;
-            let mut status = None;
-            for line in text.lines() {
-                if line == "READY=1" {
-                    ready = true;
-                } else if let Some(s) = line.strip_prefix("STATUS=") {
-                    status = Some(s.chars().take(256).collect());
-                }
-            }
+            // Pure, sanitised parsing: the status reaches operators' terminals.
+            let proto::notify::Notice { ready, status } = proto::notify::parse(&buf[..n]);
             if ready || status.is_some() {
                 actions.extend(
                     self.state
