@@ -9,6 +9,7 @@
 //! timeout: the only timer is the earliest deadline in the state.
 
 pub mod control;
+mod files;
 pub mod listeners;
 pub mod notify;
 pub mod shell_link;
@@ -19,7 +20,6 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -155,13 +155,8 @@ impl Primary {
         };
 
         if let Some(pidfile) = &config.pidfile {
-            std::fs::write(pidfile, format!("{pid}\n")).map_err(|e| {
-                Fatal::usage(format!(
-                    "--pidfile: unable to write {}: {}",
-                    pidfile.display(),
-                    lower(&e)
-                ))
-            })?;
+            files::write_atomically(pidfile, format!("{pid}\n").as_bytes())
+                .map_err(|e| Fatal::usage(format!("--pidfile: {e}")))?;
         }
 
         let settings = Settings {
@@ -708,28 +703,11 @@ fn send_handoff(sock: &OwnedFd, body: &[u8], listeners: &[Listener]) -> io::Resu
 /// Creates the state directory (0700) or checks an existing one, and refuses to start a second
 /// instance with the same name.
 fn prepare_state_dir(dir: &Path, name: &str, other_user: bool) -> Result<(), Fatal> {
-    let fail = |what: String| Fatal::usage(format!("--state-dir {}: {what}", dir.display()));
-    if let Err(e) = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        return Err(fail(format!("unable to create it: {}", lower(&e))));
-    }
-    let meta = std::fs::metadata(dir).map_err(|e| fail(lower(&e)))?;
-    let uid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != uid {
-        return Err(fail(format!(
-            "owned by uid {}, not by us (uid {uid})",
-            meta.uid()
-        )));
-    }
-    // Workers run as another user (--user) must reach notify.sock: let them traverse, not list.
+    // Workers run as another user (--user) must reach their notify socket: let them traverse,
+    // not list.
     let mode = if other_user { 0o711 } else { 0o700 };
-    if meta.mode() & 0o777 != mode {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| fail(lower(&e)))?;
-    }
+    files::prepare_state_dir(dir, mode)
+        .map_err(|e| Fatal::usage(format!("--state-dir {}: {e}", dir.display())))?;
     let control = dir.join("control.sock");
     if std::os::unix::net::UnixStream::connect(&control).is_ok() {
         return Err(Fatal::usage(format!(

@@ -194,8 +194,7 @@ impl NotifySockets {
 /// in 108 bytes.
 fn random_name() -> io::Result<String> {
     use ring::rand::SecureRandom;
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut bytes = [0u8; 12];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
