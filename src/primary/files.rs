@@ -82,10 +82,9 @@ pub fn prepare_state_dir(dir: &Path, mode: u32) -> Result<(), String> {
         }
         let next = open_dir(Some(&fd), name, &at, symlink)?;
         let st = fstat(&next).map_err(|e| format!("{}: {e}", at.display()))?;
-        if shared && st.st_uid != uid {
-            // In a sticky shared directory (checked with the parent) only our own entries are
-            // safe from others: one of root's is, too, but reloadsup never makes one there
-            // unless it runs as root.
+        if shared && st.st_uid != uid && st.st_uid != 0 {
+            // In a sticky shared directory (checked with the parent) only our own entries and
+            // root's are safe from others.
             return Err(format!(
                 "{} is owned by uid {}, not by us (uid {uid}); another user may have created it",
                 at.display(),
