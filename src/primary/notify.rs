@@ -170,8 +170,8 @@ impl NotifySockets {
                 // Not handed to a worker yet: nobody legitimate knows the path.
                 continue;
             };
-            // A sender that already exited shows as pid 0 (or none): that is the helper case
-            // the socket exists for, and the socket alone says whose it is.
+            // A sender that already exited (its pid leads nowhere now) is the helper case the
+            // socket exists for: the socket alone says whose it is.
             if let Some(sender) = sender.filter(|&p| p != 0) {
                 if foreign(sender, pid) {
                     log::warn!(
