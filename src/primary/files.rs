@@ -102,7 +102,7 @@ pub fn prepare_state_dir(dir: &Path, mode: u32) -> Result<(), String> {
             if st.st_mode & 0o7777 != mode {
                 if !created && st.st_mode & GROUP_OR_OTHER_WRITE != 0 {
                     // Others may already have put something in it.
-                    return Err(writable(&at, &st));
+                    return Err(writable(&at, &st, "it must be 0700"));
                 }
                 // Also for a directory just made: the umask may have taken bits off.
                 fchmod(&next, Mode::from_bits_truncate(mode))
@@ -121,9 +121,9 @@ fn kind(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
-fn writable(at: &Path, st: &FileStat) -> String {
+fn writable(at: &Path, st: &FileStat, hint: &str) -> String {
     format!(
-        "{} is writable by others (mode {:o}); it must be 0700",
+        "{} is writable by others (mode {:o}); {hint}",
         at.display(),
         st.st_mode & 0o7777
     )
@@ -140,7 +140,11 @@ fn check_ancestor(st: &FileStat, at: &Path, uid: u32) -> Result<(), String> {
         ));
     }
     if st.st_mode & GROUP_OR_OTHER_WRITE != 0 && !(st.st_uid == 0 && st.st_mode & STICKY != 0) {
-        return Err(writable(at, st));
+        return Err(writable(
+            at,
+            st,
+            "only a root-owned sticky directory like /tmp may be",
+        ));
     }
     Ok(())
 }
