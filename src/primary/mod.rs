@@ -133,6 +133,9 @@ impl Primary {
 
         let notify = (config.ready == ReadyMode::Notify)
             .then(|| notify::NotifySockets::new(&config.state_dir, config.uid, config.gid));
+        if let Some(n) = &notify {
+            n.sweep();
+        }
 
         let control_path = config.state_dir.join("control.sock");
         let _ = std::fs::remove_file(&control_path);

@@ -66,6 +66,22 @@ impl NotifySockets {
         }
     }
 
+    /// Removes the sockets a previous primary of this state directory left behind when it was
+    /// killed; called at start, once no other instance owns the directory.
+    pub fn sweep(&self) {
+        use std::os::unix::fs::FileTypeExt;
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let stale = entry.file_name().to_string_lossy().starts_with("n-")
+                && entry.file_type().is_ok_and(|t| t.is_socket());
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Makes a socket for a worker about to be spawned; returns its token and path.
     pub fn create(&mut self, poll: &Poll) -> io::Result<(usize, PathBuf)> {
         let path = self.dir.join(format!("n-{}", random_name()?));

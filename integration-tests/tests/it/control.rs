@@ -619,3 +619,38 @@ fn planted_state_dir_or_pidfile_is_refused() {
     );
     assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep");
 }
+
+/// Regression (issue 12, item 12): a worker's `STATUS=` text reached `ctl status` (and the
+/// console) raw, escape sequences and all.
+#[test]
+fn status_text_is_shown_without_control_characters() {
+    let test = "status_text_is_shown_without_control_characters";
+    let Some(py) = reloadsup_integration_tests::python3().or_else(|| crate::tool(test, "python3"))
+    else {
+        return;
+    };
+    let sb = Sandbox::new(test);
+    let script = sb.write_script(
+        "server",
+        &format!(
+            "#!/bin/sh\nexec {} -c 'import os,socket,time; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\\nSTATUS=\\x1b[2J\\x1b]0;owned\\x07red\\rfake\\x7f\\xc2\\x9bend\", os.environ[\"NOTIFY_SOCKET\"]); time.sleep(600)'\n",
+            shell_quote(&py.to_string_lossy())
+        ),
+    );
+    let (sup, _) = start(&sb, Run::new([&script]).args(standard(1)), 1);
+    let status = wait_status(&sup, "the worker's status text", |s| {
+        s["workers"][0]["status"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    });
+    assert_eq!(
+        status["workers"][0]["status"], "?[2J?]0;owned?red?fake??end",
+        "{status:#}"
+    );
+    let table = sup.ctl(&["status"]);
+    let out = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        !out.chars().any(|c| c.is_control() && c != '\n'),
+        "control characters in: {out:?}"
+    );
+}

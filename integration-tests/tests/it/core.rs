@@ -621,6 +621,22 @@ fn ready_from_a_helper_that_already_exited_counts() {
     sup.wait_ready(1, 1);
     sup.reload(2)
         .expect("the reload is ready through the helper");
+    // The old worker's socket went with it: one socket per live worker, none left over.
+    let state = sup.state_dir().to_path_buf();
+    reloadsup_integration_tests::wait_until(DEADLINE, "one notify socket in the state dir", || {
+        notify_sockets(&state) == 1
+    });
+}
+
+/// How many per-worker notify sockets the state directory holds.
+fn notify_sockets(state: &std::path::Path) -> usize {
+    std::fs::read_dir(state)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("n-"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// Regression (issue 12, item 10): any process in a worker's process group could make it
