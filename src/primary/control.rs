@@ -136,11 +136,19 @@ impl Connections {
             let (stream, _) = match self.listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
-                    // EMFILE and the like: try again next turn rather than wait for an edge.
+                    // EMFILE and the like: not marked pending, which would spin the loop while
+                    // it lasts; the next client's edge retries.
                     log::warn!("control socket: accept failed: {}", lower(&e));
-                    return true;
+                    return false;
                 }
             };
             match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
