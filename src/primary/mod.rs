@@ -1,7 +1,7 @@
 //! The primary: one synchronous mio event loop that holds the listening sockets for its whole
 //! life and runs generations of workers.
 //!
-//! It owns the poll, the signal pipe, the notify socket, the control socket and its
+//! It owns the poll, the signal pipe, the workers' notify sockets, the control socket and its
 //! connections, and the pure [`state::State`]. Raw readiness becomes an [`Input`], the state
 //! machine answers with [`state::Action`]s, and this module carries them out. It must never
 //! block and never panic on input: every peer (worker, `ctl` client, shell worker) is treated as
