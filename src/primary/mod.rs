@@ -245,8 +245,10 @@ impl Primary {
                 .map(|e| (e.token().0, e.is_readable(), e.is_writable()))
                 .collect();
             for t in std::mem::take(&mut self.pending) {
-                if !ready.iter().any(|r| r.0 == t) {
-                    ready.push((t, true, false));
+                // Pending means more to read, even if the poll only said "writable" this time.
+                match ready.iter_mut().find(|r| r.0 == t) {
+                    Some(r) => r.1 = true,
+                    None => ready.push((t, true, false)),
                 }
             }
             for (token, readable, writable) in ready {
