@@ -33,7 +33,7 @@ pub struct CtlArgs {
     pub control: Option<PathBuf>,
     /// How long to wait to connect and for each reply (default 10s; a reload, restart or
     /// stop waits for its outcome unless this is given).
-    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     pub timeout: Option<Duration>,
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -68,6 +68,13 @@ pub struct Client {
     stream: UnixStream,
     reader: FrameReader,
     next_id: u32,
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match crate::config::parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
 }
 
 /// The default for `--timeout`.
