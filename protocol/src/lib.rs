@@ -15,6 +15,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod notify;
+
 /// Bumped on any change that is not an append.
 pub const PROTOCOL_VERSION: u32 = 1;
 

@@ -2,6 +2,12 @@
 //!
 //! One connection per invocation: hello, one request, progress lines, one reply. Exit codes:
 //! 0 done, 1 the request failed (a reload rolled back, an error reply, no instance), 2 bad usage.
+//!
+//! It never hangs on a primary that is stopped or wedged: the connect, the hello and every
+//! reply have a deadline (`--timeout`; a reload, restart or stop waits for its outcome without
+//! one unless `--timeout` is given, since a generation may take its whole `--ready-timeout`).
+//! And it only talks to a server running as its own uid or root (`SO_PEERCRED`), so a socket
+//! planted by another user is refused before a byte is sent.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -25,6 +31,10 @@ pub struct CtlArgs {
     /// Path of the control socket (STATE_DIR/control.sock).
     #[arg(long, value_name = "PATH", env = "RELOADSUP_CONTROL")]
     pub control: Option<PathBuf>,
+    /// How long to wait to connect and for each reply (default 10s; a reload, restart or
+    /// stop waits for its outcome unless this is given).
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    pub timeout: Option<Duration>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -60,15 +70,31 @@ pub struct Client {
     next_id: u32,
 }
 
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match crate::config::parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
+}
+
+/// The default for `--timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Client {
-    pub fn connect(path: &Path) -> Result<Client, String> {
-        let stream = UnixStream::connect(path).map_err(|e| {
+    /// Connects, checks the server's uid and exchanges hellos, all within `timeout`.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Client, String> {
+        let stream = connect_within(path, timeout).map_err(|e| {
             format!(
                 "no reloadsup instance answers at {} ({}); name another with --name NAME or --control PATH",
                 path.display(),
                 crate::config::lower(&e)
             )
         })?;
+        check_server_uid(&stream, path)?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .map_err(|e| format!("unable to set a timeout: {}", crate::config::lower(&e)))?;
         let mut client = Client {
             stream,
             reader: FrameReader::new(),
@@ -90,6 +116,13 @@ impl Client {
         })
     }
 
+    /// How long each later read may wait; `None` waits for as long as it takes.
+    pub fn set_reply_timeout(&mut self, timeout: Option<Duration>) -> Result<(), String> {
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(|e| format!("unable to set a timeout: {}", crate::config::lower(&e)))
+    }
+
     fn recv(&mut self) -> Result<Message, String> {
         let mut buf = [0u8; 16 * 1024];
         loop {
@@ -100,10 +133,12 @@ impl Client {
             {
                 return Ok(msg);
             }
-            let n = self
-                .stream
-                .read(&mut buf)
-                .map_err(|e| format!("lost the primary: {}", crate::config::lower(&e)))?;
+            let n = self.stream.read(&mut buf).map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    "the primary did not answer in time (stopped or overloaded?); give more with --timeout".to_string()
+                }
+                _ => format!("lost the primary: {}", crate::config::lower(&e)),
+            })?;
             if n == 0 {
                 return Err("the primary closed the connection".into());
             }
@@ -138,6 +173,59 @@ impl Client {
                 break;
             }
         }
+    }
+}
+
+/// A connect that gives up after `timeout`: a blocking connect to a Unix socket whose backlog
+/// is full (a stopped primary) would wait forever.
+fn connect_within(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let addr = UnixAddr::new(path).map_err(std::io::Error::from)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+            Ok(()) => break,
+            // A Unix socket's backlog is full: nothing tells us when it drains, so poll.
+            Err(nix::errno::Errno::EAGAIN) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(nix::errno::Errno::EAGAIN) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the connection was not accepted in time",
+                ))
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// Refuses a server that runs as neither our uid nor root: whoever could plant a socket
+/// where we look for one must not get our requests.
+fn check_server_uid(stream: &UnixStream, path: &Path) -> Result<(), String> {
+    let ours = nix::unistd::geteuid().as_raw();
+    match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials) {
+        Ok(cred) if cred.uid() == ours || cred.uid() == 0 => Ok(()),
+        Ok(cred) => Err(format!(
+            "refusing the server at {}: it runs as uid {}, not as uid {ours} or root",
+            path.display(),
+            cred.uid()
+        )),
+        Err(e) => Err(format!(
+            "unable to check the server's uid at {}: {e}",
+            path.display()
+        )),
     }
 }
 
@@ -194,7 +282,18 @@ pub fn main(args: Vec<std::ffi::OsString>) -> u8 {
 
 fn run(args: CtlArgs) -> Result<u8, String> {
     let path = control_path(args.name.as_deref(), args.control.as_deref())?;
-    let mut client = Client::connect(&path)?;
+    let timeout = args.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let mut client = Client::connect(&path, timeout)?;
+    if args.timeout.is_none()
+        && matches!(
+            args.command,
+            CtlCommand::Reload | CtlCommand::Restart | CtlCommand::Stop
+        )
+    {
+        // The outcome of a generation comes after up to its --ready-timeout, which only the
+        // primary knows; progress lines show it is alive.
+        client.set_reply_timeout(None)?;
+    }
     let request = match &args.command {
         CtlCommand::Status { .. } => Request::Status,
         CtlCommand::Reload => Request::Reload,

@@ -4,6 +4,17 @@
 //! bounded queue. A peer of another uid (not root) is refused at accept; a malformed frame, a
 //! wrong protocol version or a peer that lets its replies pile up closes only that connection.
 //! A slow or silent client costs one slot and nothing else: nothing here waits on a peer.
+//!
+//! Memory is bounded twice: per connection (a frame, [`MAX_QUEUED`] of replies) and across all
+//! of them ([`MAX_BUFFERED`], input and output together), so that a same-uid client opening
+//! hundreds of connections cannot make the primary hold gigabytes. The connection whose bytes
+//! would cross the global budget is the one closed; the shell link is exempt (it must never
+//! lose the operator's console to a flood of `ctl` clients).
+//!
+//! mio is edge-triggered: a source that is not drained to `WouldBlock` reports nothing more
+//! until new bytes arrive. The accept and read loops are bounded per wake-up (fairness), and
+//! tell the caller when they stopped at the bound so that it serves them again on its next
+//! turn rather than waiting for an edge that may never come.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -22,6 +33,13 @@ const MAX_CONNS: usize = 512;
 const MAX_QUEUED: usize = 8 << 20;
 /// Requests a connection may have in flight at once.
 const MAX_INFLIGHT: usize = 64;
+/// Bytes held for all control connections together (read but not yet a whole frame, plus
+/// replies not yet written), the shell link aside.
+pub(crate) const MAX_BUFFERED: usize = 32 << 20;
+/// Connections accepted per wake-up before other sources get their turn.
+const ACCEPT_BATCH: usize = 64;
+/// Reads per connection per wake-up.
+const READ_BATCH: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ConnId(pub usize);
@@ -47,6 +65,14 @@ struct Conn {
     serial: u64,
     /// The shell link: never dropped to make room for a control client.
     pinned: bool,
+    /// Bytes counted against [`MAX_BUFFERED`] for this connection.
+    held: usize,
+}
+
+impl Conn {
+    fn buffered(&self) -> usize {
+        self.reader.pending() + self.out.len()
+    }
 }
 
 pub struct Connections {
@@ -55,6 +81,8 @@ pub struct Connections {
     next: usize,
     serial: u64,
     uid: u32,
+    /// Sum of `held` over the connections.
+    buffered: usize,
 }
 
 impl Connections {
@@ -65,6 +93,7 @@ impl Connections {
             next: FIRST_CONN,
             serial: 0,
             uid: nix::unistd::geteuid().as_raw(),
+            buffered: 0,
         }
     }
 
@@ -90,6 +119,7 @@ impl Connections {
             writable: false,
             serial: self.serial,
             pinned,
+            held: 0,
         };
         if let Ok(hello) = proto::encode_frame(&Message::hello()) {
             conn.out.extend_from_slice(&hello);
@@ -99,15 +129,26 @@ impl Connections {
         Ok(id)
     }
 
-    pub fn accept(&mut self, poll: &Poll) {
-        // A bounded batch per wake-up keeps a connection storm from starving the loop.
-        for _ in 0..64 {
+    /// Accepts a bounded batch of connections; true if it stopped at the bound, with more
+    /// possibly waiting (mio will not report them again).
+    pub fn accept(&mut self, poll: &Poll) -> bool {
+        for _ in 0..ACCEPT_BATCH {
             let (stream, _) = match self.listener.accept() {
                 Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
+                    // EMFILE and the like: not marked pending, which would spin the loop while
+                    // it lasts; the next client's edge retries.
                     log::warn!("control socket: accept failed: {}", lower(&e));
-                    return;
+                    return false;
                 }
             };
             match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
@@ -152,6 +193,29 @@ impl Connections {
                 );
             }
         }
+        true
+    }
+
+    /// Brings the global count up to date with what `id` holds now; closes it (and returns
+    /// false) if that crosses [`MAX_BUFFERED`].
+    fn account(&mut self, poll: &Poll, id: ConnId) -> bool {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        let now = conn.buffered();
+        let others = self.buffered - conn.held;
+        if !conn.pinned && now > conn.held && others + now > MAX_BUFFERED {
+            self.close(
+                poll,
+                id,
+                "the control connections together hold too much; closed this one",
+            );
+            return false;
+        }
+        let held = if conn.pinned { 0 } else { now };
+        self.buffered = others + held;
+        conn.held = held;
+        true
     }
 
     /// Handles readiness of one connection; returns the requests it completed.
@@ -161,36 +225,46 @@ impl Connections {
         id: ConnId,
         readable: bool,
         writable: bool,
-    ) -> Vec<(Requester, Request)> {
+    ) -> (Vec<(Requester, Request)>, bool) {
         let mut requests = Vec::new();
         if writable {
             self.flush(poll, id);
         }
         if !readable {
-            return requests;
+            return (requests, false);
         }
         let mut closed = None;
-        if let Some(conn) = self.conns.get_mut(&id) {
-            let mut buf = [0u8; 16 * 1024];
-            // Read until WouldBlock (mio is edge-triggered), but bounded per wake-up.
-            for _ in 0..64 {
-                match conn.stream.read(&mut buf) {
-                    Ok(0) => {
-                        closed = Some("closed by peer".to_string());
-                        break;
-                    }
-                    Ok(n) => conn.reader.push(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        closed = Some(lower(&e));
-                        break;
-                    }
+        let mut more = false;
+        let mut buf = [0u8; 16 * 1024];
+        // Read until WouldBlock, but bounded per wake-up; the caller comes back if `more`.
+        for i in 0..=READ_BATCH {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return (requests, false);
+            };
+            if i == READ_BATCH
+                || conn.reader.pending() > proto::MAX_FRAME + proto::HEADER_LEN + buf.len()
+            {
+                more = true;
+                break;
+            }
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    closed = Some("closed by peer".to_string());
+                    break;
                 }
-                if conn.reader.pending() > proto::MAX_FRAME + proto::HEADER_LEN + buf.len() {
+                Ok(n) => conn.reader.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    closed = Some(lower(&e));
                     break;
                 }
             }
+            if !self.account(poll, id) {
+                return (requests, false);
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(&id) {
             loop {
                 match conn.reader.next_frame::<Message>() {
                     Ok(None) => break,
@@ -223,8 +297,10 @@ impl Connections {
         if let Some(why) = closed {
             // Requests completed before the bad frame still run; their replies go nowhere.
             self.close(poll, id, &why);
+            return (requests, false);
         }
-        requests
+        self.account(poll, id);
+        (requests, more)
     }
 
     pub fn send_progress(&mut self, poll: &Poll, who: Requester, progress: Progress) {
@@ -299,6 +375,7 @@ impl Connections {
                 conn.writable = want_write;
             }
         }
+        self.account(poll, id);
     }
 
     /// Best effort before exit: whatever fits in the socket buffers goes out.
@@ -310,6 +387,7 @@ impl Connections {
 
     pub fn close(&mut self, poll: &Poll, id: ConnId, why: &str) {
         if let Some(mut conn) = self.conns.remove(&id) {
+            self.buffered -= conn.held;
             if why != "closed by peer" {
                 log::debug!("control connection {} closed: {why}", id.0);
             }

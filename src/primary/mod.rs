@@ -1,7 +1,7 @@
 //! The primary: one synchronous mio event loop that holds the listening sockets for its whole
 //! life and runs generations of workers.
 //!
-//! It owns the poll, the signal pipe, the notify socket, the control socket and its
+//! It owns the poll, the signal pipe, the workers' notify sockets, the control socket and its
 //! connections, and the pure [`state::State`]. Raw readiness becomes an [`Input`], the state
 //! machine answers with [`state::Action`]s, and this module carries them out. It must never
 //! block and never panic on input: every peer (worker, `ctl` client, shell worker) is treated as
@@ -9,21 +9,22 @@
 //! timeout: the only timer is the earliest deadline in the state.
 
 pub mod control;
+mod files;
 pub mod keeper_link;
 pub mod listeners;
+pub mod notify;
 pub mod shell_link;
 pub mod state;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mio::net::{UnixDatagram, UnixListener};
+use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 use reloadsup_protocol::{self as proto, Reply, Request, WorkerSpec, PROTOCOL_VERSION};
@@ -37,7 +38,6 @@ use listeners::Listener;
 use state::{Action, Event, Exit, Requester, Settings, State};
 
 const SIGNALS: Token = Token(0);
-const NOTIFY: Token = Token(1);
 const CONTROL: Token = Token(2);
 /// Control connections take tokens from here up.
 pub(crate) const FIRST_CONN: usize = 16;
@@ -72,8 +72,12 @@ pub struct Primary {
     poll: Poll,
     signals: Signals,
     listeners: Vec<Listener>,
-    notify: Option<UnixDatagram>,
-    notify_path: Option<PathBuf>,
+    /// One notify socket per worker (`--ready notify` only).
+    notify: Option<notify::NotifySockets>,
+    /// Sources that stopped at the end of a bounded batch with more to read. mio reports only
+    /// new edges, so they are served again on the next turn (the poll then does not wait),
+    /// after every other source has had its turn.
+    pending: BTreeSet<usize>,
     control_path: PathBuf,
     conns: Connections,
     state: State,
@@ -130,33 +134,11 @@ impl Primary {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| Fatal::other(format!("unable to poll signals: {}", lower(&e))))?;
 
-        let (notify, notify_path) = if config.ready == ReadyMode::Notify {
-            let path = config.state_dir.join("notify.sock");
-            let _ = std::fs::remove_file(&path);
-            let mut sock = UnixDatagram::bind(&path).map_err(|e| {
-                Fatal::other(format!(
-                    "unable to bind the notify socket {}: {}",
-                    path.display(),
-                    lower(&e)
-                ))
-            })?;
-            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)
-                .map_err(|e| {
-                    Fatal::other(format!(
-                        "unable to enable SO_PASSCRED on the notify socket: {e}"
-                    ))
-                })?;
-            // Workers may run as another user (--user): they must be able to write to it.
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
-            poll.registry()
-                .register(&mut sock, NOTIFY, Interest::READABLE)
-                .map_err(|e| {
-                    Fatal::other(format!("unable to poll the notify socket: {}", lower(&e)))
-                })?;
-            (Some(sock), Some(path))
-        } else {
-            (None, None)
-        };
+        let notify = (config.ready == ReadyMode::Notify)
+            .then(|| notify::NotifySockets::new(&config.state_dir, config.uid, config.gid));
+        if let Some(n) = &notify {
+            n.sweep();
+        }
 
         let control_path = config.state_dir.join("control.sock");
         let _ = std::fs::remove_file(&control_path);
@@ -179,13 +161,8 @@ impl Primary {
         };
 
         if let Some(pidfile) = &config.pidfile {
-            std::fs::write(pidfile, format!("{pid}\n")).map_err(|e| {
-                Fatal::usage(format!(
-                    "--pidfile: unable to write {}: {}",
-                    pidfile.display(),
-                    lower(&e)
-                ))
-            })?;
+            files::write_atomically(pidfile, format!("{pid}\n").as_bytes())
+                .map_err(|e| Fatal::usage(format!("--pidfile: {e}")))?;
         }
 
         let settings = Settings {
@@ -219,7 +196,7 @@ impl Primary {
             signals,
             listeners,
             notify,
-            notify_path,
+            pending: BTreeSet::new(),
             control_path,
             state,
             argv,
@@ -258,6 +235,13 @@ impl Primary {
             .flatten()
             .min()
             .map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
+            // A source with more to read is served again at once, after whatever the poll
+            // reports: a flood on one source cannot starve signals or child exits.
+            let timeout = if self.pending.is_empty() {
+                timeout
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -265,17 +249,30 @@ impl Primary {
                 return Err(Fatal::other(format!("poll failed: {}", lower(&e))));
             }
             let mut actions = Vec::new();
-            for event in events.iter() {
-                match event.token() {
-                    SIGNALS => self.on_signals(&mut actions),
-                    NOTIFY => self.on_notify(&mut actions),
+            // Each source once per turn: what the poll reported, then what was left pending.
+            let mut ready: Vec<(usize, bool, bool)> = events
+                .iter()
+                .map(|e| (e.token().0, e.is_readable(), e.is_writable()))
+                .collect();
+            for t in std::mem::take(&mut self.pending) {
+                // Pending means more to read, even if the poll only said "writable" this time.
+                match ready.iter_mut().find(|r| r.0 == t) {
+                    Some(r) => r.1 = true,
+                    None => ready.push((t, true, false)),
+                }
+            }
+            for (token, readable, writable) in ready {
+                let more = match Token(token) {
+                    SIGNALS => {
+                        self.on_signals(&mut actions);
+                        false
+                    }
                     CONTROL => self.on_accept(),
-                    Token(t) => self.on_conn(
-                        ConnId(t),
-                        event.is_readable(),
-                        event.is_writable(),
-                        &mut actions,
-                    ),
+                    Token(t) if t >= notify::FIRST_NOTIFY => self.on_notify(t, &mut actions),
+                    Token(t) => self.on_conn(ConnId(t), readable, writable, &mut actions),
+                };
+                if more {
+                    self.pending.insert(token);
                 }
             }
             let now = Instant::now();
@@ -373,6 +370,27 @@ impl Primary {
     }
 
     fn spawn(&mut self, generation: u64, slot: u32) -> io::Result<u32> {
+        // Made at hand-off, also for a spare: the socket belongs to this worker only.
+        let notify = match &mut self.notify {
+            Some(n) => Some(n.create(&self.poll).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("unable to make a notify socket: {}", lower(&e)),
+                )
+            })?),
+            None => None,
+        };
+        let result = self.spawn_with(generation, slot, notify.as_ref().map(|n| n.1.as_path()));
+        if let (Some(sockets), Some((token, _))) = (&mut self.notify, notify) {
+            match &result {
+                Ok(pid) => sockets.assign(token, *pid),
+                Err(_) => sockets.remove(&self.poll, token),
+            }
+        }
+        result
+    }
+
+    fn spawn_with(&mut self, generation: u64, slot: u32, notify: Option<&Path>) -> io::Result<u32> {
         let spec = WorkerSpec {
             version: PROTOCOL_VERSION,
             primary_pid: self.pid,
@@ -382,10 +400,7 @@ impl Primary {
             env: self.env.clone(),
             listener_names: self.listeners.iter().map(|l| l.name.clone()).collect(),
             fd_count: self.listeners.len() as u32,
-            notify_socket: self
-                .notify_path
-                .as_ref()
-                .map(|p| p.as_os_str().as_bytes().to_vec()),
+            notify_socket: notify.map(|p| p.as_os_str().as_bytes().to_vec()),
             uid: self.config.uid,
             gid: self.config.gid,
             einhorn_env: self.config.einhorn_env,
@@ -518,6 +533,9 @@ impl Primary {
                         shell.exited(&self.poll, &mut self.conns, Instant::now(), status);
                         continue;
                     }
+                    if let Some(sockets) = &mut self.notify {
+                        sockets.remove_pid(&self.poll, pid);
+                    }
                     let exit = match status {
                         sys::ExitStatus::Exited(c) => Exit::Code(c),
                         sys::ExitStatus::Signaled(s) => Exit::Signal(s),
@@ -536,58 +554,51 @@ impl Primary {
         }
     }
 
-    fn on_notify(&mut self, actions: &mut Vec<Action>) {
-        let Some(sock) = &self.notify else { return };
-        let mut buf = [0u8; 4096];
-        // A bounded batch per wake-up, so a flood of datagrams cannot starve the loop.
-        for _ in 0..256 {
-            let (n, sender) = match sys::recv_with_creds(sock.as_fd(), &mut buf) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    log::warn!("notify socket: {}", lower(&e));
-                    break;
-                }
-            };
-            let Some(sender) = sender else { continue };
-            // The worker itself, or any process of its process group (systemd-notify, helpers).
-            let pid = if self.state.process(sender).is_some() {
-                Some(sender)
-            } else {
-                sys::getpgid(sender).filter(|&g| self.state.process(g).is_some())
-            };
-            let Some(pid) = pid else {
-                log::debug!("notify message from pid {sender}, which is no worker; ignored");
-                continue;
-            };
-            let text = String::from_utf8_lossy(&buf[..n]);
-            let mut ready = false;
-            let mut status = None;
-            for line in text.lines() {
-                if line == "READY=1" {
-                    ready = true;
-                } else if let Some(s) = line.strip_prefix("STATUS=") {
-                    status = Some(s.chars().take(256).collect());
-                }
-            }
-            if ready || status.is_some() {
-                actions.extend(
-                    self.state
-                        .handle(Instant::now(), Event::Notify { pid, ready, status }),
-                );
+    /// Reads a batch from one worker's notify socket; true if more may be queued.
+    fn on_notify(&mut self, token: usize, actions: &mut Vec<Action>) -> bool {
+        let Some(sockets) = &mut self.notify else {
+            return false;
+        };
+        let state = &self.state;
+        // A live sender that is another worker, or in another worker's process group, must
+        // not speak for this one (it found the path in that worker's environment).
+        let foreign = |sender: u32, pid: u32| {
+            sender != pid
+                && (state.process(sender).is_some()
+                    || sys::getpgid(sender).is_some_and(|g| g != pid && state.process(g).is_some()))
+        };
+        let batch = sockets.read(token, foreign);
+        if let Some(pid) = batch.pid {
+            for n in batch.notices {
+                actions.extend(self.state.handle(
+                    Instant::now(),
+                    Event::Notify {
+                        pid,
+                        ready: n.ready,
+                        status: n.status,
+                    },
+                ));
             }
         }
+        batch.more
     }
 
-    fn on_accept(&mut self) {
-        self.conns.accept(&self.poll);
+    fn on_accept(&mut self) -> bool {
+        self.conns.accept(&self.poll)
     }
 
-    fn on_conn(&mut self, id: ConnId, readable: bool, writable: bool, actions: &mut Vec<Action>) {
-        let requests = self.conns.on_ready(&self.poll, id, readable, writable);
+    fn on_conn(
+        &mut self,
+        id: ConnId,
+        readable: bool,
+        writable: bool,
+        actions: &mut Vec<Action>,
+    ) -> bool {
+        let (requests, more) = self.conns.on_ready(&self.poll, id, readable, writable);
         for (who, request) in requests {
             self.request(who, request, actions);
         }
+        more
     }
 
     /// The one code path for every request, from a signal, `ctl` or the console.
@@ -686,8 +697,8 @@ impl Primary {
 
     fn cleanup(&mut self) {
         let _ = std::fs::remove_file(&self.control_path);
-        if let Some(p) = &self.notify_path {
-            let _ = std::fs::remove_file(p);
+        if let Some(sockets) = &mut self.notify {
+            sockets.remove_all();
         }
         if let Some(p) = &self.config.pidfile {
             let _ = std::fs::remove_file(p);
@@ -720,28 +731,11 @@ fn send_handoff(sock: &OwnedFd, body: &[u8], listeners: &[Listener]) -> io::Resu
 /// Creates the state directory (0700) or checks an existing one, and refuses to start a second
 /// instance with the same name.
 fn prepare_state_dir(dir: &Path, name: &str, other_user: bool) -> Result<(), Fatal> {
-    let fail = |what: String| Fatal::usage(format!("--state-dir {}: {what}", dir.display()));
-    if let Err(e) = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        return Err(fail(format!("unable to create it: {}", lower(&e))));
-    }
-    let meta = std::fs::metadata(dir).map_err(|e| fail(lower(&e)))?;
-    let uid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != uid {
-        return Err(fail(format!(
-            "owned by uid {}, not by us (uid {uid})",
-            meta.uid()
-        )));
-    }
-    // Workers run as another user (--user) must reach notify.sock: let them traverse, not list.
+    // Workers run as another user (--user) must reach their notify socket: let them traverse,
+    // not list.
     let mode = if other_user { 0o711 } else { 0o700 };
-    if meta.mode() & 0o777 != mode {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| fail(lower(&e)))?;
-    }
+    files::prepare_state_dir(dir, mode)
+        .map_err(|e| Fatal::usage(format!("--state-dir {}: {e}", dir.display())))?;
     let control = dir.join("control.sock");
     if std::os::unix::net::UnixStream::connect(&control).is_ok() {
         return Err(Fatal::usage(format!(

@@ -344,3 +344,313 @@ fn peer_of_another_uid_is_refused_and_garbage_closes_only_its_connection() {
         "the primary still answers its own user"
     );
 }
+
+/// One raw control client: connect, hello, `status`; `Ok` once its reply arrived.
+fn raw_status(stream: &mut UnixStream) -> Result<(), String> {
+    use reloadsup_protocol::{encode_frame, FrameReader, Message, Request};
+    use std::io::{Read, Write};
+    let hello = encode_frame(&Message::hello()).map_err(|e| e.to_string())?;
+    let req = encode_frame(&Message::Request {
+        id: 1,
+        request: Request::Status,
+    })
+    .map_err(|e| e.to_string())?;
+    stream
+        .write_all(&[hello, req].concat())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut reader = FrameReader::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(msg) = reader.next_frame::<Message>().map_err(|e| e.to_string())? {
+            if matches!(msg, Message::Reply { id: 1, .. }) {
+                return Ok(());
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Err("closed before the reply".into()),
+            Ok(n) => reader.push(&buf[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// Regression (issue 12, item 8): the primary accepted a fixed batch per wake-up and mio, being
+/// edge-triggered, never said again that more clients were waiting: of a burst larger than the
+/// batch, the rest went unanswered until yet another client came.
+#[test]
+fn burst_of_ctl_clients_is_all_answered_without_a_later_client() {
+    const CLIENTS: usize = 150;
+    let sb = Sandbox::new("burst_of_ctl_clients_is_all_answered");
+    let (sup, _) = start(&sb, Run::hello(&[]).args(standard(1)), 1);
+    let control = sup.control_path();
+    // Stopped, the primary lets the whole burst pile up in the backlog, as one wake-up.
+    proc::kill(sup.pid(), libc::SIGSTOP).expect("SIGSTOP the primary");
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let control = control.clone();
+            let connected = Arc::clone(&connected);
+            thread::spawn(move || {
+                let mut s = UnixStream::connect(&control).map_err(|e| format!("connect: {e}"))?;
+                s.set_read_timeout(Some(DEADLINE))
+                    .map_err(|e| e.to_string())?;
+                connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                raw_status(&mut s)
+            })
+        })
+        .collect();
+    let all_in = std::panic::catch_unwind(|| {
+        wait_for(DEADLINE, "the burst to be connected", || {
+            (connected.load(std::sync::atomic::Ordering::SeqCst) == CLIENTS).then_some(())
+        })
+    });
+    proc::kill(sup.pid(), libc::SIGCONT).expect("SIGCONT the primary");
+    all_in.expect("every client connected to the stopped primary");
+    let failed: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().expect("client thread").err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {CLIENTS} clients got no answer: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+/// `ctl` never hangs on a primary that does not answer: it gives up after `--timeout`.
+#[test]
+fn ctl_gives_up_on_a_stopped_primary() {
+    let sb = Sandbox::new("ctl_gives_up_on_a_stopped_primary");
+    let (sup, _) = start(&sb, Run::hello(&[]).args(standard(1)), 1);
+    proc::kill(sup.pid(), libc::SIGSTOP).expect("SIGSTOP the primary");
+    let out = sup.ctl(&["--timeout", "1s", "status"]);
+    proc::kill(sup.pid(), libc::SIGCONT).expect("SIGCONT the primary");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did not answer in time"), "{}", text(&out));
+    assert!(
+        sup.ctl(&["status"]).status.success(),
+        "answers once resumed"
+    );
+}
+
+/// Regression (issue 12, item 12): each connection was bounded, but not all of them together:
+/// a same-uid client holding half-sent frames on hundreds of connections made the primary
+/// hold gigabytes. Past the global budget the connection that would cross it is closed, and
+/// only it.
+#[test]
+fn control_connections_share_one_buffer_budget() {
+    use reloadsup_protocol::{encode_frame, Message, MAX_FRAME};
+    use std::io::{Read, Write};
+    const HOGS: usize = 48; // of ~1 MiB each, past the 32 MiB budget
+    let sb = Sandbox::new("control_connections_share_one_buffer_budget");
+    let (sup, _) = start(&sb, Run::hello(&[]).args(standard(1)), 1);
+    let rss_before = proc::status_kb(sup.pid(), "VmRSS").unwrap_or(0);
+    let hello = encode_frame(&Message::hello()).expect("hello");
+    // A frame that announces MAX_FRAME bytes and stops one short: the primary must keep it.
+    let mut half = hello.clone();
+    half.extend_from_slice(&(MAX_FRAME as u32).to_le_bytes());
+    half.extend(std::iter::repeat_n(0u8, MAX_FRAME - 1));
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..HOGS {
+        let mut s = UnixStream::connect(sup.control_path()).expect("connect");
+        s.set_write_timeout(Some(DEADLINE)).expect("timeout");
+        match s.write_all(&half) {
+            Ok(()) => open.push(s),
+            Err(_) => refused += 1,
+        }
+    }
+    // The primary reads on its own time: wait until it has closed some, or read them all.
+    wait_for(DEADLINE, "a connection closed for the budget", || {
+        (sup.count_in_log("hold too much") > 0).then_some(())
+    });
+    let rss_peak = proc::status_kb(sup.pid(), "VmRSS").unwrap_or(0);
+    eprintln!("primary VmRSS: {rss_before} kB before, {rss_peak} kB with {HOGS} half frames");
+    // The first connections came in under the budget and are still open.
+    for s in open.iter_mut().take(8) {
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(0) => panic!("a connection under the budget was closed"),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("a connection under the budget failed: {e}"),
+        }
+    }
+    assert!(
+        rss_peak < rss_before + 64 * 1024,
+        "the primary grew from {rss_before} kB to {rss_peak} kB"
+    );
+    eprintln!("{refused} writes refused, {} connections kept", open.len());
+    drop(open);
+    let out = sup.ctl(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Regression (issue 12, item 11): `ctl` talked to whatever served the control socket. One
+/// run by another user (here a real primary as uid 65534) is refused before a request is sent.
+#[test]
+fn ctl_refuses_a_control_socket_served_by_another_uid() {
+    use std::os::unix::process::CommandExt;
+    if !crate::running_as_root("ctl_refuses_a_control_socket_served_by_another_uid") {
+        return;
+    }
+    let sb = Sandbox::new("ctl_refuses_a_control_socket_served_by_another_uid");
+    let home = sb.join("nobody");
+    std::fs::create_dir(&home).expect("mkdir");
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).expect("chown");
+    let state = home.join("state");
+    let mut child = std::process::Command::new(bins::reloadsup())
+        .args([
+            "-l",
+            "tcp://127.0.0.1:0",
+            "--ready",
+            "immediate",
+            "--name",
+            "t",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--", "/bin/sleep", "600"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(sb.join("stderr")).expect("stderr file"))
+        .current_dir(&home)
+        .spawn()
+        .expect("start a primary as uid 65534");
+    let control = state.join("control.sock");
+    wait_for(DEADLINE, "the other user's control socket", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(sb.join("stderr")).unwrap_or_default();
+            panic!("the primary of uid 65534 exited ({status}): {log}");
+        }
+        control.exists().then_some(())
+    });
+    let out = ctl(&control, &["status"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("runs as uid 65534"), "{}", text(&out));
+}
+
+/// Regression (issue 12, item 11): a state directory under a shared sticky directory (like
+/// `/tmp/reloadsup-UID`) was used whoever owned it. Planted by another user, open to others,
+/// or a symlink: start refuses with a usage error naming --state-dir. A symlinked pidfile is
+/// refused too, and its target left alone.
+#[test]
+fn planted_state_dir_or_pidfile_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    if !crate::running_as_root("planted_state_dir_or_pidfile_is_refused") {
+        return;
+    }
+    let sb = Sandbox::new("planted_state_dir_or_pidfile_is_refused");
+    let uid = crate::euid();
+    let refused = |case: &str, prepare: &dyn Fn(&Path), flags: &[&str], expect: &str| {
+        // A /tmp of our own: root's and sticky, open to all.
+        let tmp = sb.join(case);
+        std::fs::create_dir(&tmp).expect("mkdir");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let planted = tmp.join(format!("reloadsup-{uid}"));
+        prepare(&planted);
+        let state = planted.join("t");
+        let out = Run::hello(&[])
+            .bare()
+            .args([
+                "-l",
+                "tcp://127.0.0.1:0",
+                "--ready",
+                "immediate",
+                "--state-dir",
+            ])
+            .arg(&state)
+            .args(flags)
+            .output(&sb, DEADLINE);
+        assert_eq!(out.status.code(), Some(2), "{case}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{case}: {}", text(&out));
+        // (The pidfile is written last, after the sockets are bound.)
+        if flags.is_empty() {
+            assert!(!state.exists(), "{case}: the state dir was made");
+        }
+    };
+    refused(
+        "other-owner",
+        &|p| {
+            std::fs::create_dir(p).expect("mkdir");
+            std::os::unix::fs::chown(p, Some(65534), Some(65534)).expect("chown");
+        },
+        &[],
+        "owned by uid 65534",
+    );
+    refused(
+        "world-writable",
+        &|p| {
+            std::fs::create_dir(p).expect("mkdir");
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        },
+        &[],
+        "writable by others",
+    );
+    let elsewhere = sb.join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    refused(
+        "symlink",
+        &|p| std::os::unix::fs::symlink(&elsewhere, p).expect("symlink"),
+        &[],
+        "is a symlink",
+    );
+    assert!(!elsewhere.join("t").exists(), "the symlink was followed");
+
+    let victim = sb.join("victim");
+    std::fs::write(&victim, "keep").expect("write");
+    let link = sb.join("pid-link");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let link_arg = link.to_string_lossy().into_owned();
+    refused(
+        "pidfile",
+        &|p| std::fs::create_dir(p).expect("mkdir"),
+        &["--pidfile", &link_arg],
+        "--pidfile",
+    );
+    assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep");
+}
+
+/// Regression (issue 12, item 12): a worker's `STATUS=` text reached `ctl status` (and the
+/// console) raw, escape sequences and all.
+#[test]
+fn status_text_is_shown_without_control_characters() {
+    let test = "status_text_is_shown_without_control_characters";
+    let Some(py) = reloadsup_integration_tests::python3().or_else(|| crate::tool(test, "python3"))
+    else {
+        return;
+    };
+    let sb = Sandbox::new(test);
+    let script = sb.write_script(
+        "server",
+        &format!(
+            "#!/bin/sh\nexec {} -c 'import os,socket,time; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\\nSTATUS=\\x1b[2J\\x1b]0;owned\\x07red\\rfake\\x7f\\xc2\\x9bend\", os.environ[\"NOTIFY_SOCKET\"]); time.sleep(600)'\n",
+            shell_quote(&py.to_string_lossy())
+        ),
+    );
+    let (sup, _) = start(&sb, Run::new([&script]).args(standard(1)), 1);
+    let status = wait_status(&sup, "the worker's status text", |s| {
+        s["workers"][0]["status"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    });
+    assert_eq!(
+        status["workers"][0]["status"], "?[2J?]0;owned?red?fake??end",
+        "{status:#}"
+    );
+    let table = sup.ctl(&["status"]);
+    let out = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        !out.chars().any(|c| c.is_control() && c != '\n'),
+        "control characters in: {out:?}"
+    );
+}

@@ -585,3 +585,191 @@ fn closed_standard_fds_are_opened_on_dev_null() {
     assert_eq!(report["fds"].as_array().map(Vec::len), Some(4), "{report}");
     assert!(status.success(), "{status}");
 }
+
+/// Regression (issue 12, item 10): `READY=1` from a helper that exited before the primary read
+/// it (`systemd-notify`'s way) was dropped, since its pid no longer led to a worker, and the
+/// reload rolled back. The worker freezes the primary while its helper sends and exits, so the
+/// datagram is always read after the sender is gone.
+#[test]
+fn ready_from_a_helper_that_already_exited_counts() {
+    let test = "ready_from_a_helper_that_already_exited_counts";
+    let sb = Sandbox::new(test);
+    // python3 rather than systemd-notify, which, run as root, puts its parent's pid in the
+    // credentials and so never shows the bug.
+    let helper = match python3() {
+        Some(py) => format!(
+            "{} -c 'import os,socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"])'",
+            reloadsup_integration_tests::shell_quote(&py.to_string_lossy())
+        ),
+        None => match crate::tool(test, "systemd-notify") {
+            Some(path) => format!(
+                "{} --ready",
+                reloadsup_integration_tests::shell_quote(&path.to_string_lossy())
+            ),
+            None => return,
+        },
+    };
+    // $PPID is the primary: the worker role it forked exec'd this script in place.
+    let script = sb.write_script(
+        "server",
+        &format!("#!/bin/sh\nkill -STOP $PPID\n{helper}\nkill -CONT $PPID\nexec sleep 600\n"),
+    );
+    let mut sup = Run::new([&script])
+        .args(["--ready", "notify", "--ready-timeout", "10s"])
+        .start(&sb);
+    sup.wait_ready(1, 1);
+    sup.reload(2)
+        .expect("the reload is ready through the helper");
+    // The old worker's socket went with it: one socket per live worker, none left over.
+    let state = sup.state_dir().to_path_buf();
+    reloadsup_integration_tests::wait_until(DEADLINE, "one notify socket in the state dir", || {
+        notify_sockets(&state) == 1
+    });
+}
+
+/// How many per-worker notify sockets the state directory holds.
+fn notify_sockets(state: &std::path::Path) -> usize {
+    std::fs::read_dir(state)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("n-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Regression (issue 12, item 10): any process in a worker's process group could make it
+/// ready. Worker 0 of a new generation tries both ways to make worker 1 (which never says
+/// READY=1) look ready: sending to worker 1's socket itself, and from a child that joined
+/// worker 1's process group. Neither counts: the reload is rolled back on its ready timeout.
+#[test]
+fn a_worker_cannot_make_another_one_ready() {
+    let test = "a_worker_cannot_make_another_one_ready";
+    let Some(py) = python3().or_else(|| crate::tool(test, "python3")) else {
+        return;
+    };
+    let sb = Sandbox::new(test);
+    let attack = sb.write(
+        "attack.py",
+        r#"import os, socket, sys, time
+def send(path, msg):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(msg, path)
+    s.close()
+own = os.environ["NOTIFY_SOCKET"]
+send(own, b"READY=1")
+deadline = time.time() + 20
+while not os.path.exists("victim") and time.time() < deadline:
+    time.sleep(0.01)
+pid, path = open("victim").read().split()
+# Straight to the victim's socket, from a live process of this worker's group.
+send(path, b"READY=1\nSTATUS=forged")
+# From a child in the victim's process group, on this worker's own socket. The child stays
+# alive (it is killed with the victim's group), so a pid lookup would find it.
+if os.fork() == 0:
+    os.setpgid(0, int(pid))
+    send(own, b"READY=1")
+    open("sent.tmp", "w").write("sent")
+    os.rename("sent.tmp", "sent")
+    time.sleep(600)
+    os._exit(0)
+time.sleep(600)
+"#,
+    );
+    let hello = bins::example("hello");
+    let script = sb.write_script(
+        "server",
+        &format!(
+            "#!/bin/sh\n\
+             [ -e evil ] || exec {hello} \"$@\"\n\
+             if [ \"$RELOADSUP_WORKER\" = 1 ]; then\n\
+               echo \"$$ $NOTIFY_SOCKET\" > victim.tmp && mv victim.tmp victim\n\
+               exec sleep 600\n\
+             fi\n\
+             exec {py} {attack}\n",
+            hello = reloadsup_integration_tests::shell_quote(&hello.to_string_lossy()),
+            py = reloadsup_integration_tests::shell_quote(&py.to_string_lossy()),
+            attack = reloadsup_integration_tests::shell_quote(&attack.to_string_lossy()),
+        ),
+    );
+    let (mut sup, _) = start(
+        &sb,
+        Run::new([&script]).args(["-n", "2", "--ready", "notify", "--ready-timeout", "4s"]),
+        2,
+    );
+    sb.write("evil", "");
+    let reason = match sup.reload(2) {
+        Ok(()) => panic!("worker 1 was made ready by worker 0"),
+        Err(reason) => reason,
+    };
+    assert!(sb.join("sent").exists(), "the attack did not run: {reason}");
+    assert!(reason.contains("worker 1"), "{reason}");
+    assert!(reason.contains("not ready within"), "{reason}");
+}
+
+/// Notify sockets are unreachable by other users: with `--user nobody`, nobody (the worker's
+/// user) can send to the worker's socket and make it ready, and another uid cannot.
+#[test]
+fn notify_socket_refuses_other_users() {
+    use std::os::unix::process::CommandExt;
+    let test = "notify_socket_refuses_other_users";
+    if !crate::running_as_root(test) {
+        return;
+    }
+    // A python3 every user can run (a pyenv shim under /root is not one).
+    let Some(py) = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .or_else(|| crate::tool(test, "python3"))
+    else {
+        return;
+    };
+    let sb = Sandbox::new(test);
+    let mut sup = Run::new(["/bin/sleep", "600"])
+        .args([
+            "--ready",
+            "notify",
+            "--ready-timeout",
+            "60s",
+            "--user",
+            "nobody",
+        ])
+        .start(&sb);
+    let worker = sup.wait_workers(1)[0];
+    let path = wait_for_env(worker, "NOTIFY_SOCKET");
+    let send = |uid: u32| {
+        std::process::Command::new(&py)
+            .args([
+                "-c",
+                "import socket,sys; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', sys.argv[1])",
+            ])
+            .arg(&path)
+            .uid(uid)
+            .gid(uid)
+            .current_dir("/")
+            .output()
+            .expect("run python3")
+    };
+    let other = send(1);
+    assert!(!other.status.success(), "uid 1 could send to {path}");
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("PermissionError"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let own = send(65534);
+    assert!(
+        own.status.success(),
+        "the worker's user could not send: {}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    sup.wait_ready(1, 1);
+}
+
+/// An environment variable of a process, once its exec has set it.
+fn wait_for_env(pid: u32, key: &str) -> String {
+    reloadsup_integration_tests::wait_for(DEADLINE, &format!("{key} in pid {pid}"), || {
+        proc::environ_of(pid).get(key).cloned()
+    })
+}

@@ -239,11 +239,12 @@ fn workers_run_as_another_user() {
         return;
     }
     let sb = Sandbox::new("workers_run_as_another_user");
-    // The probe must be reachable by the other user: the sandbox is under /tmp.
+    // The probe must be reachable by the other user: the sandbox is under /tmp. Sticky, like
+    // /tmp, or the primary refuses a state dir inside it (anyone could replace it).
     let out = sb.join("probe.json");
     let _ = std::fs::set_permissions(
         sb.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     );
     let (sup, _) = start(
         &sb,
