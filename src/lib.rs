@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod config;
+pub mod error;
 pub mod primary;
 pub mod roles;
 pub mod shell;

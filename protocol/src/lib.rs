@@ -370,6 +370,41 @@ pub struct FdBatch {
     pub count: u32,
 }
 
+/// Sent back by a worker role on its hand-off socket when it cannot run the command, right
+/// before it exits; a role that execs the command sends nothing (the socket is close-on-exec,
+/// so the primary reads end-of-file instead). Bare postcard, no fds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupFailure {
+    pub stage: SetupStage,
+    /// The errno of the call that failed; 0 when there is none (then `detail` says why).
+    pub errno: i32,
+    /// Text for a failure without an errno (a malformed spec); empty otherwise.
+    pub detail: String,
+}
+
+/// Which step of the worker role's setup failed. Append-only, like every wire enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetupStage {
+    /// The spec or the listener fds did not arrive intact.
+    Handoff,
+    /// The spec is of another protocol version than the role's.
+    Protocol { ours: u32, theirs: u32 },
+    /// `PR_SET_PDEATHSIG` or the parent check.
+    ParentDeath,
+    /// `setgroups` to the one group `gid`.
+    Groups { gid: u32 },
+    /// `setgid`.
+    Group { gid: u32 },
+    /// `setuid`.
+    User { uid: u32 },
+    /// Placing the listeners at fd 3...
+    Fds,
+    /// Leaving the batch scheduling class a spare waits in.
+    Scheduling,
+    /// `execvp` of the command.
+    Exec,
+}
+
 /// Everything the shell worker needs, sent once over its link with the admin listener fd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShellSpec {

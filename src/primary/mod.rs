@@ -13,7 +13,7 @@ pub mod listeners;
 pub mod shell_link;
 pub mod state;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -30,6 +30,7 @@ use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{lower, Config, ReadyMode};
+use crate::error::SetupError;
 use crate::sys;
 use control::{ConnId, Connections};
 use listeners::Listener;
@@ -87,6 +88,9 @@ pub struct Primary {
     /// When to top the spares up again: a little after they were used, so that starting them
     /// does not compete with the reload that used them.
     refill_at: Option<Instant>,
+    /// The hand-off link of each worker role that may not have exec'd yet, by pid: a role that
+    /// cannot run the command says why on it before it exits; see [`Primary::setup_failure`].
+    links: HashMap<u32, OwnedFd>,
 }
 
 /// A worker role that is running and waiting for its [`WorkerSpec`].
@@ -226,6 +230,7 @@ impl Primary {
             shell,
             spares: Vec::new(),
             refill_at: None,
+            links: HashMap::new(),
         })
     }
 
@@ -323,6 +328,8 @@ impl Primary {
                     }
                 }
                 Action::ReloadDone { waiters, outcome } => {
+                    // Once per reload, a moment when most roles have exec'd.
+                    self.forget_execd_links();
                     let mut replace_shell = false;
                     for who in waiters {
                         self.conns
@@ -388,6 +395,7 @@ impl Primary {
                         "worker {slot} of generation {generation} runs in spare pid {}",
                         spare.pid
                     );
+                    self.links.insert(spare.pid, spare.link);
                     return Ok(spare.pid);
                 }
                 Err(e) => {
@@ -403,6 +411,7 @@ impl Primary {
             return Err(e);
         }
         log::debug!("spawned worker {slot} of generation {generation} as pid {pid}");
+        self.links.insert(pid, link);
         Ok(pid)
     }
 
@@ -495,9 +504,10 @@ impl Primary {
                         shell.exited(&self.poll, &mut self.conns, Instant::now(), status);
                         continue;
                     }
-                    let exit = match status {
-                        sys::ExitStatus::Exited(c) => Exit::Code(c),
-                        sys::ExitStatus::Signaled(s) => Exit::Signal(s),
+                    let exit = match (self.setup_failure(pid), status) {
+                        (Some(reason), _) => Exit::Setup(reason),
+                        (None, sys::ExitStatus::Exited(c)) => Exit::Code(c),
+                        (None, sys::ExitStatus::Signaled(s)) => Exit::Signal(s),
                     };
                     actions.extend(
                         self.state
@@ -511,6 +521,27 @@ impl Primary {
                 }
             }
         }
+    }
+
+    /// What a reaped worker role said about its setup failure, if it said anything: the
+    /// message waits in the link's buffer, so reading it never blocks. Forgets the link.
+    fn setup_failure(&mut self, pid: u32) -> Option<String> {
+        let link = self.links.remove(&pid)?;
+        let mut buf = [0u8; 1024];
+        let n = sys::recv_nowait(link.as_fd(), &mut buf).ok()?;
+        let failure: proto::SetupFailure = proto::decode(&buf[..n]).ok()?;
+        let program = self
+            .argv
+            .first()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Some(SetupError::from_wire(&failure, &program).to_string())
+    }
+
+    /// Closes the links of worker roles that exec'd their command (end-of-file on the link),
+    /// so that the primary holds a link only while a worker may still report a failure.
+    fn forget_execd_links(&mut self) {
+        self.links.retain(|_, link| !sys::at_eof(link.as_fd()));
     }
 
     fn on_notify(&mut self, actions: &mut Vec<Action>) {
