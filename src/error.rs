@@ -33,6 +33,464 @@ pub fn lower(e: &io::Error) -> String {
     }
 }
 
+/// Whatever ends a run of the executable with an error, by layer. [`Error::exit_code`] is the
+/// one place that turns an error into an exit status; `main_with` prints it.
+#[derive(Debug)]
+pub enum Error {
+    /// clap's own: a usage error, or `--help`/`--version` (which clap prints and which exit 0).
+    Cli(clap::Error),
+    /// The run mode's command line or config file.
+    Config(ConfigError),
+    /// The primary could not start, or had to stop.
+    Fatal(Fatal),
+    /// `reloadsup ctl` could not get an answer, or got an error for one.
+    Ctl(CtlError),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Cli(e) if e.use_stderr() => EXIT_USAGE,
+            Error::Cli(_) => EXIT_OK,
+            Error::Config(_) => EXIT_USAGE,
+            Error::Fatal(e) => e.exit_code(),
+            Error::Ctl(_) => EXIT_FAILURE,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Cli(e) => e.fmt(f),
+            Error::Config(e) => e.fmt(f),
+            Error::Fatal(e) => e.fmt(f),
+            Error::Ctl(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Cli(e) => Some(e),
+            Error::Config(e) => Some(e),
+            Error::Fatal(e) => Some(e),
+            Error::Ctl(e) => Some(e),
+        }
+    }
+}
+
+impl From<clap::Error> for Error {
+    fn from(e: clap::Error) -> Error {
+        Error::Cli(e)
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Error {
+        Error::Config(e)
+    }
+}
+
+impl From<Fatal> for Error {
+    fn from(e: Fatal) -> Error {
+        Error::Fatal(e)
+    }
+}
+
+impl From<CtlError> for Error {
+    fn from(e: CtlError) -> Error {
+        Error::Ctl(e)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `reloadsup ctl`
+// ---------------------------------------------------------------------------------------------
+
+/// Why `reloadsup ctl` got no answer. Exit 1, like a failed request.
+#[derive(Debug)]
+pub enum CtlError {
+    /// Nothing answers on the control socket.
+    NoInstance {
+        path: String,
+        source: io::Error,
+    },
+    /// No `--name` or `--control`, and no instance in the default place.
+    NoneFound {
+        base: String,
+    },
+    /// No `--name` or `--control`, and several instances in the default place.
+    SeveralFound {
+        base: String,
+        found: Vec<String>,
+    },
+    Send(io::Error),
+    Lost(io::Error),
+    Closed,
+    /// The primary's frames did not decode, or its hello was not ours.
+    Protocol(reloadsup_protocol::Error),
+    /// The primary answered with an error.
+    Refused(String),
+    /// The primary answered with a reply that does not fit the request.
+    UnexpectedReply(String),
+}
+
+impl fmt::Display for CtlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const NAME_ONE: &str = "name one with --name NAME or --control PATH";
+        match self {
+            CtlError::NoInstance { path, source } => write!(
+                f,
+                "no reloadsup instance answers at {path} ({}); name another with --name NAME or --control PATH",
+                lower(source)
+            ),
+            CtlError::NoneFound { base } => {
+                write!(f, "no reloadsup instance found under {base}; {NAME_ONE}")
+            }
+            CtlError::SeveralFound { base, found } => write!(
+                f,
+                "several instances run under {base}: {NAME_ONE} ({})",
+                found.join(", ")
+            ),
+            CtlError::Send(e) => write!(f, "unable to send to the primary: {}", lower(e)),
+            CtlError::Lost(e) => write!(f, "lost the primary: {}", lower(e)),
+            CtlError::Closed => f.write_str("the primary closed the connection"),
+            CtlError::Protocol(e) => e.fmt(f),
+            CtlError::Refused(text) => f.write_str(text),
+            CtlError::UnexpectedReply(what) => write!(f, "unexpected reply: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for CtlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CtlError::NoInstance { source, .. } => Some(source),
+            CtlError::Send(e) | CtlError::Lost(e) => Some(e),
+            CtlError::Protocol(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command line and the config file
+// ---------------------------------------------------------------------------------------------
+
+/// Where a bad value came from; a message always names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag, by its long name without the dashes.
+    Flag(&'static str),
+    /// A key of the config file.
+    Key(&'static str),
+    /// The command after `--`.
+    Command,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "--{flag}"),
+            Origin::Key(key) => write!(f, "config key '{key}'"),
+            Origin::Command => f.write_str("COMMAND"),
+        }
+    }
+}
+
+/// What is wrong with one value, whatever flag or key it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueError {
+    NotTcpAddress(String),
+    EmptyUnixPath(String),
+    UnixPathTooLong {
+        path: String,
+        len: usize,
+    },
+    NotAddress(String),
+    NotListenerName(String),
+    NameTwice(String),
+    AddressTwice(String),
+    NotDuration(String),
+    DurationUnit {
+        value: String,
+        unit: String,
+    },
+    DurationRange(String),
+    NotSignalNumber(String),
+    NotSignalName(String),
+    NotReadyMode(String),
+    NotRestartPolicy(String),
+    NoUser(String),
+    NoGroup(String),
+    NotPositive,
+    OverLimit {
+        value: u32,
+        limit: u32,
+    },
+    NotKeyValue(String),
+    NotDirectoryName(String),
+    NotAdminAddress(String),
+    /// The command's file: `stat` failed.
+    Unreadable {
+        path: String,
+        reason: String,
+    },
+    IsDirectory(String),
+    NotExecutable(String),
+    NotInPath(String),
+    /// `{fd}` with no `--listen`.
+    FdWithoutListener,
+    /// `{fd:NAME}` naming no listener; `names` lists the listeners.
+    NoSuchListener {
+        name: String,
+        names: String,
+    },
+}
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueError::NotTcpAddress(s) => write!(f, "'{s}' is not a tcp address: expected tcp://HOST:PORT with an IP host, like tcp://127.0.0.1:8080 or tcp://[::1]:8080"),
+            ValueError::EmptyUnixPath(s) => write!(f, "'{s}' has an empty unix socket path"),
+            ValueError::UnixPathTooLong { path, len } => write!(f, "unix socket path '{path}' is {len} bytes long, the limit is 107"),
+            ValueError::NotAddress(s) => write!(f, "'{s}' is not an address: expected tcp://HOST:PORT or unix:PATH"),
+            ValueError::NotListenerName(name) => write!(f, "'{name}' is not a listener name: use letters, digits and punctuation other than ':'"),
+            ValueError::NameTwice(name) => write!(f, "the name '{name}' is used twice"),
+            ValueError::AddressTwice(address) => write!(f, "{address} is given twice"),
+            ValueError::NotDuration(s) => write!(f, "'{s}' is not a duration: expected a number and a unit, like 250ms, 2s or 1m"),
+            ValueError::DurationUnit { value, unit } => write!(f, "'{value}' has an unknown unit '{unit}': use ms, s, m or h"),
+            ValueError::DurationRange(s) => write!(f, "'{s}' is out of range"),
+            ValueError::NotSignalNumber(s) => write!(f, "'{s}' is not a signal number"),
+            ValueError::NotSignalName(s) => write!(f, "'{s}' is not a signal name: use TERM, INT, QUIT, USR1, ..."),
+            ValueError::NotReadyMode(s) => write!(f, "'{s}' is not a readiness mode: use notify, delay:DURATION or immediate"),
+            ValueError::NotRestartPolicy(s) => write!(f, "'{s}' is not a restart policy: use on-failure, always or never"),
+            ValueError::NoUser(s) => write!(f, "no such user '{s}'"),
+            ValueError::NoGroup(s) => write!(f, "no such group '{s}'"),
+            ValueError::NotPositive => f.write_str("must be at least 1"),
+            ValueError::OverLimit { value, limit } => write!(f, "{value} is more than the limit of {limit}"),
+            ValueError::NotKeyValue(s) => write!(f, "'{s}' is not KEY=VALUE"),
+            ValueError::NotDirectoryName(s) => write!(f, "'{s}' is not usable as a directory name"),
+            ValueError::NotAdminAddress(s) => write!(f, "'{s}' is not HOST:PORT with an IP host, like 127.0.0.1:9443"),
+            ValueError::Unreadable { path, reason } => write!(f, "{path}: {reason}"),
+            ValueError::IsDirectory(path) => write!(f, "{path} is a directory"),
+            ValueError::NotExecutable(path) => write!(f, "{path} is not executable"),
+            ValueError::NotInPath(name) => write!(f, "'{name}' was not found in PATH"),
+            ValueError::FdWithoutListener => f.write_str("'{fd}' is used but there is no --listen"),
+            ValueError::NoSuchListener { name, names } => write!(f, "'{{fd:{name}}}' names no listener; the listeners are: {names}"),
+        }
+    }
+}
+
+impl std::error::Error for ValueError {}
+
+/// A bad command line or config file: exit 2. Each message names the flag or key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A value that is wrong in itself or next to the others.
+    Value {
+        origin: Origin,
+        error: ValueError,
+    },
+    /// `--config` names a file that cannot be read; `reason` is the io error's message.
+    ReadFile {
+        path: String,
+        reason: String,
+    },
+    /// The config file is not valid TOML of our keys.
+    ParseFile {
+        path: String,
+        message: String,
+        line: Option<usize>,
+    },
+    NoCommand,
+    NeedsPasswordHash,
+    /// The password hash does not parse; the message never repeats the hash.
+    PasswordHash(crate::password::HashError),
+    CertWithoutKey,
+    /// `[commands.NAME]` with an empty `run`.
+    EmptyCustomCommand(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Value { origin, error } => write!(f, "{origin}: {error}"),
+            ConfigError::ReadFile { path, reason } => {
+                write!(f, "--config: unable to read {path}: {reason}")
+            }
+            ConfigError::ParseFile {
+                path,
+                message,
+                line,
+            } => {
+                write!(f, "--config {path}: {message}")?;
+                match line {
+                    Some(line) => write!(f, " (line {line})"),
+                    None => Ok(()),
+                }
+            }
+            ConfigError::NoCommand => f.write_str("no COMMAND given: put the server to run after '--', like: reloadsup -l tcp://127.0.0.1:8080 -- ./myserver"),
+            ConfigError::NeedsPasswordHash => f.write_str("--admin needs --admin-password-hash (or RELOADSUP_ADMIN_PASSWORD_HASH): make one with 'reloadsup hash-password'"),
+            ConfigError::PasswordHash(e) => write!(f, "--admin-password-hash: {e}; make one with 'reloadsup hash-password'"),
+            ConfigError::CertWithoutKey => f.write_str("--admin-cert and --admin-key go together"),
+            ConfigError::EmptyCustomCommand(name) => write!(f, "config key 'commands.{name}.run' is empty"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Value { error, .. } => Some(error),
+            ConfigError::PasswordHash(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The primary
+// ---------------------------------------------------------------------------------------------
+
+/// A listener that could not be bound. `flag` is how the user asked for it: `--listen NAME`
+/// for a worker listener, `--admin` for the console's.
+#[derive(Debug)]
+pub struct BindError {
+    pub flag: String,
+    pub address: String,
+    pub source: io::Error,
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: unable to bind {}: {}",
+            self.flag,
+            self.address,
+            lower(&self.source)
+        )
+    }
+}
+
+impl std::error::Error for BindError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Why the primary could not start, or had to stop: it logs the message and exits. The
+/// variants the user can fix with a flag exit 2, the others 1; see [`Fatal::exit_code`].
+#[derive(Debug)]
+pub enum Fatal {
+    /// A listener (or the console's) cannot be bound: in use, not permitted, bad path.
+    Bind(BindError),
+    /// `--state-dir` cannot be created or used; `problem` says why.
+    StateDir {
+        dir: String,
+        problem: StateDirProblem,
+    },
+    /// Another instance with the same name answers on the control socket.
+    AlreadyRunning { name: String, control: String },
+    /// `--pidfile` cannot be written.
+    Pidfile { path: String, source: io::Error },
+    /// `--admin-cert`/`--admin-key` cannot be loaded, or no identity can be made.
+    AdminIdentity(String),
+    /// The notify or the control socket cannot be bound.
+    Socket {
+        what: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    /// A system facility the primary needs failed: `what` is the step, like "create the
+    /// poll" or "install signal handlers".
+    System {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+/// What is wrong with the state directory.
+#[derive(Debug)]
+pub enum StateDirProblem {
+    Create(io::Error),
+    Inspect(io::Error),
+    Owner { owner: u32, us: u32 },
+    Mode(io::Error),
+}
+
+impl Fatal {
+    /// Exit codes, DESIGN.md section 3: 2 for what the user asked and can fix by a flag.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Fatal::Bind(_)
+            | Fatal::StateDir { .. }
+            | Fatal::AlreadyRunning { .. }
+            | Fatal::Pidfile { .. }
+            | Fatal::AdminIdentity(_) => EXIT_USAGE,
+            Fatal::Socket { .. } | Fatal::System { .. } => EXIT_FAILURE,
+        }
+    }
+
+    /// A failure of a system call the primary needs, at `what`.
+    pub fn system(what: &'static str) -> impl FnOnce(io::Error) -> Fatal {
+        move |source| Fatal::System { what, source }
+    }
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fatal::Bind(e) => e.fmt(f),
+            Fatal::StateDir { dir, problem } => {
+                write!(f, "--state-dir {dir}: ")?;
+                match problem {
+                    StateDirProblem::Create(e) => write!(f, "unable to create it: {}", lower(e)),
+                    StateDirProblem::Inspect(e) | StateDirProblem::Mode(e) => {
+                        f.write_str(&lower(e))
+                    }
+                    StateDirProblem::Owner { owner, us } => {
+                        write!(f, "owned by uid {owner}, not by us (uid {us})")
+                    }
+                }
+            }
+            Fatal::AlreadyRunning { name, control } => write!(
+                f,
+                "another reloadsup named '{name}' is running (control socket {control}); give this one another --name or --state-dir"
+            ),
+            Fatal::Pidfile { path, source } => {
+                write!(f, "--pidfile: unable to write {path}: {}", lower(source))
+            }
+            Fatal::AdminIdentity(e) => write!(f, "--admin-cert/--admin-key: {e}"),
+            Fatal::Socket { what, path, source } => {
+                write!(f, "unable to bind the {what} socket {path}: {}", lower(source))
+            }
+            Fatal::System { what, source } => write!(f, "unable to {what}: {}", lower(source)),
+        }
+    }
+}
+
+impl std::error::Error for Fatal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Fatal::Bind(e) => Some(e),
+            Fatal::StateDir { problem, .. } => match problem {
+                StateDirProblem::Create(e)
+                | StateDirProblem::Inspect(e)
+                | StateDirProblem::Mode(e) => Some(e),
+                StateDirProblem::Owner { .. } => None,
+            },
+            Fatal::Pidfile { source, .. }
+            | Fatal::Socket { source, .. }
+            | Fatal::System { source, .. } => Some(source),
+            Fatal::AlreadyRunning { .. } | Fatal::AdminIdentity(_) => None,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The worker role's setup
 // ---------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{lower, Config, ReadyMode};
-use crate::error::SetupError;
+use crate::error::{BindError, Fatal, SetupError, StateDirProblem};
 use crate::sys;
 use control::{ConnId, Connections};
 use listeners::Listener;
@@ -44,28 +44,6 @@ pub(crate) const FIRST_CONN: usize = 16;
 
 /// Requests that come from signals rather than a connection.
 pub(crate) const FROM_SIGNAL: Requester = 0;
-
-/// A fatal error at start: the message is for the user; the code is the exit status.
-#[derive(Debug)]
-pub struct Fatal {
-    pub code: u8,
-    pub message: String,
-}
-
-impl Fatal {
-    fn usage(message: impl Into<String>) -> Fatal {
-        Fatal {
-            code: 2,
-            message: message.into(),
-        }
-    }
-    fn other(message: impl Into<String>) -> Fatal {
-        Fatal {
-            code: 1,
-            message: message.into(),
-        }
-    }
-}
 
 pub struct Primary {
     config: Config,
@@ -110,50 +88,43 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
 
 impl Primary {
     fn start(config: Config) -> Result<Primary, Fatal> {
-        sys::ensure_std_fds()
-            .map_err(|e| Fatal::other(format!("unable to open /dev/null: {}", lower(&e))))?;
+        sys::ensure_std_fds().map_err(Fatal::system("open /dev/null"))?;
         let pid = std::process::id();
         prepare_state_dir(&config.state_dir, &config.name, config.uid.is_some())?;
 
-        let listeners = listeners::bind_all(&config.listeners, config.backlog)
-            .map_err(|e| Fatal::usage(e.0))?;
+        let listeners =
+            listeners::bind_all(&config.listeners, config.backlog).map_err(Fatal::Bind)?;
         for l in &listeners {
             log::info!("listener {} bound to {}", l.name, l.bound);
         }
 
-        let poll = Poll::new()
-            .map_err(|e| Fatal::other(format!("unable to create the poll: {}", lower(&e))))?;
+        let poll = Poll::new().map_err(Fatal::system("create the poll"))?;
         let mut signals = Signals::new([
             SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2,
         ])
-        .map_err(|e| Fatal::other(format!("unable to install signal handlers: {}", lower(&e))))?;
+        .map_err(Fatal::system("install signal handlers"))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
-            .map_err(|e| Fatal::other(format!("unable to poll signals: {}", lower(&e))))?;
+            .map_err(Fatal::system("poll signals"))?;
 
         let (notify, notify_path) = if config.ready == ReadyMode::Notify {
             let path = config.state_dir.join("notify.sock");
             let _ = std::fs::remove_file(&path);
-            let mut sock = UnixDatagram::bind(&path).map_err(|e| {
-                Fatal::other(format!(
-                    "unable to bind the notify socket {}: {}",
-                    path.display(),
-                    lower(&e)
-                ))
+            let mut sock = UnixDatagram::bind(&path).map_err(|source| Fatal::Socket {
+                what: "notify",
+                path: path.display().to_string(),
+                source,
             })?;
             nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)
-                .map_err(|e| {
-                    Fatal::other(format!(
-                        "unable to enable SO_PASSCRED on the notify socket: {e}"
-                    ))
+                .map_err(|e| Fatal::System {
+                    what: "enable SO_PASSCRED on the notify socket",
+                    source: io::Error::from_raw_os_error(e as i32),
                 })?;
             // Workers may run as another user (--user): they must be able to write to it.
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
             poll.registry()
                 .register(&mut sock, NOTIFY, Interest::READABLE)
-                .map_err(|e| {
-                    Fatal::other(format!("unable to poll the notify socket: {}", lower(&e)))
-                })?;
+                .map_err(Fatal::system("poll the notify socket"))?;
             (Some(sock), Some(path))
         } else {
             (None, None)
@@ -161,18 +132,14 @@ impl Primary {
 
         let control_path = config.state_dir.join("control.sock");
         let _ = std::fs::remove_file(&control_path);
-        let mut control = UnixListener::bind(&control_path).map_err(|e| {
-            Fatal::other(format!(
-                "unable to bind the control socket {}: {}",
-                control_path.display(),
-                lower(&e)
-            ))
+        let mut control = UnixListener::bind(&control_path).map_err(|source| Fatal::Socket {
+            what: "control",
+            path: control_path.display().to_string(),
+            source,
         })?;
         poll.registry()
             .register(&mut control, CONTROL, Interest::READABLE)
-            .map_err(|e| {
-                Fatal::other(format!("unable to poll the control socket: {}", lower(&e)))
-            })?;
+            .map_err(Fatal::system("poll the control socket"))?;
 
         let shell = match &config.admin {
             Some(admin) => Some(admin_console(&config, admin, &control_path)?),
@@ -180,12 +147,9 @@ impl Primary {
         };
 
         if let Some(pidfile) = &config.pidfile {
-            std::fs::write(pidfile, format!("{pid}\n")).map_err(|e| {
-                Fatal::usage(format!(
-                    "--pidfile: unable to write {}: {}",
-                    pidfile.display(),
-                    lower(&e)
-                ))
+            std::fs::write(pidfile, format!("{pid}\n")).map_err(|source| Fatal::Pidfile {
+                path: pidfile.display().to_string(),
+                source,
             })?;
         }
 
@@ -257,7 +221,10 @@ impl Primary {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(Fatal::other(format!("poll failed: {}", lower(&e))));
+                return Err(Fatal::System {
+                    what: "poll",
+                    source: e,
+                });
             }
             let mut actions = Vec::new();
             for event in events.iter() {
@@ -728,34 +695,37 @@ fn send_handoff(sock: &OwnedFd, body: &[u8], listeners: &[Listener]) -> io::Resu
 /// Creates the state directory (0700) or checks an existing one, and refuses to start a second
 /// instance with the same name.
 fn prepare_state_dir(dir: &Path, name: &str, other_user: bool) -> Result<(), Fatal> {
-    let fail = |what: String| Fatal::usage(format!("--state-dir {}: {what}", dir.display()));
+    let fail = |problem| Fatal::StateDir {
+        dir: dir.display().to_string(),
+        problem,
+    };
     if let Err(e) = std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
     {
-        return Err(fail(format!("unable to create it: {}", lower(&e))));
+        return Err(fail(StateDirProblem::Create(e)));
     }
-    let meta = std::fs::metadata(dir).map_err(|e| fail(lower(&e)))?;
+    let meta = std::fs::metadata(dir).map_err(|e| fail(StateDirProblem::Inspect(e)))?;
     let uid = nix::unistd::geteuid().as_raw();
     if meta.uid() != uid {
-        return Err(fail(format!(
-            "owned by uid {}, not by us (uid {uid})",
-            meta.uid()
-        )));
+        return Err(fail(StateDirProblem::Owner {
+            owner: meta.uid(),
+            us: uid,
+        }));
     }
     // Workers run as another user (--user) must reach notify.sock: let them traverse, not list.
     let mode = if other_user { 0o711 } else { 0o700 };
     if meta.mode() & 0o777 != mode {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| fail(lower(&e)))?;
+            .map_err(|e| fail(StateDirProblem::Mode(e)))?;
     }
     let control = dir.join("control.sock");
     if std::os::unix::net::UnixStream::connect(&control).is_ok() {
-        return Err(Fatal::usage(format!(
-            "another reloadsup named '{name}' is running (control socket {}); give this one another --name or --state-dir",
-            control.display()
-        )));
+        return Err(Fatal::AlreadyRunning {
+            name: name.to_string(),
+            control: control.display().to_string(),
+        });
     }
     Ok(())
 }
@@ -769,15 +739,19 @@ fn admin_console(
         name: "admin".into(),
         address: crate::config::Address::Tcp(admin.address),
     };
-    let mut bound = listeners::bind_all(std::slice::from_ref(&spec), 128)
-        .map_err(|e| Fatal::usage(e.0.replace("--listen admin", "--admin")))?;
+    let mut bound = listeners::bind_all(std::slice::from_ref(&spec), 128).map_err(|e| {
+        Fatal::Bind(BindError {
+            flag: "--admin".into(),
+            ..e
+        })
+    })?;
     let listener = bound.remove(0);
     let identity = crate::shell::load_or_create_identity(
         &config.state_dir,
         admin.cert.as_deref(),
         admin.key.as_deref(),
     )
-    .map_err(|e| Fatal::usage(format!("--admin-cert/--admin-key: {e}")))?;
+    .map_err(|e| Fatal::AdminIdentity(e.to_string()))?;
     log::info!(
         "admin console on {} (TLS certificate SHA-256 fingerprint {})",
         listener.bound.trim_start_matches("tcp://"),
