@@ -644,6 +644,72 @@ mod tests {
     use super::*;
 
     #[test]
+    fn exit_codes_follow_the_design() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Args {
+            #[arg(long)]
+            flag: bool,
+        }
+        let usage = Args::try_parse_from(["x", "--nope"]).unwrap_err();
+        let help = Args::try_parse_from(["x", "--help"]).unwrap_err();
+        let io = || io::Error::from_raw_os_error(libc::EADDRINUSE);
+        let cases: Vec<(Error, u8)> = vec![
+            (usage.into(), EXIT_USAGE),
+            (help.into(), EXIT_OK),
+            (ConfigError::NoCommand.into(), EXIT_USAGE),
+            (
+                Fatal::Bind(BindError {
+                    flag: "--admin".into(),
+                    address: "tcp://127.0.0.1:1".into(),
+                    source: io(),
+                })
+                .into(),
+                EXIT_USAGE,
+            ),
+            (
+                Fatal::AlreadyRunning {
+                    name: "n".into(),
+                    control: "c".into(),
+                }
+                .into(),
+                EXIT_USAGE,
+            ),
+            (Fatal::system("create the poll")(io()).into(), EXIT_FAILURE),
+            (CtlError::Closed.into(), EXIT_FAILURE),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.exit_code(), code, "{error}");
+        }
+    }
+
+    #[test]
+    fn messages_are_lowercase_and_name_their_flag() {
+        let e = Fatal::Bind(BindError {
+            flag: "--admin".into(),
+            address: "tcp://127.0.0.1:9443".into(),
+            source: io::Error::from_raw_os_error(libc::EADDRINUSE),
+        });
+        assert_eq!(
+            e.to_string(),
+            "--admin: unable to bind tcp://127.0.0.1:9443: address already in use"
+        );
+        let e = ConfigError::Value {
+            origin: Origin::Key("stop-signal"),
+            error: ValueError::NotSignalName("SIGFOO".into()),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("config key 'stop-signal': 'SIGFOO' is not a signal name"),
+            "{e}"
+        );
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "the value error is the source"
+        );
+    }
+
+    #[test]
     fn setup_errors_survive_the_wire_with_their_reason() {
         let sent = SetupError::User {
             uid: 65534,

@@ -34,6 +34,8 @@ pub enum HashError {
     Iterations,
     Hex(&'static str),
     Length(&'static str),
+    /// The system's random number generator failed while making a salt.
+    Random,
 }
 
 impl fmt::Display for HashError {
@@ -50,6 +52,7 @@ impl fmt::Display for HashError {
             ),
             HashError::Hex(part) => write!(f, "the password hash's {part} is not hex"),
             HashError::Length(part) => write!(f, "the password hash's {part} has a bad length"),
+            HashError::Random => f.write_str("the system's random number generator failed"),
         }
     }
 }
@@ -108,13 +111,13 @@ impl PasswordHash {
     }
 
     /// Hashes `password` with a fresh random salt.
-    pub fn create(password: &[u8], iterations: u32) -> Result<PasswordHash, String> {
-        let iterations = NonZeroU32::new(iterations.max(MIN_ITERATIONS))
-            .ok_or_else(|| "zero iterations".to_string())?;
+    pub fn create(password: &[u8], iterations: u32) -> Result<PasswordHash, HashError> {
+        let iterations =
+            NonZeroU32::new(iterations.max(MIN_ITERATIONS)).ok_or(HashError::Iterations)?;
         let mut salt = vec![0u8; SALT_LEN];
         SystemRandom::new()
             .fill(&mut salt)
-            .map_err(|_| "the system's random number generator failed".to_string())?;
+            .map_err(|_| HashError::Random)?;
         let mut hash = vec![0u8; HASH_LEN];
         pbkdf2::derive(ALGORITHM, iterations, &salt, password, &mut hash);
         Ok(PasswordHash {
