@@ -192,3 +192,54 @@ fn set_env(spec: &WorkerSpec) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(version: u32) -> WorkerSpec {
+        WorkerSpec {
+            version,
+            primary_pid: 1,
+            generation: 2,
+            slot: 0,
+            argv: vec![b"x".to_vec()],
+            env: vec![],
+            listener_names: vec![],
+            fd_count: 0,
+            notify_socket: None,
+            uid: None,
+            gid: None,
+            einhorn_env: false,
+        }
+    }
+
+    #[test]
+    fn a_spec_of_another_protocol_version_is_a_protocol_error() {
+        let (primary, role) = sys::seqpacket_pair().unwrap();
+        let body = proto::encode(&spec(PROTOCOL_VERSION + 1)).unwrap();
+        sys::send_with_fds(primary.as_fd(), &body, &[]).unwrap();
+        match receive(&role) {
+            Err(SetupError::Protocol { ours, theirs }) => {
+                assert_eq!((ours, theirs), (PROTOCOL_VERSION, PROTOCOL_VERSION + 1));
+            }
+            other => panic!("expected a protocol mismatch, got {other:?}"),
+        }
+        // The role's report reaches the primary's end as one decodable message.
+        report(&role, &SetupError::Protocol { ours: 1, theirs: 2 });
+        let mut buf = [0u8; 256];
+        let n = sys::recv_nowait(primary.as_fd(), &mut buf).unwrap();
+        let failure: proto::SetupFailure = proto::decode(&buf[..n]).unwrap();
+        assert_eq!(
+            failure.stage,
+            proto::SetupStage::Protocol { ours: 1, theirs: 2 }
+        );
+    }
+
+    #[test]
+    fn a_closed_link_without_a_spec_is_a_retired_spare() {
+        let (primary, role) = sys::seqpacket_pair().unwrap();
+        drop(primary);
+        assert!(matches!(receive(&role), Ok(None)));
+    }
+}

@@ -580,6 +580,22 @@ mod tests {
     }
 
     #[test]
+    fn at_eof_only_once_the_peer_closed_and_nothing_is_left() {
+        let (a, b) = seqpacket_pair().unwrap();
+        assert!(!at_eof(a.as_fd()), "an open, empty link");
+        send_with_fds(b.as_fd(), b"why", &[]).unwrap();
+        drop(b);
+        assert!(!at_eof(a.as_fd()), "a message waits: not end-of-file yet");
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            recv_nowait(a.as_fd(), &mut buf).unwrap(),
+            3,
+            "peeking consumed nothing"
+        );
+        assert!(at_eof(a.as_fd()));
+    }
+
+    #[test]
     fn too_many_fds_is_an_error_and_closes_them() {
         let (a, b) = seqpacket_pair().unwrap();
         let (x, _y) = stream_pair().unwrap();
