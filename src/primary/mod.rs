@@ -460,9 +460,13 @@ impl Primary {
             match sys::reap_one() {
                 Ok(Some((pid, status))) => {
                     if let Some(i) = self.spares.iter().position(|s| s.pid == pid) {
-                        self.spares.remove(i);
+                        let spare = self.spares.remove(i);
                         if !self.state.is_shutting_down() {
-                            log::warn!("spare worker pid {pid} {status}; starting another in 1s");
+                            let why = match self.failure_on(&spare.link) {
+                                Some(reason) => format!("could not start: {reason}"),
+                                None => status.to_string(),
+                            };
+                            log::warn!("spare worker pid {pid} {why}; starting another in 1s");
                             self.refill_at = Some(Instant::now() + Duration::from_secs(1));
                         }
                         continue;
@@ -494,6 +498,11 @@ impl Primary {
     /// message waits in the link's buffer, so reading it never blocks. Forgets the link.
     fn setup_failure(&mut self, pid: u32) -> Option<String> {
         let link = self.links.remove(&pid)?;
+        self.failure_on(&link)
+    }
+
+    /// The reason a worker role sent on `link` before it exited, if any.
+    fn failure_on(&self, link: &OwnedFd) -> Option<String> {
         let mut buf = [0u8; 1024];
         let n = sys::recv_nowait(link.as_fd(), &mut buf).ok()?;
         let failure: proto::SetupFailure = proto::decode(&buf[..n]).ok()?;
