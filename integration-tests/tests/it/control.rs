@@ -347,10 +347,16 @@ fn peer_of_another_uid_is_refused_and_garbage_closes_only_its_connection() {
 
 /// Removes the command from disk and reloads: every worker role of the new generation fails
 /// its exec, and `ctl reload` says so, with the errno, instead of a bare exit status.
-fn reload_names_a_command_that_cannot_be_run(name: &str, extra: &[&str]) {
+fn reload_names_a_command_that_cannot_be_run(name: &str, spares: usize) {
     let sb = Sandbox::new(name);
     let script = sb.exec_script("server", &bins::example("hello"), &[]);
-    let (sup, _) = start(&sb, Run::new([&script]).args(standard(2)).args(extra), 2);
+    let prespawn = spares.to_string();
+    let run = Run::new([&script])
+        .args(standard(2))
+        .args(["--prespawn", &prespawn]);
+    let (sup, _) = start(&sb, run, 2);
+    // The spares are started a moment after the first generation; the reload must find them.
+    sup.wait_workers(2 + spares);
     std::fs::remove_file(&script).expect("removing the command");
     let out = sup.ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -365,6 +371,8 @@ fn reload_names_a_command_that_cannot_be_run(name: &str, extra: &[&str]) {
         json_reason(&status).contains(&expected),
         "the status keeps the reason: {status:#}"
     );
+    let from_spares = sup.count_in_log("runs in spare pid");
+    assert_eq!(from_spares, spares, "the workers that ran in a spare");
 }
 
 fn json_reason(status: &Value) -> String {
@@ -376,14 +384,14 @@ fn json_reason(status: &Value) -> String {
 
 #[test]
 fn ctl_reload_names_a_command_that_cannot_be_run() {
-    reload_names_a_command_that_cannot_be_run("ctl_reload_names_a_command_that_cannot_be_run", &[]);
+    reload_names_a_command_that_cannot_be_run("ctl_reload_names_a_command_that_cannot_be_run", 0);
 }
 
 #[test]
 fn ctl_reload_names_a_command_that_cannot_be_run_from_a_spare() {
     reload_names_a_command_that_cannot_be_run(
         "ctl_reload_names_a_command_that_cannot_be_run_from_a_spare",
-        &["--prespawn", "2"],
+        2,
     );
 }
 
