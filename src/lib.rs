@@ -6,13 +6,13 @@
 
 pub mod client;
 pub mod config;
-pub mod error;
-pub mod password;
+mod error;
+mod password;
 pub mod primary;
 pub mod roles;
 pub mod shell;
 pub mod sys;
-pub mod text;
+mod text;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
