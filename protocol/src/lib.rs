@@ -100,6 +100,13 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
     Ok(msg)
 }
 
+/// The `version` a [`WorkerSpec`] or [`ShellSpec`] body starts with, read on its own: a spec
+/// of another version may not decode as ours at all, and the receiver should still say that
+/// the versions differ rather than that the message is malformed.
+pub fn leading_version(bytes: &[u8]) -> Option<u32> {
+    postcard::take_from_bytes::<u32>(bytes).ok().map(|(v, _)| v)
+}
+
 /// Accumulates bytes from a stream and yields whole frames.
 ///
 /// Feed it whatever `read` returned; call [`FrameReader::next_frame`] until it returns

@@ -592,6 +592,16 @@ fn setup_failure_golden_is_pinned() {
 }
 
 #[test]
+fn leading_version_reads_a_spec_of_any_version() {
+    let body = encode(&small_worker_spec()).unwrap();
+    assert_eq!(leading_version(&body), Some(1));
+    // Version 300 followed by bytes that are no WorkerSpec of ours.
+    assert_eq!(leading_version(&unhex("ac02 ff")), Some(300));
+    assert!(decode::<WorkerSpec>(&unhex("ac02 ff")).is_err());
+    assert_eq!(leading_version(&[]), None);
+}
+
+#[test]
 fn protocol_version_is_one() {
     // Bumping this is deliberate and goes with a note in CHANGELOG.md; this test is the tripwire.
     assert_eq!(PROTOCOL_VERSION, 1);

@@ -126,7 +126,16 @@ fn receive(link: &OwnedFd) -> Result<Option<(WorkerSpec, Vec<OwnedFd>)>, SetupEr
     if n == 0 {
         return Ok(None);
     }
-    let spec: WorkerSpec = proto::decode(&buf[..n]).map_err(malformed)?;
+    let body = &buf[..n];
+    let spec: WorkerSpec = proto::decode(body).map_err(|e| {
+        match proto::leading_version(body).filter(|&v| v != PROTOCOL_VERSION) {
+            Some(theirs) => SetupError::Protocol {
+                ours: PROTOCOL_VERSION,
+                theirs,
+            },
+            None => malformed(e),
+        }
+    })?;
     if spec.version != PROTOCOL_VERSION {
         return Err(SetupError::Protocol {
             ours: PROTOCOL_VERSION,
@@ -234,6 +243,17 @@ mod tests {
             failure.stage,
             proto::SetupStage::Protocol { ours: 1, theirs: 2 }
         );
+    }
+
+    #[test]
+    fn a_spec_of_another_layout_is_still_a_protocol_error() {
+        let (primary, role) = sys::seqpacket_pair().unwrap();
+        // Version 2, then bytes that are no version-1 spec.
+        sys::send_with_fds(primary.as_fd(), &[2, 0xff], &[]).unwrap();
+        match receive(&role) {
+            Err(SetupError::Protocol { theirs: 2, .. }) => {}
+            other => panic!("expected a protocol mismatch, got {other:?}"),
+        }
     }
 
     #[test]
