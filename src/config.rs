@@ -16,20 +16,11 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-/// A bad flag, key or value. Exit code 2.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+pub use crate::error::{lower, ConfigError, Origin, ValueError};
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
-    Err(ConfigError(msg.into()))
+/// A bad value of `origin`.
+fn bad<T>(origin: Origin, error: ValueError) -> Result<T, ConfigError> {
+    Err(ConfigError::Value { origin, error })
 }
 
 /// Where a listener binds.
@@ -49,30 +40,29 @@ impl fmt::Display for Address {
 }
 
 impl Address {
-    pub fn parse(s: &str) -> Result<Address, String> {
+    pub fn parse(s: &str) -> Result<Address, ValueError> {
         if let Some(rest) = s.strip_prefix("tcp://") {
             let rest = rest.trim_end_matches('/');
-            return rest.parse::<SocketAddr>().map(Address::Tcp).map_err(|_| {
-                format!("'{s}' is not a tcp address: expected tcp://HOST:PORT with an IP host, like tcp://127.0.0.1:8080 or tcp://[::1]:8080")
-            });
+            return rest
+                .parse::<SocketAddr>()
+                .map(Address::Tcp)
+                .map_err(|_| ValueError::NotTcpAddress(s.to_string()));
         }
         if let Some(path) = s.strip_prefix("unix:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
-                return Err(format!("'{s}' has an empty unix socket path"));
+                return Err(ValueError::EmptyUnixPath(s.to_string()));
             }
             // sun_path holds 108 bytes including the terminating NUL.
             if path.len() > 107 {
-                return Err(format!(
-                    "unix socket path '{path}' is {} bytes long, the limit is 107",
-                    path.len()
-                ));
+                return Err(ValueError::UnixPathTooLong {
+                    path: path.to_string(),
+                    len: path.len(),
+                });
             }
             return Ok(Address::Unix(PathBuf::from(path)));
         }
-        Err(format!(
-            "'{s}' is not an address: expected tcp://HOST:PORT or unix:PATH"
-        ))
+        Err(ValueError::NotAddress(s.to_string()))
     }
 }
 
@@ -150,7 +140,7 @@ impl Config {
 }
 
 /// Replaces `{fd}` and `{fd:NAME}` in one argument.
-fn substitute(arg: &OsStr, listeners: &[ListenerSpec]) -> Result<OsString, String> {
+fn substitute(arg: &OsStr, listeners: &[ListenerSpec]) -> Result<OsString, ValueError> {
     let bytes = arg.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -160,7 +150,7 @@ fn substitute(arg: &OsStr, listeners: &[ListenerSpec]) -> Result<OsString, Strin
                 let inner = &bytes[i + 1..i + end];
                 let index = if inner == b"fd" {
                     if listeners.is_empty() {
-                        return Err("'{fd}' is used but there is no --listen".into());
+                        return Err(ValueError::FdWithoutListener);
                     }
                     Some(0)
                 } else if let Some(name) = inner.strip_prefix(b"fd:") {
@@ -168,14 +158,14 @@ fn substitute(arg: &OsStr, listeners: &[ListenerSpec]) -> Result<OsString, Strin
                     match listeners.iter().position(|l| l.name == name) {
                         Some(idx) => Some(idx),
                         None => {
-                            return Err(format!(
-                                "'{{fd:{name}}}' names no listener; the listeners are: {}",
-                                listeners
+                            return Err(ValueError::NoSuchListener {
+                                name: name.into_owned(),
+                                names: listeners
                                     .iter()
                                     .map(|l| l.name.as_str())
                                     .collect::<Vec<_>>()
-                                    .join(", ")
-                            ))
+                                    .join(", "),
+                            })
                         }
                     }
                 } else {
@@ -332,8 +322,10 @@ fn read_hash_file(
     warnings: &mut Vec<String>,
 ) -> Result<String, ConfigError> {
     use std::os::unix::fs::PermissionsExt;
-    let text = std::fs::read_to_string(path)
-        .or_else(|e| err(format!("{what}: unable to read: {}", lower(&e))))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::HashFile {
+        what: what.to_string(),
+        reason: lower(&e),
+    })?;
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.permissions().mode() & 0o044 != 0 {
             warnings.push(format!(
@@ -346,38 +338,39 @@ fn read_hash_file(
 }
 
 /// Parses a duration: `250ms`, `2s`, `1m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| {
-        format!("'{s}' is not a duration: expected a number and a unit, like 250ms, 2s or 1m")
-    })?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| ValueError::NotDuration(s.to_string()))?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "" | "s" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
         other => {
-            return Err(format!(
-                "'{s}' has an unknown unit '{other}': use ms, s, m or h"
-            ))
+            return Err(ValueError::DurationUnit {
+                value: s.to_string(),
+                unit: other.to_string(),
+            })
         }
     };
     let secs = value * scale;
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("'{s}' is out of range"));
+        return Err(ValueError::DurationRange(s.to_string()));
     }
     Ok(Duration::from_secs_f64(secs))
 }
 
 /// Parses a signal: `TERM`, `SIGTERM`, `term` or `15`.
-pub fn parse_signal(s: &str) -> Result<Signal, String> {
+pub fn parse_signal(s: &str) -> Result<Signal, ValueError> {
     let upper = s.trim().to_ascii_uppercase();
     if let Ok(n) = upper.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| format!("'{s}' is not a signal number"));
+        return Signal::try_from(n).map_err(|_| ValueError::NotSignalNumber(s.to_string()));
     }
     let name = if upper.starts_with("SIG") {
         upper
@@ -385,34 +378,30 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
         format!("SIG{upper}")
     };
     name.parse::<Signal>()
-        .map_err(|_| format!("'{s}' is not a signal name: use TERM, INT, QUIT, USR1, ..."))
+        .map_err(|_| ValueError::NotSignalName(s.to_string()))
 }
 
-fn parse_ready(s: &str) -> Result<ReadyMode, String> {
+fn parse_ready(s: &str) -> Result<ReadyMode, ValueError> {
     match s {
         "notify" => Ok(ReadyMode::Notify),
         "immediate" => Ok(ReadyMode::Immediate),
         _ => match s.strip_prefix("delay:") {
             Some(d) => parse_duration(d).map(ReadyMode::Delay),
-            None => Err(format!(
-                "'{s}' is not a readiness mode: use notify, delay:DURATION or immediate"
-            )),
+            None => Err(ValueError::NotReadyMode(s.to_string())),
         },
     }
 }
 
-fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
+fn parse_restart(s: &str) -> Result<RestartPolicy, ValueError> {
     match s {
         "on-failure" => Ok(RestartPolicy::OnFailure),
         "always" => Ok(RestartPolicy::Always),
         "never" => Ok(RestartPolicy::Never),
-        _ => Err(format!(
-            "'{s}' is not a restart policy: use on-failure, always or never"
-        )),
+        _ => Err(ValueError::NotRestartPolicy(s.to_string())),
     }
 }
 
-fn parse_listener(s: &str, index: usize) -> Result<ListenerSpec, String> {
+fn parse_listener(s: &str, index: usize) -> Result<ListenerSpec, ValueError> {
     // A NAME= prefix is recognised only before the scheme, so `unix:/a=b` keeps its '='.
     let (name, addr) = match s.split_once('=') {
         Some((name, addr)) if !name.contains(':') && !name.contains('/') => {
@@ -421,9 +410,7 @@ fn parse_listener(s: &str, index: usize) -> Result<ListenerSpec, String> {
         _ => (format!("listen{index}"), s),
     };
     if name.is_empty() || name.contains(':') || !name.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(format!(
-            "'{name}' is not a listener name: use letters, digits and punctuation other than ':'"
-        ));
+        return Err(ValueError::NotListenerName(name));
     }
     Ok(ListenerSpec {
         name,
@@ -431,7 +418,7 @@ fn parse_listener(s: &str, index: usize) -> Result<ListenerSpec, String> {
     })
 }
 
-fn resolve_user(s: &str) -> Result<(u32, u32), String> {
+fn resolve_user(s: &str) -> Result<(u32, u32), ValueError> {
     if let Ok(uid) = s.parse::<u32>() {
         let gid = nix::unistd::User::from_uid(uid.into())
             .ok()
@@ -442,31 +429,34 @@ fn resolve_user(s: &str) -> Result<(u32, u32), String> {
     }
     match nix::unistd::User::from_name(s) {
         Ok(Some(user)) => Ok((user.uid.as_raw(), user.gid.as_raw())),
-        _ => Err(format!("no such user '{s}'")),
+        _ => Err(ValueError::NoUser(s.to_string())),
     }
 }
 
-fn resolve_group(s: &str) -> Result<u32, String> {
+fn resolve_group(s: &str) -> Result<u32, ValueError> {
     if let Ok(gid) = s.parse::<u32>() {
         return Ok(gid);
     }
     match nix::unistd::Group::from_name(s) {
         Ok(Some(group)) => Ok(group.gid.as_raw()),
-        _ => Err(format!("no such group '{s}'")),
+        _ => Err(ValueError::NoGroup(s.to_string())),
     }
 }
 
 /// Finds `program` the way execvp will: as a path when it has a slash, else in PATH.
-pub fn resolve_command(program: &OsStr) -> Result<PathBuf, String> {
+pub fn resolve_command(program: &OsStr) -> Result<PathBuf, ValueError> {
     use std::os::unix::fs::PermissionsExt;
     let name = Path::new(program);
-    let check = |p: &Path| -> Result<(), String> {
-        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {}", p.display(), lower(&e)))?;
+    let check = |p: &Path| -> Result<(), ValueError> {
+        let meta = std::fs::metadata(p).map_err(|e| ValueError::Unreadable {
+            path: p.display().to_string(),
+            reason: lower(&e),
+        })?;
         if meta.is_dir() {
-            return Err(format!("{} is a directory", p.display()));
+            return Err(ValueError::IsDirectory(p.display().to_string()));
         }
         if meta.permissions().mode() & 0o111 == 0 {
-            return Err(format!("{} is not executable", p.display()));
+            return Err(ValueError::NotExecutable(p.display().to_string()));
         }
         Ok(())
     };
@@ -485,22 +475,7 @@ pub fn resolve_command(program: &OsStr) -> Result<PathBuf, String> {
                 }
             }
         }
-        Err(last
-            .unwrap_or_else(|| format!("'{}' was not found in PATH", program.to_string_lossy())))
-    }
-}
-
-/// An io error's message without the "(os error N)" tail, in lowercase.
-pub fn lower(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    let s = match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    };
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => s,
+        Err(last.unwrap_or_else(|| ValueError::NotInPath(program.to_string_lossy().into_owned())))
     }
 }
 
@@ -517,29 +492,25 @@ impl Config {
     pub fn from_args(args: RunArgs) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).or_else(|e| {
-                    err(format!(
-                        "--config: unable to read {}: {}",
-                        path.display(),
-                        lower(&e)
-                    ))
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::ReadFile {
+                    path: path.display().to_string(),
+                    reason: lower(&e),
                 })?;
-                toml::from_str::<FileConfig>(&text).or_else(|e| {
-                    err(
-                        format!("--config {}: {}", path.display(), e.message().trim())
-                            .replace('`', "'")
-                            + &line_of(&text, e.span()),
-                    )
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::ParseFile {
+                    path: path.display().to_string().replace('`', "'"),
+                    message: e.message().trim().replace('`', "'"),
+                    line: line_of(&text, e.span()),
                 })?
             }
             None => FileConfig::default(),
         };
         let from_file = args.config.is_some();
-        let src = |flag: &str, key: &str, cli: bool| -> String {
+        // The flag when the value came from the command line (or there is no file), else the key.
+        let src = |flag: &'static str, key: &'static str, cli: bool| -> Origin {
             if cli || !from_file {
-                format!("--{flag}")
+                Origin::Flag(flag)
             } else {
-                format!("config key '{key}'")
+                Origin::Key(key)
             }
         };
 
@@ -551,59 +522,55 @@ impl Config {
         };
         let mut listeners = Vec::new();
         for (i, l) in listen.iter().enumerate() {
-            let spec = parse_listener(l, i)
-                .or_else(|e| err(format!("{}: {e}", src("listen", "listen", listen_cli))))?;
+            let origin = || src("listen", "listen", listen_cli);
+            let spec = parse_listener(l, i).or_else(|e| bad(origin(), e))?;
             if listeners.iter().any(|o: &ListenerSpec| o.name == spec.name) {
-                return err(format!(
-                    "{}: the name '{}' is used twice",
-                    src("listen", "listen", listen_cli),
-                    spec.name
-                ));
+                return bad(origin(), ValueError::NameTwice(spec.name));
             }
             if listeners
                 .iter()
                 .any(|o: &ListenerSpec| o.address == spec.address)
                 && !matches!(&spec.address, Address::Tcp(a) if a.port() == 0)
             {
-                return err(format!(
-                    "{}: {} is given twice",
-                    src("listen", "listen", listen_cli),
-                    spec.address
-                ));
+                return bad(origin(), ValueError::AddressTwice(spec.address.to_string()));
             }
             listeners.push(spec);
         }
 
         let backlog = args.backlog.or(file.backlog).unwrap_or(1024);
         if backlog <= 0 {
-            return err(format!(
-                "{}: must be at least 1",
-                src("backlog", "backlog", args.backlog.is_some())
-            ));
+            return bad(
+                src("backlog", "backlog", args.backlog.is_some()),
+                ValueError::NotPositive,
+            );
         }
         let workers = args.workers.or(file.workers).unwrap_or(1);
         if workers > 4096 {
-            return err(format!(
-                "{}: {workers} is more than the limit of 4096",
-                src("workers", "workers", args.workers.is_some())
-            ));
+            return bad(
+                src("workers", "workers", args.workers.is_some()),
+                ValueError::OverLimit {
+                    value: workers,
+                    limit: 4096,
+                },
+            );
         }
 
         let prespawn = args.prespawn.or(file.prespawn).unwrap_or(0);
         if prespawn > 4096 {
-            return err(format!(
-                "{}: {prespawn} is more than the limit of 4096",
-                src("prespawn", "prespawn", args.prespawn.is_some())
-            ));
+            return bad(
+                src("prespawn", "prespawn", args.prespawn.is_some()),
+                ValueError::OverLimit {
+                    value: prespawn,
+                    limit: 4096,
+                },
+            );
         }
 
         macro_rules! pick {
             ($cli:expr, $file:expr, $flag:literal, $key:literal, $default:expr, $parse:expr) => {{
                 let cli = $cli.is_some();
                 match $cli.or($file) {
-                    Some(v) => {
-                        $parse(&v).or_else(|e| err(format!("{}: {e}", src($flag, $key, cli))))?
-                    }
+                    Some(v) => $parse(&v).or_else(|e| bad(src($flag, $key, cli), e))?,
                     None => $default,
                 }
             }};
@@ -652,17 +619,14 @@ impl Config {
         let user_cli = args.user.is_some();
         let (mut uid, mut gid) = (None, None);
         if let Some(user) = args.user.or(file.user) {
-            let (u, g) = resolve_user(&user)
-                .or_else(|e| err(format!("{}: {e}", src("user", "user", user_cli))))?;
+            let (u, g) = resolve_user(&user).or_else(|e| bad(src("user", "user", user_cli), e))?;
             uid = Some(u);
             gid = Some(g);
         }
         let group_cli = args.group.is_some();
         if let Some(group) = args.group.or(file.group) {
-            gid = Some(
-                resolve_group(&group)
-                    .or_else(|e| err(format!("{}: {e}", src("group", "group", group_cli))))?,
-            );
+            gid =
+                Some(resolve_group(&group).or_else(|e| bad(src("group", "group", group_cli), e))?);
         }
 
         let mut env = Vec::new();
@@ -675,12 +639,7 @@ impl Config {
         for kv in env_list {
             match kv.split_once('=') {
                 Some((k, v)) if !k.is_empty() => env.push((OsString::from(k), OsString::from(v))),
-                _ => {
-                    return err(format!(
-                        "{}: '{kv}' is not KEY=VALUE",
-                        src("env", "env", env_cli)
-                    ))
-                }
+                _ => return bad(src("env", "env", env_cli), ValueError::NotKeyValue(kv)),
             }
         }
 
@@ -695,16 +654,18 @@ impl Config {
                 .collect()
         };
         let Some(program) = command.first() else {
-            return err("no COMMAND given: put the server to run after '--', like: reloadsup -l tcp://127.0.0.1:8080 -- ./myserver");
+            return Err(ConfigError::NoCommand);
         };
-        let what = if command_cli {
-            "COMMAND".to_string()
-        } else {
-            "config key 'command'".to_string()
+        let what = || {
+            if command_cli {
+                Origin::Command
+            } else {
+                Origin::Key("command")
+            }
         };
-        resolve_command(program).or_else(|e| err(format!("{what}: {e}")))?;
+        resolve_command(program).or_else(|e| bad(what(), e))?;
         for arg in &command {
-            substitute(arg, &listeners).or_else(|e| err(format!("{what}: {e}")))?;
+            substitute(arg, &listeners).or_else(|e| bad(what(), e))?;
         }
 
         let name_cli = args.name.is_some();
@@ -716,10 +677,10 @@ impl Config {
                 .unwrap_or_else(|| "reloadsup".into()),
         };
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return err(format!(
-                "{}: '{name}' is not usable as a directory name",
-                src("name", "name", name_cli)
-            ));
+            return bad(
+                src("name", "name", name_cli),
+                ValueError::NotDirectoryName(name),
+            );
         }
         let state_dir = args
             .state_dir
@@ -732,14 +693,14 @@ impl Config {
             None => None,
             Some(a) => {
                 let address: SocketAddr = a.parse().or_else(|_| {
-                    err(format!(
-                        "{}: '{a}' is not HOST:PORT with an IP host, like 127.0.0.1:9443",
-                        src("admin", "admin", admin_cli)
-                    ))
+                    bad(
+                        src("admin", "admin", admin_cli),
+                        ValueError::NotAdminAddress(a.clone()),
+                    )
                 })?;
                 let mut warnings = Vec::new();
                 if file.admin_password_hash.is_some() && file.admin_password_hash_file.is_some() {
-                    return err("config keys 'admin-password-hash' and 'admin-password-hash-file' cannot both be given");
+                    return Err(ConfigError::BothHashKeys);
                 }
                 // Command line first, then the config file, then the environment; in each, the
                 // hash itself or a file holding it.
@@ -762,18 +723,15 @@ impl Config {
                     )
                 };
                 let Some(password_hash) = password_hash.filter(|h| !h.is_empty()) else {
-                    return err("--admin needs --admin-password-hash-file (or RELOADSUP_ADMIN_PASSWORD_HASH, or --admin-password-hash): make one with 'reloadsup hash-password'");
+                    return Err(ConfigError::NeedsPasswordHash);
                 };
                 // The message never repeats the hash itself.
-                crate::shell::auth::PasswordHash::parse(&password_hash).or_else(|e| {
-                    err(format!(
-                        "{from}: {e}; make one with 'reloadsup hash-password'"
-                    ))
-                })?;
+                crate::password::PasswordHash::parse(&password_hash)
+                    .map_err(|error| ConfigError::PasswordHash { from, error })?;
                 let cert = args.admin_cert.or(file.admin_cert);
                 let key = args.admin_key.or(file.admin_key);
                 if cert.is_some() != key.is_some() {
-                    return err("--admin-cert and --admin-key go together");
+                    return Err(ConfigError::CertWithoutKey);
                 }
                 Some(Admin {
                     address,
@@ -788,7 +746,7 @@ impl Config {
         let mut commands = Vec::new();
         for (cname, c) in file.commands.unwrap_or_default() {
             if c.run.is_empty() {
-                return err(format!("config key 'commands.{cname}.run' is empty"));
+                return Err(ConfigError::EmptyCustomCommand(cname));
             }
             commands.push(reloadsup_protocol::CustomCommand {
                 name: cname,
@@ -821,15 +779,12 @@ impl Config {
     }
 }
 
-/// " (line N)" for a TOML error's span, so a typo is easy to find.
-fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    match span {
-        Some(r) => {
-            let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
-            format!(" (line {line})")
-        }
-        None => String::new(),
-    }
+/// The line of a TOML error's span, so a typo is easy to find.
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> Option<usize> {
+    let r = span?;
+    // `get` rather than slicing: a span is toml's claim, not ours.
+    let before = text.get(..r.start.min(text.len()))?;
+    Some(before.matches('\n').count() + 1)
 }
 
 #[cfg(test)]
@@ -839,7 +794,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["reloadsup"];
         argv.extend_from_slice(args);
-        let args = RunArgs::try_parse_from(argv).map_err(|e| ConfigError(e.to_string()))?;
+        let args = RunArgs::try_parse_from(argv).expect("the tests pass well-formed flags");
         Config::from_args(args)
     }
 
@@ -881,7 +836,7 @@ mod tests {
         assert_eq!(c.listeners[1].address, Address::Unix("/tmp/x.sock".into()));
         assert_eq!(c.argv(), vec!["/bin/sh", "3", "--x=3", "4"]);
         let e = parse(&["-l", "tcp://127.0.0.1:0", "--", "/bin/sh", "{fd:nope}"]).unwrap_err();
-        assert!(e.0.contains("{fd:nope}"), "{e}");
+        assert!(e.to_string().contains("{fd:nope}"), "{e}");
     }
 
     #[test]
@@ -913,7 +868,7 @@ mod tests {
             ),
         ] {
             let e = parse(&args).unwrap_err();
-            assert!(e.0.contains(needle), "{args:?}: {e}");
+            assert!(e.to_string().contains(needle), "{args:?}: {e}");
         }
     }
 
@@ -924,7 +879,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("reloadsup-hashfile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let hash = crate::shell::auth::PasswordHash::create(b"pw", 1)
+        let hash = crate::password::PasswordHash::create(b"pw", 1)
             .unwrap()
             .encode();
         let file = dir.join("hash");
@@ -959,11 +914,11 @@ mod tests {
 
         let missing = dir.join("missing");
         let e = admin(&["--admin-password-hash-file", missing.to_str().unwrap()]).unwrap_err();
-        assert!(e.0.contains("--admin-password-hash-file"), "{e}");
+        assert!(e.to_string().contains("--admin-password-hash-file"), "{e}");
         std::fs::write(&file, "nonsense\n").unwrap();
         let e = admin(&["--admin-password-hash-file", f]).unwrap_err();
-        assert!(e.0.starts_with("--admin-password-hash-file"), "{e}");
-        assert!(!e.0.contains("nonsense"), "{e}");
+        assert!(e.to_string().starts_with("--admin-password-hash-file"), "{e}");
+        assert!(!e.to_string().contains("nonsense"), "{e}");
         let e = admin(&[
             "--admin-password-hash",
             &hash,
@@ -988,11 +943,14 @@ mod tests {
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "workers = 3\nwrokers = 4\n").unwrap();
         let e = parse(&["-c", bad.to_str().unwrap(), "--", "/bin/sh"]).unwrap_err();
-        assert!(e.0.contains("wrokers") && e.0.contains("line 2"), "{e}");
+        assert!(
+            e.to_string().contains("wrokers") && e.to_string().contains("line 2"),
+            "{e}"
+        );
         let bad_value = dir.join("bad-value.toml");
         std::fs::write(&bad_value, "stop-signal = \"SIGFOO\"\n").unwrap();
         let e = parse(&["-c", bad_value.to_str().unwrap(), "--", "/bin/sh"]).unwrap_err();
-        assert!(e.0.contains("config key 'stop-signal'"), "{e}");
+        assert!(e.to_string().contains("config key 'stop-signal'"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

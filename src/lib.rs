@@ -6,10 +6,13 @@
 
 pub mod client;
 pub mod config;
+mod error;
+mod password;
 pub mod primary;
 pub mod roles;
 pub mod shell;
 pub mod sys;
+mod text;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -29,10 +32,10 @@ pub fn main_with(commands: shell::Commands) -> ExitCode {
         Some("__worker") => roles::worker::run(&args[2..]),
         Some("__shell") => shell::run_role(commands),
         Some("__keeper") => roles::keeper::run(&args[2..]),
-        Some("ctl") => client::ctl::main(args[1..].to_vec()),
+        Some("ctl") => exit_code("reloadsup ctl", client::ctl::main(args[1..].to_vec())),
         Some("console") => client::console::main(args[1..].to_vec()),
         Some("hash-password") => shell::auth::main(args[1..].to_vec()),
-        _ => run_primary(args),
+        _ => exit_code("reloadsup", run_primary(args)),
     };
     ExitCode::from(code)
 }
@@ -53,40 +56,36 @@ fn init_logging() {
         .init();
 }
 
-fn run_primary(args: Vec<OsString>) -> u8 {
-    let parsed = match parse_args::<config::RunArgs>(args) {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
-    let config = match config::Config::from_args(parsed) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("reloadsup: {e}");
-            return 2;
-        }
-    };
+fn run_primary(args: Vec<OsString>) -> Result<u8, error::Error> {
+    let parsed = config::RunArgs::try_parse_from(args)?;
+    let config = config::Config::from_args(parsed)?;
     init_logging();
     for w in config.admin.iter().flat_map(|a| &a.warnings) {
         log::warn!("{w}");
     }
-    match primary::run(config) {
-        Ok(code) => code,
-        Err(fatal) => {
-            log::error!("{}", fatal.message);
-            fatal.code
+    Ok(primary::run(config)?)
+}
+
+/// The one place where errors become exit codes (DESIGN.md section 3: 0 success, 2 bad usage
+/// or config, 1 anything else), and where they are printed: clap prints its own, the primary's
+/// fatal errors go to the log it already writes, the rest to stderr after `who`.
+fn exit_code(who: &str, result: Result<u8, error::Error>) -> u8 {
+    let e = match result {
+        Ok(code) => return code,
+        Err(e) => e,
+    };
+    match &e {
+        error::Error::Cli(clap) => {
+            let _ = clap.print();
         }
+        error::Error::Fatal(fatal) => log::error!("{fatal}"),
+        other => eprintln!("{who}: {other}"),
     }
+    e.exit_code()
 }
 
 /// Parses a command line with clap; on `--help`/`--version` prints and gives exit code 0, on a
 /// usage error prints it and gives exit code 2.
 pub(crate) fn parse_args<T: Parser>(args: Vec<OsString>) -> Result<T, u8> {
-    T::try_parse_from(args).map_err(|e| {
-        let _ = e.print();
-        if e.use_stderr() {
-            2
-        } else {
-            0
-        }
-    })
+    T::try_parse_from(args).map_err(|e| exit_code("reloadsup", Err(e.into())))
 }

@@ -102,6 +102,13 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
     Ok(msg)
 }
 
+/// The `version` a [`WorkerSpec`] or [`ShellSpec`] body starts with, read on its own: a spec
+/// of another version may not decode as ours at all, and the receiver should still say that
+/// the versions differ rather than that the message is malformed.
+pub fn leading_version(bytes: &[u8]) -> Option<u32> {
+    postcard::take_from_bytes::<u32>(bytes).ok().map(|(v, _)| v)
+}
+
 /// Accumulates bytes from a stream and yields whole frames.
 ///
 /// Feed it whatever `read` returned; call [`FrameReader::next_frame`] until it returns
@@ -370,6 +377,41 @@ pub struct WorkerSpec {
 pub struct FdBatch {
     pub index: u32,
     pub count: u32,
+}
+
+/// Sent back by a worker role on its hand-off socket when it cannot run the command, right
+/// before it exits; a role that execs the command sends nothing (the socket is close-on-exec,
+/// so the primary reads end-of-file instead). Bare postcard, no fds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupFailure {
+    pub stage: SetupStage,
+    /// The errno of the call that failed; 0 when there is none (then `detail` says why).
+    pub errno: i32,
+    /// Text for a failure without an errno (a malformed spec); empty otherwise.
+    pub detail: String,
+}
+
+/// Which step of the worker role's setup failed. Append-only, like every wire enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetupStage {
+    /// The spec or the listener fds did not arrive intact.
+    Handoff,
+    /// The spec is of another protocol version than the role's.
+    Protocol { ours: u32, theirs: u32 },
+    /// `PR_SET_PDEATHSIG` or the parent check.
+    ParentDeath,
+    /// `setgroups` to the one group `gid`.
+    Groups { gid: u32 },
+    /// `setgid`.
+    Group { gid: u32 },
+    /// `setuid`.
+    User { uid: u32 },
+    /// Placing the listeners at fd 3...
+    Fds,
+    /// Leaving the batch scheduling class a spare waits in.
+    Scheduling,
+    /// `execvp` of the command.
+    Exec,
 }
 
 /// Everything the shell worker needs, sent once over its link with the admin listener fd.

@@ -438,6 +438,34 @@ fn outcome_goldens() -> Vec<(Outcome, &'static str)> {
     ]
 }
 
+fn setup_stage_index(stage: &SetupStage) -> u8 {
+    match stage {
+        SetupStage::Handoff => 0,
+        SetupStage::Protocol { .. } => 1,
+        SetupStage::ParentDeath => 2,
+        SetupStage::Groups { .. } => 3,
+        SetupStage::Group { .. } => 4,
+        SetupStage::User { .. } => 5,
+        SetupStage::Fds => 6,
+        SetupStage::Scheduling => 7,
+        SetupStage::Exec => 8,
+    }
+}
+
+fn setup_stage_goldens() -> Vec<(SetupStage, &'static str)> {
+    vec![
+        (SetupStage::Handoff, "00"),
+        (SetupStage::Protocol { ours: 1, theirs: 2 }, "01 01 02"),
+        (SetupStage::ParentDeath, "02"),
+        (SetupStage::Groups { gid: 300 }, "03 ac02"),
+        (SetupStage::Group { gid: 5 }, "04 05"),
+        (SetupStage::User { uid: 65534 }, "05 feff03"),
+        (SetupStage::Fds, "06"),
+        (SetupStage::Scheduling, "07"),
+        (SetupStage::Exec, "08"),
+    ]
+}
+
 fn worker_state_goldens() -> Vec<(WorkerState, &'static str)> {
     vec![
         (WorkerState::Starting, "00"),
@@ -478,6 +506,7 @@ fn every_variant_index_is_pinned() {
     assert_variant_goldens(&reply_goldens(), reply_index);
     assert_variant_goldens(&outcome_goldens(), outcome_index);
     assert_variant_goldens(&worker_state_goldens(), worker_state_index);
+    assert_variant_goldens(&setup_stage_goldens(), setup_stage_index);
 }
 
 #[test]
@@ -540,6 +569,36 @@ fn fd_batch_golden_is_pinned() {
         },
         "01 fd01",
     );
+}
+
+#[test]
+fn setup_failure_golden_is_pinned() {
+    assert_golden(
+        &SetupFailure {
+            stage: SetupStage::Exec,
+            errno: 2,
+            detail: String::new(),
+        },
+        &golden("08 04 00 (stage exec, errno 2 zigzag, no detail)"),
+    );
+    assert_golden(
+        &SetupFailure {
+            stage: SetupStage::Handoff,
+            errno: 0,
+            detail: "x".into(),
+        },
+        "00 00 01 78",
+    );
+}
+
+#[test]
+fn leading_version_reads_a_spec_of_any_version() {
+    let body = encode(&small_worker_spec()).unwrap();
+    assert_eq!(leading_version(&body), Some(1));
+    // Version 300 followed by bytes that are no WorkerSpec of ours.
+    assert_eq!(leading_version(&unhex("ac02 ff")), Some(300));
+    assert!(decode::<WorkerSpec>(&unhex("ac02 ff")).is_err());
+    assert_eq!(leading_version(&[]), None);
 }
 
 #[test]
@@ -952,6 +1011,11 @@ fn random_bytes_never_panic_as_message() {
 #[test]
 fn random_bytes_never_panic_as_worker_spec() {
     for_random_bytes(decode_must_not_panic::<WorkerSpec>);
+}
+
+#[test]
+fn random_bytes_never_panic_as_setup_failure() {
+    for_random_bytes(decode_must_not_panic::<SetupFailure>);
 }
 
 #[test]

@@ -15,9 +15,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
 use reloadsup_protocol::{
     self as proto, FrameReader, Message, Outcome, Progress, Reply, Request, Status,
 };
+
+use crate::error::{CtlError, Error};
+// The text forms moved to `crate::text` so that the shell need not depend on this client; the
+// shell still names them here until it imports them from there.
+pub use crate::text::{progress_line, status_table};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,7 +77,7 @@ pub struct Client {
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {
-    match crate::config::parse_duration(s)? {
+    match crate::config::parse_duration(s).map_err(|e| e.to_string())? {
         d if d.is_zero() => Err("must be more than 0".into()),
         d => Ok(d),
     }
@@ -82,19 +88,16 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Client {
     /// Connects, checks the server's uid and exchanges hellos, all within `timeout`.
-    pub fn connect(path: &Path, timeout: Duration) -> Result<Client, String> {
-        let stream = connect_within(path, timeout).map_err(|e| {
-            format!(
-                "no reloadsup instance answers at {} ({}); name another with --name NAME or --control PATH",
-                path.display(),
-                crate::config::lower(&e)
-            )
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Client, CtlError> {
+        let stream = connect_within(path, timeout).map_err(|source| CtlError::NoInstance {
+            path: path.display().to_string(),
+            source,
         })?;
         check_server_uid(&stream, path)?;
         stream
             .set_read_timeout(Some(timeout))
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
-            .map_err(|e| format!("unable to set a timeout: {}", crate::config::lower(&e)))?;
+            .map_err(CtlError::Setup)?;
         let mut client = Client {
             stream,
             reader: FrameReader::new(),
@@ -102,45 +105,36 @@ impl Client {
         };
         client.send(&Message::hello())?;
         let hello = client.recv()?;
-        proto::check_hello(&hello).map_err(|e| e.to_string())?;
+        proto::check_hello(&hello).map_err(CtlError::Protocol)?;
         Ok(client)
     }
 
-    fn send(&mut self, msg: &Message) -> Result<(), String> {
-        let frame = proto::encode_frame(msg).map_err(|e| e.to_string())?;
-        self.stream.write_all(&frame).map_err(|e| {
-            format!(
-                "unable to send to the primary: {}",
-                crate::config::lower(&e)
-            )
-        })
+    fn send(&mut self, msg: &Message) -> Result<(), CtlError> {
+        let frame = proto::encode_frame(msg).map_err(CtlError::Protocol)?;
+        self.stream.write_all(&frame).map_err(CtlError::Send)
     }
 
     /// How long each later read may wait; `None` waits for as long as it takes.
-    pub fn set_reply_timeout(&mut self, timeout: Option<Duration>) -> Result<(), String> {
-        self.stream
-            .set_read_timeout(timeout)
-            .map_err(|e| format!("unable to set a timeout: {}", crate::config::lower(&e)))
+    pub fn set_reply_timeout(&mut self, timeout: Option<Duration>) -> Result<(), CtlError> {
+        self.stream.set_read_timeout(timeout).map_err(CtlError::Setup)
     }
 
-    fn recv(&mut self) -> Result<Message, String> {
+    fn recv(&mut self) -> Result<Message, CtlError> {
         let mut buf = [0u8; 16 * 1024];
         loop {
             if let Some(msg) = self
                 .reader
                 .next_frame::<Message>()
-                .map_err(|e| e.to_string())?
+                .map_err(CtlError::Protocol)?
             {
                 return Ok(msg);
             }
             let n = self.stream.read(&mut buf).map_err(|e| match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    "the primary did not answer in time (stopped or overloaded?); give more with --timeout".to_string()
-                }
-                _ => format!("lost the primary: {}", crate::config::lower(&e)),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => CtlError::Timeout,
+                _ => CtlError::Lost(e),
             })?;
             if n == 0 {
-                return Err("the primary closed the connection".into());
+                return Err(CtlError::Closed);
             }
             self.reader.push(&buf[..n]);
         }
@@ -151,7 +145,7 @@ impl Client {
         &mut self,
         request: Request,
         mut on_progress: impl FnMut(&Progress),
-    ) -> Result<Reply, String> {
+    ) -> Result<Reply, CtlError> {
         let id = self.next_id;
         self.next_id += 1;
         self.send(&Message::Request { id, request })?;
@@ -213,24 +207,24 @@ fn connect_within(path: &Path, timeout: Duration) -> std::io::Result<UnixStream>
 
 /// Refuses a server that runs as neither our uid nor root: whoever could plant a socket
 /// where we look for one must not get our requests.
-fn check_server_uid(stream: &UnixStream, path: &Path) -> Result<(), String> {
+fn check_server_uid(stream: &UnixStream, path: &Path) -> Result<(), CtlError> {
     let ours = nix::unistd::geteuid().as_raw();
     match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials) {
         Ok(cred) if cred.uid() == ours || cred.uid() == 0 => Ok(()),
-        Ok(cred) => Err(format!(
-            "refusing the server at {}: it runs as uid {}, not as uid {ours} or root",
-            path.display(),
-            cred.uid()
-        )),
-        Err(e) => Err(format!(
-            "unable to check the server's uid at {}: {e}",
-            path.display()
-        )),
+        Ok(cred) => Err(CtlError::ForeignServer {
+            path: path.display().to_string(),
+            uid: cred.uid(),
+            ours,
+        }),
+        Err(e) => Err(CtlError::PeerCredentials {
+            path: path.display().to_string(),
+            source: e.into(),
+        }),
     }
 }
 
 /// The control socket for `--name`, `--control` or the default instance.
-pub fn control_path(name: Option<&str>, control: Option<&Path>) -> Result<PathBuf, String> {
+pub fn control_path(name: Option<&str>, control: Option<&Path>) -> Result<PathBuf, CtlError> {
     if let Some(c) = control {
         return Ok(c.to_path_buf());
     }
@@ -250,37 +244,23 @@ pub fn control_path(name: Option<&str>, control: Option<&Path>) -> Result<PathBu
         .unwrap_or_default();
     match found.len() {
         1 => Ok(found[0].clone()),
-        0 => Err(format!(
-            "no reloadsup instance found under {}; name one with --name NAME or --control PATH",
-            base.display()
-        )),
-        _ => Err(format!(
-            "several instances run under {}: name one with --name NAME or --control PATH ({})",
-            base.display(),
-            found
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        0 => Err(CtlError::NoneFound {
+            base: base.display().to_string(),
+        }),
+        _ => Err(CtlError::SeveralFound {
+            base: base.display().to_string(),
+            found: found.iter().map(|p| p.display().to_string()).collect(),
+        }),
     }
 }
 
-pub fn main(args: Vec<std::ffi::OsString>) -> u8 {
-    let args = match crate::parse_args::<CtlArgs>(args) {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
-    match run(args) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("reloadsup ctl: {e}");
-            1
-        }
-    }
+/// Runs `reloadsup ctl`; `Ok` is 0 or 1 (a reload that was rolled back), an error exits 1.
+pub fn main(args: Vec<std::ffi::OsString>) -> Result<u8, Error> {
+    let args = CtlArgs::try_parse_from(args)?;
+    Ok(run(args)?)
 }
 
-fn run(args: CtlArgs) -> Result<u8, String> {
+fn run(args: CtlArgs) -> Result<u8, CtlError> {
     let path = control_path(args.name.as_deref(), args.control.as_deref())?;
     let timeout = args.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let mut client = Client::connect(&path, timeout)?;
@@ -338,33 +318,8 @@ fn run(args: CtlArgs) -> Result<u8, String> {
             println!("{text}");
             Ok(0)
         }
-        (_, Reply::Error(text)) => Err(text),
-        (_, other) => Err(format!("unexpected reply: {other:?}")),
-    }
-}
-
-pub fn progress_line(p: &Progress) -> String {
-    match p {
-        Progress::GenerationStarted {
-            generation,
-            workers,
-        } => format!("starting generation {generation} with {workers} workers"),
-        Progress::WorkerSpawned {
-            generation,
-            slot,
-            pid,
-        } => format!("  worker {slot} of generation {generation}: spawned as pid {pid}"),
-        Progress::WorkerReady {
-            generation,
-            slot,
-            pid,
-        } => format!("  worker {slot} of generation {generation} (pid {pid}): ready"),
-        Progress::Queued => "a reload is in progress; this one follows it".to_string(),
-        Progress::Draining {
-            generation,
-            workers,
-        } => format!("draining {workers} workers of generation {generation}"),
-        Progress::Text(t) => t.clone(),
+        (_, Reply::Error(text)) => Err(CtlError::Refused(text)),
+        (_, other) => Err(CtlError::UnexpectedReply(format!("{other:?}"))),
     }
 }
 
@@ -393,66 +348,4 @@ pub fn status_json(s: &Status) -> serde_json::Value {
             "reason": r.reason,
         })),
     })
-}
-
-/// The readable form of `status`.
-pub fn status_table(s: &Status) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(out, "instance:   {} (pid {})", s.name, s.pid);
-    let _ = writeln!(out, "generation: {}", s.generation);
-    let _ = writeln!(
-        out,
-        "workers:    {} current, {} target, {} dead",
-        s.current_workers, s.target_workers, s.dead_workers
-    );
-    for l in &s.listeners {
-        let _ = writeln!(out, "listener:   {} {}", l.name, l.address);
-    }
-    if let Some(r) = &s.last_reload {
-        let reason = if r.reason.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", r.reason)
-        };
-        let _ = writeln!(
-            out,
-            "last reload: generation {} {}{reason}",
-            r.generation,
-            r.outcome.as_str()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n{:>4}  {:>8}  {:>4}  {:<9} {:>8}  {:>9}  STATUS",
-        "SLOT", "PID", "GEN", "STATE", "RESTARTS", "UPTIME"
-    );
-    for w in &s.workers {
-        let pid = if w.pid == 0 {
-            "-".to_string()
-        } else {
-            w.pid.to_string()
-        };
-        let _ = writeln!(
-            out,
-            "{:>4}  {:>8}  {:>4}  {:<9} {:>8}  {:>9}  {}",
-            w.slot,
-            pid,
-            w.generation,
-            w.state.as_str(),
-            w.restarts,
-            uptime(w.uptime_ms),
-            w.status
-        );
-    }
-    out
-}
-
-fn uptime(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..=59 => format!("{}.{}s", s, (ms % 1000) / 100),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
 }

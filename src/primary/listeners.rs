@@ -12,7 +12,8 @@ use nix::sys::socket::{
     SockaddrStorage, UnixAddr,
 };
 
-use crate::config::{lower, Address, ListenerSpec};
+use crate::config::{Address, ListenerSpec};
+pub use crate::error::BindError;
 
 /// A bound, listening socket and what it is bound to.
 #[derive(Debug)]
@@ -25,31 +26,19 @@ pub struct Listener {
     pub fd: OwnedFd,
 }
 
-/// Why a listener could not be bound. Exit code 2: the user asked for something impossible.
-#[derive(Debug)]
-pub struct BindError(pub String);
-
-impl std::fmt::Display for BindError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 fn nixerr(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
+/// Binds every listener, in order. The error names the listener as `--listen NAME`.
 pub fn bind_all(specs: &[ListenerSpec], backlog: i32) -> Result<Vec<Listener>, BindError> {
     specs
         .iter()
         .map(|spec| {
-            bind(spec, backlog).map_err(|e| {
-                BindError(format!(
-                    "--listen {}: unable to bind {}: {}",
-                    spec.name,
-                    spec.address,
-                    lower(&e)
-                ))
+            bind(spec, backlog).map_err(|source| BindError {
+                flag: format!("--listen {}", spec.name),
+                address: spec.address.to_string(),
+                source,
             })
         })
         .collect()

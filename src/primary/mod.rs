@@ -16,7 +16,7 @@ pub mod notify;
 pub mod shell_link;
 pub mod state;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -32,6 +32,7 @@ use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{lower, Config, ReadyMode};
+use crate::error::{BindError, Fatal, SetupError};
 use crate::sys;
 use control::{ConnId, Connections};
 use listeners::Listener;
@@ -44,28 +45,6 @@ pub(crate) const FIRST_CONN: usize = 16;
 
 /// Requests that come from signals rather than a connection.
 pub(crate) const FROM_SIGNAL: Requester = 0;
-
-/// A fatal error at start: the message is for the user; the code is the exit status.
-#[derive(Debug)]
-pub struct Fatal {
-    pub code: u8,
-    pub message: String,
-}
-
-impl Fatal {
-    fn usage(message: impl Into<String>) -> Fatal {
-        Fatal {
-            code: 2,
-            message: message.into(),
-        }
-    }
-    fn other(message: impl Into<String>) -> Fatal {
-        Fatal {
-            code: 1,
-            message: message.into(),
-        }
-    }
-}
 
 pub struct Primary {
     config: Config,
@@ -94,6 +73,9 @@ pub struct Primary {
     refill_at: Option<Instant>,
     /// Kills every worker's process group and cgroup if the primary dies (promise 4).
     keeper: keeper_link::Keeper,
+    /// The hand-off link of each worker role that may not have exec'd yet, by pid: a role that
+    /// cannot run the command says why on it before it exits; see [`Primary::setup_failure`].
+    links: HashMap<u32, OwnedFd>,
 }
 
 /// A worker role that is running and waiting for its [`WorkerSpec`].
@@ -113,26 +95,24 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
 
 impl Primary {
     fn start(config: Config) -> Result<Primary, Fatal> {
-        sys::ensure_std_fds()
-            .map_err(|e| Fatal::other(format!("unable to open /dev/null: {}", lower(&e))))?;
+        sys::ensure_std_fds().map_err(Fatal::system("open /dev/null"))?;
         let pid = std::process::id();
         prepare_state_dir(&config.state_dir, &config.name, config.uid.is_some())?;
 
-        let listeners = listeners::bind_all(&config.listeners, config.backlog)
-            .map_err(|e| Fatal::usage(e.0))?;
+        let listeners =
+            listeners::bind_all(&config.listeners, config.backlog).map_err(Fatal::Bind)?;
         for l in &listeners {
             log::info!("listener {} bound to {}", l.name, l.bound);
         }
 
-        let poll = Poll::new()
-            .map_err(|e| Fatal::other(format!("unable to create the poll: {}", lower(&e))))?;
+        let poll = Poll::new().map_err(Fatal::system("create the poll"))?;
         let mut signals = Signals::new([
             SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2,
         ])
-        .map_err(|e| Fatal::other(format!("unable to install signal handlers: {}", lower(&e))))?;
+        .map_err(Fatal::system("install signal handlers"))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
-            .map_err(|e| Fatal::other(format!("unable to poll signals: {}", lower(&e))))?;
+            .map_err(Fatal::system("poll signals"))?;
 
         let notify = (config.ready == ReadyMode::Notify)
             .then(|| notify::NotifySockets::new(&config.state_dir, config.uid, config.gid));
@@ -142,18 +122,14 @@ impl Primary {
 
         let control_path = config.state_dir.join("control.sock");
         let _ = std::fs::remove_file(&control_path);
-        let mut control = UnixListener::bind(&control_path).map_err(|e| {
-            Fatal::other(format!(
-                "unable to bind the control socket {}: {}",
-                control_path.display(),
-                lower(&e)
-            ))
+        let mut control = UnixListener::bind(&control_path).map_err(|source| Fatal::Socket {
+            what: "control",
+            path: control_path.display().to_string(),
+            source,
         })?;
         poll.registry()
             .register(&mut control, CONTROL, Interest::READABLE)
-            .map_err(|e| {
-                Fatal::other(format!("unable to poll the control socket: {}", lower(&e)))
-            })?;
+            .map_err(Fatal::system("poll the control socket"))?;
 
         let shell = match &config.admin {
             Some(admin) => Some(admin_console(&config, admin, &control_path)?),
@@ -162,7 +138,7 @@ impl Primary {
 
         if let Some(pidfile) = &config.pidfile {
             files::write_atomically(pidfile, format!("{pid}\n").as_bytes())
-                .map_err(|e| Fatal::usage(format!("--pidfile: {e}")))?;
+                .map_err(|problem| Fatal::Pidfile { problem })?;
         }
 
         let settings = Settings {
@@ -207,6 +183,7 @@ impl Primary {
             spares: Vec::new(),
             refill_at: None,
             keeper: keeper_link::Keeper::new(pid),
+            links: HashMap::new(),
         })
     }
 
@@ -246,7 +223,10 @@ impl Primary {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(Fatal::other(format!("poll failed: {}", lower(&e))));
+                return Err(Fatal::System {
+                    what: "poll",
+                    source: e,
+                });
             }
             let mut actions = Vec::new();
             // Each source once per turn: what the poll reported, then what was left pending.
@@ -333,6 +313,8 @@ impl Primary {
                     }
                 }
                 Action::ReloadDone { waiters, outcome } => {
+                    // Once per reload, a moment when most roles have exec'd.
+                    self.forget_execd_links();
                     let mut replace_shell = false;
                     for who in waiters {
                         self.conns
@@ -417,6 +399,7 @@ impl Primary {
                         "worker {slot} of generation {generation} runs in spare pid {}",
                         spare.pid
                     );
+                    self.links.insert(spare.pid, spare.link);
                     return Ok(spare.pid);
                 }
                 Err(e) => {
@@ -432,6 +415,7 @@ impl Primary {
             return Err(e);
         }
         log::debug!("spawned worker {slot} of generation {generation} as pid {pid}");
+        self.links.insert(pid, link);
         Ok(pid)
     }
 
@@ -522,9 +506,13 @@ impl Primary {
                         continue;
                     }
                     if let Some(i) = self.spares.iter().position(|s| s.pid == pid) {
-                        self.spares.remove(i);
+                        let spare = self.spares.remove(i);
                         if !self.state.is_shutting_down() {
-                            log::warn!("spare worker pid {pid} {status}; starting another in 1s");
+                            let why = match self.failure_on(&spare.link) {
+                                Some(reason) => format!("could not start: {reason}"),
+                                None => status.to_string(),
+                            };
+                            log::warn!("spare worker pid {pid} {why}; starting another in 1s");
                             self.refill_at = Some(Instant::now() + Duration::from_secs(1));
                         }
                         continue;
@@ -536,9 +524,10 @@ impl Primary {
                     if let Some(sockets) = &mut self.notify {
                         sockets.remove_pid(&self.poll, pid);
                     }
-                    let exit = match status {
-                        sys::ExitStatus::Exited(c) => Exit::Code(c),
-                        sys::ExitStatus::Signaled(s) => Exit::Signal(s),
+                    let exit = match (self.setup_failure(pid), status) {
+                        (Some(reason), _) => Exit::Setup(reason),
+                        (None, sys::ExitStatus::Exited(c)) => Exit::Code(c),
+                        (None, sys::ExitStatus::Signaled(s)) => Exit::Signal(s),
                     };
                     actions.extend(
                         self.state
@@ -552,6 +541,32 @@ impl Primary {
                 }
             }
         }
+    }
+
+    /// What a reaped worker role said about its setup failure, if it said anything: the
+    /// message waits in the link's buffer, so reading it never blocks. Forgets the link.
+    fn setup_failure(&mut self, pid: u32) -> Option<String> {
+        let link = self.links.remove(&pid)?;
+        self.failure_on(&link)
+    }
+
+    /// The reason a worker role sent on `link` before it exited, if any.
+    fn failure_on(&self, link: &OwnedFd) -> Option<String> {
+        let mut buf = [0u8; 1024];
+        let n = sys::recv_nowait(link.as_fd(), &mut buf).ok()?;
+        let failure: proto::SetupFailure = proto::decode(&buf[..n]).ok()?;
+        let program = self
+            .argv
+            .first()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Some(SetupError::from_wire(&failure, &program).to_string())
+    }
+
+    /// Closes the links of worker roles that exec'd their command (end-of-file on the link),
+    /// so that the primary holds a link only while a worker may still report a failure.
+    fn forget_execd_links(&mut self) {
+        self.links.retain(|_, link| !sys::at_eof(link.as_fd()));
     }
 
     /// Reads a batch from one worker's notify socket; true if more may be queued.
@@ -734,14 +749,16 @@ fn prepare_state_dir(dir: &Path, name: &str, other_user: bool) -> Result<(), Fat
     // Workers run as another user (--user) must reach their notify socket: let them traverse,
     // not list.
     let mode = if other_user { 0o711 } else { 0o700 };
-    files::prepare_state_dir(dir, mode)
-        .map_err(|e| Fatal::usage(format!("--state-dir {}: {e}", dir.display())))?;
+    files::prepare_state_dir(dir, mode).map_err(|problem| Fatal::StateDir {
+        dir: dir.display().to_string(),
+        problem,
+    })?;
     let control = dir.join("control.sock");
     if std::os::unix::net::UnixStream::connect(&control).is_ok() {
-        return Err(Fatal::usage(format!(
-            "another reloadsup named '{name}' is running (control socket {}); give this one another --name or --state-dir",
-            control.display()
-        )));
+        return Err(Fatal::AlreadyRunning {
+            name: name.to_string(),
+            control: control.display().to_string(),
+        });
     }
     Ok(())
 }
@@ -755,15 +772,19 @@ fn admin_console(
         name: "admin".into(),
         address: crate::config::Address::Tcp(admin.address),
     };
-    let mut bound = listeners::bind_all(std::slice::from_ref(&spec), 128)
-        .map_err(|e| Fatal::usage(e.0.replace("--listen admin", "--admin")))?;
+    let mut bound = listeners::bind_all(std::slice::from_ref(&spec), 128).map_err(|e| {
+        Fatal::Bind(BindError {
+            flag: "--admin".into(),
+            ..e
+        })
+    })?;
     let listener = bound.remove(0);
     let identity = crate::shell::load_or_create_identity(
         &config.state_dir,
         admin.cert.as_deref(),
         admin.key.as_deref(),
     )
-    .map_err(|e| Fatal::usage(format!("--admin-cert/--admin-key: {e}")))?;
+    .map_err(|e| Fatal::AdminIdentity(e.to_string()))?;
     log::info!(
         "admin console on {} (TLS certificate SHA-256 fingerprint {})",
         listener.bound.trim_start_matches("tcp://"),

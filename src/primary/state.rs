@@ -40,18 +40,22 @@ pub struct Settings {
 }
 
 /// How a process ended, as plain data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
     Code(i32),
     Signal(i32),
+    /// The worker role could not run the command, and said why (its own exit status adds
+    /// nothing to that).
+    Setup(String),
 }
 
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            // The worker role's own status when exec fails; the log has its message.
+            // The worker role's own status when exec fails, when its reason was lost.
             Exit::Code(127) => write!(f, "exited with status 127 (the command could not be run)"),
             Exit::Code(c) => write!(f, "exited with status {c}"),
+            Exit::Setup(reason) => write!(f, "could not start: {reason}"),
             Exit::Signal(s) => match nix::sys::signal::Signal::try_from(*s) {
                 Ok(sig) => write!(f, "was killed by {}", sig.as_str()),
                 Err(_) => write!(f, "was killed by signal {s}"),
@@ -612,11 +616,11 @@ impl State {
             return;
         }
         if Some(p.generation) == self.starting_generation() {
-            self.rollback(
-                now,
-                format!("worker {} (pid {pid}) {exit} before it was ready", p.slot),
-                out,
-            );
+            let reason = match exit {
+                Exit::Setup(_) => format!("worker {} (pid {pid}) {exit}", p.slot),
+                _ => format!("worker {} (pid {pid}) {exit} before it was ready", p.slot),
+            };
+            self.rollback(now, reason, out);
             self.run_pending(now, out);
             return;
         }

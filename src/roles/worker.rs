@@ -14,6 +14,7 @@ use std::path::Path;
 
 use reloadsup_protocol::{self as proto, FdBatch, WorkerSpec, PROTOCOL_VERSION};
 
+use crate::error::{lower, SetupError};
 use crate::sys;
 
 /// Variables of reloadsup's own that a worker must not see; the socket-activation ones are
@@ -28,7 +29,8 @@ const OWN_VARS: &[&str] = &[
     "NOTIFY_SOCKET",
 ];
 
-/// Exit status when the command cannot be run, like a shell's.
+/// Exit status when the command cannot be run, like a shell's. The reason goes to the primary
+/// on the link (see [`report`]), so the status itself need not tell the stages apart.
 const EXEC_FAILED: u8 = 127;
 
 /// Runs the worker role. `args` are the words after `__worker`: the primary's pid, so that a
@@ -39,27 +41,46 @@ pub fn run(args: &[OsString]) -> u8 {
     if let Some(base) = args.get(1) {
         join_cgroup(Path::new(base));
     }
-    match prepare(parent) {
+    let mut link = match sys::take_role_link() {
+        Ok(link) => link,
+        Err(e) => {
+            eprintln!("reloadsup: worker: {}", lower(&e));
+            return EXEC_FAILED;
+        }
+    };
+    let (spec, err) = match prepare(parent, &mut link) {
         Ok(Some(spec)) => {
-            let argv: Vec<OsString> = spec.argv.into_iter().map(OsString::from_vec).collect();
-            let err = sys::execvp(&argv);
-            eprintln!(
-                "reloadsup: worker {} of generation {}: unable to run {}: {}",
-                spec.slot,
-                spec.generation,
-                argv.first()
-                    .map(|a| a.to_string_lossy())
-                    .unwrap_or_default(),
-                crate::config::lower(&err)
-            );
-            EXEC_FAILED
+            let argv: Vec<OsString> = spec.argv.iter().cloned().map(OsString::from_vec).collect();
+            let source = sys::execvp(&argv);
+            let program = argv
+                .first()
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (
+                Some((spec.slot, spec.generation)),
+                SetupError::Exec { program, source },
+            )
         }
         // A spare the primary no longer needs: it closed the link without a spec.
-        Ok(None) => 0,
-        Err(e) => {
-            eprintln!("reloadsup: worker: {e}");
-            EXEC_FAILED
+        Ok(None) => return 0,
+        Err((which, e)) => (which, e),
+    };
+    match spec {
+        Some((slot, generation)) => {
+            eprintln!("reloadsup: worker {slot} of generation {generation}: {err}")
         }
+        None => eprintln!("reloadsup: worker: {err}"),
+    }
+    report(&link, &err);
+    EXEC_FAILED
+}
+
+/// Tells the primary why this role could not run the command. The link is kept open (and
+/// close-on-exec) until the exec for this: a successful exec closes it, so the primary reads
+/// either this message or end-of-file. Best effort: the exit status says "failed" anyway.
+fn report(link: &OwnedFd, err: &SetupError) {
+    if let Ok(bytes) = proto::encode(&err.to_wire()) {
+        let _ = sys::send_with_fds(link.as_fd(), &bytes, &[]);
     }
 }
 
@@ -71,12 +92,16 @@ fn join_cgroup(base: &Path) {
         eprintln!(
             "reloadsup: worker: unable to join a cgroup under {}: {}; its children are tracked by process group only",
             base.display(),
-            crate::config::lower(&e)
+            lower(&e)
         );
     }
 }
 
-fn prepare(parent: Option<u32>) -> io::Result<Option<WorkerSpec>> {
+/// A failed setup, with the slot and generation when the spec had arrived, for the message.
+type Failed = (Option<(u32, u64)>, SetupError);
+
+/// Everything up to the exec.
+fn prepare(parent: Option<u32>, link: &mut OwnedFd) -> Result<Option<WorkerSpec>, Failed> {
     // Default dispositions first, then unblock: a stop signal that arrived while this process
     // was starting ends it, as it would end the worker.
     sys::reset_signals();
@@ -86,48 +111,65 @@ fn prepare(parent: Option<u32>) -> io::Result<Option<WorkerSpec>> {
     let deferred = sys::sched_defer();
     if let Some(parent) = parent {
         // Before waiting for the spec: a spare may wait a long time.
-        sys::die_with_parent(parent)?;
+        sys::die_with_parent(parent).map_err(|e| (None, SetupError::ParentDeath(e)))?;
     }
-    let link = sys::take_role_link()?;
-    let Some((spec, fds)) = receive(&link)? else {
+    let Some((spec, fds)) = receive(link).map_err(|e| (None, e))? else {
         return Ok(None);
     };
-    drop(link);
-    sys::drop_privileges(spec.uid, spec.gid)?;
-    // After the credentials change: the kernel clears the parent-death signal on a change of
-    // user or group, so it is set (again) only now.
-    sys::die_with_parent(spec.primary_pid)?;
-    set_env(&spec);
-    sys::place_fds(fds, 3)?;
-    if deferred {
-        sys::sched_normal()?;
+    let steps = || -> Result<(), SetupError> {
+        sys::drop_privileges(spec.uid, spec.gid)?;
+        // After the credentials change: the kernel clears the parent-death signal on a change
+        // of user or group, so it is set (again) only now.
+        sys::die_with_parent(spec.primary_pid).map_err(SetupError::ParentDeath)?;
+        set_env(&spec);
+        sys::place_fds(fds, 3, link).map_err(SetupError::Fds)?;
+        if deferred {
+            sys::sched_normal().map_err(SetupError::Scheduling)?;
+        }
+        Ok(())
+    };
+    match steps() {
+        Ok(()) => Ok(Some(spec)),
+        Err(e) => Err((Some((spec.slot, spec.generation)), e)),
     }
-    Ok(Some(spec))
 }
 
 /// The spec and the listener fds; `None` when the primary closed the link without sending.
-fn receive(link: &OwnedFd) -> io::Result<Option<(WorkerSpec, Vec<OwnedFd>)>> {
+fn receive(link: &OwnedFd) -> Result<Option<(WorkerSpec, Vec<OwnedFd>)>, SetupError> {
     let mut buf = vec![0u8; proto::MAX_FRAME];
-    let (n, mut fds) = sys::recv_with_fds(link.as_fd(), &mut buf, sys::MAX_FDS_PER_MESSAGE)?;
+    let handoff = |e: io::Error| SetupError::Handoff(e);
+    let malformed = |e: proto::Error| SetupError::Handoff(io::Error::other(e));
+    let (n, mut fds) =
+        sys::recv_with_fds(link.as_fd(), &mut buf, sys::MAX_FDS_PER_MESSAGE).map_err(handoff)?;
     if n == 0 {
         return Ok(None);
     }
-    let spec: WorkerSpec = proto::decode(&buf[..n]).map_err(io::Error::other)?;
+    let body = &buf[..n];
+    let spec: WorkerSpec = proto::decode(body).map_err(|e| {
+        match proto::leading_version(body).filter(|&v| v != PROTOCOL_VERSION) {
+            Some(theirs) => SetupError::Protocol {
+                ours: PROTOCOL_VERSION,
+                theirs,
+            },
+            None => malformed(e),
+        }
+    })?;
     if spec.version != PROTOCOL_VERSION {
-        return Err(io::Error::other(proto::Error::VersionMismatch {
+        return Err(SetupError::Protocol {
             ours: PROTOCOL_VERSION,
             theirs: spec.version,
-        }));
+        });
     }
     let expected = spec.fd_count as usize;
     while fds.len() < expected {
-        let (n, more) = sys::recv_with_fds(link.as_fd(), &mut buf, sys::MAX_FDS_PER_MESSAGE)?;
+        let (n, more) = sys::recv_with_fds(link.as_fd(), &mut buf, sys::MAX_FDS_PER_MESSAGE)
+            .map_err(handoff)?;
         if n == 0 {
             break;
         }
-        let batch: FdBatch = proto::decode(&buf[..n]).map_err(io::Error::other)?;
+        let batch: FdBatch = proto::decode(&buf[..n]).map_err(malformed)?;
         if batch.count as usize != more.len() {
-            return Err(io::Error::other(proto::Error::FdCount {
+            return Err(malformed(proto::Error::FdCount {
                 expected: batch.count as usize,
                 received: more.len(),
             }));
@@ -135,7 +177,7 @@ fn receive(link: &OwnedFd) -> io::Result<Option<(WorkerSpec, Vec<OwnedFd>)>> {
         fds.extend(more);
     }
     if fds.len() != expected || spec.listener_names.len() != expected {
-        return Err(io::Error::other(proto::Error::FdCount {
+        return Err(malformed(proto::Error::FdCount {
             expected,
             received: fds.len(),
         }));
@@ -175,5 +217,67 @@ fn set_env(spec: &WorkerSpec) {
         for i in 0..n {
             std::env::set_var(format!("EINHORN_FD_{i}"), (3 + i).to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(version: u32) -> WorkerSpec {
+        WorkerSpec {
+            version,
+            primary_pid: 1,
+            generation: 2,
+            slot: 0,
+            argv: vec![b"x".to_vec()],
+            env: vec![],
+            listener_names: vec![],
+            fd_count: 0,
+            notify_socket: None,
+            uid: None,
+            gid: None,
+            einhorn_env: false,
+        }
+    }
+
+    #[test]
+    fn a_spec_of_another_protocol_version_is_a_protocol_error() {
+        let (primary, role) = sys::seqpacket_pair().unwrap();
+        let body = proto::encode(&spec(PROTOCOL_VERSION + 1)).unwrap();
+        sys::send_with_fds(primary.as_fd(), &body, &[]).unwrap();
+        match receive(&role) {
+            Err(SetupError::Protocol { ours, theirs }) => {
+                assert_eq!((ours, theirs), (PROTOCOL_VERSION, PROTOCOL_VERSION + 1));
+            }
+            other => panic!("expected a protocol mismatch, got {other:?}"),
+        }
+        // The role's report reaches the primary's end as one decodable message.
+        report(&role, &SetupError::Protocol { ours: 1, theirs: 2 });
+        let mut buf = [0u8; 256];
+        let n = sys::recv_nowait(primary.as_fd(), &mut buf).unwrap();
+        let failure: proto::SetupFailure = proto::decode(&buf[..n]).unwrap();
+        assert_eq!(
+            failure.stage,
+            proto::SetupStage::Protocol { ours: 1, theirs: 2 }
+        );
+    }
+
+    #[test]
+    fn a_spec_of_another_layout_is_still_a_protocol_error() {
+        let (primary, role) = sys::seqpacket_pair().unwrap();
+        // Version 2, then bytes that are no version-1 spec.
+        sys::send_with_fds(primary.as_fd(), &[2, 0xff], &[]).unwrap();
+        match receive(&role) {
+            Err(SetupError::Protocol { theirs: 2, .. }) => {}
+            other => panic!("expected a protocol mismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_closed_link_without_a_spec_is_a_retired_spare() {
+        let (primary, role) = sys::seqpacket_pair().unwrap();
+        drop(primary);
+        assert!(matches!(receive(&role), Ok(None)));
     }
 }

@@ -294,32 +294,60 @@ pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Places `fds` at `first`, `first+1`, ... without close-on-exec, and closes every other fd at
-/// or above `first`. Used by the worker role right before exec.
+/// Places `fds` at `first`, `first+1`, ... without close-on-exec, moves `keep` to the fd right
+/// after them (close-on-exec), and closes every other fd at or above `first`. Used by the
+/// worker role right before exec: `keep` is its link to the primary, which stays open to
+/// report a failed exec and closes by itself on a successful one.
 ///
 /// The fds are first moved above the target range, so that placing one never overwrites
 /// another still to be placed (the `dup2(fd, fd)` trap and its cousins).
-pub fn place_fds(fds: Vec<OwnedFd>, first: RawFd) -> io::Result<()> {
+pub fn place_fds(fds: Vec<OwnedFd>, first: RawFd, keep: &mut OwnedFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg};
     let end = first + fds.len() as RawFd;
+    // Everything goes above `end` (not to it), so that moving `keep` onto `end` at the last
+    // step cannot overwrite one of the copies still open.
+    let high_keep = fcntl(keep.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(end + 1)).map_err(errno)?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new fd that we own; the old one is closed by the
+    // assignment.
+    *keep = unsafe { OwnedFd::from_raw_fd(high_keep) };
     let mut moved = Vec::with_capacity(fds.len());
     for fd in fds {
-        let high = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(end)).map_err(errno)?;
+        let high = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(end + 1)).map_err(errno)?;
         // SAFETY: F_DUPFD_CLOEXEC returned a new fd that we own.
         moved.push(unsafe { OwnedFd::from_raw_fd(high) });
         drop(fd);
     }
     for (i, fd) in moved.iter().enumerate() {
         let target = first + i as RawFd;
-        // SAFETY: dup2 onto a target below `end`: every fd we still need lives at `end` or
-        // above, so nothing of ours is overwritten; dup2 clears close-on-exec on the target.
+        // SAFETY: dup2 onto a target below `end`: every fd we still need lives above `end`,
+        // so nothing of ours is overwritten; dup2 clears close-on-exec on the target.
         if unsafe { libc::dup2(fd.as_raw_fd(), target) } == -1 {
             return Err(io::Error::last_os_error());
         }
     }
     drop(moved);
-    close_from(end);
+    // SAFETY: dup3 onto `end`, which holds nothing of ours (our copies are all above it).
+    if unsafe { libc::dup3(keep.as_raw_fd(), end, libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: dup3 just made `end` a copy that we own; the old one is closed by the assignment.
+    *keep = unsafe { OwnedFd::from_raw_fd(end) };
+    close_from(end + 1);
     Ok(())
+}
+
+/// Receives one message without waiting; attached fds, if any, are discarded by the kernel.
+/// `Ok(0)` is end-of-file on a SOCK_SEQPACKET socket.
+pub fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    socket::recv(sock.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(errno)
+}
+
+/// Whether the peer closed this SOCK_SEQPACKET socket with nothing left to read. Neither waits
+/// nor consumes a message.
+pub fn at_eof(sock: BorrowedFd<'_>) -> bool {
+    let mut buf = [0u8; 1];
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK;
+    matches!(socket::recv(sock.as_raw_fd(), &mut buf, flags), Ok(0))
 }
 
 /// Closes every fd at or above `first`.
@@ -438,16 +466,26 @@ pub fn execvp(argv: &[impl AsRef<OsStr>]) -> io::Error {
 }
 
 /// Switches to `gid` and `uid` (supplementary groups dropped), for workers run as another user.
-pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> Result<(), crate::error::SetupError> {
+    use crate::error::SetupError;
     use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
     if let Some(gid) = gid {
         if nix::unistd::getuid().is_root() {
-            setgroups(&[Gid::from_raw(gid)]).map_err(errno)?;
+            setgroups(&[Gid::from_raw(gid)]).map_err(|e| SetupError::Groups {
+                gid,
+                source: errno(e),
+            })?;
         }
-        setgid(Gid::from_raw(gid)).map_err(errno)?;
+        setgid(Gid::from_raw(gid)).map_err(|e| SetupError::Group {
+            gid,
+            source: errno(e),
+        })?;
     }
     if let Some(uid) = uid {
-        setuid(Uid::from_raw(uid)).map_err(errno)?;
+        setuid(Uid::from_raw(uid)).map_err(|e| SetupError::User {
+            uid,
+            source: errno(e),
+        })?;
     }
     Ok(())
 }
@@ -609,6 +647,22 @@ mod tests {
             fds.iter().all(|f| cloexec(f.as_fd())),
             "received fds must be close-on-exec"
         );
+    }
+
+    #[test]
+    fn at_eof_only_once_the_peer_closed_and_nothing_is_left() {
+        let (a, b) = seqpacket_pair().unwrap();
+        assert!(!at_eof(a.as_fd()), "an open, empty link");
+        send_with_fds(b.as_fd(), b"why", &[]).unwrap();
+        drop(b);
+        assert!(!at_eof(a.as_fd()), "a message waits: not end-of-file yet");
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            recv_nowait(a.as_fd(), &mut buf).unwrap(),
+            3,
+            "peeking consumed nothing"
+        );
+        assert!(at_eof(a.as_fd()));
     }
 
     #[test]

@@ -654,3 +654,81 @@ fn status_text_is_shown_without_control_characters() {
         "control characters in: {out:?}"
     );
 }
+
+/// Removes the command from disk and reloads: every worker role of the new generation fails
+/// its exec, and `ctl reload` says so, with the errno, instead of a bare exit status.
+fn reload_names_a_command_that_cannot_be_run(name: &str, spares: usize) {
+    let sb = Sandbox::new(name);
+    let script = sb.exec_script("server", &bins::example("hello"), &[]);
+    let prespawn = spares.to_string();
+    let run = Run::new([&script])
+        .args(standard(2))
+        .args(["--prespawn", &prespawn]);
+    let (sup, _) = start(&sb, run, 2);
+    // The spares are started a moment after the first generation; the reload must find them.
+    sup.wait_workers(2 + spares);
+    std::fs::remove_file(&script).expect("removing the command");
+    let out = sup.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let expected = format!(
+        "could not start: unable to run {}: no such file or directory",
+        script.display()
+    );
+    assert!(stdout.contains(&expected), "{}", text(&out));
+    let status = sup.status_json();
+    assert!(
+        json_reason(&status).contains(&expected),
+        "the status keeps the reason: {status:#}"
+    );
+    let from_spares = sup.count_in_log("runs in spare pid");
+    assert_eq!(from_spares, spares, "the workers that ran in a spare");
+}
+
+fn json_reason(status: &Value) -> String {
+    status["last_reload"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn ctl_reload_names_a_command_that_cannot_be_run() {
+    reload_names_a_command_that_cannot_be_run("ctl_reload_names_a_command_that_cannot_be_run", 0);
+}
+
+#[test]
+fn ctl_reload_names_a_command_that_cannot_be_run_from_a_spare() {
+    reload_names_a_command_that_cannot_be_run(
+        "ctl_reload_names_a_command_that_cannot_be_run_from_a_spare",
+        2,
+    );
+}
+
+/// A group id the kernel refuses in the worker role, as root (setgroups) and not (setgid):
+/// (gid_t)-1 is no valid group. The config cannot know, so the role's setup fails, and both
+/// the crash of the first generation and `ctl reload` name the step and the errno rather than
+/// "the command could not be run".
+#[test]
+fn ctl_reload_names_the_setup_step_that_failed() {
+    let sb = Sandbox::new("ctl_reload_names_the_setup_step_that_failed");
+    let mut sup = Run::hello(&[])
+        .args(standard(1))
+        .args(["--group", "4294967295"])
+        .start(&sb);
+    let line = sup.wait_for_log("could not start", DEADLINE);
+    assert!(
+        line.contains("gid 4294967295: invalid argument"),
+        "the crash names the step: {line}"
+    );
+    let out = sup.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("could not start: unable to")
+            && stdout.contains("gid 4294967295: invalid argument"),
+        "{}",
+        text(&out)
+    );
+    assert!(!stdout.contains("could not be run"), "{}", text(&out));
+}

@@ -168,6 +168,28 @@ fn worker_exit_during_start_rolls_back_and_old_keeps_serving() {
 }
 
 #[test]
+fn setup_failure_during_start_rolls_back_with_its_reason() {
+    let mut h = Harness::new(ReadyMode::Notify, 1);
+    h.ready_all(1);
+    h.feed(Event::Reload(1));
+    let new = h.pids(2);
+    let acts = h.feed(Event::Exited {
+        pid: new[0],
+        exit: Exit::Setup("unable to switch to uid 65534: operation not permitted".into()),
+    });
+    let outcome = Harness::outcome(&acts).unwrap();
+    assert_eq!(outcome.outcome, Outcome::RolledBack);
+    assert_eq!(
+        outcome.reason,
+        format!(
+            "worker 0 (pid {}) could not start: unable to switch to uid 65534: operation not permitted",
+            new[0]
+        )
+    );
+    assert_eq!(h.state.serving, 1);
+}
+
+#[test]
 fn ready_timeout_rolls_back() {
     let mut h = Harness::new(ReadyMode::Notify, 1);
     h.ready_all(1);
