@@ -919,13 +919,19 @@ mod tests {
         let e = admin(&["--admin-password-hash-file", f]).unwrap_err();
         assert!(e.to_string().starts_with("--admin-password-hash-file"), "{e}");
         assert!(!e.to_string().contains("nonsense"), "{e}");
-        let e = admin(&[
+        // Both on one command line: clap refuses it, a usage error (exit 2).
+        let both = RunArgs::try_parse_from([
+            "reloadsup",
+            "--admin",
+            "127.0.0.1:0",
             "--admin-password-hash",
             &hash,
             "--admin-password-hash-file",
             f,
+            "--",
+            "/bin/sh",
         ]);
-        assert!(e.is_err());
+        assert!(both.is_err_and(|e| e.use_stderr()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
