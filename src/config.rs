@@ -337,6 +337,10 @@ fn read_hash_file(
     Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
 
+/// The longest state directory: 107 bytes of a unix socket path, less `/` and the longest
+/// socket name in it (`n-` and 16 characters, a worker's notify socket).
+pub const MAX_STATE_DIR: usize = 107 - 1 - 18;
+
 /// Parses a duration: `250ms`, `2s`, `1m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let s = s.trim();
@@ -682,10 +686,24 @@ impl Config {
                 ValueError::NotDirectoryName(name),
             );
         }
+        let state_dir_cli = args.state_dir.is_some();
         let state_dir = args
             .state_dir
             .or(file.state_dir)
             .unwrap_or_else(|| default_state_dir(&name));
+        // Its sockets (control.sock, the workers' n-<16 chars> notify sockets) must fit in a
+        // unix socket address; refuse now rather than fail at every spawn.
+        let len = state_dir.as_os_str().len();
+        if len > MAX_STATE_DIR {
+            return bad(
+                src("state-dir", "state-dir", state_dir_cli),
+                ValueError::StateDirTooLong {
+                    path: state_dir.display().to_string(),
+                    len,
+                    max: MAX_STATE_DIR,
+                },
+            );
+        }
         let pidfile = args.pidfile.or(file.pidfile);
 
         let admin_cli = args.admin.is_some();
@@ -872,6 +890,18 @@ mod tests {
         }
     }
 
+    /// Regression: a long --state-dir made every worker's spawn fail ("path must be shorter
+    /// than SUN_LEN") and the slots die; it is a usage error at start instead.
+    #[test]
+    fn a_state_dir_too_long_for_its_sockets_is_refused() {
+        let long = format!("/tmp/{}", "d".repeat(MAX_STATE_DIR - 5));
+        assert!(parse(&["--state-dir", &long, "--", "/bin/sh"]).is_ok());
+        let longer = format!("{long}x");
+        let e = parse(&["--state-dir", &longer, "--", "/bin/sh"]).unwrap_err();
+        assert!(e.to_string().starts_with("--state-dir: "), "{e}");
+        assert!(e.to_string().contains("at most 88 bytes"), "{e}");
+    }
+
     /// Issue 12, item 7: the hash on argv is readable by every local user, so it can come
     /// from a file (flag or config key) and argv earns a warning.
     #[test]
@@ -917,7 +947,10 @@ mod tests {
         assert!(e.to_string().contains("--admin-password-hash-file"), "{e}");
         std::fs::write(&file, "nonsense\n").unwrap();
         let e = admin(&["--admin-password-hash-file", f]).unwrap_err();
-        assert!(e.to_string().starts_with("--admin-password-hash-file"), "{e}");
+        assert!(
+            e.to_string().starts_with("--admin-password-hash-file"),
+            "{e}"
+        );
         assert!(!e.to_string().contains("nonsense"), "{e}");
         // Both on one command line: clap refuses it, a usage error (exit 2).
         let both = RunArgs::try_parse_from([

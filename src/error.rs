@@ -261,6 +261,12 @@ pub enum ValueError {
     },
     NotKeyValue(String),
     NotDirectoryName(String),
+    /// Sockets in the state directory would not fit a unix socket address.
+    StateDirTooLong {
+        path: String,
+        len: usize,
+        max: usize,
+    },
     NotAdminAddress(String),
     /// The command's file: `stat` failed.
     Unreadable {
@@ -284,6 +290,7 @@ impl fmt::Display for ValueError {
         match self {
             ValueError::NotTcpAddress(s) => write!(f, "'{s}' is not a tcp address: expected tcp://HOST:PORT with an IP host, like tcp://127.0.0.1:8080 or tcp://[::1]:8080"),
             ValueError::EmptyUnixPath(s) => write!(f, "'{s}' has an empty unix socket path"),
+            ValueError::StateDirTooLong { path, len, max } => write!(f, "'{path}' is {len} bytes long; the sockets inside it need it to be at most {max} bytes"),
             ValueError::UnixPathTooLong { path, len } => write!(f, "unix socket path '{path}' is {len} bytes long, the limit is 107"),
             ValueError::NotAddress(s) => write!(f, "'{s}' is not an address: expected tcp://HOST:PORT or unix:PATH"),
             ValueError::NotListenerName(name) => write!(f, "'{name}' is not a listener name: use letters, digits and punctuation other than ':'"),
@@ -494,8 +501,7 @@ impl std::error::Error for Fatal {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Fatal::Bind(e) => Some(e),
-            Fatal::Socket { source, .. }
-            | Fatal::System { source, .. } => Some(source),
+            Fatal::Socket { source, .. } | Fatal::System { source, .. } => Some(source),
             Fatal::StateDir { .. }
             | Fatal::Pidfile { .. }
             | Fatal::AlreadyRunning { .. }

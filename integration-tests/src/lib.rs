@@ -59,9 +59,12 @@ impl Sandbox {
     pub fn new(name: &str) -> Sandbox {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        // Short enough that the sockets of a state dir inside it fit a unix socket address
+        // (reloadsup refuses a longer --state-dir).
+        let short: String = name.chars().take(40).collect();
         let path = std::env::temp_dir()
             .join("reloadsup-it")
-            .join(format!("{name}-{}-{n}", std::process::id()));
+            .join(format!("{short}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("unable to create sandbox {}: {e}", path.display()));

@@ -116,7 +116,9 @@ impl Client {
 
     /// How long each later read may wait; `None` waits for as long as it takes.
     pub fn set_reply_timeout(&mut self, timeout: Option<Duration>) -> Result<(), CtlError> {
-        self.stream.set_read_timeout(timeout).map_err(CtlError::Setup)
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(CtlError::Setup)
     }
 
     fn recv(&mut self) -> Result<Message, CtlError> {
