@@ -72,6 +72,9 @@ pub struct ChaosConfig {
     pub pause_ms: (u64, u64),
     /// `--ready-timeout`: how long a hanging release costs.
     pub ready_timeout: &'static str,
+    /// Only these actions (all when empty): `CHAOS_ONLY=KillWorker,SilentCtl`, to narrow down
+    /// what breaks a rule.
+    pub only: Vec<Action>,
 }
 
 impl ChaosConfig {
@@ -85,6 +88,7 @@ impl ChaosConfig {
             seed,
             pause_ms: (50, 400),
             ready_timeout: "3s",
+            only: only_from_env(),
         }
     }
 
@@ -98,6 +102,7 @@ impl ChaosConfig {
             seed,
             pause_ms: (20, 300),
             ready_timeout: "3s",
+            only: only_from_env(),
         }
     }
 }
@@ -114,6 +119,31 @@ pub fn seed_from_env() -> u64 {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64 ^ u64::from(std::process::id())),
     }
+}
+
+/// The actions named in `CHAOS_ONLY` (comma-separated, as in the report); panics on an unknown
+/// name, naming it and the known ones.
+pub fn only_from_env() -> Vec<Action> {
+    let Ok(list) = std::env::var("CHAOS_ONLY") else {
+        return Vec::new();
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            ACTIONS
+                .iter()
+                .map(|a| a.0)
+                .find(|a| format!("{a:?}").eq_ignore_ascii_case(name))
+                .unwrap_or_else(|| {
+                    let known: Vec<String> = ACTIONS.iter().map(|a| format!("{:?}", a.0)).collect();
+                    panic!(
+                        "CHAOS_ONLY: unknown action {name:?} (known: {})",
+                        known.join(", ")
+                    )
+                })
+        })
+        .collect()
 }
 
 /// splitmix64: tiny, seedable, good enough to pick actions (the workspace has no `rand`).
@@ -190,10 +220,12 @@ const ACTIONS: [(Action, u64); 11] = [
 ];
 
 impl Action {
-    fn pick(rng: &mut Rng) -> Action {
-        let total: u64 = ACTIONS.iter().map(|a| a.1).sum();
+    /// A weighted draw among `only` (every action when empty).
+    fn pick(rng: &mut Rng, only: &[Action]) -> Action {
+        let allowed = |a: &Action| only.is_empty() || only.contains(a);
+        let total: u64 = ACTIONS.iter().filter(|a| allowed(&a.0)).map(|a| a.1).sum();
         let mut n = rng.below(total);
-        for (action, weight) in ACTIONS {
+        for (action, weight) in ACTIONS.into_iter().filter(|a| allowed(&a.0)) {
             if n < weight {
                 return action;
             }
@@ -498,7 +530,7 @@ pub fn run(sandbox: &Sandbox, config: &ChaosConfig) -> ChaosReport {
     let chaos_start = Instant::now();
     let mut done = 0;
     while chaos_start.elapsed() < config.duration && done < config.max_actions {
-        let action = Action::pick(&mut chaos.rng);
+        let action = Action::pick(&mut chaos.rng, &config.only);
         if chaos.act(action) {
             *chaos.actions.entry(format!("{action:?}")).or_default() += 1;
         } else {
@@ -622,7 +654,7 @@ pub fn run(sandbox: &Sandbox, config: &ChaosConfig) -> ChaosReport {
     if fds_end != fds_start {
         chaos.violations.push(format!(
             "the primary has {fds_end} fds after the chaos, {fds_start} before: {:?}",
-            proc::fds_of(primary)
+            describe_fds(primary)
         ));
     }
     if rss_end_kb > ChaosReport::rss_limit_kb(rss_start_kb) {
@@ -631,7 +663,8 @@ pub fn run(sandbox: &Sandbox, config: &ChaosConfig) -> ChaosReport {
             ChaosReport::rss_limit_kb(rss_start_kb)
         ));
     }
-    let console_ok = wait_until_ok(Duration::from_secs(30), || chaos.operator_once().is_ok());
+    // The shell worker may be in its restart back-off (up to 30 s after many kills).
+    let console_ok = wait_until_ok(Duration::from_secs(90), || chaos.operator_once().is_ok());
     if !console_ok {
         let why = chaos.operator_once().err().unwrap_or_default();
         chaos.violations.push(format!(
@@ -836,6 +869,41 @@ fn held_ports(pid: u32) -> HashSet<u16> {
     ports
 }
 
+/// The fds of `pid`, each Unix socket with its `/proc/net/unix` line (path, state), to tell a
+/// leaked control connection from a link.
+fn describe_fds(pid: u32) -> Vec<String> {
+    let unix = fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap_or_default();
+    proc::fds_of(pid)
+        .into_iter()
+        .map(|(fd, target)| {
+            let inode = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'));
+            let line = inode.and_then(|i| {
+                unix.lines()
+                    .find(|l| l.split_whitespace().nth(6) == Some(i))
+                    .map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>().join(" "))
+            });
+            match line {
+                Some(l) => format!("{fd}: {target} unix {l}"),
+                None => format!("{fd}: {target}"),
+            }
+        })
+        .collect()
+}
+
+/// The live children of `pid` running the hidden `role` of reloadsup (`__shell`, `__worker`).
+fn role_children(pid: u32, role: &[u8]) -> Vec<u32> {
+    proc::task_children(pid)
+        .into_iter()
+        .filter(|&p| {
+            fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(role))
+                && !proc::is_zombie(p)
+        })
+        .collect()
+}
+
 /// Whether every thread of `pid` is stopped (or it is gone).
 fn all_threads_stopped(pid: u32) -> bool {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -924,15 +992,23 @@ impl Chaos<'_> {
 
     /// Waits until the supervisor is settled (reviving dead slots on the way).
     fn settle(&mut self) {
-        let settled = wait_until_ok(Duration::from_secs(60), || {
+        // A slot killed many times may be in its restart back-off (up to 30 s).
+        let settled = wait_until_ok(Duration::from_secs(90), || {
             self.revive_dead();
             self.status().is_some_and(|s| self.is_settled(&s))
+                && self.spares() == self.config.prespawn as usize
         });
         if !settled {
             let last = self.status().unwrap_or(Value::Null);
             self.violations
-                .push(format!("the supervisor did not settle within 60 s: {last}"));
+                .push(format!("the supervisor did not settle within 90 s: {last}"));
         }
+    }
+
+    /// The primary's children still in the worker role (not exec'd into the command): the
+    /// `--prespawn` spares, which are topped up a moment after a reload took some.
+    fn spares(&self) -> usize {
+        role_children(self.sup.pid(), b"__worker").len()
     }
 
     fn revive_dead(&mut self) {
@@ -1056,13 +1132,7 @@ impl Chaos<'_> {
 
     fn kill_shell(&mut self) -> bool {
         let primary = self.sup.pid();
-        let shell = proc::task_children(primary).into_iter().find(|&p| {
-            fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| c.split(|&b| b == 0).any(|a| a == b"__shell"))
-                .unwrap_or(false)
-                && !proc::is_zombie(p)
-        });
-        match shell {
+        match role_children(primary, b"__shell").first().copied() {
             Some(pid) if proc::ppid_of(pid) == Some(primary) => {
                 proc::kill(pid, libc::SIGKILL).is_ok()
             }
@@ -1201,7 +1271,9 @@ mod tests {
     fn same_seed_same_actions() {
         let picks = |seed| {
             let mut rng = Rng(seed);
-            (0..50).map(|_| Action::pick(&mut rng)).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| Action::pick(&mut rng, &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(picks(7), picks(7));
         assert_ne!(picks(7), picks(8));
