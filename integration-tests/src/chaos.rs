@@ -376,6 +376,8 @@ pub struct ChaosReport {
     pub revives: u32,
     pub operator_ok: u32,
     pub operator_failed: u32,
+    /// Why the first few operator commands failed.
+    pub operator_errors: Vec<String>,
     pub fds_start: usize,
     pub fds_end: usize,
     pub rss_start_kb: u64,
@@ -419,6 +421,9 @@ impl ChaosReport {
             "revives: {}; operator console: {} ok, {} failed",
             self.revives, self.operator_ok, self.operator_failed
         );
+        for e in &self.operator_errors {
+            let _ = writeln!(s, "  operator failure: {e}");
+        }
         let _ = writeln!(
             s,
             "primary fds {} -> {}, RSS {} kB -> {} kB (limit {} kB), zombies at the end {:?}",
@@ -463,6 +468,7 @@ struct Chaos<'a> {
     revives: u32,
     operator_ok: u32,
     operator_failed: u32,
+    operator_errors: Vec<String>,
     violations: Vec<String>,
 }
 
@@ -507,6 +513,7 @@ pub fn run(sandbox: &Sandbox, config: &ChaosConfig) -> ChaosReport {
         revives: 0,
         operator_ok: 0,
         operator_failed: 0,
+        operator_errors: Vec::new(),
         violations: Vec::new(),
     };
 
@@ -698,6 +705,7 @@ pub fn run(sandbox: &Sandbox, config: &ChaosConfig) -> ChaosReport {
         revives: chaos.revives,
         operator_ok: chaos.operator_ok,
         operator_failed: chaos.operator_failed,
+        operator_errors: std::mem::take(&mut chaos.operator_errors),
         fds_start,
         fds_end,
         rss_start_kb,
@@ -1258,7 +1266,12 @@ impl Chaos<'_> {
     fn operator(&mut self) {
         match self.operator_once() {
             Ok(()) => self.operator_ok += 1,
-            Err(_) => self.operator_failed += 1,
+            Err(e) => {
+                self.operator_failed += 1;
+                if self.operator_errors.len() < 3 {
+                    self.operator_errors.push(e.trim().to_owned());
+                }
+            }
         }
     }
 }
