@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -1155,7 +1155,8 @@ impl Chaos<'_> {
             return false;
         };
         let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-        let bytes = match self.rng.below(3) {
+        let kind = self.rng.below(3);
+        let bytes = match kind {
             // A frame header announcing 4 GiB.
             0 => {
                 let mut b = vec![0xff, 0xff, 0xff, 0xff];
@@ -1175,6 +1176,19 @@ impl Chaos<'_> {
             }
         };
         let _ = s.write_all(&bytes);
+        if kind == 0 {
+            // No frame can be that large: the primary must close this connection (after its
+            // own hello), whatever else it is doing.
+            let _ = s.set_read_timeout(Some(DEADLINE));
+            let mut sink = Vec::new();
+            if let Err(e) = s.read_to_end(&mut sink) {
+                if e.kind() != io::ErrorKind::ConnectionReset {
+                    self.violations.push(format!(
+                        "the primary kept a control connection that announced a 4 GiB frame: {e}"
+                    ));
+                }
+            }
+        }
         true
     }
 
