@@ -459,7 +459,12 @@ struct Chaos<'a> {
     sandbox: &'a Sandbox,
     sup: &'a mut Supervisor,
     config: &'a ChaosConfig,
+    /// Picks the actions and the pauses: the same sequence for the same seed, whatever the
+    /// actions find.
     rng: Rng,
+    /// The choices inside one action, re-seeded from the seed and the action's index, so that a
+    /// skipped action does not shift the choices of the ones after it.
+    arng: Rng,
     hello: PathBuf,
     console: Console,
     kills: Vec<Kill>,
@@ -505,6 +510,7 @@ pub fn run(sandbox: &Sandbox, config: &ChaosConfig) -> ChaosReport {
         sup: &mut sup,
         config,
         rng: Rng(config.seed),
+        arng: Rng(config.seed),
         hello,
         console,
         kills: Vec::new(),
@@ -540,6 +546,7 @@ pub fn run(sandbox: &Sandbox, config: &ChaosConfig) -> ChaosReport {
     let mut done = 0;
     while chaos_start.elapsed() < config.duration && done < config.max_actions {
         let action = Action::pick(&mut chaos.rng, &config.only);
+        chaos.arng = Rng(config.seed ^ u64::from(done + 1).wrapping_mul(0xa076_1d64_78bd_642f));
         if chaos.act(action) {
             *chaos.actions.entry(format!("{action:?}")).or_default() += 1;
         } else {
@@ -1113,7 +1120,7 @@ impl Chaos<'_> {
         if ready.len() < 2 {
             return false;
         }
-        let pid = ready[self.rng.below(ready.len() as u64) as usize];
+        let pid = ready[self.arng.below(ready.len() as u64) as usize];
         let primary = self.sup.pid();
         // The pid came from the primary a moment ago; check it is still its child (not reaped
         // and reused) right before each signal.
@@ -1157,24 +1164,24 @@ impl Chaos<'_> {
             return false;
         };
         let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-        let kind = self.rng.below(3);
+        let kind = self.arng.below(3);
         let bytes = match kind {
             // A frame header announcing 4 GiB.
             0 => {
                 let mut b = vec![0xff, 0xff, 0xff, 0xff];
-                b.extend(self.rng.bytes(64));
+                b.extend(self.arng.bytes(64));
                 b
             }
             // A proper hello, then noise.
             1 => {
                 let mut b = encode_frame(&Message::hello()).unwrap_or_default();
-                let n = self.rng.between(1, 4096) as usize;
-                b.extend(self.rng.bytes(n));
+                let n = self.arng.between(1, 4096) as usize;
+                b.extend(self.arng.bytes(n));
                 b
             }
             _ => {
-                let n = self.rng.between(1, 4096) as usize;
-                self.rng.bytes(n)
+                let n = self.arng.between(1, 4096) as usize;
+                self.arng.bytes(n)
             }
         };
         let _ = s.write_all(&bytes);
@@ -1195,7 +1202,45 @@ impl Chaos<'_> {
     }
 
     fn console_garbage(&mut self) -> bool {
-        if self.rng.below(4) == 0 {
+        let kind = self.arng.below(4);
+        if kind == 1 {
+            // Inside TLS, after the password: a junk command line (no NUL, no newline), an
+            // unbalanced quote, or a line past the 4 KiB limit (the shell ends that session).
+            // `console -c` stops at the first failing command, so one junk line a session. Not
+            // judged while the shell worker may be restarting, but it must not hang.
+            // Printable ASCII, quotes and `#` included; the prefix keeps it from looking like
+            // a flag of the client.
+            let junk = |rng: &mut Rng, n: usize| -> String {
+                let tail: String = rng
+                    .bytes(n)
+                    .into_iter()
+                    .map(|b| char::from(b' ' + b % 95))
+                    .collect();
+                format!("junk {tail}")
+            };
+            let line = match self.arng.below(3) {
+                0 => "worker \"unbalanced".to_owned(),
+                1 => {
+                    let n = self.arng.between(4100, 6000) as usize;
+                    junk(&mut self.arng, n)
+                }
+                _ => {
+                    let n = self.arng.between(1, 200) as usize;
+                    junk(&mut self.arng, n)
+                }
+            };
+            let mut cmd = Command::new(bins::reloadsup());
+            cmd.args(["console", "--fingerprint", &self.console.fingerprint])
+                .args(["-c", &line])
+                .arg(&self.console.addr)
+                .env("RELOADSUP_PASSWORD", PASSWORD);
+            if let Err(e) = run_timed(&mut cmd, CLIENT_DEADLINE) {
+                self.violations
+                    .push(format!("a console session fed junk commands hung: {e}"));
+            }
+            return true;
+        }
+        if kind == 0 {
             // A wrong password through the real client: it must give up, not hang.
             let mut cmd = Command::new(bins::reloadsup());
             cmd.args(["console", "--fingerprint", &self.console.fingerprint])
@@ -1218,12 +1263,12 @@ impl Chaos<'_> {
         };
         let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
         let mut bytes = Vec::new();
-        if self.rng.below(2) == 0 {
+        if self.arng.below(2) == 0 {
             // Looks like the start of a TLS record, then is not.
             bytes.extend([0x16, 0x03, 0x01, 0x40, 0x00]);
         }
-        let n = self.rng.between(1, 2048) as usize;
-        bytes.extend(self.rng.bytes(n));
+        let n = self.arng.between(1, 2048) as usize;
+        bytes.extend(self.arng.bytes(n));
         let _ = s.write_all(&bytes);
         true
     }
@@ -1247,7 +1292,7 @@ impl Chaos<'_> {
         // Non-blocking: whatever the primary does not take stays unsent.
         let _ = s.set_nonblocking(true);
         let _ = s.write(&bytes);
-        let hold = Duration::from_millis(self.rng.between(500, 4000));
+        let hold = Duration::from_millis(self.arng.between(500, 4000));
         self.silent.push((s, Instant::now() + hold));
         true
     }
