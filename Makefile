@@ -3,7 +3,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 RELEASE_BIN := target/release
 
-.PHONY: all build build-debug demo test unit integration bench lint fmt fmt-check fuzz ci clean
+.PHONY: all build build-debug demo test unit integration bench bench-chaos lint fmt fmt-check fuzz ci clean
 
 all: build
 
@@ -31,6 +31,10 @@ test: build-debug
 ## Figures: reload under load vs direct vs kill-and-restart, overhead, RSS, wake-ups.
 bench: build
 	$(RELEASE_BIN)/reloadsup-bench
+
+## Only the chaos run (about 3 minutes; CHAOS_SEED=N replays one, CHAOS=D sets its length).
+bench-chaos: build
+	$(RELEASE_BIN)/reloadsup-bench --only chaos --chaos $(or $(CHAOS),150s)
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

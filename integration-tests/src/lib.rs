@@ -9,6 +9,7 @@
 //! deadlines are generous because the machines that run this are shared and noisy.
 
 pub mod bins;
+pub mod chaos;
 pub mod load;
 pub mod proc;
 

@@ -71,9 +71,22 @@ pub fn request(
     path: &str,
     timeout: Duration,
 ) -> Result<Answer, (FailureKind, String)> {
+    request_traced(addr, path, timeout, &mut None)
+}
+
+/// Like [`request`], and stores the client's local port in `port` as soon as the connection is
+/// up, so that a failure can be attributed to the worker that held the other end (the chaos
+/// run matches it against the sockets of the workers it killed).
+pub fn request_traced(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    port: &mut Option<u16>,
+) -> Result<Answer, (FailureKind, String)> {
     let io_err = |what: &str, e: io::Error| (classify(&e), format!("{what}: {e}"));
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| io_err("connect", e))?;
+    *port = stream.local_addr().ok().map(|a| a.port());
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))

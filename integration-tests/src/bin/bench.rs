@@ -13,13 +13,15 @@
 //!    along the way.
 //! 5. Admin console (when the binary has one): shell worker RSS and `worker info` round trips
 //!    over real TLS.
+//! 6. Chaos (issue 12, item 16): the chaos run of `integration-tests/src/chaos.rs` for
+//!    `--chaos D` (default 150 s) with `--prespawn 2`; `make bench-chaos` runs only this.
 //!
 //! Every loop is bounded in count and time; all traffic goes to 127.0.0.1; only processes this
 //! program started are signalled.
 //!
 //! ```text
 //! reloadsup-bench [--duration 15s] [--reloads 10] [--clients 8] [--workers 4] [--delay 200ms]
-//!                 [--soak 1000] [--only load,costs,control,soak,console]
+//!                 [--soak 1000] [--chaos 150s] [--only load,costs,control,soak,console,chaos]
 //! ```
 
 use std::collections::HashSet;
@@ -34,24 +36,25 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use reloadsup_integration_tests::{
-    bins, proc, tcp_connect_ok, wait_for, wait_until, Limits, Load, LoadReport, Run, Sandbox,
-    Supervisor, DEADLINE,
+    bins, chaos, proc, tcp_connect_ok, wait_for, wait_until, Limits, Load, LoadReport, Run,
+    Sandbox, Supervisor, DEADLINE,
 };
 use reloadsup_protocol::{
     check_hello, encode_frame, FrameReader, Message, Outcome, Reply, Request,
 };
 
-const USAGE: &str = "usage: reloadsup-bench [--duration D] [--reloads N] [--clients N] [--workers N] [--delay D] [--soak N] [--only LIST]
+const USAGE: &str = "usage: reloadsup-bench [--duration D] [--reloads N] [--clients N] [--workers N] [--delay D] [--soak N] [--chaos D] [--only LIST]
   --duration D   load duration of each of the three load runs (default 15s)
   --reloads N    reloads (or kill-and-restarts) during the load (default 10)
   --clients N    concurrent clients (default 8)
   --workers N    workers under reloadsup in the load run (default 4)
   --delay D      the server's start-up delay before it accepts (default 200ms)
   --soak N       reloads in the soak run (default 1000)
-  --only LIST    comma-separated sections to run: load, costs, control, soak, console
+  --chaos D      how long the chaos run issues actions (default 150s); CHAOS_SEED=N replays
+  --only LIST    comma-separated sections to run: load, costs, control, soak, console, chaos
                  (default: all)";
 
-const SECTIONS: [&str; 5] = ["load", "costs", "control", "soak", "console"];
+const SECTIONS: [&str; 6] = ["load", "costs", "control", "soak", "console", "chaos"];
 
 /// Requests that start within this long after a reload count as 'during a reload'.
 const WINDOW: Duration = Duration::from_secs(1);
@@ -77,6 +80,7 @@ struct Options {
     workers: usize,
     delay: Duration,
     soak: u32,
+    chaos: Duration,
     only: Vec<String>,
 }
 
@@ -110,6 +114,7 @@ fn parse_args() -> Result<Options, String> {
         workers: 4,
         delay: Duration::from_millis(200),
         soak: 1000,
+        chaos: Duration::from_secs(150),
         only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -129,6 +134,9 @@ fn parse_args() -> Result<Options, String> {
             "--workers" => o.workers = number(&value)?.max(1),
             "--delay" => o.delay = parse_duration(&value)?,
             "--soak" => o.soak = number(&value)?.clamp(10, 100_000) as u32,
+            "--chaos" => {
+                o.chaos = parse_duration(&value)?.clamp(Duration::from_secs(5), SOAK_CAP * 5)
+            }
             "--only" => {
                 for s in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                     if !SECTIONS.contains(&s) {
@@ -244,6 +252,9 @@ fn main() -> ExitCode {
     }
     if o.runs("console") {
         console_section(&mut checks);
+    }
+    if o.runs("chaos") {
+        chaos_section(&o, &mut checks);
     }
 
     println!("\n## Every target\n");
@@ -1831,4 +1842,91 @@ fn console_processes(admin: &str, sb: &Sandbox) -> Result<Vec<Duration>, String>
         }
     }
     Ok(wall)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Chaos
+// ---------------------------------------------------------------------------------------------
+
+fn chaos_section(o: &Options, checks: &mut Checks) {
+    let mark = checks.0.len();
+    let config = chaos::ChaosConfig::bench(chaos::seed_from_env(), o.chaos);
+    eprintln!(
+        "chaos: {:?} of actions with {} workers, --prespawn {}, {} clients",
+        config.duration, config.workers, config.prespawn, config.clients
+    );
+    let sb = Sandbox::new("bench-chaos");
+    let r = chaos::run(&sb, &config);
+    println!(
+        "\n## 6. Chaos run (issue 12, item 16)\n\n{} workers of `hello`, `--ready notify --ready-timeout {} --prespawn {}`, the admin console on, {} clients; actions for {:?}. Replay with `CHAOS_SEED={}`.\n",
+        config.workers, config.ready_timeout, config.prespawn, config.clients, config.duration, r.seed
+    );
+    println!("```\n{}```\n", r.summary());
+    checks.add(
+        16,
+        "requests failed on connections no killed worker held",
+        format!(
+            "{} of {} ({} failed on killed workers' connections, {} kills)",
+            r.requests_failed - r.requests_excused,
+            r.requests_ok + r.requests_failed,
+            r.requests_excused,
+            r.kills
+        ),
+        "0",
+        r.requests_failed == r.requests_excused,
+    );
+    let hung = r
+        .reload_outcomes
+        .iter()
+        .filter(|(k, _)| k.ends_with("hung"))
+        .map(|(_, n)| n)
+        .sum::<u32>();
+    checks.add(
+        16,
+        "reloads reported (exit 0, or 1 with a reason; bad releases failed)",
+        format!("{:?}", r.reload_outcomes),
+        "all, none hung",
+        hung == 0
+            && !r
+                .violations
+                .iter()
+                .any(|v| v.contains("Release") || v.contains("Reload")),
+    );
+    checks.add(
+        16,
+        "zombie children of the primary at the end",
+        r.zombies_end.len().to_string(),
+        "0",
+        r.zombies_end.is_empty(),
+    );
+    checks.add(
+        16,
+        "primary open fds before vs after",
+        format!("{} vs {}", r.fds_start, r.fds_end),
+        "equal",
+        r.fds_start == r.fds_end,
+    );
+    checks.add(
+        16,
+        "primary RSS before vs after",
+        format!(
+            "{} vs {} ({:+} kB)",
+            kib(Some(r.rss_start_kb)),
+            kib(Some(r.rss_end_kb)),
+            r.rss_end_kb as i64 - r.rss_start_kb as i64
+        ),
+        &format!(
+            "≤ +{} kB",
+            chaos::ChaosReport::rss_limit_kb(r.rss_start_kb) - r.rss_start_kb
+        ),
+        r.rss_end_kb <= chaos::ChaosReport::rss_limit_kb(r.rss_start_kb),
+    );
+    checks.add(
+        16,
+        "every rule of the chaos run",
+        format!("{} violation(s)", r.violations.len()),
+        "0",
+        r.holds(),
+    );
+    checks.print(mark);
 }
