@@ -2,7 +2,7 @@
 //! life and runs generations of workers.
 //!
 //! It owns the poll, the signal pipe, the notify socket, the control socket and its
-//! connections, and the pure [`state::State`]. Raw readiness becomes an [`Input`], the state
+//! connections, and the pure [`state::State`]. Raw readiness becomes a [`state::Event`], the state
 //! machine answers with [`state::Action`]s, and this module carries them out. It must never
 //! block and never panic on input: every peer (worker, `ctl` client, shell worker) is treated as
 //! hostile, every error from one is logged and contained. When idle it sleeps in `poll` with no

@@ -172,7 +172,7 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
 /// Failed logins per source address: past [`Attempts::LIMIT`] failures within
 /// [`Attempts::WINDOW`], an address gets no more tries until the window has passed.
 ///
-/// Bounded: past [`Attempts::MAX_ADDRESSES`] addresses, expired entries are dropped, then the
+/// Bounded: past `MAX_ADDRESSES` (4096) addresses, expired entries are dropped, then the
 /// oldest, so a spray of source addresses costs memory no more than a fixed table.
 #[derive(Debug, Default)]
 pub struct Attempts {
