@@ -422,6 +422,34 @@ fn graceful_shutdown_exits_when_every_worker_is_reaped() {
 }
 
 #[test]
+fn worker_crash_during_shutdown_is_not_restarted() {
+    let mut h = Harness::new(ReadyMode::Immediate, 2);
+    let pids = h.pids(1);
+    h.feed(Event::Shutdown {
+        graceful: true,
+        requester: None,
+    });
+    h.feed(Event::Exited {
+        pid: pids[0],
+        exit: Exit::Code(1),
+    });
+    assert_eq!(h.state.slots[0].restart_at, None, "no back-off restart");
+    assert_eq!(h.state.slots[0].down, None, "the slot is not marked down");
+    h.log.clear();
+    h.advance(Duration::from_secs(1));
+    assert!(
+        !h.log.iter().any(|a| matches!(a, Action::Spawn { .. })),
+        "{:?}",
+        h.log
+    );
+    let acts = h.feed(Event::Exited {
+        pid: pids[1],
+        exit: Exit::Code(0),
+    });
+    assert_eq!(acts, vec![Action::Exit { waiters: vec![] }]);
+}
+
+#[test]
 fn shutdown_cancels_a_starting_generation() {
     let mut h = Harness::new(ReadyMode::Notify, 1);
     h.feed(Event::Reload(4));
