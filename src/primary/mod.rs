@@ -2,8 +2,8 @@
 //! life and runs generations of workers.
 //!
 //! It owns the poll, the signal pipe, the workers' notify sockets, the control socket and its
-//! connections, and the pure [`state::State`]. Raw readiness becomes an [`Input`], the state
-//! machine answers with [`state::Action`]s, and this module carries them out. It must never
+//! connections, and the pure [`state::State`]. Raw readiness becomes a [`state::Event`], the
+//! state machine answers with [`state::Action`]s, and this module carries them out. It must never
 //! block and never panic on input: every peer (worker, `ctl` client, shell worker) is treated as
 //! hostile, every error from one is logged and contained. When idle it sleeps in `poll` with no
 //! timeout: the only timer is the earliest deadline in the state.

@@ -247,18 +247,12 @@ struct Openssl {
 
 impl Openssl {
     /// Whether the `openssl` command is on this machine; the tests that need it say so and
-    /// skip where it is not.
+    /// skip where it is not (and fail under `CI=true`).
     fn available() -> bool {
-        let found = Command::new("openssl")
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            eprintln!("skipped: the openssl command is not installed");
-        }
-        found
+        reloadsup_integration_tests::require(
+            "the openssl command",
+            reloadsup_integration_tests::have_command("openssl", &["version"]),
+        )
     }
 
     fn connect(addr: &str) -> Openssl {
@@ -562,10 +556,15 @@ fn silent_and_slow_clients_do_not_lock_out_an_operator() {
             if stop2.load(std::sync::atomic::Ordering::SeqCst) || s.write_all(&[*b]).is_err() {
                 return;
             }
+            // Pacing: this client is slow on purpose, one byte a second.
             thread::sleep(Duration::from_secs(1));
         }
     });
-    thread::sleep(Duration::from_millis(500));
+    // The console is tried only once the shell has taken every connection off the queue.
+    let listener: std::net::SocketAddr = admin.addr.parse().expect("console address");
+    wait_until(DEADLINE, "the shell to accept every connection", || {
+        proc::accept_queue(listener) == Some(0)
+    });
 
     let start = Instant::now();
     let out = admin.console(&["worker info"]);
