@@ -62,7 +62,7 @@ impl Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // Short enough that the sockets of a state dir inside it fit a unix socket address
         // (reloadsup refuses a longer --state-dir).
-        let short: String = name.chars().take(40).collect();
+        let short: String = name.chars().take(24).collect();
         let path = std::env::temp_dir()
             .join("reloadsup-it")
             .join(format!("{short}-{}-{n}", std::process::id()));
