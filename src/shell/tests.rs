@@ -165,7 +165,7 @@ impl Harness {
         drop(listener_fd);
         sys::send_with_fds(ours.as_fd(), &frame[7..], &[]).unwrap();
         std::thread::spawn(move || fake_primary(ours));
-        let shell = std::thread::spawn(move || serve(theirs, commands, false));
+        let shell = std::thread::spawn(move || serve(theirs, commands, false, None));
         Harness {
             addr,
             fingerprint: identity.fingerprint_hex,
