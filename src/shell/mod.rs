@@ -80,6 +80,8 @@ const WAKER: Token = Token(2);
 const SIGNALS: Token = Token(3);
 const PROXY: Token = Token(4);
 const FIRST_SESSION: usize = 16;
+/// Connections accepted per turn of the loop, so a connection storm cannot starve the sessions.
+const ACCEPT_BATCH: usize = 256;
 
 /// What woke the loop.
 enum Event {
@@ -268,6 +270,9 @@ struct Shell {
     signals: Option<signal_hook_mio::v1_0::Signals>,
     stopping: Option<String>,
     proxy: Option<Proxy>,
+    /// The last accept batch stopped at its bound with connections possibly still queued:
+    /// mio reports only new edges, so the loop polls without waiting and accepts again.
+    accept_pending: bool,
 }
 
 impl Shell {
@@ -397,6 +402,7 @@ impl Shell {
             signals,
             stopping: None,
             proxy: None,
+            accept_pending: false,
         })
     }
 
@@ -549,21 +555,26 @@ impl Shell {
                 return Ok(0);
             }
             let now = Instant::now();
-            let timeout = self
-                .sessions
-                .values()
-                .filter_map(|s| s.deadline())
-                .min()
-                .map(|d| d.saturating_duration_since(now));
+            let timeout = if self.accept_pending {
+                Some(Duration::ZERO)
+            } else {
+                self.sessions
+                    .values()
+                    .filter_map(|s| s.deadline())
+                    .min()
+                    .map(|d| d.saturating_duration_since(now))
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(format!("unable to poll: {}", lower(&e)));
             }
+            // Accepted once per turn: on its edge, or because the last batch left some.
+            let mut accept = std::mem::take(&mut self.accept_pending);
             for ev in events.iter() {
                 match classify(ev.token()) {
-                    Event::Accept => self.accept(),
+                    Event::Accept => accept = true,
                     Event::Link => self.on_link(
                         ev.is_readable() || ev.is_read_closed() || ev.is_error(),
                         ev.is_writable(),
@@ -585,6 +596,9 @@ impl Shell {
                         }
                     }
                 }
+            }
+            if accept {
+                self.accept_pending = self.accept();
             }
             // Messages from jobs and verifiers may come without a wake-up of their own (one
             // wake-up covers many), so the inbox is drained on every turn.
@@ -628,18 +642,26 @@ impl Shell {
     // Accepting
     // -----------------------------------------------------------------------------------------
 
-    fn accept(&mut self) {
-        // Bounded per wake-up so a connection storm cannot starve the sessions; mio reports
-        // the listener again while connections wait.
-        for _ in 0..256 {
+    /// Accepts a batch of at most [`ACCEPT_BATCH`] connections; true if it stopped at the
+    /// bound, with more possibly waiting that mio will not report again.
+    fn accept(&mut self) -> bool {
+        for _ in 0..ACCEPT_BATCH {
             let (stream, peer) = match self.listener.accept() {
                 Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
-                    // EMFILE and the like: log, and try again at the next readiness.
+                    // EMFILE and the like: not marked pending, which would spin the loop while
+                    // it lasts; the next connection's edge retries.
                     log::warn!("admin console: accept failed: {}", lower(&e));
-                    return;
+                    return false;
                 }
             };
             let now = Instant::now();
@@ -702,6 +724,7 @@ impl Shell {
             let _ = session.stream.set_nodelay(true);
             self.sessions.insert(sid, session);
         }
+        true
     }
 
     // -----------------------------------------------------------------------------------------
