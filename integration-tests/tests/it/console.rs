@@ -849,7 +849,7 @@ fn shell_worker_drops_to_the_user_and_its_programs_still_reach_the_primary() {
              [commands.who]\nrun = [\"/bin/sh\", \"-c\", \"echo uid=$(id -u) control=$RELOADSUP_CONTROL\"]\n"
         ),
     );
-    let admin = Admin::start_with(
+    let mut admin = Admin::start_with(
         &sandbox,
         1,
         bins::example("console_commands"),
@@ -907,4 +907,16 @@ fn shell_worker_drops_to_the_user_and_its_programs_still_reach_the_primary() {
         "{}",
         text(&out)
     );
+
+    // A replacement shell worker binds the socket again over the one its predecessor left.
+    proc::kill(shell, libc::SIGKILL).unwrap();
+    let again = wait_for(DEADLINE, "a new shell worker", || {
+        admin.shell_pid().filter(|&p| p != shell)
+    });
+    admin.wait_for_log(&format!(
+        "reloadsup[{again}] admin console of t: shell worker listening"
+    ));
+    let out = admin.console(&["st"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("generation: 2"), "{}", text(&out));
 }
