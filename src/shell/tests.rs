@@ -139,9 +139,19 @@ struct Harness {
 
 impl Harness {
     fn start(name: &str, commands: Commands, custom: Vec<CustomCommand>) -> Harness {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Harness::start_on(name, commands, custom, listener)
+    }
+
+    /// Like [`Harness::start`], serving `listener`.
+    fn start_on(
+        name: &str,
+        commands: Commands,
+        custom: Vec<CustomCommand>,
+        listener: TcpListener,
+    ) -> Harness {
         let dir = sandbox(name);
         let identity = super::load_or_create_identity(&dir, None, None).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let spec = ShellSpec {
             version: PROTOCOL_VERSION,
@@ -165,7 +175,7 @@ impl Harness {
         drop(listener_fd);
         sys::send_with_fds(ours.as_fd(), &frame[7..], &[]).unwrap();
         std::thread::spawn(move || fake_primary(ours));
-        let shell = std::thread::spawn(move || serve(theirs, commands, false));
+        let shell = std::thread::spawn(move || serve(theirs, commands, false, None));
         Harness {
             addr,
             fingerprint: identity.fingerprint_hex,
@@ -639,4 +649,44 @@ fn external_programs_get_a_clean_environment_and_only_fds_0_to_2() {
     assert!(vars.contains(&"PATH"), "{vars:?}");
     // cargo sets these for every test process; the program must not inherit them.
     assert!(!vars.iter().any(|v| v.starts_with("CARGO")), "{vars:?}");
+}
+
+/// Regression (the shell's edge-triggered accept): a burst larger than one accept batch was
+/// left half in the kernel's queue, because mio reports only new edges, until another
+/// connection came. 300 connections queued before the shell starts: every one past the first
+/// batch is accepted too (and closed at once, over the per-source rate) without a new one.
+#[test]
+fn a_burst_larger_than_an_accept_batch_is_accepted_without_a_new_connection() {
+    use nix::sys::socket::{self as so, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
+    let fd = so::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    so::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(127, 0, 0, 1, 0),
+    )
+    .unwrap();
+    so::listen(&fd, Backlog::new(1024).unwrap()).unwrap();
+    let listener = TcpListener::from(fd);
+    let addr = listener.local_addr().unwrap();
+    const BURST: usize = super::ACCEPT_BATCH + 44;
+    let clients: Vec<TcpStream> = (0..BURST)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let _h = Harness::start_on("accept-burst", Commands::default(), vec![], listener);
+    // The kernel accepts in arrival order: the last ones are past the first batch, and far
+    // past the per-source burst, so the shell closes them as soon as it accepts them.
+    for (i, mut c) in clients.into_iter().enumerate().skip(super::ACCEPT_BATCH) {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("connection {i} of {BURST} was not accepted: {other:?}"),
+        }
+    }
 }

@@ -56,6 +56,11 @@ impl Admin {
 
     /// Like [`Admin::start`], with `binary` as the supervisor.
     fn start_binary(sandbox: &Sandbox, workers: usize, binary: PathBuf) -> Admin {
+        Admin::start_with(sandbox, workers, binary, &[])
+    }
+
+    /// Like [`Admin::start_binary`], with `extra` arguments before the command.
+    fn start_with(sandbox: &Sandbox, workers: usize, binary: PathBuf, extra: &[&str]) -> Admin {
         let crash = sandbox.join("crash");
         let hello = bins::example("hello");
         let script = sandbox.write_script(
@@ -74,6 +79,7 @@ impl Admin {
             .args(["--admin", "127.0.0.1:0", "--admin-password-hash"])
             .arg(hash_password(PASSWORD))
             .args(["-n", &workers.to_string(), "--ready", "notify"])
+            .args(extra)
             .args(["--graceful-timeout", "5s", "--"])
             .arg(script)
             .env("RUST_LOG", "info")
@@ -815,4 +821,102 @@ fn worker_scale_in_the_console_reports_the_old_count() {
     assert_eq!(text(&out), "workers: 3 -> 2\n");
     let out = admin.console(&["worker add 2", "worker remove"]);
     assert_eq!(text(&out), "workers: 2 -> 4\nworkers: 4 -> 3\n");
+}
+
+/// Issue 12, item 4: with `--user`, the shell worker (TLS, login, console programs) drops to
+/// that user once it holds its fds, is not dumpable (a worker of the same uid cannot ptrace it
+/// and use its link), and its programs still reach the primary with `reloadsup ctl` through
+/// the shell's own control socket (the primary's accepts only root).
+#[test]
+fn shell_worker_drops_to_the_user_and_its_programs_still_reach_the_primary() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs root to switch users, and CI=true"
+        );
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let sandbox = Sandbox::new("console-drop");
+    let ctl = bins::reloadsup();
+    let ctl = ctl.to_str().unwrap();
+    let config = sandbox.write(
+        "console.toml",
+        &format!(
+            "[commands.st]\nrun = [{ctl:?}, \"ctl\", \"status\"]\n\
+             [commands.rl]\nrun = [{ctl:?}, \"ctl\", \"reload\"]\n\
+             [commands.who]\nrun = [\"/bin/sh\", \"-c\", \"echo uid=$(id -u) control=$RELOADSUP_CONTROL\"]\n"
+        ),
+    );
+    let mut admin = Admin::start_with(
+        &sandbox,
+        1,
+        bins::example("console_commands"),
+        &[
+            "--user",
+            "65534",
+            "--group",
+            "65534",
+            "-c",
+            config.to_str().unwrap(),
+        ],
+    );
+    let shell = admin.shell_pid().expect("a shell worker");
+    let status = std::fs::read_to_string(format!("/proc/{shell}/status")).unwrap();
+    let uids = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("a Uid line");
+    assert_eq!(
+        uids.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["65534"; 4],
+        "{uids}"
+    );
+    let gids = status.lines().find(|l| l.starts_with("Gid:")).unwrap();
+    assert_eq!(
+        gids.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["65534"; 4],
+        "{gids}"
+    );
+    // The kernel gives a non-dumpable process's /proc entries to root.
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(format!("/proc/{shell}/status"))
+        .unwrap()
+        .uid();
+    assert_eq!(owner, 0, "the shell worker is dumpable");
+
+    // Login works, and the programs run as the user with the shell's own socket.
+    let out = admin.console(&["who"]);
+    let who = text(&out);
+    assert!(out.status.success(), "{who}");
+    assert!(who.starts_with("uid=65534 control="), "{who}");
+    let control = who.trim().trim_start_matches("uid=65534 control=");
+    assert_ne!(
+        std::path::Path::new(control),
+        admin.state.join("control.sock")
+    );
+
+    let out = admin.console(&["st"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("generation: 1"), "{}", text(&out));
+    let out = admin.console(&["rl"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("generation 2 is serving"),
+        "{}",
+        text(&out)
+    );
+
+    // A replacement shell worker binds the socket again over the one its predecessor left.
+    proc::kill(shell, libc::SIGKILL).unwrap();
+    let again = wait_for(DEADLINE, "a new shell worker", || {
+        admin.shell_pid().filter(|&p| p != shell)
+    });
+    admin.wait_for_log(&format!(
+        "reloadsup[{again}] admin console of t: shell worker listening"
+    ));
+    let out = admin.console(&["st"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("generation: 2"), "{}", text(&out));
 }
