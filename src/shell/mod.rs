@@ -164,6 +164,22 @@ pub(crate) fn serve(
     as_role: bool,
     drop_to: Option<(u32, u32)>,
 ) -> Result<u8, String> {
+    serve_on(link, commands, as_role, drop_to, drop_to.is_some())
+}
+
+/// [`serve`], in tests with the programs' control socket but no drop (a thread cannot drop).
+#[cfg(test)]
+pub(crate) fn serve_proxied(link: OwnedFd, commands: Commands) -> Result<u8, String> {
+    serve_on(link, commands, false, None, true)
+}
+
+fn serve_on(
+    link: OwnedFd,
+    commands: Commands,
+    as_role: bool,
+    drop_to: Option<(u32, u32)>,
+    proxy: bool,
+) -> Result<u8, String> {
     let (spec, listener, reader) = receive_spec(&link)?;
     if let Some((uid, gid)) = drop_to {
         // Before any thread starts, so that every thread has the new credentials.
@@ -178,7 +194,7 @@ pub(crate) fn serve(
         sys::die_with_parent(spec.primary_pid).map_err(|e| lower(&e))?;
     }
     let mut shell = Shell::new(spec, listener, link, reader, commands, as_role)?;
-    if drop_to.is_some() {
+    if proxy {
         shell.serve_control()?;
     }
     shell.run()
@@ -269,6 +285,8 @@ struct Shell {
     signals: Option<signal_hook_mio::v1_0::Signals>,
     stopping: Option<String>,
     proxy: Option<Proxy>,
+    /// Requests of the proxy's clients on the link, waiting for the primary's reply.
+    forwarded: usize,
     /// The last accept batch stopped at its bound with connections possibly still queued:
     /// mio reports only new edges, so the loop polls without waiting and accepts again.
     accept_pending: bool,
@@ -402,6 +420,7 @@ impl Shell {
             stopping: None,
             proxy: None,
             accept_pending: false,
+            forwarded: 0,
         })
     }
 
@@ -495,6 +514,16 @@ impl Shell {
             Ok((requests, eof)) => {
                 client.in_flight += requests.len();
                 for (cid, request) in requests {
+                    if self.forwarded >= proxy::MAX_FORWARDED {
+                        let busy = format!(
+                            "more than {} requests of console programs at once; try again",
+                            proxy::MAX_FORWARDED
+                        );
+                        self.forwarded += 1;
+                        self.answer(Waiter::Client(id, cid), Reply::Error(busy));
+                        continue;
+                    }
+                    self.forwarded += 1;
                     self.ask(Waiter::Client(id, cid), request);
                 }
                 if eof {
@@ -1257,6 +1286,7 @@ impl Shell {
     fn answer(&mut self, waiter: Waiter, reply: Reply) {
         match waiter {
             Waiter::Client(client, cid) => {
+                self.forwarded = self.forwarded.saturating_sub(1);
                 if let Some(c) = self.proxy.as_mut().and_then(|p| p.clients.get_mut(&client)) {
                     c.in_flight = c.in_flight.saturating_sub(1);
                 }

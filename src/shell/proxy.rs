@@ -21,6 +21,11 @@ use crate::config::lower;
 pub const MAX_CLIENTS: usize = 16;
 /// Requests of one client waiting for the primary; `ctl` sends one at a time.
 pub const MAX_IN_FLIGHT: usize = 8;
+/// Requests of all clients together on the shell's link, closed clients' included until the
+/// primary answers them. The primary closes a link with 64 requests in flight, and the
+/// sessions have at most one each (16): past this, a request is answered with an error at
+/// once instead of costing every session its console.
+pub const MAX_FORWARDED: usize = 32;
 /// Unsent output per client (progress of `logs -f` to a program that does not read): past it
 /// the client is closed rather than buffered without end.
 const MAX_OUT: usize = 4 * proto::MAX_FRAME;

@@ -920,3 +920,50 @@ fn shell_worker_drops_to_the_user_and_its_programs_still_reach_the_primary() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("generation: 2"), "{}", text(&out));
 }
+
+/// `--admin-user` gives the console a user of its own, apart from the workers'.
+#[test]
+fn admin_user_gives_the_shell_worker_a_user_apart_from_the_workers() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs root to switch users, and CI=true"
+        );
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let sandbox = Sandbox::new("console-admin-user");
+    let ctl = bins::reloadsup();
+    let config = sandbox.write(
+        "console.toml",
+        &format!(
+            "admin-user = \"65533:65532\"\n[commands.st]\nrun = [{:?}, \"ctl\", \"status\"]\n\
+             [commands.who]\nrun = [\"/bin/sh\", \"-c\", \"echo $(id -u):$(id -g)\"]\n",
+            ctl.to_str().unwrap()
+        ),
+    );
+    let admin = Admin::start_with(
+        &sandbox,
+        1,
+        bins::example("console_commands"),
+        &["--user", "65534", "-c", config.to_str().unwrap()],
+    );
+    let uid_of = |pid: u64| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().to_string()
+    };
+    let shell = admin.shell_pid().expect("a shell worker") as u64;
+    assert_eq!(uid_of(shell), "65533");
+    // The slot counts from its spawn: wait for the role to become the command.
+    let worker = admin.worker_pids()[0];
+    wait_until(DEADLINE, "the worker to run as uid 65534", || {
+        uid_of(worker) == "65534"
+    });
+    let out = admin.console(&["who"]);
+    assert_eq!(text(&out), "65533:65532\n");
+    let out = admin.console(&["st"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("generation: 1"), "{}", text(&out));
+}
