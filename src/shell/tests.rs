@@ -773,7 +773,9 @@ fn the_programs_control_socket_relays_progress_and_replies() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let h = Harness::start_full("proxy-relay", Commands::default(), vec![], listener, true);
     drop(wait_for_connect(&h.dir.join("control.sock")));
-    let mut ctl = crate::client::ctl::Client::connect(&h.dir.join("control.sock")).unwrap();
+    let mut ctl =
+        crate::client::ctl::Client::connect(&h.dir.join("control.sock"), Duration::from_secs(30))
+            .unwrap();
     let mut progress = Vec::new();
     let reply = ctl
         .request(Request::Reload, |p| progress.push(p.clone()))
