@@ -791,7 +791,7 @@ fn admin_console(
     if let Some((uid, gid)) = drop_to {
         if !nix::unistd::geteuid().is_root() {
             return Err(Fatal::usage(format!(
-                "--admin-user: only root can run the console's shell worker as uid {uid} gid {gid}"
+                "--admin-user: the console's shell worker cannot switch to uid {uid} gid {gid} (by default those of --user/--group): only root can"
             )));
         }
     }
