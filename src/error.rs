@@ -500,7 +500,7 @@ impl fmt::Display for Fatal {
             Fatal::AdminIdentity(e) => write!(f, "--admin-cert/--admin-key: {e}"),
             Fatal::AdminUser { uid, gid } => write!(
                 f,
-                "--admin-user: only root can run the console's shell worker as uid {uid} gid {gid}"
+                "--admin-user: the console's shell worker cannot switch to uid {uid} gid {gid} (by default those of --user/--group): only root can"
             ),
             Fatal::Socket { what, path, source } => {
                 write!(f, "unable to bind the {what} socket {path}: {}", lower(source))
