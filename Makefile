@@ -2,8 +2,12 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 RELEASE_BIN := target/release
+# The fuzz targets, built on stable without sanitizers into the root's target directory (so the
+# dependencies are shared); `make test` runs every target's seed corpus through them.
+FUZZ_BUILD := $(CARGO) build --locked --manifest-path fuzz/Cargo.toml --target-dir target
+FUZZ_TARGET ?= frames
 
-.PHONY: all build build-debug demo test unit integration bench bench-chaos lint fmt fmt-check fuzz ci clean
+.PHONY: all build build-debug demo test unit integration bench bench-chaos lint fmt fmt-check doc fuzz fuzz-build ci clean
 
 all: build
 
@@ -12,7 +16,8 @@ build:
 	$(CARGO) build --release --workspace --bins --examples
 
 build-debug:
-	$(CARGO) build --workspace --bins --examples
+	$(CARGO) build --locked --workspace --bins --examples
+	$(FUZZ_BUILD)
 
 ## Runs `hello` under reloadsup, reloads it while a client hammers it, and prints the result.
 demo: build
@@ -24,7 +29,7 @@ demo: build
 test: build-debug
 	$(CARGO) build --release -p reloadsup-examples --example console_commands
 	@mkdir -p target
-	@set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \
+	@set -o pipefail; $(CARGO) test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test.log; \
 	exit $$status
 
@@ -37,20 +42,33 @@ bench-chaos: build
 	$(RELEASE_BIN)/reloadsup-bench --only chaos --chaos $(or $(CHAOS),150s)
 
 lint:
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked --manifest-path fuzz/Cargo.toml --target-dir target --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 
-## Coverage-guided fuzzing of frame decoding (needs a nightly toolchain and cargo-fuzz).
+## API docs of the workspace; a broken link or a bad doc comment is an error.
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --workspace --no-deps
+
+## The fuzz targets as plain binaries (stable); coverage-guided fuzzing is `make fuzz`.
+fuzz-build:
+	$(FUZZ_BUILD)
+
+## Coverage-guided fuzzing of one target, FUZZ_TARGET=frames by default (needs a nightly
+## toolchain and cargo-fuzz); the targets are fuzz/fuzz_targets/*.rs.
 fuzz:
 	@command -v cargo-fuzz >/dev/null || { echo "make fuzz needs cargo-fuzz and a nightly toolchain: cargo install cargo-fuzz"; exit 1; }
-	cd fuzz && $(CARGO) +nightly fuzz run frames -- -max_total_time=60
+	cd fuzz && $(CARGO) +nightly fuzz run $(FUZZ_TARGET) -- -max_total_time=60
 
-ci: fmt-check lint test
+## What CI runs (.ci/run): formatting, lints, docs, the fuzz build, then the whole suite.
+ci: fmt-check lint doc fuzz-build test
 
 clean:
 	$(CARGO) clean

@@ -263,7 +263,7 @@ pub struct RunArgs {
     /// File holding the console password hash (one line; keep it mode 0600).
     #[arg(long, value_name = "PATH")]
     pub admin_password_hash_file: Option<PathBuf>,
-    /// Run the console's shell worker as USER[:GROUP] [default: --user/--group].
+    /// Run the console's shell worker as USER or USER:GROUP [default: --user/--group].
     #[arg(long, value_name = "USER[:GROUP]")]
     pub admin_user: Option<String>,
     /// TOML file with the same keys; command-line flags win.

@@ -112,6 +112,42 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// A copy of `program` that another user can run: `<sandbox>/shared/<name>`, directory and
+    /// file mode 0755. The build tree may sit in a directory other users cannot enter (a home
+    /// directory of mode 0700), so a test that runs a binary as another user runs this copy.
+    /// Panics if the sandbox itself is not reachable by others (a `TMPDIR` inside such a home).
+    pub fn shared_copy(&self, program: &Path) -> PathBuf {
+        let dir = self.join("shared");
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+        for ancestor in dir.ancestors().skip(1) {
+            let mode = fs::metadata(ancestor)
+                .unwrap_or_else(|e| panic!("stat {}: {e}", ancestor.display()))
+                .permissions()
+                .mode();
+            assert!(
+                mode & 0o001 != 0,
+                "{} (mode {:o}) cannot be entered by other users, so a worker run as another \
+                 user cannot reach {}: set TMPDIR to a directory everyone can enter",
+                ancestor.display(),
+                mode & 0o7777,
+                dir.display()
+            );
+        }
+        let name = program
+            .file_name()
+            .unwrap_or_else(|| panic!("{} has no file name", program.display()));
+        let copy = dir.join(name);
+        fs::copy(program, &copy)
+            .unwrap_or_else(|e| panic!("copying {} to {}: {e}", program.display(), copy.display()));
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", copy.display()));
+        copy
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if thread::panicking() {
@@ -585,4 +621,40 @@ pub fn python3() -> Option<PathBuf> {
         .ok()?;
     let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
     (out.status.success() && path.is_file()).then_some(path)
+}
+
+/// Whether a test may go on: `found` says whether `what` (a tool, root, a file) is there.
+///
+/// When it is missing the test says "skipped: needs WHAT" and returns early, except under
+/// `CI=true` (or `CI=1`), where this panics: CI machines have every tool, so a skip there is a
+/// test that silently never runs. Use it as `if !require("python3", ...) { return; }`.
+pub fn require(what: &str, found: bool) -> bool {
+    if found {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "CI=true and this test needs {what}, which this machine lacks: install it, or run \
+         without CI=true to skip"
+    );
+    eprintln!("skipped: needs {what}");
+    false
+}
+
+/// Whether `program args` runs and exits successfully (e.g. `node --version`).
+pub fn have_command(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether this process runs as root (needed to run workers as another user).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }

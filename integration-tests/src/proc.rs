@@ -219,3 +219,25 @@ pub fn cpu_time_ns(pid: u32) -> Option<u64> {
     }
     Some(total)
 }
+
+/// How many connections wait in the accept queue of the TCP listener on `addr` (from
+/// /proc/net/tcp or tcp6: a listening socket's `rx_queue` is its accept backlog), or `None` if
+/// no socket listens there. `Some(0)` after connecting means the server has accepted them all.
+pub fn accept_queue(addr: std::net::SocketAddr) -> Option<u32> {
+    let table = if addr.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let text = fs::read_to_string(table).ok()?;
+    let port = format!(":{:04X}", addr.port());
+    text.lines().skip(1).find_map(|line| {
+        // sl local_address rem_address st tx_queue:rx_queue ...; 0A is LISTEN.
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 || !f[1].ends_with(&port) || f[3] != "0A" {
+            return None;
+        }
+        let rx = f[4].split(':').nth(1)?;
+        u32::from_str_radix(rx, 16).ok()
+    })
+}

@@ -354,7 +354,7 @@ pub struct WorkerSpec {
     pub primary_pid: u32,
     pub generation: u64,
     pub slot: u32,
-    /// argv of the command, templates already substituted; argv[0] is looked up in PATH.
+    /// argv of the command, templates already substituted; `argv[0]` is looked up in PATH.
     pub argv: Vec<Vec<u8>>,
     /// Added to (or replacing in) the inherited environment.
     pub env: Vec<(Vec<u8>, Vec<u8>)>,

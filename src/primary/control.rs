@@ -5,8 +5,8 @@
 //! wrong protocol version or a peer that lets its replies pile up closes only that connection.
 //! A slow or silent client costs one slot and nothing else: nothing here waits on a peer.
 //!
-//! Memory is bounded twice: per connection (a frame, [`MAX_QUEUED`] of replies) and across all
-//! of them ([`MAX_BUFFERED`], input and output together), so that a same-uid client opening
+//! Memory is bounded twice: per connection (a frame, `MAX_QUEUED` of replies) and across all
+//! of them (`MAX_BUFFERED`, input and output together), so that a same-uid client opening
 //! hundreds of connections cannot make the primary hold gigabytes. The connection whose bytes
 //! would cross the global budget is the one closed; the shell link is exempt (it must never
 //! lose the operator's console to a flood of `ctl` clients).

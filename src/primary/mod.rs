@@ -2,8 +2,8 @@
 //! life and runs generations of workers.
 //!
 //! It owns the poll, the signal pipe, the workers' notify sockets, the control socket and its
-//! connections, and the pure [`state::State`]. Raw readiness becomes an [`Input`], the state
-//! machine answers with [`state::Action`]s, and this module carries them out. It must never
+//! connections, and the pure [`state::State`]. Raw readiness becomes a [`state::Event`], the
+//! state machine answers with [`state::Action`]s, and this module carries them out. It must never
 //! block and never panic on input: every peer (worker, `ctl` client, shell worker) is treated as
 //! hostile, every error from one is logged and contained. When idle it sleeps in `poll` with no
 //! timeout: the only timer is the earliest deadline in the state.
@@ -19,7 +19,7 @@ pub mod state;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -40,6 +40,8 @@ use state::{Action, Event, Exit, Requester, Settings, State};
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(2);
+/// Worker roles' links take tokens from here up, by pid (above the notify sockets' range).
+const FIRST_LINK: usize = 1 << 41;
 /// Control connections take tokens from here up.
 pub(crate) const FIRST_CONN: usize = 16;
 
@@ -254,6 +256,10 @@ impl Primary {
                         false
                     }
                     CONTROL => self.on_accept(),
+                    Token(t) if t >= FIRST_LINK => {
+                        self.on_link(t - FIRST_LINK);
+                        false
+                    }
                     Token(t) if t >= notify::FIRST_NOTIFY => self.on_notify(t, &mut actions),
                     Token(t) => self.on_conn(ConnId(t), readable, writable, &mut actions),
                 };
@@ -319,8 +325,6 @@ impl Primary {
                     }
                 }
                 Action::ReloadDone { waiters, outcome } => {
-                    // Once per reload, a moment when most roles have exec'd.
-                    self.forget_execd_links();
                     let mut replace_shell = false;
                     for who in waiters {
                         self.conns
@@ -405,7 +409,7 @@ impl Primary {
                         "worker {slot} of generation {generation} runs in spare pid {}",
                         spare.pid
                     );
-                    self.links.insert(spare.pid, spare.link);
+                    self.keep_link(spare.pid, spare.link);
                     return Ok(spare.pid);
                 }
                 Err(e) => {
@@ -421,7 +425,7 @@ impl Primary {
             return Err(e);
         }
         log::debug!("spawned worker {slot} of generation {generation} as pid {pid}");
-        self.links.insert(pid, link);
+        self.keep_link(pid, link);
         Ok(pid)
     }
 
@@ -569,10 +573,30 @@ impl Primary {
         Some(SetupError::from_wire(&failure, &program).to_string())
     }
 
-    /// Closes the links of worker roles that exec'd their command (end-of-file on the link),
-    /// so that the primary holds a link only while a worker may still report a failure.
-    fn forget_execd_links(&mut self) {
-        self.links.retain(|_, link| !sys::at_eof(link.as_fd()));
+    /// Keeps a worker role's link until it exec'd: the poll reports the link when the exec
+    /// closed it (or a failure report arrived), at no cost while nothing happens.
+    fn keep_link(&mut self, pid: u32, link: OwnedFd) {
+        let fd = link.as_raw_fd();
+        if let Err(e) = self.poll.registry().register(
+            &mut mio::unix::SourceFd(&fd),
+            Token(FIRST_LINK + pid as usize),
+            Interest::READABLE,
+        ) {
+            // Then the link is read only when the worker is reaped.
+            log::debug!("unable to poll the link of pid {pid}: {}", lower(&e));
+        }
+        self.links.insert(pid, link);
+    }
+
+    /// A worker role's link became readable: closed once the role exec'd its command, so the
+    /// primary holds a link only while a worker may still report a failure. A failure report
+    /// stays in the link's buffer until the role is reaped.
+    fn on_link(&mut self, pid: usize) {
+        let Ok(pid) = u32::try_from(pid) else { return };
+        if self.links.get(&pid).is_some_and(|l| sys::at_eof(l.as_fd())) {
+            // Closing the fd takes it out of the poll as well.
+            self.links.remove(&pid);
+        }
     }
 
     /// Reads a batch from one worker's notify socket; true if more may be queued.

@@ -662,7 +662,9 @@ impl State {
         if lived < SHORT_LIFE {
             s.streak += 1;
         } else {
-            s.streak = 1;
+            // A crash after a long life is not a short one: the next five short ones make a
+            // dead slot, not four.
+            s.streak = 0;
         }
         if s.streak >= DEAD_AFTER {
             log::error!(

@@ -209,7 +209,7 @@ impl Checks {
 /// submitted, so checks that are still queued or whose session went away count too; a
 /// correct password gives its attempt back.
 ///
-/// Bounded: past [`Attempts::MAX_SOURCES`] sources, expired entries are dropped, then the
+/// Bounded: past `Attempts::MAX_SOURCES` sources, expired entries are dropped, then the
 /// oldest, so a spray of source addresses costs no more memory than a fixed table.
 #[derive(Debug, Default)]
 pub struct Attempts {

@@ -659,6 +659,17 @@ mod tests {
         );
     }
 
+    /// Whether every copy of `y`'s peer is closed: a read on `y` then sees end of file instead
+    /// of blocking. This holds whatever other tests open or close meanwhile, unlike an fd count.
+    fn peer_closed(y: &OwnedFd) -> bool {
+        let mut byte = [0u8; 1];
+        match socket::recv(y.as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => true,
+            Err(nix::errno::Errno::EAGAIN) => false,
+            other => panic!("unexpected read on the peer: {other:?}"),
+        }
+    }
+
     #[test]
     fn at_eof_only_once_the_peer_closed_and_nothing_is_left() {
         let (a, b) = seqpacket_pair().unwrap();
@@ -678,9 +689,16 @@ mod tests {
     #[test]
     fn too_many_fds_is_an_error_and_closes_them() {
         let (a, b) = seqpacket_pair().unwrap();
-        let (x, _y) = stream_pair().unwrap();
+        let (x, y) = stream_pair().unwrap();
         send_with_fds(a.as_fd(), b"x", &[x.as_fd(), x.as_fd()]).unwrap();
+        // Only the copies in flight are left; once they are closed, y sees end of file.
+        drop(x);
+        assert!(!peer_closed(&y), "the copies in flight keep x open");
         let mut buf = [0u8; 8];
         assert!(recv_with_fds(b.as_fd(), &mut buf, 1).is_err());
+        assert!(
+            peer_closed(&y),
+            "the fds of a rejected batch must be closed"
+        );
     }
 }

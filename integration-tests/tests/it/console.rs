@@ -62,7 +62,12 @@ impl Admin {
     /// Like [`Admin::start_binary`], with `extra` arguments before the command.
     fn start_with(sandbox: &Sandbox, workers: usize, binary: PathBuf, extra: &[&str]) -> Admin {
         let crash = sandbox.join("crash");
-        let hello = bins::example("hello");
+        // Workers of another user need a copy they can reach (the build tree may be 0700).
+        let hello = if extra.contains(&"--user") {
+            sandbox.shared_copy(&bins::example("hello"))
+        } else {
+            bins::example("hello")
+        };
         let script = sandbox.write_script(
             "worker.sh",
             &format!(
@@ -253,18 +258,12 @@ struct Openssl {
 
 impl Openssl {
     /// Whether the `openssl` command is on this machine; the tests that need it say so and
-    /// skip where it is not.
+    /// skip where it is not (and fail under `CI=true`).
     fn available() -> bool {
-        let found = Command::new("openssl")
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            eprintln!("skipped: the openssl command is not installed");
-        }
-        found
+        reloadsup_integration_tests::require(
+            "the openssl command",
+            reloadsup_integration_tests::have_command("openssl", &["version"]),
+        )
     }
 
     fn connect(addr: &str) -> Openssl {
@@ -568,10 +567,15 @@ fn silent_and_slow_clients_do_not_lock_out_an_operator() {
             if stop2.load(std::sync::atomic::Ordering::SeqCst) || s.write_all(&[*b]).is_err() {
                 return;
             }
+            // Pacing: this client is slow on purpose, one byte a second.
             thread::sleep(Duration::from_secs(1));
         }
     });
-    thread::sleep(Duration::from_millis(500));
+    // The console is tried only once the shell has taken every connection off the queue.
+    let listener: std::net::SocketAddr = admin.addr.parse().expect("console address");
+    wait_until(DEADLINE, "the shell to accept every connection", || {
+        proc::accept_queue(listener) == Some(0)
+    });
 
     let start = Instant::now();
     let out = admin.console(&["worker info"]);
@@ -830,16 +834,14 @@ fn worker_scale_in_the_console_reports_the_old_count() {
 #[test]
 fn shell_worker_drops_to_the_user_and_its_programs_still_reach_the_primary() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "needs root to switch users, and CI=true"
-        );
-        eprintln!("skipped: needs root to switch users");
+    if !reloadsup_integration_tests::require(
+        "root, to switch users",
+        unsafe { libc::geteuid() } == 0,
+    ) {
         return;
     }
     let sandbox = Sandbox::new("console-drop");
-    let ctl = bins::reloadsup();
+    let ctl = sandbox.shared_copy(&bins::reloadsup());
     let ctl = ctl.to_str().unwrap();
     let config = sandbox.write(
         "console.toml",
@@ -925,16 +927,14 @@ fn shell_worker_drops_to_the_user_and_its_programs_still_reach_the_primary() {
 #[test]
 fn admin_user_gives_the_shell_worker_a_user_apart_from_the_workers() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "needs root to switch users, and CI=true"
-        );
-        eprintln!("skipped: needs root to switch users");
+    if !reloadsup_integration_tests::require(
+        "root, to switch users",
+        unsafe { libc::geteuid() } == 0,
+    ) {
         return;
     }
     let sandbox = Sandbox::new("console-admin-user");
-    let ctl = bins::reloadsup();
+    let ctl = sandbox.shared_copy(&bins::reloadsup());
     let config = sandbox.write(
         "console.toml",
         &format!(

@@ -80,15 +80,14 @@ fn reload_under_load_loses_nothing() {
 
 #[test]
 fn reload_under_load_python() {
-    let Some(python) = python3() else {
-        eprintln!("skipped: python3 is not on PATH");
-        return;
-    };
+    let python = python3();
     let server = bins::python_server();
-    if !server.is_file() {
-        eprintln!("skipped: {} is missing", server.display());
+    if !reloadsup_integration_tests::require("python3 on PATH", python.is_some())
+        || !reloadsup_integration_tests::require(&server.display().to_string(), server.is_file())
+    {
         return;
     }
+    let python = python.expect("checked by require");
     let sb = Sandbox::new("reload_under_load_python");
     let command = [python.into_os_string(), server.into_os_string()]
         .into_iter()
@@ -103,12 +102,10 @@ fn reload_under_load_python() {
 
 #[test]
 fn reload_under_load_node() {
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !node {
-        eprintln!("skipped: node is not on PATH");
+    if !reloadsup_integration_tests::require(
+        "node on PATH",
+        reloadsup_integration_tests::have_command("node", &["--version"]),
+    ) {
         return;
     }
     let sb = Sandbox::new("reload_under_load_node");
@@ -346,6 +343,7 @@ fn fifty_reloads_leave_no_zombie_or_fd_leak() {
     for generation in 3..=51 {
         sup.reload(generation)
             .unwrap_or_else(|r| panic!("reload to {generation} failed: {r}"));
+        // Pacing, not a wait: `reload` already waited for the outcome.
         thread::sleep(Duration::from_millis(5));
     }
     sup.wait_workers(2);

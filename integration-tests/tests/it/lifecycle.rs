@@ -234,8 +234,10 @@ fn einhorn_variables_on_request() {
 
 #[test]
 fn workers_run_as_another_user() {
-    if unsafe_geteuid() != 0 {
-        eprintln!("skipped: needs root to switch users");
+    if !reloadsup_integration_tests::require(
+        "root to switch users",
+        reloadsup_integration_tests::is_root(),
+    ) {
         return;
     }
     let sb = Sandbox::new("workers_run_as_another_user");
@@ -246,9 +248,11 @@ fn workers_run_as_another_user() {
         sb.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     );
+    // The build tree may be in a home directory of mode 0700: the other user runs a copy.
+    let probe = sb.shared_copy(&bins::example("probe"));
     let (sup, _) = start(
         &sb,
-        Run::probe(&[])
+        Run::new([probe])
             .env("PROBE_OUT", &out)
             .args(["--user", "65534", "--group", "65534"])
             .args(standard(1)),
@@ -271,11 +275,6 @@ fn workers_run_as_another_user() {
 fn unsafe_kill(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a pid this test started (a worker of its own supervisor).
     unsafe { libc::kill(pid as i32, sig) };
-}
-
-fn unsafe_geteuid() -> u32 {
-    // SAFETY: geteuid(2) has no preconditions.
-    unsafe { libc::geteuid() }
 }
 
 #[test]

@@ -250,13 +250,31 @@ fn draining_worker_is_killed_after_graceful_timeout() {
     let mut h = Harness::new(ReadyMode::Immediate, 1);
     let old = h.pids(1)[0];
     h.feed(Event::Reload(1));
+    assert_eq!(
+        h.state.next_deadline(),
+        Some(h.at() + Duration::from_secs(5)),
+        "the poll timeout is the graceful deadline"
+    );
     h.log.clear();
-    h.advance(Duration::from_secs(5));
+    // A deadline of "now" (or anything short of --graceful-timeout) would kill it here.
+    h.advance(Duration::from_millis(4999));
+    assert!(!h.log.iter().any(is_sigkill), "killed early: {:?}", h.log);
+    h.advance(Duration::from_millis(1));
     assert!(h.log.contains(&Action::Signal {
         pid: old,
         signal: SIGKILL
     }));
     assert_eq!(h.state.next_deadline(), None, "no timer left once killed");
+}
+
+fn is_sigkill(a: &Action) -> bool {
+    matches!(
+        a,
+        Action::Signal {
+            signal: SIGKILL,
+            ..
+        }
+    )
 }
 
 #[test]
@@ -292,6 +310,69 @@ fn crash_backoff_doubles_and_slot_dies_after_five() {
     h.feed(Event::Revive);
     assert_eq!(h.pids(1).len(), 1);
     assert_eq!(h.state.dead_slots(), 0);
+}
+
+impl Harness {
+    /// Lets the slot-0 worker of generation 1 live for `lived`, crash, and be restarted when its
+    /// back-off is due; returns the back-off, or `None` when the slot was not restarted.
+    fn crash_after(&mut self, lived: Duration) -> Option<Duration> {
+        let pid = self.pids(1)[0];
+        self.now += lived;
+        self.feed(Event::Exited {
+            pid,
+            exit: Exit::Code(1),
+        });
+        let t = self.state.slots[0].restart_at?;
+        let gap = t - self.at();
+        self.now += gap;
+        self.feed(Event::Tick);
+        Some(gap)
+    }
+}
+
+#[test]
+fn backoff_resets_after_thirty_seconds_of_health() {
+    let ms = Duration::from_millis;
+    let mut h = Harness::new(ReadyMode::Immediate, 1);
+    assert_eq!(h.crash_after(ms(10)), Some(ms(100)));
+    assert_eq!(h.crash_after(ms(10)), Some(ms(200)));
+    assert_eq!(h.crash_after(ms(10)), Some(ms(400)));
+    // Just short of 30 s of health: the back-off keeps growing.
+    assert_eq!(h.crash_after(ms(29_999)), Some(ms(800)));
+    // 30 s of health: back to the minimum, and doubling again from there.
+    assert_eq!(h.crash_after(Duration::from_secs(30)), Some(ms(100)));
+    assert_eq!(h.crash_after(ms(10)), Some(ms(200)));
+}
+
+#[test]
+fn backoff_is_capped_at_thirty_seconds() {
+    let mut h = Harness::new(ReadyMode::Immediate, 1);
+    // Each crash after 20 s: long enough not to count towards a dead slot, too short to reset.
+    let gaps: Vec<_> = (0..12)
+        .map(|_| h.crash_after(Duration::from_secs(20)))
+        .collect();
+    assert_eq!(gaps[8], Some(Duration::from_millis(25_600)));
+    assert_eq!(gaps[9..], [Some(BACKOFF_MAX); 3]);
+}
+
+#[test]
+fn a_long_life_starts_the_crash_streak_over() {
+    let ms = Duration::from_millis;
+    let mut h = Harness::new(ReadyMode::Immediate, 1);
+    for _ in 0..4 {
+        assert!(h.crash_after(ms(10)).is_some());
+    }
+    // Lived 10 s: not a short crash, so five more short ones are needed for a dead slot.
+    assert!(h.crash_after(Duration::from_secs(10)).is_some());
+    for i in 0..4 {
+        assert!(
+            h.crash_after(ms(10)).is_some(),
+            "dead after {} short crashes",
+            i + 1
+        );
+    }
+    assert_eq!(h.crash_after(ms(10)), None);
+    assert!(matches!(h.state.slots[0].down, Some(Down::Dead(_))));
 }
 
 #[test]
@@ -363,6 +444,34 @@ fn graceful_shutdown_exits_when_every_worker_is_reaped() {
 }
 
 #[test]
+fn worker_crash_during_shutdown_is_not_restarted() {
+    let mut h = Harness::new(ReadyMode::Immediate, 2);
+    let pids = h.pids(1);
+    h.feed(Event::Shutdown {
+        graceful: true,
+        requester: None,
+    });
+    h.feed(Event::Exited {
+        pid: pids[0],
+        exit: Exit::Code(1),
+    });
+    assert_eq!(h.state.slots[0].restart_at, None, "no back-off restart");
+    assert_eq!(h.state.slots[0].down, None, "the slot is not marked down");
+    h.log.clear();
+    h.advance(Duration::from_secs(1));
+    assert!(
+        !h.log.iter().any(|a| matches!(a, Action::Spawn { .. })),
+        "{:?}",
+        h.log
+    );
+    let acts = h.feed(Event::Exited {
+        pid: pids[1],
+        exit: Exit::Code(0),
+    });
+    assert_eq!(acts, vec![Action::Exit { waiters: vec![] }]);
+}
+
+#[test]
 fn shutdown_cancels_a_starting_generation() {
     let mut h = Harness::new(ReadyMode::Notify, 1);
     h.feed(Event::Reload(4));
@@ -431,6 +540,24 @@ fn first_generation_failures_back_off_instead_of_rolling_back() {
 }
 
 #[test]
+fn first_generation_worker_not_ready_in_time_is_killed_and_restarted() {
+    let mut h = Harness::new(ReadyMode::Notify, 1);
+    let pid = h.pids(1)[0];
+    h.advance(Duration::from_millis(1999));
+    assert!(!h.log.iter().any(is_sigkill), "killed early: {:?}", h.log);
+    h.advance(Duration::from_millis(1));
+    assert!(h.log.contains(&Action::Signal {
+        pid,
+        signal: SIGKILL
+    }));
+    h.feed(Event::Exited {
+        pid,
+        exit: Exit::Signal(9),
+    });
+    assert!(matches!(h.state.slots[0].down, Some(Down::Backoff)));
+}
+
+#[test]
 fn status_rows_show_dead_slots() {
     let mut h = Harness::new(ReadyMode::Immediate, 2);
     h.state.slots[1].down = Some(Down::Dead("5 crashes".into()));
@@ -469,7 +596,9 @@ fn rollback_drains_ready_new_workers_and_kills_the_rest() {
     );
     // The drained one gets SIGKILL only after the graceful timeout.
     h.log.clear();
-    h.advance(Duration::from_secs(5));
+    h.advance(Duration::from_millis(4999));
+    assert!(!h.log.iter().any(is_sigkill), "killed early: {:?}", h.log);
+    h.advance(Duration::from_millis(1));
     assert!(h.log.contains(&Action::Signal {
         pid: new[0],
         signal: SIGKILL

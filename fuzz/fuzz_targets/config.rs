@@ -1,0 +1,21 @@
+//! The config file (`-c FILE`): any bytes must give a `Config` or an error naming a key,
+//! never a panic. The input goes through a file because that is the only way in; the file is
+//! per process, and libFuzzer runs one input at a time.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use reloadsup::config::{Config, RunArgs};
+
+fuzz_target!(|data: &[u8]| {
+    let path =
+        std::env::temp_dir().join(format!("reloadsup-fuzz-config-{}.toml", std::process::id()));
+    if std::fs::write(&path, data).is_err() {
+        return;
+    }
+    let args = RunArgs {
+        config: Some(path.clone()),
+        ..RunArgs::default()
+    };
+    let _ = Config::from_args(args);
+    let _ = std::fs::remove_file(&path);
+});
