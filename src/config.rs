@@ -123,6 +123,10 @@ pub struct Admin {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub password_hash: String,
+    /// Who the shell worker runs as once it holds its fds: `--admin-user`, else the workers'
+    /// `--user`/`--group`, else (both `None`) the primary's own credentials.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
     /// What the user should hear about how the hash was given (on the command line, in a
     /// file others can read), logged once the logger runs.
     pub warnings: Vec<String>,
@@ -259,6 +263,9 @@ pub struct RunArgs {
     /// File holding the console password hash (one line; keep it mode 0600).
     #[arg(long, value_name = "PATH")]
     pub admin_password_hash_file: Option<PathBuf>,
+    /// Run the console's shell worker as USER or USER:GROUP [default: --user/--group].
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub admin_user: Option<String>,
     /// TOML file with the same keys; command-line flags win.
     #[arg(short = 'c', long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -301,6 +308,8 @@ struct FileConfig {
     admin_password_hash: Option<String>,
     #[serde(alias = "admin_password_hash_file")]
     admin_password_hash_file: Option<PathBuf>,
+    #[serde(alias = "admin_user")]
+    admin_user: Option<String>,
     command: Option<Vec<String>>,
     commands: Option<BTreeMap<String, FileCommand>>,
 }
@@ -434,6 +443,22 @@ fn resolve_user(s: &str) -> Result<(u32, u32), ValueError> {
     match nix::unistd::User::from_name(s) {
         Ok(Some(user)) => Ok((user.uid.as_raw(), user.gid.as_raw())),
         _ => Err(ValueError::NoUser(s.to_string())),
+    }
+}
+
+/// `USER[:GROUP]`, each a name or a number; without a group, the user's own.
+fn resolve_user_group(s: &str) -> Result<(u32, u32), ValueError> {
+    let (user, group) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    if user.is_empty() || group.is_some_and(str::is_empty) {
+        return Err(ValueError::NotUserGroup(s.to_string()));
+    }
+    let (uid, gid) = resolve_user(user)?;
+    match group {
+        Some(g) => Ok((uid, resolve_group(g)?)),
+        None => Ok((uid, gid)),
     }
 }
 
@@ -708,6 +733,16 @@ impl Config {
 
         let admin_cli = args.admin.is_some();
         let admin = match args.admin.or(file.admin) {
+            None if args.admin_user.is_some() => {
+                return Err(ConfigError::AdminUserWithoutAdmin(Origin::Flag(
+                    "admin-user",
+                )))
+            }
+            None if file.admin_user.is_some() => {
+                return Err(ConfigError::AdminUserWithoutAdmin(Origin::Key(
+                    "admin-user",
+                )))
+            }
             None => None,
             Some(a) => {
                 let address: SocketAddr = a.parse().or_else(|_| {
@@ -751,11 +786,22 @@ impl Config {
                 if cert.is_some() != key.is_some() {
                     return Err(ConfigError::CertWithoutKey);
                 }
+                let admin_user_cli = args.admin_user.is_some();
+                let (uid, gid) = match args.admin_user.or(file.admin_user) {
+                    Some(spec) => {
+                        let (u, g) = resolve_user_group(&spec)
+                            .or_else(|e| bad(src("admin-user", "admin-user", admin_user_cli), e))?;
+                        (Some(u), Some(g))
+                    }
+                    None => (uid, gid),
+                };
                 Some(Admin {
                     address,
                     cert,
                     key,
                     password_hash,
+                    uid,
+                    gid,
                     warnings,
                 })
             }
@@ -900,6 +946,32 @@ mod tests {
         let e = parse(&["--state-dir", &longer, "--", "/bin/sh"]).unwrap_err();
         assert!(e.to_string().starts_with("--state-dir: "), "{e}");
         assert!(e.to_string().contains("at most 88 bytes"), "{e}");
+    }
+
+    /// Issue 12, item 4: the shell worker runs as `--admin-user`, else as the workers' user.
+    #[test]
+    fn admin_user_defaults_to_the_workers_user() {
+        let hash = crate::password::PasswordHash::create(b"pw", 1)
+            .unwrap()
+            .encode();
+        let admin = |args: &[&str]| {
+            let mut a = vec!["--admin", "127.0.0.1:0", "--admin-password-hash", &hash];
+            a.extend_from_slice(args);
+            a.extend_from_slice(&["--", "/bin/sh"]);
+            parse(&a).map(|c| c.admin.unwrap())
+        };
+        let a = admin(&[]).unwrap();
+        assert_eq!((a.uid, a.gid), (None, None));
+        let a = admin(&["--user", "65534", "--group", "65533"]).unwrap();
+        assert_eq!((a.uid, a.gid), (Some(65534), Some(65533)));
+        let a = admin(&["--user", "65534", "--admin-user", "65532:65531"]).unwrap();
+        assert_eq!((a.uid, a.gid), (Some(65532), Some(65531)));
+        for bad in [":1", "1:", "no-such-user-here", "1:no-such-group-here"] {
+            let e = admin(&["--admin-user", bad]).unwrap_err();
+            assert!(e.to_string().starts_with("--admin-user: "), "{bad}: {e}");
+        }
+        let e = parse(&["--admin-user", "1", "--", "/bin/sh"]).unwrap_err();
+        assert!(e.to_string().contains("--admin-user needs --admin"), "{e}");
     }
 
     /// Issue 12, item 7: the hash on argv is readable by every local user, so it can come

@@ -254,6 +254,8 @@ pub enum ValueError {
     NotRestartPolicy(String),
     NoUser(String),
     NoGroup(String),
+    /// `--admin-user` that is not `USER` or `USER:GROUP`.
+    NotUserGroup(String),
     NotPositive,
     OverLimit {
         value: u32,
@@ -315,6 +317,7 @@ impl fmt::Display for ValueError {
             ValueError::NotExecutable(path) => write!(f, "{path} is not executable"),
             ValueError::NotInPath(name) => write!(f, "'{name}' was not found in PATH"),
             ValueError::FdWithoutListener => f.write_str("'{fd}' is used but there is no --listen"),
+            ValueError::NotUserGroup(s) => write!(f, "'{s}' is not USER or USER:GROUP"),
             ValueError::NoSuchListener { name, names } => write!(f, "'{{fd:{name}}}' names no listener; the listeners are: {names}"),
         }
     }
@@ -359,6 +362,8 @@ pub enum ConfigError {
     CertWithoutKey,
     /// `[commands.NAME]` with an empty `run`.
     EmptyCustomCommand(String),
+    /// `--admin-user` (or the key) without the console.
+    AdminUserWithoutAdmin(Origin),
 }
 
 impl fmt::Display for ConfigError {
@@ -386,6 +391,7 @@ impl fmt::Display for ConfigError {
             ConfigError::BothHashKeys => f.write_str("config keys 'admin-password-hash' and 'admin-password-hash-file' cannot both be given"),
             ConfigError::CertWithoutKey => f.write_str("--admin-cert and --admin-key go together"),
             ConfigError::EmptyCustomCommand(name) => write!(f, "config key 'commands.{name}.run' is empty"),
+            ConfigError::AdminUserWithoutAdmin(origin) => write!(f, "{origin} needs --admin"),
         }
     }
 }
@@ -445,6 +451,8 @@ pub enum Fatal {
     Pidfile { problem: String },
     /// `--admin-cert`/`--admin-key` cannot be loaded, or no identity can be made.
     AdminIdentity(String),
+    /// The console's shell worker should switch credentials and the primary is not root.
+    AdminUser { uid: u32, gid: u32 },
     /// The notify or the control socket cannot be bound.
     Socket {
         what: &'static str,
@@ -467,7 +475,8 @@ impl Fatal {
             | Fatal::StateDir { .. }
             | Fatal::AlreadyRunning { .. }
             | Fatal::Pidfile { .. }
-            | Fatal::AdminIdentity(_) => EXIT_USAGE,
+            | Fatal::AdminIdentity(_)
+            | Fatal::AdminUser { .. } => EXIT_USAGE,
             Fatal::Socket { .. } | Fatal::System { .. } => EXIT_FAILURE,
         }
     }
@@ -489,6 +498,10 @@ impl fmt::Display for Fatal {
             ),
             Fatal::Pidfile { problem } => write!(f, "--pidfile: {problem}"),
             Fatal::AdminIdentity(e) => write!(f, "--admin-cert/--admin-key: {e}"),
+            Fatal::AdminUser { uid, gid } => write!(
+                f,
+                "--admin-user: the console's shell worker cannot switch to uid {uid} gid {gid} (by default those of --user/--group): only root can"
+            ),
             Fatal::Socket { what, path, source } => {
                 write!(f, "unable to bind the {what} socket {path}: {}", lower(source))
             }
@@ -505,7 +518,8 @@ impl std::error::Error for Fatal {
             Fatal::StateDir { .. }
             | Fatal::Pidfile { .. }
             | Fatal::AlreadyRunning { .. }
-            | Fatal::AdminIdentity(_) => None,
+            | Fatal::AdminIdentity(_)
+            | Fatal::AdminUser { .. } => None,
         }
     }
 }

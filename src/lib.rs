@@ -30,7 +30,7 @@ pub fn main_with(commands: shell::Commands) -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let code = match args.get(1).and_then(|a| a.to_str()) {
         Some("__worker") => roles::worker::run(&args[2..]),
-        Some("__shell") => shell::run_role(commands),
+        Some("__shell") => shell::run_role(&args[2..], commands),
         Some("__keeper") => roles::keeper::run(&args[2..]),
         Some("ctl") => exit_code("reloadsup ctl", client::ctl::main(args[1..].to_vec())),
         Some("console") => client::console::main(args[1..].to_vec()),

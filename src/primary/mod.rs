@@ -99,7 +99,13 @@ impl Primary {
     fn start(config: Config) -> Result<Primary, Fatal> {
         sys::ensure_std_fds().map_err(Fatal::system("open /dev/null"))?;
         let pid = std::process::id();
-        prepare_state_dir(&config.state_dir, &config.name, config.uid.is_some())?;
+        // Workers or the shell worker of another user must be able to traverse it.
+        let other_user = config.uid.is_some()
+            || config
+                .admin
+                .as_ref()
+                .is_some_and(|a| shell_link::drop_to(a).is_some());
+        prepare_state_dir(&config.state_dir, &config.name, other_user)?;
 
         let listeners =
             listeners::bind_all(&config.listeners, config.backlog).map_err(Fatal::Bind)?;
@@ -736,6 +742,9 @@ impl Primary {
 
     fn cleanup(&mut self) {
         let _ = std::fs::remove_file(&self.control_path);
+        if let Some(dir) = self.shell.as_ref().and_then(|s| s.proxy_dir.as_ref()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         if let Some(sockets) = &mut self.notify {
             sockets.remove_all();
         }
@@ -814,12 +823,33 @@ fn admin_console(
         listener.bound.trim_start_matches("tcp://"),
         identity.fingerprint_hex
     );
+    // A shell worker of another uid cannot use control.sock (the primary accepts only its own
+    // uid and root): it serves its programs a control socket of its own, forwarded over its
+    // link, at the path the spec names.
+    let drop_to = shell_link::drop_to(admin);
+    if let Some((uid, gid)) = drop_to {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Fatal::AdminUser { uid, gid });
+        }
+    }
+    let proxy_dir = match drop_to {
+        Some(creds) => Some(shell_link::proxy_dir(&config.state_dir, creds).map_err(
+            Fatal::system("make the console programs' control directory"),
+        )?),
+        None => None,
+    };
+    let programs_control = match &proxy_dir {
+        Some(dir) => dir.join("control.sock"),
+        None => control_path.to_path_buf(),
+    };
     let spec = shell_link::spec(
         config,
-        control_path,
+        &programs_control,
         identity.cert_pem,
         identity.key_pem,
         admin.password_hash.clone(),
     );
-    Ok(shell_link::Shell::new(spec, listener.fd))
+    let mut shell = shell_link::Shell::new(spec, listener.fd, drop_to);
+    shell.proxy_dir = proxy_dir;
+    Ok(shell)
 }

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::Poll;
@@ -22,6 +22,10 @@ use crate::sys;
 pub struct Shell {
     spec: ShellSpec,
     listener: OwnedFd,
+    /// `--uid U --gid G` when the shell worker drops to other credentials than ours.
+    role_args: Vec<String>,
+    /// The directory of the shell's own control socket for its programs, removed at exit.
+    pub proxy_dir: Option<PathBuf>,
     pub pid: Option<u32>,
     conn: Option<ConnId>,
     started: Option<Instant>,
@@ -33,10 +37,21 @@ pub struct Shell {
 }
 
 impl Shell {
-    pub fn new(spec: ShellSpec, listener: OwnedFd) -> Shell {
+    pub fn new(spec: ShellSpec, listener: OwnedFd, drop_to: Option<(u32, u32)>) -> Shell {
+        let role_args = match drop_to {
+            Some((uid, gid)) => vec![
+                "--uid".to_string(),
+                uid.to_string(),
+                "--gid".to_string(),
+                gid.to_string(),
+            ],
+            None => Vec::new(),
+        };
         Shell {
             spec,
             listener,
+            role_args,
+            proxy_dir: None,
             pid: None,
             conn: None,
             started: None,
@@ -68,10 +83,12 @@ impl Shell {
     fn spawn(&mut self, poll: &Poll, conns: &mut Connections) -> io::Result<u32> {
         let frame = proto::encode_frame(&self.spec).map_err(io::Error::other)?;
         let (ours, theirs) = sys::stream_pair()?;
+        let mut args = vec!["__shell"];
+        args.extend(self.role_args.iter().map(String::as_str));
         let pid = sys::spawn_role(
             Path::new("/proc/self/exe"),
             "reloadsup-shell",
-            &["__shell"],
+            &args,
             &theirs,
         )?;
         drop(theirs);
@@ -160,6 +177,43 @@ impl Shell {
             let _ = sys::kill_group(pid, Signal::SIGKILL);
         }
     }
+}
+
+/// The uid and gid the shell worker drops to once it holds its fds, or `None` when they are
+/// ours already (see [`crate::config::Admin`]).
+pub fn drop_to(admin: &crate::config::Admin) -> Option<(u32, u32)> {
+    let uid = admin.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+    let gid = admin.gid.unwrap_or_else(|| nix::unistd::getegid().as_raw());
+    let ours = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    ((uid, gid) != ours).then_some((uid, gid))
+}
+
+/// Makes the directory of the dropped shell worker's own control socket: `console-<random>` in
+/// the state directory, 0700 and owned by the shell's uid. The state directory is 0711 then, so
+/// the name is unguessable and unlistable: processes of the shell's uid (the workers, by
+/// default) reach it only if they learn the name from a running console program. Earlier
+/// instances' directories are removed first (only one instance runs on a state directory).
+pub fn proxy_dir(state_dir: &Path, (uid, gid): (u32, u32)) -> io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Ok(entries) = std::fs::read_dir(state_dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("console-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let mut random = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+        .map_err(|_| io::Error::other("no random bytes"))?;
+    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = state_dir.join(format!("console-{name}"));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
 }
 
 /// The spec sent to every shell worker, built once at start.

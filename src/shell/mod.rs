@@ -19,6 +19,7 @@ pub mod admission;
 pub mod auth;
 mod commands;
 pub mod console;
+mod proxy;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -77,7 +78,10 @@ const LISTENER: Token = Token(0);
 const LINK: Token = Token(1);
 const WAKER: Token = Token(2);
 const SIGNALS: Token = Token(3);
+const PROXY: Token = Token(4);
 const FIRST_SESSION: usize = 16;
+/// Connections accepted per turn of the loop, so a connection storm cannot starve the sessions.
+const ACCEPT_BATCH: usize = 256;
 
 /// What woke the loop.
 enum Event {
@@ -85,6 +89,8 @@ enum Event {
     Link,
     Wake,
     Signal,
+    Proxy,
+    /// A session or a connection to the proxy socket: they share the token space.
     Session(SessionId),
 }
 
@@ -94,14 +100,23 @@ fn classify(token: Token) -> Event {
         LINK => Event::Link,
         WAKER => Event::Wake,
         SIGNALS => Event::Signal,
+        PROXY => Event::Proxy,
         Token(t) => Event::Session(t),
     }
 }
 
 /// The `__shell` role: receives the spec and the admin listener on fd 3, then serves until the
-/// primary goes away or sends SIGTERM. Returns the exit code.
-pub fn run_role(commands: Commands) -> u8 {
+/// primary goes away or sends SIGTERM. `args` are `[--uid U --gid G]`, the credentials to drop
+/// to once the fds are in hand. Returns the exit code.
+pub fn run_role(args: &[OsString], commands: Commands) -> u8 {
     crate::init_logging();
+    let drop_to = match role_credentials(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("reloadsup: shell worker: {e}");
+            return 2;
+        }
+    };
     // The primary blocks the signals it handles through its loop, and a spawned process
     // inherits that mask: unblock them before any thread starts, or SIGTERM would never
     // arrive. Dispositions stay as Rust set them (SIGPIPE ignored, so a vanished client is an
@@ -117,7 +132,7 @@ pub fn run_role(commands: Commands) -> u8 {
             return 2;
         }
     };
-    match serve(link, commands, true) {
+    match serve(link, commands, true, drop_to) {
         Ok(code) => code,
         Err(e) => {
             log::error!("admin console: {e}");
@@ -126,14 +141,62 @@ pub fn run_role(commands: Commands) -> u8 {
     }
 }
 
+/// `--uid U --gid G`, both or neither.
+fn role_credentials(args: &[OsString]) -> Result<Option<(u32, u32)>, String> {
+    let words: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
+    match words.as_slice() {
+        [] => Ok(None),
+        ["--uid", uid, "--gid", gid] => match (uid.parse(), gid.parse()) {
+            (Ok(u), Ok(g)) => Ok(Some((u, g))),
+            _ => Err(format!("bad --uid/--gid: {uid} {gid}")),
+        },
+        _ => Err(format!("unexpected arguments: {words:?}")),
+    }
+}
+
 /// Runs the shell worker on `link`. `as_role` is false in tests that run it on a thread: then
-/// it neither watches signals nor ties itself to its parent.
-pub(crate) fn serve(link: OwnedFd, commands: Commands, as_role: bool) -> Result<u8, String> {
+/// it neither watches signals nor ties itself to its parent. With `drop_to`, it switches to
+/// that uid and gid once it holds the spec and the listener (TLS, login and console programs
+/// then run unprivileged), and serves its programs a control socket of its own.
+pub(crate) fn serve(
+    link: OwnedFd,
+    commands: Commands,
+    as_role: bool,
+    drop_to: Option<(u32, u32)>,
+) -> Result<u8, String> {
+    serve_on(link, commands, as_role, drop_to, drop_to.is_some())
+}
+
+/// [`serve`], in tests with the programs' control socket but no drop (a thread cannot drop).
+#[cfg(test)]
+pub(crate) fn serve_proxied(link: OwnedFd, commands: Commands) -> Result<u8, String> {
+    serve_on(link, commands, false, None, true)
+}
+
+fn serve_on(
+    link: OwnedFd,
+    commands: Commands,
+    as_role: bool,
+    drop_to: Option<(u32, u32)>,
+    proxy: bool,
+) -> Result<u8, String> {
     let (spec, listener, reader) = receive_spec(&link)?;
+    if let Some((uid, gid)) = drop_to {
+        // Before any thread starts, so that every thread has the new credentials.
+        sys::drop_privileges(Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        // A process of the same uid (a worker, with --user) must not ptrace us and use the
+        // link; the kernel usually does this on a change of credentials, but not always
+        // (fs.suid_dumpable=1).
+        sys::set_undumpable().map_err(|e| format!("unable to be undumpable: {}", lower(&e)))?;
+    }
     if as_role {
+        // After the drop: a change of credentials clears the parent-death signal.
         sys::die_with_parent(spec.primary_pid).map_err(|e| lower(&e))?;
     }
     let mut shell = Shell::new(spec, listener, link, reader, commands, as_role)?;
+    if proxy {
+        shell.serve_control()?;
+    }
     shell.run()
 }
 
@@ -182,6 +245,15 @@ enum Waiter {
     Session(SessionId, Show),
     /// A custom command; `restart` names its session when the request was a restart.
     Job(Sender<Result<Reply, String>>, Option<SessionId>),
+    /// A request of a connection to the proxy socket, under the id the client gave it.
+    Client(usize, u32),
+}
+
+/// The control socket the shell serves its programs after dropping privileges ([`proxy`]).
+struct Proxy {
+    listener: mio::net::UnixListener,
+    path: std::path::PathBuf,
+    clients: BTreeMap<usize, proxy::Client>,
 }
 
 struct Link {
@@ -212,6 +284,12 @@ struct Shell {
     verify: Sender<(SessionId, String)>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     stopping: Option<String>,
+    proxy: Option<Proxy>,
+    /// Requests of the proxy's clients on the link, waiting for the primary's reply.
+    forwarded: usize,
+    /// The last accept batch stopped at its bound with connections possibly still queued:
+    /// mio reports only new edges, so the loop polls without waiting and accepts again.
+    accept_pending: bool,
 }
 
 impl Shell {
@@ -340,7 +418,155 @@ impl Shell {
             verify,
             signals,
             stopping: None,
+            proxy: None,
+            accept_pending: false,
+            forwarded: 0,
         })
+    }
+
+    /// Binds the programs' control socket at `control_path`, in the 0700 directory of ours that
+    /// the primary made for it.
+    fn serve_control(&mut self) -> Result<(), String> {
+        let path = std::path::PathBuf::from(&self.control_path);
+        // Left by the shell worker this one replaces.
+        let _ = std::fs::remove_file(&path);
+        let mut listener = mio::net::UnixListener::bind(&path).map_err(|e| {
+            format!(
+                "unable to bind the programs' control socket {}: {}",
+                path.display(),
+                lower(&e)
+            )
+        })?;
+        self.poll
+            .registry()
+            .register(&mut listener, PROXY, Interest::READABLE)
+            .map_err(|e| {
+                format!(
+                    "unable to watch the programs' control socket: {}",
+                    lower(&e)
+                )
+            })?;
+        self.proxy = Some(Proxy {
+            listener,
+            path,
+            clients: BTreeMap::new(),
+        });
+        Ok(())
+    }
+
+    fn accept_clients(&mut self) {
+        // To WouldBlock (readiness is edge-triggered); each extra connection is closed at
+        // once, so the loop is bounded by what the kernel queued (the listen backlog).
+        loop {
+            let Some(proxy) = self.proxy.as_mut() else {
+                return;
+            };
+            let stream = match proxy.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!(
+                        "admin console: control socket: accept failed: {}",
+                        lower(&e)
+                    );
+                    return;
+                }
+            };
+            if let Err(e) = proxy::peer_allowed(&stream) {
+                log::warn!("admin console: control socket: {e}");
+                continue;
+            }
+            if proxy.clients.len() >= proxy::MAX_CLIENTS {
+                log::warn!(
+                    "admin console: control socket: more than {} connections; closed one",
+                    proxy::MAX_CLIENTS
+                );
+                continue;
+            }
+            let id = self.next_session;
+            self.next_session += 1;
+            let mut client = proxy::Client::new(stream);
+            if let Err(e) = self.poll.registry().register(
+                &mut client.stream,
+                Token(id),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("admin console: control socket: {}", lower(&e));
+                continue;
+            }
+            proxy.clients.insert(id, client);
+            self.flush_client(id);
+        }
+    }
+
+    fn is_client(&self, id: usize) -> bool {
+        self.proxy
+            .as_ref()
+            .is_some_and(|p| p.clients.contains_key(&id))
+    }
+
+    fn read_client(&mut self, id: usize) {
+        let Some(client) = self.proxy.as_mut().and_then(|p| p.clients.get_mut(&id)) else {
+            return;
+        };
+        match client.read() {
+            Ok((requests, eof)) => {
+                client.in_flight += requests.len();
+                for (cid, request) in requests {
+                    if self.forwarded >= proxy::MAX_FORWARDED {
+                        let busy = format!(
+                            "more than {} requests of console programs at once; try again",
+                            proxy::MAX_FORWARDED
+                        );
+                        self.forwarded += 1;
+                        self.answer(Waiter::Client(id, cid), Reply::Error(busy));
+                        continue;
+                    }
+                    self.forwarded += 1;
+                    self.ask(Waiter::Client(id, cid), request);
+                }
+                if eof {
+                    self.drop_client(id, None);
+                }
+            }
+            Err(why) => self.drop_client(id, Some(why)),
+        }
+    }
+
+    /// Queues `msg` for client `id` and writes it.
+    fn tell_client(&mut self, id: usize, msg: &Message) {
+        let Some(client) = self.proxy.as_mut().and_then(|p| p.clients.get_mut(&id)) else {
+            return;
+        };
+        if let Err(why) = client.send(msg) {
+            self.drop_client(id, Some(why));
+            return;
+        }
+        self.flush_client(id);
+    }
+
+    fn flush_client(&mut self, id: usize) {
+        let Some(proxy) = self.proxy.as_mut() else {
+            return;
+        };
+        let Some(client) = proxy.clients.get_mut(&id) else {
+            return;
+        };
+        if let Err(why) = client.flush(self.poll.registry(), Token(id)) {
+            self.drop_client(id, Some(why));
+        }
+    }
+
+    /// Closes a client; replies still due to it are dropped when they come.
+    fn drop_client(&mut self, id: usize, why: Option<String>) {
+        let Some(mut client) = self.proxy.as_mut().and_then(|p| p.clients.remove(&id)) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut client.stream);
+        if let Some(why) = why {
+            log::debug!("admin console: control socket: closed a connection: {why}");
+        }
     }
 
     fn run(&mut self) -> Result<u8, String> {
@@ -357,33 +583,50 @@ impl Shell {
                 return Ok(0);
             }
             let now = Instant::now();
-            let timeout = self
-                .sessions
-                .values()
-                .filter_map(|s| s.deadline())
-                .min()
-                .map(|d| d.saturating_duration_since(now));
+            let timeout = if self.accept_pending {
+                Some(Duration::ZERO)
+            } else {
+                self.sessions
+                    .values()
+                    .filter_map(|s| s.deadline())
+                    .min()
+                    .map(|d| d.saturating_duration_since(now))
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(format!("unable to poll: {}", lower(&e)));
             }
+            // Accepted once per turn: on its edge, or because the last batch left some.
+            let mut accept = std::mem::take(&mut self.accept_pending);
             for ev in events.iter() {
                 match classify(ev.token()) {
-                    Event::Accept => self.accept(),
+                    Event::Accept => accept = true,
                     Event::Link => self.on_link(
                         ev.is_readable() || ev.is_read_closed() || ev.is_error(),
                         ev.is_writable(),
                     ),
                     Event::Wake => {}
                     Event::Signal => self.on_signals(),
+                    Event::Proxy => self.accept_clients(),
+                    Event::Session(id) if self.is_client(id) => {
+                        if ev.is_writable() {
+                            self.flush_client(id);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read_client(id);
+                        }
+                    }
                     Event::Session(sid) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             self.read_session(sid);
                         }
                     }
                 }
+            }
+            if accept {
+                self.accept_pending = self.accept();
             }
             // Messages from jobs and verifiers may come without a wake-up of their own (one
             // wake-up covers many), so the inbox is drained on every turn.
@@ -418,24 +661,35 @@ impl Shell {
                 let _ = tx.send(Err("the console is shutting down".into()));
             }
         }
+        if let Some(proxy) = self.proxy.take() {
+            let _ = std::fs::remove_file(&proxy.path);
+        }
     }
 
     // -----------------------------------------------------------------------------------------
     // Accepting
     // -----------------------------------------------------------------------------------------
 
-    fn accept(&mut self) {
-        // Bounded per wake-up so a connection storm cannot starve the sessions; mio reports
-        // the listener again while connections wait.
-        for _ in 0..256 {
+    /// Accepts a batch of at most [`ACCEPT_BATCH`] connections; true if it stopped at the
+    /// bound, with more possibly waiting that mio will not report again.
+    fn accept(&mut self) -> bool {
+        for _ in 0..ACCEPT_BATCH {
             let (stream, peer) = match self.listener.accept() {
                 Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
-                    // EMFILE and the like: log, and try again at the next readiness.
+                    // EMFILE and the like: not marked pending, which would spin the loop while
+                    // it lasts; the next connection's edge retries.
                     log::warn!("admin console: accept failed: {}", lower(&e));
-                    return;
+                    return false;
                 }
             };
             let now = Instant::now();
@@ -498,6 +752,7 @@ impl Shell {
             let _ = session.stream.set_nodelay(true);
             self.sessions.insert(sid, session);
         }
+        true
     }
 
     // -----------------------------------------------------------------------------------------
@@ -974,7 +1229,9 @@ impl Shell {
             }
             match msg {
                 Message::Progress { id, progress } => {
-                    if let Some(Waiter::Session(sid, _)) = self.link.waiting.get(&id) {
+                    if let Some(&Waiter::Client(client, cid)) = self.link.waiting.get(&id) {
+                        self.tell_client(client, &Message::Progress { id: cid, progress });
+                    } else if let Some(Waiter::Session(sid, _)) = self.link.waiting.get(&id) {
                         let sid = *sid;
                         if let Some(s) = self.sessions.get_mut(&sid) {
                             s.say(&format!(
@@ -1028,6 +1285,13 @@ impl Shell {
 
     fn answer(&mut self, waiter: Waiter, reply: Reply) {
         match waiter {
+            Waiter::Client(client, cid) => {
+                self.forwarded = self.forwarded.saturating_sub(1);
+                if let Some(c) = self.proxy.as_mut().and_then(|p| p.clients.get_mut(&client)) {
+                    c.in_flight = c.in_flight.saturating_sub(1);
+                }
+                self.tell_client(client, &Message::Reply { id: cid, reply });
+            }
             Waiter::Job(tx, restart) => {
                 // A refused restart replaces nothing: the session goes on after the command.
                 if let (Some(sid), Reply::Error(_)) = (restart, &reply) {

@@ -45,7 +45,8 @@ fn sandbox(name: &str) -> PathBuf {
 }
 
 /// Plays the primary: answers hello and requests with canned replies. `Restart` is answered
-/// like a reload, then the link is closed (the real primary sends SIGTERM instead).
+/// like a reload, then the link is closed (the real primary sends SIGTERM instead). `Stop` is
+/// never answered: a request that stays in flight.
 fn fake_primary(link: OwnedFd) {
     let mut s = UnixStream::from(link);
     let mut reader = FrameReader::new();
@@ -120,6 +121,7 @@ fn fake_primary(link: OwnedFd) {
                         reason: String::new(),
                     })
                 }
+                Request::Stop => continue,
                 _ => Reply::Error("not in this test".into()),
             };
             send(&mut s, &Message::Reply { id, reply });
@@ -139,9 +141,31 @@ struct Harness {
 
 impl Harness {
     fn start(name: &str, commands: Commands, custom: Vec<CustomCommand>) -> Harness {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Harness::start_on(name, commands, custom, listener)
+    }
+
+    /// Like [`Harness::start`], serving `listener`.
+    fn start_on(
+        name: &str,
+        commands: Commands,
+        custom: Vec<CustomCommand>,
+        listener: TcpListener,
+    ) -> Harness {
+        Harness::start_full(name, commands, custom, listener, false)
+    }
+
+    /// Like [`Harness::start_on`]; with `proxied`, the shell serves its programs' control
+    /// socket at `control.sock` in the sandbox.
+    fn start_full(
+        name: &str,
+        commands: Commands,
+        custom: Vec<CustomCommand>,
+        listener: TcpListener,
+        proxied: bool,
+    ) -> Harness {
         let dir = sandbox(name);
         let identity = super::load_or_create_identity(&dir, None, None).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let spec = ShellSpec {
             version: PROTOCOL_VERSION,
@@ -165,7 +189,13 @@ impl Harness {
         drop(listener_fd);
         sys::send_with_fds(ours.as_fd(), &frame[7..], &[]).unwrap();
         std::thread::spawn(move || fake_primary(ours));
-        let shell = std::thread::spawn(move || serve(theirs, commands, false));
+        let shell = std::thread::spawn(move || {
+            if proxied {
+                super::serve_proxied(theirs, commands)
+            } else {
+                serve(theirs, commands, false, None)
+            }
+        });
         Harness {
             addr,
             fingerprint: identity.fingerprint_hex,
@@ -639,4 +669,142 @@ fn external_programs_get_a_clean_environment_and_only_fds_0_to_2() {
     assert!(vars.contains(&"PATH"), "{vars:?}");
     // cargo sets these for every test process; the program must not inherit them.
     assert!(!vars.iter().any(|v| v.starts_with("CARGO")), "{vars:?}");
+}
+
+/// Regression (the shell's edge-triggered accept): a burst larger than one accept batch was
+/// left half in the kernel's queue, because mio reports only new edges, until another
+/// connection came. 300 connections queued before the shell starts: every one past the first
+/// batch is accepted too (and closed at once, over the per-source rate) without a new one.
+#[test]
+fn a_burst_larger_than_an_accept_batch_is_accepted_without_a_new_connection() {
+    use nix::sys::socket::{self as so, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
+    let fd = so::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    so::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(127, 0, 0, 1, 0),
+    )
+    .unwrap();
+    so::listen(&fd, Backlog::new(1024).unwrap()).unwrap();
+    let listener = TcpListener::from(fd);
+    let addr = listener.local_addr().unwrap();
+    const BURST: usize = super::ACCEPT_BATCH + 44;
+    let clients: Vec<TcpStream> = (0..BURST)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let _h = Harness::start_on("accept-burst", Commands::default(), vec![], listener);
+    // The kernel accepts in arrival order: the last ones are past the first batch, and far
+    // past the per-source burst, so the shell closes them as soon as it accepts them.
+    for (i, mut c) in clients.into_iter().enumerate().skip(super::ACCEPT_BATCH) {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("connection {i} of {BURST} was not accepted: {other:?}"),
+        }
+    }
+}
+
+/// The programs' control socket forwards at most `MAX_FORWARDED` requests at once over the
+/// link (the primary closes a link with 64 in flight, which would end every session): the
+/// rest are answered with an error at once, and the console keeps working.
+#[test]
+fn the_programs_control_socket_bounds_what_it_forwards() {
+    use super::proxy::{MAX_FORWARDED, MAX_IN_FLIGHT};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let h = Harness::start_full("proxy-bound", Commands::default(), vec![], listener, true);
+    let path = h.dir.join("control.sock");
+    let mut clients: Vec<UnixStream> = Vec::new();
+    let sent = MAX_FORWARDED + MAX_IN_FLIGHT;
+    for _ in 0..sent / MAX_IN_FLIGHT {
+        let mut c = wait_for_connect(&path);
+        let mut bytes = proto::encode_frame(&Message::hello()).unwrap();
+        for id in 1..=MAX_IN_FLIGHT as u32 {
+            let stop = Message::Request {
+                id,
+                request: Request::Stop,
+            };
+            bytes.extend(proto::encode_frame(&stop).unwrap());
+        }
+        c.write_all(&bytes).unwrap();
+        c.set_nonblocking(true).unwrap();
+        clients.push(c);
+    }
+    let mut readers: Vec<FrameReader> = clients.iter().map(|_| FrameReader::new()).collect();
+    let mut refused = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused.len() < sent - MAX_FORWARDED && Instant::now() < deadline {
+        for (c, r) in clients.iter_mut().zip(readers.iter_mut()) {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = c.read(&mut buf) {
+                r.push(&buf[..n]);
+            }
+            while let Ok(Some(msg)) = r.next_frame::<Message>() {
+                match msg {
+                    Message::Hello { .. } => {}
+                    Message::Reply {
+                        reply: Reply::Error(e),
+                        ..
+                    } => refused.push(e),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10)); // polling the clients' sockets
+    }
+    assert_eq!(refused.len(), sent - MAX_FORWARDED, "{refused:?}");
+    assert!(refused[0].contains("at once"), "{refused:?}");
+    // The link is still open: a session's request reaches the primary and is answered.
+    let mut c = h.login();
+    let out = run(&mut c, "worker info");
+    assert_eq!(out[0], "  Current Workers: 3", "{out:?}");
+}
+
+/// A program's `reloadsup ctl` through the shell's own control socket: its request reaches
+/// the primary under the shell's id and the progress and the reply come back under its own.
+#[test]
+fn the_programs_control_socket_relays_progress_and_replies() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let h = Harness::start_full("proxy-relay", Commands::default(), vec![], listener, true);
+    drop(wait_for_connect(&h.dir.join("control.sock")));
+    let mut ctl =
+        crate::client::ctl::Client::connect(&h.dir.join("control.sock"), Duration::from_secs(30))
+            .unwrap();
+    let mut progress = Vec::new();
+    let reply = ctl
+        .request(Request::Reload, |p| progress.push(p.clone()))
+        .unwrap();
+    assert!(
+        matches!(&reply, Reply::Reload(o) if o.generation == 2),
+        "{reply:?}"
+    );
+    assert_eq!(
+        progress,
+        [Progress::GenerationStarted {
+            generation: 2,
+            workers: 4
+        }]
+    );
+    let reply = ctl.request(Request::Status, |_| {}).unwrap();
+    assert!(
+        matches!(&reply, Reply::Status(s) if s.generation == 2),
+        "{reply:?}"
+    );
+}
+
+fn wait_for_connect(path: &std::path::Path) -> UnixStream {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match UnixStream::connect(path) {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("{}: {e}", path.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)), // waiting for the bind
+        }
+    }
 }

@@ -431,6 +431,16 @@ pub fn die_with_parent(expected_parent: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the process non-dumpable: no core file, and no process of the same uid may ptrace it
+/// or open its `/proc/PID/mem` and fds (they, and its `/proc/PID` entries, belong to root).
+pub fn set_undumpable() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes a plain integer and changes only our own state.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0, 0, 0) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Restores every signal to its default disposition and unblocks all, so the command starts
 /// as if the supervisor was not there (Rust ignores SIGPIPE, and ignored signals survive exec).
 pub fn reset_signals() {

@@ -56,8 +56,18 @@ impl Admin {
 
     /// Like [`Admin::start`], with `binary` as the supervisor.
     fn start_binary(sandbox: &Sandbox, workers: usize, binary: PathBuf) -> Admin {
+        Admin::start_with(sandbox, workers, binary, &[])
+    }
+
+    /// Like [`Admin::start_binary`], with `extra` arguments before the command.
+    fn start_with(sandbox: &Sandbox, workers: usize, binary: PathBuf, extra: &[&str]) -> Admin {
         let crash = sandbox.join("crash");
-        let hello = bins::example("hello");
+        // Workers of another user need a copy they can reach (the build tree may be 0700).
+        let hello = if extra.contains(&"--user") {
+            sandbox.shared_copy(&bins::example("hello"))
+        } else {
+            bins::example("hello")
+        };
         let script = sandbox.write_script(
             "worker.sh",
             &format!(
@@ -74,6 +84,7 @@ impl Admin {
             .args(["--admin", "127.0.0.1:0", "--admin-password-hash"])
             .arg(hash_password(PASSWORD))
             .args(["-n", &workers.to_string(), "--ready", "notify"])
+            .args(extra)
             .args(["--graceful-timeout", "5s", "--"])
             .arg(script)
             .env("RUST_LOG", "info")
@@ -814,4 +825,145 @@ fn worker_scale_in_the_console_reports_the_old_count() {
     assert_eq!(text(&out), "workers: 3 -> 2\n");
     let out = admin.console(&["worker add 2", "worker remove"]);
     assert_eq!(text(&out), "workers: 2 -> 4\nworkers: 4 -> 3\n");
+}
+
+/// Issue 12, item 4: with `--user`, the shell worker (TLS, login, console programs) drops to
+/// that user once it holds its fds, is not dumpable (a worker of the same uid cannot ptrace it
+/// and use its link), and its programs still reach the primary with `reloadsup ctl` through
+/// the shell's own control socket (the primary's accepts only root).
+#[test]
+fn shell_worker_drops_to_the_user_and_its_programs_still_reach_the_primary() {
+    // SAFETY: geteuid has no preconditions.
+    if !reloadsup_integration_tests::require(
+        "root, to switch users",
+        unsafe { libc::geteuid() } == 0,
+    ) {
+        return;
+    }
+    let sandbox = Sandbox::new("console-drop");
+    let ctl = sandbox.shared_copy(&bins::reloadsup());
+    let ctl = ctl.to_str().unwrap();
+    let config = sandbox.write(
+        "console.toml",
+        &format!(
+            "[commands.st]\nrun = [{ctl:?}, \"ctl\", \"status\"]\n\
+             [commands.rl]\nrun = [{ctl:?}, \"ctl\", \"reload\"]\n\
+             [commands.who]\nrun = [\"/bin/sh\", \"-c\", \"echo uid=$(id -u) control=$RELOADSUP_CONTROL\"]\n"
+        ),
+    );
+    let mut admin = Admin::start_with(
+        &sandbox,
+        1,
+        bins::example("console_commands"),
+        &[
+            "--user",
+            "65534",
+            "--group",
+            "65534",
+            "-c",
+            config.to_str().unwrap(),
+        ],
+    );
+    let shell = admin.shell_pid().expect("a shell worker");
+    let status = std::fs::read_to_string(format!("/proc/{shell}/status")).unwrap();
+    let uids = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("a Uid line");
+    assert_eq!(
+        uids.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["65534"; 4],
+        "{uids}"
+    );
+    let gids = status.lines().find(|l| l.starts_with("Gid:")).unwrap();
+    assert_eq!(
+        gids.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["65534"; 4],
+        "{gids}"
+    );
+    // The kernel gives a non-dumpable process's /proc entries to root.
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(format!("/proc/{shell}/status"))
+        .unwrap()
+        .uid();
+    assert_eq!(owner, 0, "the shell worker is dumpable");
+
+    // Login works, and the programs run as the user with the shell's own socket.
+    let out = admin.console(&["who"]);
+    let who = text(&out);
+    assert!(out.status.success(), "{who}");
+    assert!(who.starts_with("uid=65534 control="), "{who}");
+    let control = who.trim().trim_start_matches("uid=65534 control=");
+    assert_ne!(
+        std::path::Path::new(control),
+        admin.state.join("control.sock")
+    );
+
+    let out = admin.console(&["st"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("generation: 1"), "{}", text(&out));
+    let out = admin.console(&["rl"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("generation 2 is serving"),
+        "{}",
+        text(&out)
+    );
+
+    // A replacement shell worker binds the socket again over the one its predecessor left.
+    proc::kill(shell, libc::SIGKILL).unwrap();
+    let again = wait_for(DEADLINE, "a new shell worker", || {
+        admin.shell_pid().filter(|&p| p != shell)
+    });
+    admin.wait_for_log(&format!(
+        "reloadsup[{again}] admin console of t: shell worker listening"
+    ));
+    let out = admin.console(&["st"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("generation: 2"), "{}", text(&out));
+}
+
+/// `--admin-user` gives the console a user of its own, apart from the workers'.
+#[test]
+fn admin_user_gives_the_shell_worker_a_user_apart_from_the_workers() {
+    // SAFETY: geteuid has no preconditions.
+    if !reloadsup_integration_tests::require(
+        "root, to switch users",
+        unsafe { libc::geteuid() } == 0,
+    ) {
+        return;
+    }
+    let sandbox = Sandbox::new("console-admin-user");
+    let ctl = sandbox.shared_copy(&bins::reloadsup());
+    let config = sandbox.write(
+        "console.toml",
+        &format!(
+            "admin-user = \"65533:65532\"\n[commands.st]\nrun = [{:?}, \"ctl\", \"status\"]\n\
+             [commands.who]\nrun = [\"/bin/sh\", \"-c\", \"echo $(id -u):$(id -g)\"]\n",
+            ctl.to_str().unwrap()
+        ),
+    );
+    let admin = Admin::start_with(
+        &sandbox,
+        1,
+        bins::example("console_commands"),
+        &["--user", "65534", "-c", config.to_str().unwrap()],
+    );
+    let uid_of = |pid: u64| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().to_string()
+    };
+    let shell = admin.shell_pid().expect("a shell worker") as u64;
+    assert_eq!(uid_of(shell), "65533");
+    // The slot counts from its spawn: wait for the role to become the command.
+    let worker = admin.worker_pids()[0];
+    wait_until(DEADLINE, "the worker to run as uid 65534", || {
+        uid_of(worker) == "65534"
+    });
+    let out = admin.console(&["who"]);
+    assert_eq!(text(&out), "65533:65532\n");
+    let out = admin.console(&["st"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("generation: 1"), "{}", text(&out));
 }

@@ -1,0 +1,157 @@
+//! The shell worker's own control socket, for console programs once the shell has dropped to
+//! another uid (`--admin-user`, `--user`): the primary's `control.sock` accepts only its own uid
+//! and root, so a program's `reloadsup ctl` talks to this socket instead, and the shell
+//! forwards each request over its link under an id of its own and relays the progress and the
+//! reply back ([`super::Shell`] does the forwarding).
+//!
+//! It owns the client connections' buffers and framing, nothing else. Like everything in the
+//! shell's loop it never blocks: every client is non-blocking, its input and output are
+//! bounded, and a client that breaks a bound or the protocol is closed. Only peers of the
+//! shell's own uid (or root) are served.
+
+use std::io::{self, Read, Write};
+
+use mio::net::UnixStream;
+use mio::{Interest, Registry, Token};
+use reloadsup_protocol::{self as proto, FrameReader, Message, Request};
+
+use crate::config::lower;
+
+/// At most this many programs' connections at once; more are closed at accept.
+pub const MAX_CLIENTS: usize = 16;
+/// Requests of one client waiting for the primary; `ctl` sends one at a time.
+pub const MAX_IN_FLIGHT: usize = 8;
+/// Requests of all clients together on the shell's link, closed clients' included until the
+/// primary answers them. The primary closes a link with 64 requests in flight, and the
+/// sessions have at most one each (16): past this, a request is answered with an error at
+/// once instead of costing every session its console.
+pub const MAX_FORWARDED: usize = 32;
+/// Unsent output per client (progress of `logs -f` to a program that does not read): past it
+/// the client is closed rather than buffered without end.
+const MAX_OUT: usize = 4 * proto::MAX_FRAME;
+
+pub struct Client {
+    pub stream: UnixStream,
+    reader: FrameReader,
+    out: Vec<u8>,
+    greeted: bool,
+    writable: bool,
+    pub in_flight: usize,
+}
+
+/// Whether a connected peer may use the socket: the shell's own uid, or root.
+pub fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
+    match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials) {
+        Ok(cred) if cred.uid() == nix::unistd::geteuid().as_raw() || cred.uid() == 0 => Ok(()),
+        Ok(cred) => Err(format!(
+            "refused a peer of uid {} (pid {})",
+            cred.uid(),
+            cred.pid()
+        )),
+        Err(e) => Err(format!("unable to check a peer: {e}")),
+    }
+}
+
+impl Client {
+    pub fn new(stream: UnixStream) -> Client {
+        let mut c = Client {
+            stream,
+            reader: FrameReader::new(),
+            out: Vec::new(),
+            greeted: false,
+            writable: false,
+            in_flight: 0,
+        };
+        if let Ok(hello) = proto::encode_frame(&Message::hello()) {
+            c.out.extend_from_slice(&hello);
+        }
+        c
+    }
+
+    /// Reads everything the client sent (to WouldBlock: readiness is edge-triggered) and
+    /// returns its requests, or why it must be closed. `Ok((_, true))` is the end of its input.
+    pub fn read(&mut self) -> Result<(Vec<(u32, Request)>, bool), String> {
+        let mut requests = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        let mut eof = false;
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => self.reader.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(lower(&e)),
+            }
+            // Frames are taken as they come, so the buffer never holds more than one frame
+            // (the reader refuses one over MAX_FRAME).
+            self.frames(&mut requests)?;
+        }
+        self.frames(&mut requests)?;
+        Ok((requests, eof))
+    }
+
+    fn frames(&mut self, requests: &mut Vec<(u32, Request)>) -> Result<(), String> {
+        while let Some(msg) = self
+            .reader
+            .next_frame::<Message>()
+            .map_err(|e| format!("bad frame: {e}"))?
+        {
+            if !self.greeted {
+                proto::check_hello(&msg).map_err(|e| e.to_string())?;
+                self.greeted = true;
+                continue;
+            }
+            match msg {
+                Message::Request { id, request } => {
+                    if self.in_flight + requests.len() >= MAX_IN_FLIGHT {
+                        return Err(format!("more than {MAX_IN_FLIGHT} requests at once"));
+                    }
+                    requests.push((id, request));
+                }
+                _ => return Err("unexpected message".into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a message for the client; the caller flushes.
+    pub fn send(&mut self, msg: &Message) -> Result<(), String> {
+        let frame = proto::encode_frame(msg).map_err(|e| e.to_string())?;
+        if self.out.len() + frame.len() > MAX_OUT {
+            return Err("the program does not read its replies".into());
+        }
+        self.out.extend_from_slice(&frame);
+        Ok(())
+    }
+
+    /// Writes what it can, and watches for writability only while output waits.
+    pub fn flush(&mut self, registry: &Registry, token: Token) -> Result<(), String> {
+        while !self.out.is_empty() {
+            match self.stream.write(&self.out) {
+                Ok(0) => return Err("closed".into()),
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(lower(&e)),
+            }
+        }
+        let want = !self.out.is_empty();
+        if want != self.writable {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            registry
+                .reregister(&mut self.stream, token, interest)
+                .map_err(|e| lower(&e))?;
+            self.writable = want;
+        }
+        Ok(())
+    }
+}
