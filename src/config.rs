@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-pub use crate::error::{lower, ConfigError, Origin, ValueError};
+use crate::error::lower;
+pub use crate::error::{ConfigError, Origin, ValueError};
 
 /// A bad value of `origin`.
 fn bad<T>(origin: Origin, error: ValueError) -> Result<T, ConfigError> {

@@ -13,6 +13,7 @@ pub mod roles;
 pub mod shell;
 pub mod sys;
 mod text;
+mod tls;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -4,6 +4,16 @@
 
 use reloadsup_protocol::{Progress, Status};
 
+// The console's line protocol, which the shell worker speaks and `reloadsup console` reads.
+/// The prompt before each command, without a newline.
+pub const PROMPT: &str = "> ";
+/// The prompt for the password, without a newline.
+pub const PASSWORD_PROMPT: &str = "Password: ";
+/// Printed after a delay for a wrong password.
+pub const ACCESS_DENIED: &str = "Access denied";
+/// Every line that reports a failure starts with this.
+pub const ERROR_PREFIX: &str = "error: ";
+
 /// One line for a reload's progress.
 pub fn progress_line(p: &Progress) -> String {
     match p {

@@ -26,9 +26,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::config::lower;
-use crate::shell::console::{ACCESS_DENIED, PASSWORD_PROMPT, PROMPT};
-use crate::shell::tls::{fingerprint, normalize_fingerprint};
+use crate::error::lower;
+use crate::text::{ACCESS_DENIED, PASSWORD_PROMPT, PROMPT};
+use crate::tls::{fingerprint, normalize_fingerprint};
 
 /// How long to keep trying after the connection was lost.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(10);
@@ -224,7 +224,7 @@ fn load_ca(
 ) -> Result<Arc<dyn ServerCertVerifier>, String> {
     let pem = std::fs::read(path)
         .map_err(|e| format!("unable to read {}: {}", path.display(), lower(&e)))?;
-    let certs = crate::shell::tls::certs(&pem).map_err(|e| format!("--ca: {e}"))?;
+    let certs = crate::tls::certs(&pem).map_err(|e| format!("--ca: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in certs {
         roots
@@ -387,14 +387,14 @@ pub(crate) enum ConnectError {
 }
 
 pub(crate) fn connect(target: &Target, trust: &Trust) -> Result<(Conn, String), ConnectError> {
-    let provider = crate::shell::tls::provider();
+    let provider = crate::tls::provider();
     let verifier = Arc::new(Verifier {
         trust: trust.clone(),
         provider: provider.clone(),
         seen: Mutex::new(None),
     });
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(crate::shell::tls::VERSIONS)
+        .with_protocol_versions(crate::tls::VERSIONS)
         .map_err(|e| ConnectError::Other(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone())
@@ -533,7 +533,7 @@ fn connect_tcp(
 fn run(args: ConsoleArgs) -> Result<u8, String> {
     let mut target = parse_target(&args.address)?;
     target.source = args.source;
-    let provider = crate::shell::tls::provider();
+    let provider = crate::tls::provider();
     let mut trust = if let Some(ca) = &args.ca {
         Trust::Ca(load_ca(ca, provider)?)
     } else if let Some(fp) = &args.fingerprint {

@@ -23,7 +23,7 @@ use reloadsup_protocol::{
 use crate::error::{CtlError, Error};
 // The text forms moved to `crate::text` so that the shell need not depend on this client; the
 // shell still names them here until it imports them from there.
-pub use crate::text::{progress_line, status_table};
+use crate::text::{progress_line, status_table};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -25,7 +25,7 @@ use reloadsup_protocol::{self as proto, FrameReader, Message, Progress, Reply, R
 
 use super::state::Requester;
 use super::FIRST_CONN;
-use crate::config::lower;
+use crate::error::lower;
 
 /// At most this many control connections; the oldest idle one gives way to a new one.
 const MAX_CONNS: usize = 512;

@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 use reloadsup_protocol::{self as proto, KeeperMessage, KeeperSpec, PROTOCOL_VERSION};
 
 use super::state::{BACKOFF_MAX, BACKOFF_MIN, HEALTHY_AFTER};
-use crate::config::lower;
+use crate::error::lower;
 use crate::sys::{self, cgroup};
 
 /// Set (to anything) in the primary's environment: no per-worker cgroups even where they could

@@ -31,7 +31,8 @@ use reloadsup_protocol::{self as proto, Reply, Request, WorkerSpec, PROTOCOL_VER
 use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
 
-use crate::config::{lower, Config, ReadyMode};
+use crate::config::{Config, ReadyMode};
+use crate::error::lower;
 use crate::error::{BindError, Fatal, SetupError};
 use crate::sys;
 use control::{ConnId, Connections};
@@ -812,7 +813,7 @@ fn admin_console(
         })
     })?;
     let listener = bound.remove(0);
-    let identity = crate::shell::load_or_create_identity(
+    let identity = crate::tls::load_or_create_identity(
         &config.state_dir,
         admin.cert.as_deref(),
         admin.key.as_deref(),

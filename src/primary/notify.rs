@@ -22,7 +22,7 @@ use mio::net::UnixDatagram;
 use mio::{Interest, Poll, Token};
 use reloadsup_protocol::notify::{self, Notice};
 
-use crate::config::lower;
+use crate::error::lower;
 use crate::sys;
 
 /// Notify sockets take tokens from here up; control connections stay far below (their ids

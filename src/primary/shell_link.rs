@@ -73,7 +73,7 @@ impl Shell {
             Err(e) => {
                 log::error!(
                     "admin console: unable to start the shell worker: {}",
-                    crate::config::lower(&e)
+                    crate::error::lower(&e)
                 );
                 self.schedule(now);
             }

@@ -42,7 +42,7 @@ pub fn run(_args: &[OsString]) -> u8 {
     match keep() {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("reloadsup: keeper: {}", crate::config::lower(&e));
+            eprintln!("reloadsup: keeper: {}", crate::error::lower(&e));
             1
         }
     }
@@ -109,7 +109,7 @@ fn keep() -> io::Result<()> {
             eprintln!(
                 "reloadsup: keeper: unable to kill {}: {}",
                 base.display(),
-                crate::config::lower(&e)
+                crate::error::lower(&e)
             );
         }
     }

@@ -32,7 +32,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> u8 {
             Err(e) => {
                 eprintln!(
                     "reloadsup hash-password: unable to read the password: {}",
-                    crate::config::lower(&e)
+                    crate::error::lower(&e)
                 );
                 return 1;
             }
@@ -46,7 +46,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> u8 {
             Err(e) => {
                 eprintln!(
                     "reloadsup hash-password: unable to read the password: {}",
-                    crate::config::lower(&e)
+                    crate::error::lower(&e)
                 );
                 return 1;
             }
@@ -56,7 +56,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> u8 {
         if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
             eprintln!(
                 "reloadsup hash-password: unable to read standard input: {}",
-                crate::config::lower(&e)
+                crate::error::lower(&e)
             );
             return 1;
         }

@@ -208,7 +208,7 @@ pub(crate) fn spawn_closure(
                     .unwrap_or_else(|_| Err(format!("the command '{name}' panicked")));
             done.send(ToLoop::Done(session, result));
         })
-        .map_err(|e| format!("unable to start a thread: {}", crate::config::lower(&e)))?;
+        .map_err(|e| format!("unable to start a thread: {}", crate::error::lower(&e)))?;
     Ok(tx)
 }
 
@@ -257,7 +257,7 @@ pub(crate) fn spawn_program(
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("unable to run {program}: {}", crate::config::lower(&e)))?;
+        .map_err(|e| format!("unable to run {program}: {}", crate::error::lower(&e)))?;
     let pid = child.id();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -286,7 +286,7 @@ pub(crate) fn spawn_program(
             })
     };
     let spawn_err =
-        |e: std::io::Error| format!("unable to start a thread: {}", crate::config::lower(&e));
+        |e: std::io::Error| format!("unable to start a thread: {}", crate::error::lower(&e));
     let out_thread = pipe(stdout.map(|s| Box::new(s) as _), outbox.clone()).map_err(spawn_err)?;
     let err_thread = pipe(stderr.map(|s| Box::new(s) as _), outbox.clone()).map_err(spawn_err)?;
 
@@ -354,7 +354,7 @@ pub(crate) fn spawn_program(
                 ),
                 Err(e) => Err(format!(
                     "unable to wait for {name}: {}",
-                    crate::config::lower(&e)
+                    crate::error::lower(&e)
                 )),
             };
             outbox.send(ToLoop::Done(session, result));

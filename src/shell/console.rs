@@ -8,14 +8,7 @@ use std::fmt::Write as _;
 
 use reloadsup_protocol::{Outcome, Reply, Request, Status};
 
-/// The prompt before each command, without a newline.
-pub const PROMPT: &str = "> ";
-/// The prompt for the password, without a newline.
-pub const PASSWORD_PROMPT: &str = "Password: ";
-/// Printed after a delay for a wrong password.
-pub const ACCESS_DENIED: &str = "Access denied";
-/// Every line that reports a failure starts with this.
-pub const ERROR_PREFIX: &str = "error: ";
+pub use crate::text::{ACCESS_DENIED, ERROR_PREFIX, PASSWORD_PROMPT, PROMPT};
 
 /// How a reply to a built-in command is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +169,7 @@ pub fn show(kind: Show, reply: &Reply) -> String {
         (_, Reply::Error(text)) => format!("{ERROR_PREFIX}{text}\n"),
         (Show::Info, Reply::Status(s)) => worker_info(s),
         (Show::List, Reply::Status(s)) => worker_list(s),
-        (Show::Status, Reply::Status(s)) => crate::client::ctl::status_table(s),
+        (Show::Status, Reply::Status(s)) => crate::text::status_table(s),
         (_, Reply::Done(text)) => format!("{text}\n"),
         (_, Reply::Reload(o)) => match o.outcome {
             Outcome::Succeeded => format!("generation {} is serving\n", o.generation),
@@ -218,7 +211,7 @@ pub fn worker_info(s: &Status) -> String {
 
 /// `worker list`: one line per worker.
 pub fn worker_list(s: &Status) -> String {
-    let table = crate::client::ctl::status_table(s);
+    let table = crate::text::status_table(s);
     // The worker table is the part after the blank line of the status table.
     match table.split_once("\n\n") {
         Some((_, workers)) => workers.to_string(),

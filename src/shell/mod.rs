@@ -23,13 +23,11 @@ mod proxy;
 mod session;
 #[cfg(test)]
 mod tests;
-pub mod tls;
 
 pub use commands::{Commands, Context, Handler};
 /// The wire types a custom command needs for [`Context::request`], so that a supervisor built
 /// on the library depends on reloadsup alone.
 pub use reloadsup_protocol::{Outcome, Progress, ReloadOutcome, Reply, Request, Status};
-pub use tls::{load_or_create_identity, Identity};
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -46,8 +44,9 @@ use reloadsup_protocol::{
     self as proto, CustomCommand, FrameReader, Message, ShellSpec, PROTOCOL_VERSION,
 };
 
-use crate::config::lower;
+use crate::error::lower;
 use crate::sys;
+use crate::tls;
 use admission::{AcceptRate, Admit, Attempts, Checks, Source, Waiting};
 use auth::PasswordHash;
 use commands::{Outbox, SessionId, ToJob, ToLoop};
@@ -1236,7 +1235,7 @@ impl Shell {
                         if let Some(s) = self.sessions.get_mut(&sid) {
                             s.say(&format!(
                                 "{}\n",
-                                crate::client::ctl::progress_line(&progress)
+                                crate::text::progress_line(&progress)
                             ));
                         }
                     }

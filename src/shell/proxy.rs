@@ -15,7 +15,7 @@ use mio::net::UnixStream;
 use mio::{Interest, Registry, Token};
 use reloadsup_protocol::{self as proto, FrameReader, Message, Request};
 
-use crate::config::lower;
+use crate::error::lower;
 
 /// At most this many programs' connections at once; more are closed at accept.
 pub const MAX_CLIENTS: usize = 16;

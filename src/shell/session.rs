@@ -16,7 +16,7 @@ use mio::{Interest, Registry, Token};
 
 use super::commands::{SessionId, ToJob};
 use super::{console, IDLE_TIMEOUT, LOGIN_TIMEOUT, MAX_LINE};
-use crate::config::lower;
+use crate::error::lower;
 
 /// Lines typed ahead of the session that may wait for it.
 const MAX_QUEUED_LINES: usize = 64;

@@ -165,7 +165,7 @@ impl Harness {
         proxied: bool,
     ) -> Harness {
         let dir = sandbox(name);
-        let identity = super::load_or_create_identity(&dir, None, None).unwrap();
+        let identity = crate::tls::load_or_create_identity(&dir, None, None).unwrap();
         let addr = listener.local_addr().unwrap();
         let spec = ShellSpec {
             version: PROTOCOL_VERSION,

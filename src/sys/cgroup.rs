@@ -28,7 +28,7 @@ pub fn create_base(pid: u32) -> Result<PathBuf, String> {
             return Err(format!(
                 "unable to create {}: {}",
                 base.display(),
-                crate::config::lower(&e)
+                crate::error::lower(&e)
             ))
         }
     }

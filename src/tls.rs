@@ -1,4 +1,5 @@
-//! The console's TLS identity and server configuration: rustls with the ring provider, TLS 1.3
+//! The console's TLS, shared by the shell worker (server) and `reloadsup console` (client):
+//! the identity and server configuration, rustls with the ring provider, TLS 1.3
 //! and 1.2 only, and a self-signed certificate kept in the state directory so that its
 //! fingerprint stays the same across restarts.
 
@@ -75,7 +76,7 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
         format!(
             "unable to read {}: {}",
             path.display(),
-            crate::config::lower(&e)
+            crate::error::lower(&e)
         )
     })
 }
@@ -85,7 +86,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         format!(
             "unable to write {}: {}",
             path.display(),
-            crate::config::lower(&e)
+            crate::error::lower(&e)
         )
     };
     let tmp = path.with_extension("pem.tmp");
