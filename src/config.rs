@@ -17,7 +17,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::error::lower;
-pub use crate::error::{ConfigError, Origin, ValueError};
+pub(crate) use crate::error::{ConfigError, Origin, ValueError};
 
 /// A bad value of `origin`.
 fn bad<T>(origin: Origin, error: ValueError) -> Result<T, ConfigError> {
@@ -26,7 +26,7 @@ fn bad<T>(origin: Origin, error: ValueError) -> Result<T, ConfigError> {
 
 /// Where a listener binds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
+pub(crate) enum Address {
     Tcp(SocketAddr),
     Unix(PathBuf),
 }
@@ -41,7 +41,7 @@ impl fmt::Display for Address {
 }
 
 impl Address {
-    pub fn parse(s: &str) -> Result<Address, ValueError> {
+    pub(crate) fn parse(s: &str) -> Result<Address, ValueError> {
         if let Some(rest) = s.strip_prefix("tcp://") {
             let rest = rest.trim_end_matches('/');
             return rest
@@ -68,14 +68,14 @@ impl Address {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerSpec {
+pub(crate) struct ListenerSpec {
     pub name: String,
     pub address: Address,
 }
 
 /// When a new worker counts as ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadyMode {
+pub(crate) enum ReadyMode {
     /// `READY=1` on the notify socket.
     Notify,
     /// Alive for this long.
@@ -85,7 +85,7 @@ pub enum ReadyMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartPolicy {
+pub(crate) enum RestartPolicy {
     OnFailure,
     Always,
     Never,
@@ -93,7 +93,7 @@ pub enum RestartPolicy {
 
 /// The validated configuration of a run.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     pub name: String,
     pub listeners: Vec<ListenerSpec>,
     pub backlog: i32,
@@ -119,7 +119,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone)]
-pub struct Admin {
+pub(crate) struct Admin {
     pub address: SocketAddr,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -136,7 +136,7 @@ pub struct Admin {
 impl Config {
     /// The command with templates replaced by fd numbers: `{fd}` is the first listener,
     /// `{fd:NAME}` the named one. `{{` and `}}` stand for literal braces only around templates.
-    pub fn argv(&self) -> Vec<OsString> {
+    pub(crate) fn argv(&self) -> Vec<OsString> {
         self.command
             .iter()
             .map(|arg| substitute(arg, &self.listeners).unwrap_or_else(|_| arg.clone()))
@@ -198,7 +198,7 @@ fn substitute(arg: &OsStr, listeners: &[ListenerSpec]) -> Result<OsString, Value
     override_usage = "reloadsup [OPTIONS] -- COMMAND [ARG...]\n       reloadsup ctl [--name NAME | --control PATH] COMMAND\n       reloadsup console [OPTIONS] HOST:PORT\n       reloadsup hash-password",
     after_help = "Signals: HUP reload, TTIN/TTOU one worker more/fewer, TERM/INT graceful shutdown, QUIT fast shutdown.\nCOMMAND may contain {fd} or {fd:NAME}, replaced by the listener's fd number."
 )]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Listening socket: [NAME=]tcp://HOST:PORT or [NAME=]unix:PATH (repeatable).
     #[arg(short = 'l', long = "listen", value_name = "[NAME=]ADDR")]
     pub listen: Vec<String>,
@@ -349,10 +349,10 @@ fn read_hash_file(
 
 /// The longest state directory: 107 bytes of a unix socket path, less `/` and the longest
 /// socket name in it (`n-` and 16 characters, a worker's notify socket).
-pub const MAX_STATE_DIR: usize = 107 - 1 - 18;
+pub(crate) const MAX_STATE_DIR: usize = 107 - 1 - 18;
 
 /// Parses a duration: `250ms`, `2s`, `1m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -381,7 +381,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
 }
 
 /// Parses a signal: `TERM`, `SIGTERM`, `term` or `15`.
-pub fn parse_signal(s: &str) -> Result<Signal, ValueError> {
+pub(crate) fn parse_signal(s: &str) -> Result<Signal, ValueError> {
     let upper = s.trim().to_ascii_uppercase();
     if let Ok(n) = upper.parse::<i32>() {
         return Signal::try_from(n).map_err(|_| ValueError::NotSignalNumber(s.to_string()));
@@ -474,7 +474,7 @@ fn resolve_group(s: &str) -> Result<u32, ValueError> {
 }
 
 /// Finds `program` the way execvp will: as a path when it has a slash, else in PATH.
-pub fn resolve_command(program: &OsStr) -> Result<PathBuf, ValueError> {
+pub(crate) fn resolve_command(program: &OsStr) -> Result<PathBuf, ValueError> {
     use std::os::unix::fs::PermissionsExt;
     let name = Path::new(program);
     let check = |p: &Path| -> Result<(), ValueError> {
@@ -510,7 +510,7 @@ pub fn resolve_command(program: &OsStr) -> Result<PathBuf, ValueError> {
 }
 
 /// The default state directory for an instance name.
-pub fn default_state_dir(name: &str) -> PathBuf {
+pub(crate) fn default_state_dir(name: &str) -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => Path::new(&dir).join("reloadsup").join(name),
         _ => PathBuf::from(format!("/tmp/reloadsup-{}", nix::unistd::getuid())).join(name),
@@ -519,7 +519,7 @@ pub fn default_state_dir(name: &str) -> PathBuf {
 
 impl Config {
     /// Merges the command line over the config file and validates everything.
-    pub fn from_args(args: RunArgs) -> Result<Config, ConfigError> {
+    pub(crate) fn from_args(args: RunArgs) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError::ReadFile {

@@ -13,14 +13,14 @@ use std::io;
 use reloadsup_protocol::{SetupFailure, SetupStage};
 
 /// Exit status of a successful run (DESIGN.md section 3).
-pub const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_OK: u8 = 0;
 /// Exit status for anything that went wrong but bad usage.
-pub const EXIT_FAILURE: u8 = 1;
+pub(crate) const EXIT_FAILURE: u8 = 1;
 /// Exit status for bad usage or a bad config: the message names the flag or key.
-pub const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 
 /// An io error's message without the "(os error N)" tail, in lowercase.
-pub fn lower(e: &io::Error) -> String {
+pub(crate) fn lower(e: &io::Error) -> String {
     let s = e.to_string();
     let s = match s.find(" (os error") {
         Some(i) => s[..i].to_string(),
@@ -36,7 +36,7 @@ pub fn lower(e: &io::Error) -> String {
 /// Whatever ends a run of the executable with an error, by layer. [`Error::exit_code`] is the
 /// one place that turns an error into an exit status; `main_with` prints it.
 #[derive(Debug)]
-pub enum Error {
+pub(crate) enum Error {
     /// clap's own: a usage error, or `--help`/`--version` (which clap prints and which exit 0).
     Cli(clap::Error),
     /// The run mode's command line or config file.
@@ -48,7 +48,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Error::Cli(e) if e.use_stderr() => EXIT_USAGE,
             Error::Cli(_) => EXIT_OK,
@@ -111,7 +111,7 @@ impl From<CtlError> for Error {
 
 /// Why `reloadsup ctl` got no answer. Exit 1, like a failed request.
 #[derive(Debug)]
-pub enum CtlError {
+pub(crate) enum CtlError {
     /// Nothing answers on the control socket.
     NoInstance {
         path: String,
@@ -210,7 +210,7 @@ impl std::error::Error for CtlError {
 
 /// Where a bad value came from; a message always names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// A command-line flag, by its long name without the dashes.
     Flag(&'static str),
     /// A key of the config file.
@@ -231,7 +231,7 @@ impl fmt::Display for Origin {
 
 /// What is wrong with one value, whatever flag or key it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ValueError {
+pub(crate) enum ValueError {
     NotTcpAddress(String),
     EmptyUnixPath(String),
     UnixPathTooLong {
@@ -327,7 +327,7 @@ impl std::error::Error for ValueError {}
 
 /// A bad command line or config file: exit 2. Each message names the flag or key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// A value that is wrong in itself or next to the others.
     Value {
         origin: Origin,
@@ -413,7 +413,7 @@ impl std::error::Error for ConfigError {
 /// A listener that could not be bound. `flag` is how the user asked for it: `--listen NAME`
 /// for a worker listener, `--admin` for the console's.
 #[derive(Debug)]
-pub struct BindError {
+pub(crate) struct BindError {
     pub flag: String,
     pub address: String,
     pub source: io::Error,
@@ -440,7 +440,7 @@ impl std::error::Error for BindError {
 /// Why the primary could not start, or had to stop: it logs the message and exits. The
 /// variants the user can fix with a flag exit 2, the others 1; see [`Fatal::exit_code`].
 #[derive(Debug)]
-pub enum Fatal {
+pub(crate) enum Fatal {
     /// A listener (or the console's) cannot be bound: in use, not permitted, bad path.
     Bind(BindError),
     /// `--state-dir` cannot be created or used; `problem` says why.
@@ -469,7 +469,7 @@ pub enum Fatal {
 
 impl Fatal {
     /// Exit codes, DESIGN.md section 3: 2 for what the user asked and can fix by a flag.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Fatal::Bind(_)
             | Fatal::StateDir { .. }
@@ -482,7 +482,7 @@ impl Fatal {
     }
 
     /// A failure of a system call the primary needs, at `what`.
-    pub fn system(what: &'static str) -> impl FnOnce(io::Error) -> Fatal {
+    pub(crate) fn system(what: &'static str) -> impl FnOnce(io::Error) -> Fatal {
         move |source| Fatal::System { what, source }
     }
 }
@@ -531,7 +531,7 @@ impl std::error::Error for Fatal {
 /// Why a worker role could not run the command. The role prints it, sends it to the primary as
 /// a [`SetupFailure`], and the primary rebuilds it from there for the reload's reason.
 #[derive(Debug)]
-pub enum SetupError {
+pub(crate) enum SetupError {
     /// The spec or the listener fds did not arrive intact.
     Handoff(io::Error),
     /// The primary speaks another protocol version (its binary was replaced by another one).
@@ -605,7 +605,7 @@ impl std::error::Error for SetupError {
 
 impl SetupError {
     /// The wire form the role sends to the primary.
-    pub fn to_wire(&self) -> SetupFailure {
+    pub(crate) fn to_wire(&self) -> SetupFailure {
         let (stage, cause) = match self {
             SetupError::Handoff(e) => (SetupStage::Handoff, Some(e)),
             SetupError::Protocol { ours, theirs } => (
@@ -637,7 +637,7 @@ impl SetupError {
 
     /// Rebuilds the error from its wire form. `program` is the command's argv[0], which the
     /// primary knows and the message does not repeat.
-    pub fn from_wire(failure: &SetupFailure, program: &str) -> SetupError {
+    pub(crate) fn from_wire(failure: &SetupFailure, program: &str) -> SetupError {
         let cause = || {
             if failure.errno != 0 {
                 io::Error::from_raw_os_error(failure.errno)

@@ -3,15 +3,17 @@
 //! The binary is thin: [`main`] parses the command line, picks the role, and maps errors to
 //! exit codes. See `ARCHITECTURE.md` for the codemap.
 #![deny(unsafe_code)]
+// The public surface is what a supervisor binary built on `main_with` needs, nothing more.
+#![warn(unreachable_pub)]
 
-pub mod client;
-pub mod config;
+mod client;
+mod config;
 mod error;
 mod password;
-pub mod primary;
-pub mod roles;
+mod primary;
+mod roles;
 pub mod shell;
-pub mod sys;
+mod sys;
 mod text;
 mod tls;
 
@@ -89,4 +91,29 @@ fn exit_code(who: &str, result: Result<u8, error::Error>) -> u8 {
 /// usage error prints it and gives exit code 2.
 pub(crate) fn parse_args<T: Parser>(args: Vec<OsString>) -> Result<T, u8> {
     T::try_parse_from(args).map_err(|e| exit_code("reloadsup", Err(e.into())))
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): the decoders that read
+/// another process's bytes, reached without making the modules behind them public.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Lines typed by a logged-in console client, each cut at the session's line limit.
+    pub fn console_lines(data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        for line in text.split('\n') {
+            if line.len() <= crate::shell::MAX_LINE {
+                let _ = crate::shell::console::parse(line);
+            }
+        }
+    }
+
+    /// A config file (`-c PATH`) through the whole validation: a `Config` or an error.
+    pub fn config_file(path: &std::path::Path) {
+        let args = crate::config::RunArgs {
+            config: Some(path.to_path_buf()),
+            ..crate::config::RunArgs::default()
+        };
+        let _ = crate::config::Config::from_args(args);
+    }
 }

@@ -12,23 +12,23 @@ use ring::pbkdf2;
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// The scheme tag at the front of every hash string.
-pub const SCHEME: &str = "pbkdf2-sha256";
+pub(crate) const SCHEME: &str = "pbkdf2-sha256";
 /// `hash-password` never writes fewer iterations than this.
-pub const MIN_ITERATIONS: u32 = 200_000;
+pub(crate) const MIN_ITERATIONS: u32 = 200_000;
 /// What `hash-password` uses.
-pub const DEFAULT_ITERATIONS: u32 = 210_000;
+pub(crate) const DEFAULT_ITERATIONS: u32 = 210_000;
 /// A hash asking for more work than this is refused: every login would stall for minutes.
 const MAX_ITERATIONS: u32 = 50_000_000;
 const SALT_LEN: usize = 16;
 const HASH_LEN: usize = 32;
 /// Longest password accepted, in bytes; the line limit of the console is longer.
-pub const MAX_PASSWORD: usize = 1024;
+pub(crate) const MAX_PASSWORD: usize = 1024;
 
 static ALGORITHM: pbkdf2::Algorithm = pbkdf2::PBKDF2_HMAC_SHA256;
 
 /// Why a hash string was refused. Says what is wrong without repeating the string.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashError {
+pub(crate) enum HashError {
     Format,
     Scheme,
     Iterations,
@@ -61,7 +61,7 @@ impl std::error::Error for HashError {}
 
 /// A parsed `pbkdf2-sha256$...` string.
 #[derive(Clone)]
-pub struct PasswordHash {
+pub(crate) struct PasswordHash {
     iterations: NonZeroU32,
     salt: Vec<u8>,
     hash: Vec<u8>,
@@ -75,7 +75,7 @@ impl fmt::Debug for PasswordHash {
 }
 
 impl PasswordHash {
-    pub fn parse(s: &str) -> Result<PasswordHash, HashError> {
+    pub(crate) fn parse(s: &str) -> Result<PasswordHash, HashError> {
         let mut parts = s.trim().split('$');
         let (Some(scheme), Some(iter), Some(salt), Some(hash), None) = (
             parts.next(),
@@ -111,7 +111,7 @@ impl PasswordHash {
     }
 
     /// Hashes `password` with a fresh random salt.
-    pub fn create(password: &[u8], iterations: u32) -> Result<PasswordHash, HashError> {
+    pub(crate) fn create(password: &[u8], iterations: u32) -> Result<PasswordHash, HashError> {
         let iterations =
             NonZeroU32::new(iterations.max(MIN_ITERATIONS)).ok_or(HashError::Iterations)?;
         let mut salt = vec![0u8; SALT_LEN];
@@ -128,16 +128,12 @@ impl PasswordHash {
     }
 
     /// Checks `password` in constant time (ring compares the derived key, not us).
-    pub fn verify(&self, password: &[u8]) -> bool {
+    pub(crate) fn verify(&self, password: &[u8]) -> bool {
         pbkdf2::verify(ALGORITHM, self.iterations, &self.salt, password, &self.hash).is_ok()
     }
 
-    pub fn iterations(&self) -> u32 {
-        self.iterations.get()
-    }
-
     /// The string form that [`PasswordHash::parse`] reads.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         format!(
             "{SCHEME}${}${}${}",
             self.iterations,

@@ -6,16 +6,16 @@ use reloadsup_protocol::{Progress, Status};
 
 // The console's line protocol, which the shell worker speaks and `reloadsup console` reads.
 /// The prompt before each command, without a newline.
-pub const PROMPT: &str = "> ";
+pub(crate) const PROMPT: &str = "> ";
 /// The prompt for the password, without a newline.
-pub const PASSWORD_PROMPT: &str = "Password: ";
+pub(crate) const PASSWORD_PROMPT: &str = "Password: ";
 /// Printed after a delay for a wrong password.
-pub const ACCESS_DENIED: &str = "Access denied";
+pub(crate) const ACCESS_DENIED: &str = "Access denied";
 /// Every line that reports a failure starts with this.
-pub const ERROR_PREFIX: &str = "error: ";
+pub(crate) const ERROR_PREFIX: &str = "error: ";
 
 /// One line for a reload's progress.
-pub fn progress_line(p: &Progress) -> String {
+pub(crate) fn progress_line(p: &Progress) -> String {
     match p {
         Progress::GenerationStarted {
             generation,
@@ -41,7 +41,7 @@ pub fn progress_line(p: &Progress) -> String {
 }
 
 /// The readable form of `status`.
-pub fn status_table(s: &Status) -> String {
+pub(crate) fn status_table(s: &Status) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "instance:   {} (pid {})", s.name, s.pid);

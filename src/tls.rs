@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The console's certificate chain and key (PEM) and the leaf's SHA-256 fingerprint.
 #[derive(Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
     /// SHA-256 of the DER leaf certificate, uppercase hex pairs joined by colons, as
@@ -29,12 +29,12 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-pub const CERT_FILE: &str = "console-cert.pem";
-pub const KEY_FILE: &str = "console-key.pem";
+pub(crate) const CERT_FILE: &str = "console-cert.pem";
+pub(crate) const KEY_FILE: &str = "console-key.pem";
 
 /// The identity given by `--admin-cert`/`--admin-key`, or the self-signed one of the state
 /// directory, made on first use (`console-cert.pem`, `console-key.pem`, mode 0600).
-pub fn load_or_create_identity(
+pub(crate) fn load_or_create_identity(
     state_dir: &Path,
     cert: Option<&Path>,
     key: Option<&Path>,
@@ -59,7 +59,7 @@ pub fn load_or_create_identity(
 }
 
 /// Checks that the PEM pair makes a usable server configuration and computes the fingerprint.
-pub fn identity(cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Identity, String> {
+pub(crate) fn identity(cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Identity, String> {
     // `certs` refuses an empty chain, so there is a leaf.
     let certs = certs(&cert_pem)?;
     let fingerprint_hex = fingerprint(&certs[0]);
@@ -127,7 +127,7 @@ pub(crate) fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> 
 }
 
 /// SHA-256 of a DER certificate, `AB:CD:...`.
-pub fn fingerprint(der: &[u8]) -> String {
+pub(crate) fn fingerprint(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
     digest
         .as_ref()
@@ -138,7 +138,7 @@ pub fn fingerprint(der: &[u8]) -> String {
 }
 
 /// A fingerprint as the user gave it (colons or not, any case) in the canonical form.
-pub fn normalize_fingerprint(s: &str) -> Option<String> {
+pub(crate) fn normalize_fingerprint(s: &str) -> Option<String> {
     let hex: String = s
         .trim()
         .trim_start_matches("sha256:")
@@ -161,14 +161,17 @@ pub fn normalize_fingerprint(s: &str) -> Option<String> {
 }
 
 /// The ring provider with the protocol versions the console speaks.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(provider::default_provider())
 }
 
-pub const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+pub(crate) const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, String> {
+pub(crate) fn server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = certs(cert_pem)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| format!("the key is not a valid PEM private key: {e}"))?;

@@ -4,7 +4,6 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use reloadsup::config::{Config, RunArgs};
 
 fuzz_target!(|data: &[u8]| {
     let path =
@@ -12,10 +11,6 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    let args = RunArgs {
-        config: Some(path.clone()),
-        ..RunArgs::default()
-    };
-    let _ = Config::from_args(args);
+    reloadsup::fuzzing::config_file(&path);
     let _ = std::fs::remove_file(&path);
 });

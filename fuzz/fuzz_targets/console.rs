@@ -4,13 +4,4 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use reloadsup::shell::{console, MAX_LINE};
-
-fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    for line in text.split('\n') {
-        if line.len() <= MAX_LINE {
-            let _ = console::parse(line);
-        }
-    }
-});
+fuzz_target!(|data: &[u8]| reloadsup::fuzzing::console_lines(data));

@@ -31,7 +31,7 @@ use crate::text::{ACCESS_DENIED, PASSWORD_PROMPT, PROMPT};
 use crate::tls::{fingerprint, normalize_fingerprint};
 
 /// How long to keep trying after the connection was lost.
-pub const RECONNECT_FOR: Duration = Duration::from_secs(10);
+pub(crate) const RECONNECT_FOR: Duration = Duration::from_secs(10);
 /// A partial line followed by this much silence is a prompt.
 const QUIET: Duration = Duration::from_millis(200);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,7 +42,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     about = "Open the TLS admin console of a running reloadsup",
     after_help = "The password comes from RELOADSUP_PASSWORD, else the terminal (without echo), else the first line of standard input.\nWith -c, or with commands on standard input, the client exits 1 at the first command that fails (an output line starting with 'error:')."
 )]
-pub struct ConsoleArgs {
+pub(crate) struct ConsoleArgs {
     /// Trust the server whose certificate has this SHA-256 fingerprint (hex, colons optional).
     #[arg(long, value_name = "SHA256", conflicts_with = "ca")]
     pub fingerprint: Option<String>,
@@ -64,7 +64,7 @@ pub struct ConsoleArgs {
     pub address: String,
 }
 
-pub fn main(args: Vec<std::ffi::OsString>) -> u8 {
+pub(crate) fn main(args: Vec<std::ffi::OsString>) -> u8 {
     let args = match crate::parse_args::<ConsoleArgs>(args) {
         Ok(a) => a,
         Err(code) => return code,
@@ -172,7 +172,7 @@ impl ServerCertVerifier for Verifier {
 }
 
 /// `$XDG_CONFIG_HOME/reloadsup/known_hosts`, else `~/.config/reloadsup/known_hosts`.
-pub fn default_known_hosts() -> Option<PathBuf> {
+pub(crate) fn default_known_hosts() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)

@@ -30,7 +30,7 @@ use crate::text::{progress_line, status_table};
     name = "reloadsup ctl",
     about = "Steer a running reloadsup over its control socket"
 )]
-pub struct CtlArgs {
+pub(crate) struct CtlArgs {
     /// Instance name (as given to --name; default state dir).
     #[arg(long, value_name = "NAME", conflicts_with = "control")]
     pub name: Option<String>,
@@ -46,7 +46,7 @@ pub struct CtlArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum CtlCommand {
+pub(crate) enum CtlCommand {
     /// Show listeners, generations and workers.
     Status {
         /// One JSON object instead of a table.
@@ -70,7 +70,7 @@ pub enum CtlCommand {
 }
 
 /// A blocking connection to a primary's control socket.
-pub struct Client {
+pub(crate) struct Client {
     stream: UnixStream,
     reader: FrameReader,
     next_id: u32,
@@ -84,11 +84,11 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The default for `--timeout`.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Client {
     /// Connects, checks the server's uid and exchanges hellos, all within `timeout`.
-    pub fn connect(path: &Path, timeout: Duration) -> Result<Client, CtlError> {
+    pub(crate) fn connect(path: &Path, timeout: Duration) -> Result<Client, CtlError> {
         let stream = connect_within(path, timeout).map_err(|source| CtlError::NoInstance {
             path: path.display().to_string(),
             source,
@@ -115,7 +115,7 @@ impl Client {
     }
 
     /// How long each later read may wait; `None` waits for as long as it takes.
-    pub fn set_reply_timeout(&mut self, timeout: Option<Duration>) -> Result<(), CtlError> {
+    pub(crate) fn set_reply_timeout(&mut self, timeout: Option<Duration>) -> Result<(), CtlError> {
         self.stream
             .set_read_timeout(timeout)
             .map_err(CtlError::Setup)
@@ -143,7 +143,7 @@ impl Client {
     }
 
     /// Sends a request and waits for its reply, passing progress to `on_progress`.
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         request: Request,
         mut on_progress: impl FnMut(&Progress),
@@ -161,7 +161,7 @@ impl Client {
     }
 
     /// Waits until the primary closes the connection (it exits), at most `timeout`.
-    pub fn wait_closed(&mut self, timeout: Duration) {
+    pub(crate) fn wait_closed(&mut self, timeout: Duration) {
         let _ = self.stream.set_read_timeout(Some(timeout));
         let mut buf = [0u8; 1024];
         while let Ok(n) = self.stream.read(&mut buf) {
@@ -226,7 +226,10 @@ fn check_server_uid(stream: &UnixStream, path: &Path) -> Result<(), CtlError> {
 }
 
 /// The control socket for `--name`, `--control` or the default instance.
-pub fn control_path(name: Option<&str>, control: Option<&Path>) -> Result<PathBuf, CtlError> {
+pub(crate) fn control_path(
+    name: Option<&str>,
+    control: Option<&Path>,
+) -> Result<PathBuf, CtlError> {
     if let Some(c) = control {
         return Ok(c.to_path_buf());
     }
@@ -257,7 +260,7 @@ pub fn control_path(name: Option<&str>, control: Option<&Path>) -> Result<PathBu
 }
 
 /// Runs `reloadsup ctl`; `Ok` is 0 or 1 (a reload that was rolled back), an error exits 1.
-pub fn main(args: Vec<std::ffi::OsString>) -> Result<u8, Error> {
+pub(crate) fn main(args: Vec<std::ffi::OsString>) -> Result<u8, Error> {
     let args = CtlArgs::try_parse_from(args)?;
     Ok(run(args)?)
 }
@@ -326,7 +329,7 @@ fn run(args: CtlArgs) -> Result<u8, CtlError> {
 }
 
 /// The JSON object of DESIGN.md section 6.
-pub fn status_json(s: &Status) -> serde_json::Value {
+pub(crate) fn status_json(s: &Status) -> serde_json::Value {
     serde_json::json!({
         "pid": s.pid,
         "name": s.name,

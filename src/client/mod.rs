@@ -1,5 +1,5 @@
 //! Clients of a running primary: `reloadsup ctl` over the local control socket, and
 //! `reloadsup console` over TLS.
 
-pub mod console;
-pub mod ctl;
+pub(crate) mod console;
+pub(crate) mod ctl;

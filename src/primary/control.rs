@@ -42,11 +42,11 @@ const ACCEPT_BATCH: usize = 64;
 const READ_BATCH: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ConnId(pub usize);
+pub(crate) struct ConnId(pub usize);
 
 /// Who is waiting, as the state machine sees it: the connection in the high bits, the
 /// request id in the low 32.
-pub fn requester(conn: ConnId, id: u32) -> Requester {
+pub(crate) fn requester(conn: ConnId, id: u32) -> Requester {
     ((conn.0 as u64) << 32) | id as u64
 }
 
@@ -75,7 +75,7 @@ impl Conn {
     }
 }
 
-pub struct Connections {
+pub(crate) struct Connections {
     listener: UnixListener,
     conns: BTreeMap<ConnId, Conn>,
     next: usize,
@@ -86,7 +86,7 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(listener: UnixListener) -> Connections {
+    pub(crate) fn new(listener: UnixListener) -> Connections {
         Connections {
             listener,
             conns: BTreeMap::new(),
@@ -98,7 +98,7 @@ impl Connections {
     }
 
     /// Registers a connection that did not come through the control socket (the shell link).
-    pub fn adopt(&mut self, poll: &Poll, stream: UnixStream) -> io::Result<ConnId> {
+    pub(crate) fn adopt(&mut self, poll: &Poll, stream: UnixStream) -> io::Result<ConnId> {
         self.insert(poll, stream, true)
     }
 
@@ -131,7 +131,7 @@ impl Connections {
 
     /// Accepts a bounded batch of connections; true if it stopped at the bound, with more
     /// possibly waiting (mio will not report them again).
-    pub fn accept(&mut self, poll: &Poll) -> bool {
+    pub(crate) fn accept(&mut self, poll: &Poll) -> bool {
         for _ in 0..ACCEPT_BATCH {
             let (stream, _) = match self.listener.accept() {
                 Ok(s) => s,
@@ -219,7 +219,7 @@ impl Connections {
     }
 
     /// Handles readiness of one connection; returns the requests it completed.
-    pub fn on_ready(
+    pub(crate) fn on_ready(
         &mut self,
         poll: &Poll,
         id: ConnId,
@@ -303,12 +303,12 @@ impl Connections {
         (requests, more)
     }
 
-    pub fn send_progress(&mut self, poll: &Poll, who: Requester, progress: Progress) {
+    pub(crate) fn send_progress(&mut self, poll: &Poll, who: Requester, progress: Progress) {
         let (conn, id) = split(who);
         self.send(poll, conn, &Message::Progress { id, progress }, false);
     }
 
-    pub fn send_reply(&mut self, poll: &Poll, who: Requester, reply: Reply) {
+    pub(crate) fn send_reply(&mut self, poll: &Poll, who: Requester, reply: Reply) {
         let (conn, id) = split(who);
         self.send(poll, conn, &Message::Reply { id, reply }, true);
     }
@@ -379,13 +379,13 @@ impl Connections {
     }
 
     /// Best effort before exit: whatever fits in the socket buffers goes out.
-    pub fn flush_all(&mut self) {
+    pub(crate) fn flush_all(&mut self) {
         for conn in self.conns.values_mut() {
             let _ = conn.stream.write(&conn.out);
         }
     }
 
-    pub fn close(&mut self, poll: &Poll, id: ConnId, why: &str) {
+    pub(crate) fn close(&mut self, poll: &Poll, id: ConnId, why: &str) {
         if let Some(mut conn) = self.conns.remove(&id) {
             self.buffered -= conn.held;
             if why != "closed by peer" {

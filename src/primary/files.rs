@@ -27,7 +27,7 @@ const STICKY: u32 = 0o1000;
 
 /// Creates the state directory or checks an existing one, checking every directory on the way.
 /// `mode` is what the state directory (and any directory created for it) gets.
-pub fn prepare_state_dir(dir: &Path, mode: u32) -> Result<(), String> {
+pub(super) fn prepare_state_dir(dir: &Path, mode: u32) -> Result<(), String> {
     let uid = Uid::effective().as_raw();
     let absolute = if dir.is_absolute() {
         dir.to_path_buf()
@@ -173,7 +173,7 @@ fn open_dir(
 /// Writes `contents` to `path` atomically: a new file in the same directory, renamed over the
 /// old one, so that a reader never sees half a pidfile. A symlink at `path` is refused rather
 /// than followed or replaced.
-pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), String> {
+pub(super) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), String> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => {
             return Err(format!(

@@ -23,11 +23,11 @@ use crate::sys::{self, cgroup};
 
 /// Set (to anything) in the primary's environment: no per-worker cgroups even where they could
 /// be created; the keeper watches process groups only.
-pub const NO_CGROUP_VAR: &str = "RELOADSUP_NO_CGROUP";
+pub(crate) const NO_CGROUP_VAR: &str = "RELOADSUP_NO_CGROUP";
 
 /// What the primary knows about the keeper and the worker groups it guards: plain data.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeeperState {
+pub(crate) struct KeeperState {
     pub pid: Option<u32>,
     /// Every worker role process group not reaped yet (workers and spares).
     pub tracked: BTreeSet<u32>,
@@ -38,7 +38,7 @@ pub struct KeeperState {
     pub restart_at: Option<Instant>,
 }
 
-pub struct Keeper {
+pub(crate) struct Keeper {
     pub state: KeeperState,
     link: Option<OwnedFd>,
     primary_pid: u32,
@@ -46,7 +46,7 @@ pub struct Keeper {
 
 impl Keeper {
     /// Decides whether workers get cgroups of their own, and says which guard is in use.
-    pub fn new(primary_pid: u32) -> Keeper {
+    pub(crate) fn new(primary_pid: u32) -> Keeper {
         let cgroup = if std::env::var_os(NO_CGROUP_VAR).is_some() {
             log::info!(
                 "worker children: guarded by the keeper through process groups ({NO_CGROUP_VAR} is set)"
@@ -84,12 +84,12 @@ impl Keeper {
     }
 
     /// The word a worker role gets after the primary's pid: the cgroup base, if any.
-    pub fn worker_arg(&self) -> Option<&str> {
+    pub(crate) fn worker_arg(&self) -> Option<&str> {
         self.state.cgroup.as_deref().and_then(Path::to_str)
     }
 
     /// Spawns the keeper and tells it the whole live set.
-    pub fn start(&mut self, now: Instant) {
+    pub(crate) fn start(&mut self, now: Instant) {
         self.state.restart_at = None;
         match self.spawn() {
             Ok(pid) => {
@@ -146,7 +146,7 @@ impl Keeper {
     }
 
     /// A worker role was spawned as `pgid` (its own group).
-    pub fn track(&mut self, pgid: u32) {
+    pub(crate) fn track(&mut self, pgid: u32) {
         self.state.tracked.insert(pgid);
         self.tell(&KeeperMessage::Track { pgids: vec![pgid] });
     }
@@ -154,7 +154,7 @@ impl Keeper {
     /// A child `pid` is about to be reaped, its group already SIGKILLed: kill its cgroup too
     /// (children that left the group), so nothing of it is left when its slot is reused, and
     /// stop guarding its group, whose id may be recycled once it is reaped.
-    pub fn forget(&mut self, pid: u32) {
+    pub(crate) fn forget(&mut self, pid: u32) {
         if !self.state.tracked.remove(&pid) {
             return;
         }
@@ -193,12 +193,12 @@ impl Keeper {
         }
     }
 
-    pub fn is(&self, pid: u32) -> bool {
+    pub(crate) fn is(&self, pid: u32) -> bool {
         self.state.pid == Some(pid)
     }
 
     /// The keeper was reaped: start another, at once if it was healthy for a while.
-    pub fn exited(&mut self, now: Instant, status: sys::ExitStatus) {
+    pub(crate) fn exited(&mut self, now: Instant, status: sys::ExitStatus) {
         self.state.pid = None;
         self.link = None;
         log::warn!("the keeper {status}");
@@ -218,13 +218,13 @@ impl Keeper {
         self.state.backoff = (self.state.backoff * 2).min(BACKOFF_MAX);
     }
 
-    pub fn due(&self, now: Instant) -> bool {
+    pub(crate) fn due(&self, now: Instant) -> bool {
         self.state.restart_at.is_some_and(|t| t <= now)
     }
 
     /// At a normal exit, every worker is reaped: closing the link makes the keeper remove the
     /// cgroups and exit. Without a keeper, try to remove them here.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         self.state.restart_at = None;
         if self.link.take().is_none() {
             if let Some(base) = &self.state.cgroup {

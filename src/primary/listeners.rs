@@ -13,11 +13,11 @@ use nix::sys::socket::{
 };
 
 use crate::config::{Address, ListenerSpec};
-pub use crate::error::BindError;
+pub(crate) use crate::error::BindError;
 
 /// A bound, listening socket and what it is bound to.
 #[derive(Debug)]
-pub struct Listener {
+pub(crate) struct Listener {
     pub name: String,
     /// As configured.
     pub address: Address,
@@ -31,7 +31,7 @@ fn nixerr(e: nix::Error) -> io::Error {
 }
 
 /// Binds every listener, in order. The error names the listener as `--listen NAME`.
-pub fn bind_all(specs: &[ListenerSpec], backlog: i32) -> Result<Vec<Listener>, BindError> {
+pub(crate) fn bind_all(specs: &[ListenerSpec], backlog: i32) -> Result<Vec<Listener>, BindError> {
     specs
         .iter()
         .map(|spec| {

@@ -8,13 +8,13 @@
 //! hostile, every error from one is logged and contained. When idle it sleeps in `poll` with no
 //! timeout: the only timer is the earliest deadline in the state.
 
-pub mod control;
+pub(crate) mod control;
 mod files;
-pub mod keeper_link;
-pub mod listeners;
-pub mod notify;
-pub mod shell_link;
-pub mod state;
+pub(crate) mod keeper_link;
+pub(crate) mod listeners;
+pub(crate) mod notify;
+pub(crate) mod shell_link;
+pub(crate) mod state;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ffi::OsString;
@@ -49,7 +49,7 @@ pub(crate) const FIRST_CONN: usize = 16;
 /// Requests that come from signals rather than a connection.
 pub(crate) const FROM_SIGNAL: Requester = 0;
 
-pub struct Primary {
+pub(crate) struct Primary {
     config: Config,
     poll: Poll,
     signals: Signals,
@@ -91,7 +91,7 @@ struct Spare {
 const REFILL_DELAY: Duration = Duration::from_millis(200);
 
 /// Runs the primary until it is asked to stop. Returns the exit code.
-pub fn run(config: Config) -> Result<u8, Fatal> {
+pub(crate) fn run(config: Config) -> Result<u8, Fatal> {
     let mut primary = Primary::start(config)?;
     primary.main_loop()
 }

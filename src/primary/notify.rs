@@ -40,7 +40,7 @@ struct Socket {
     pid: Option<u32>,
 }
 
-pub struct NotifySockets {
+pub(crate) struct NotifySockets {
     dir: PathBuf,
     /// Who the worker runs as (`--user`/`--group`): the socket is made theirs.
     owner: (Option<u32>, Option<u32>),
@@ -49,7 +49,7 @@ pub struct NotifySockets {
 }
 
 /// What one read of a socket produced.
-pub struct Batch {
+pub(crate) struct Batch {
     pub pid: Option<u32>,
     pub notices: Vec<Notice>,
     /// The batch was full: more datagrams may be queued, and no new edge will say so.
@@ -57,7 +57,7 @@ pub struct Batch {
 }
 
 impl NotifySockets {
-    pub fn new(dir: &Path, uid: Option<u32>, gid: Option<u32>) -> NotifySockets {
+    pub(crate) fn new(dir: &Path, uid: Option<u32>, gid: Option<u32>) -> NotifySockets {
         NotifySockets {
             dir: dir.to_path_buf(),
             owner: (uid, gid),
@@ -68,7 +68,7 @@ impl NotifySockets {
 
     /// Removes the sockets a previous primary of this state directory left behind when it was
     /// killed; called at start, once no other instance owns the directory.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         use std::os::unix::fs::FileTypeExt;
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -83,7 +83,7 @@ impl NotifySockets {
     }
 
     /// Makes a socket for a worker about to be spawned; returns its token and path.
-    pub fn create(&mut self, poll: &Poll) -> io::Result<(usize, PathBuf)> {
+    pub(crate) fn create(&mut self, poll: &Poll) -> io::Result<(usize, PathBuf)> {
         let path = self.dir.join(format!("n-{}", random_name()?));
         let mut sock = UnixDatagram::bind(&path)?;
         let made = (|| {
@@ -121,14 +121,14 @@ impl NotifySockets {
     }
 
     /// The worker spawned with this socket.
-    pub fn assign(&mut self, token: usize, pid: u32) {
+    pub(crate) fn assign(&mut self, token: usize, pid: u32) {
         if let Some(s) = self.socks.get_mut(&token) {
             s.pid = Some(pid);
         }
     }
 
     /// Closes and unlinks a socket (its worker was reaped, or never started).
-    pub fn remove(&mut self, poll: &Poll, token: usize) {
+    pub(crate) fn remove(&mut self, poll: &Poll, token: usize) {
         if let Some(mut s) = self.socks.remove(&token) {
             let _ = poll.registry().deregister(&mut s.sock);
             let _ = std::fs::remove_file(&s.path);
@@ -136,7 +136,7 @@ impl NotifySockets {
     }
 
     /// Closes and unlinks the socket of a reaped worker, if it had one.
-    pub fn remove_pid(&mut self, poll: &Poll, pid: u32) {
+    pub(crate) fn remove_pid(&mut self, poll: &Poll, pid: u32) {
         let token = self
             .socks
             .iter()
@@ -148,7 +148,7 @@ impl NotifySockets {
     }
 
     /// Unlinks every socket, before exit.
-    pub fn remove_all(&mut self) {
+    pub(crate) fn remove_all(&mut self) {
         for s in self.socks.values() {
             let _ = std::fs::remove_file(&s.path);
         }
@@ -157,7 +157,7 @@ impl NotifySockets {
 
     /// Reads a bounded batch from one socket. `foreign` says whether a live sender pid belongs
     /// to another worker than `pid`; such datagrams are dropped.
-    pub fn read(&mut self, token: usize, foreign: impl Fn(u32, u32) -> bool) -> Batch {
+    pub(crate) fn read(&mut self, token: usize, foreign: impl Fn(u32, u32) -> bool) -> Batch {
         let mut batch = Batch {
             pid: None,
             notices: Vec::new(),

@@ -19,7 +19,7 @@ use super::control::{ConnId, Connections};
 use super::state::{BACKOFF_MAX, BACKOFF_MIN, HEALTHY_AFTER};
 use crate::sys;
 
-pub struct Shell {
+pub(crate) struct Shell {
     spec: ShellSpec,
     listener: OwnedFd,
     /// `--uid U --gid G` when the shell worker drops to other credentials than ours.
@@ -37,7 +37,7 @@ pub struct Shell {
 }
 
 impl Shell {
-    pub fn new(spec: ShellSpec, listener: OwnedFd, drop_to: Option<(u32, u32)>) -> Shell {
+    pub(crate) fn new(spec: ShellSpec, listener: OwnedFd, drop_to: Option<(u32, u32)>) -> Shell {
         let role_args = match drop_to {
             Some((uid, gid)) => vec![
                 "--uid".to_string(),
@@ -62,7 +62,7 @@ impl Shell {
         }
     }
 
-    pub fn start(&mut self, poll: &Poll, conns: &mut Connections, now: Instant) {
+    pub(crate) fn start(&mut self, poll: &Poll, conns: &mut Connections, now: Instant) {
         self.restart_at = None;
         match self.spawn(poll, conns) {
             Ok(pid) => {
@@ -117,7 +117,7 @@ impl Shell {
     }
 
     /// The shell worker was reaped.
-    pub fn exited(
+    pub(crate) fn exited(
         &mut self,
         poll: &Poll,
         conns: &mut Connections,
@@ -148,7 +148,7 @@ impl Shell {
     }
 
     /// Replaces the shell worker (the `restart` command): sessions end and clients reconnect.
-    pub fn replace(&mut self, poll: &Poll, conns: &mut Connections, now: Instant) {
+    pub(crate) fn replace(&mut self, poll: &Poll, conns: &mut Connections, now: Instant) {
         match self.pid {
             Some(pid) => {
                 self.replacing = true;
@@ -158,11 +158,11 @@ impl Shell {
         }
     }
 
-    pub fn due(&self, now: Instant) -> bool {
+    pub(crate) fn due(&self, now: Instant) -> bool {
         self.restart_at.is_some_and(|t| t <= now)
     }
 
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.stopping = true;
         self.restart_at = None;
         if let Some(pid) = self.pid {
@@ -171,7 +171,7 @@ impl Shell {
     }
 
     /// At exit: nothing the shell worker does matters any more.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.stop();
         if let Some(pid) = self.pid {
             let _ = sys::kill_group(pid, Signal::SIGKILL);
@@ -181,7 +181,7 @@ impl Shell {
 
 /// The uid and gid the shell worker drops to once it holds its fds, or `None` when they are
 /// ours already (see [`crate::config::Admin`]).
-pub fn drop_to(admin: &crate::config::Admin) -> Option<(u32, u32)> {
+pub(crate) fn drop_to(admin: &crate::config::Admin) -> Option<(u32, u32)> {
     let uid = admin.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
     let gid = admin.gid.unwrap_or_else(|| nix::unistd::getegid().as_raw());
     let ours = (
@@ -196,7 +196,7 @@ pub fn drop_to(admin: &crate::config::Admin) -> Option<(u32, u32)> {
 /// the name is unguessable and unlistable: processes of the shell's uid (the workers, by
 /// default) reach it only if they learn the name from a running console program. Earlier
 /// instances' directories are removed first (only one instance runs on a state directory).
-pub fn proxy_dir(state_dir: &Path, (uid, gid): (u32, u32)) -> io::Result<PathBuf> {
+pub(crate) fn proxy_dir(state_dir: &Path, (uid, gid): (u32, u32)) -> io::Result<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if let Ok(entries) = std::fs::read_dir(state_dir) {
         for e in entries.flatten() {
@@ -217,7 +217,7 @@ pub fn proxy_dir(state_dir: &Path, (uid, gid): (u32, u32)) -> io::Result<PathBuf
 }
 
 /// The spec sent to every shell worker, built once at start.
-pub fn spec(
+pub(crate) fn spec(
     config: &crate::config::Config,
     control_path: &Path,
     cert_pem: Vec<u8>,

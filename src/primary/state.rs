@@ -15,23 +15,23 @@ use reloadsup_protocol::{Outcome, Progress, ReloadOutcome, WorkerInfo, WorkerSta
 use crate::config::{ReadyMode, RestartPolicy};
 
 /// First restart delay after a crash; doubles up to [`BACKOFF_MAX`].
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A worker up this long has its back-off reset.
-pub const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+pub(crate) const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 /// A crash after less than this counts towards the dead-slot streak.
-pub const SHORT_LIFE: Duration = Duration::from_secs(10);
+pub(crate) const SHORT_LIFE: Duration = Duration::from_secs(10);
 /// Crashes in a row, each short-lived, after which a slot is dead.
-pub const DEAD_AFTER: u32 = 5;
+pub(crate) const DEAD_AFTER: u32 = 5;
 
 /// Signal numbers as plain data, so the state stays serialisable.
-pub const SIGKILL: i32 = 9;
+pub(crate) const SIGKILL: i32 = 9;
 
 /// Whoever waits for a request's outcome: opaque to the state machine.
-pub type Requester = u64;
+pub(crate) type Requester = u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
     pub graceful_timeout: Duration,
@@ -41,7 +41,7 @@ pub struct Settings {
 
 /// How a process ended, as plain data.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exit {
+pub(crate) enum Exit {
     Code(i32),
     Signal(i32),
     /// The worker role could not run the command, and said why (its own exit status adds
@@ -65,7 +65,7 @@ impl std::fmt::Display for Exit {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// Start the first generation.
     Start,
     Reload(Requester),
@@ -100,7 +100,7 @@ pub enum Event {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Spawn {
         generation: u64,
         slot: u32,
@@ -125,7 +125,7 @@ pub enum Action {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     Starting,
     Ready,
     /// Sent the stop signal (or SIGKILL); waiting to be reaped.
@@ -133,7 +133,7 @@ pub enum Phase {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Process {
+pub(crate) struct Process {
     pub pid: u32,
     pub generation: u64,
     pub slot: u32,
@@ -147,7 +147,7 @@ pub struct Process {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Down {
+pub(crate) enum Down {
     /// Waiting until `restart_at`.
     Backoff,
     Dead(String),
@@ -156,7 +156,7 @@ pub enum Down {
 
 /// A slot of the serving generation: what survives its processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
+pub(crate) struct Slot {
     pub restarts: u32,
     pub streak: u32,
     pub backoff: Duration,
@@ -179,13 +179,13 @@ impl Default for Slot {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Starting {
+pub(crate) struct Starting {
     pub generation: u64,
     pub waiters: Vec<Requester>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct State {
+pub(crate) struct State {
     pub settings: Settings,
     pub target: u32,
     /// The generation serving now; 0 before [`Event::Start`].
@@ -204,7 +204,7 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(settings: Settings, workers: u32) -> State {
+    pub(crate) fn new(settings: Settings, workers: u32) -> State {
         State {
             settings,
             target: workers,
@@ -221,7 +221,7 @@ impl State {
     }
 
     /// The earliest instant at which a [`Event::Tick`] has something to do.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let procs = self
             .processes
             .iter()
@@ -231,7 +231,7 @@ impl State {
         procs.chain(slots).min()
     }
 
-    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+    pub(crate) fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
             Event::Start => self.start(now, &mut out),
@@ -269,14 +269,14 @@ impl State {
     }
 
     /// How many dead slots a [`Event::Revive`] will bring back.
-    pub fn dead_slots(&self) -> u32 {
+    pub(crate) fn dead_slots(&self) -> u32 {
         self.slots
             .iter()
             .filter(|s| matches!(s.down, Some(Down::Dead(_)) | Some(Down::Stopped(_))))
             .count() as u32
     }
 
-    pub fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutdown.is_some()
     }
 
@@ -861,7 +861,7 @@ impl State {
     }
 
     /// The rows of `status`, one per process and one per slot without a process.
-    pub fn workers(&self, now: Instant) -> Vec<WorkerInfo> {
+    pub(crate) fn workers(&self, now: Instant) -> Vec<WorkerInfo> {
         let mut rows: Vec<WorkerInfo> = self
             .processes
             .iter()
@@ -920,7 +920,7 @@ impl State {
     }
 
     /// Processes of the serving generation that are starting or ready.
-    pub fn current_workers(&self) -> u32 {
+    pub(crate) fn current_workers(&self) -> u32 {
         self.processes
             .iter()
             .filter(|p| p.generation == self.serving && p.phase != Phase::Draining)
@@ -928,7 +928,7 @@ impl State {
     }
 
     /// The generation and slot of a running process.
-    pub fn process(&self, pid: u32) -> Option<&Process> {
+    pub(crate) fn process(&self, pid: u32) -> Option<&Process> {
         self.processes.iter().find(|p| p.pid == pid)
     }
 }
@@ -942,7 +942,7 @@ fn policy_name(p: RestartPolicy) -> &'static str {
 }
 
 /// `250ms`, `2s`, `1.5s`: the way durations are written on the command line.
-pub fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     if d.as_millis() < 1000 {
         format!("{}ms", d.as_millis())
     } else if d.subsec_millis() == 0 {

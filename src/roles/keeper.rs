@@ -32,7 +32,7 @@ const RMDIR_RETRY: Duration = Duration::from_millis(20);
 const RMDIR_FOR: Duration = Duration::from_secs(5);
 
 /// Runs the keeper role; `_args` are the words after `__keeper` (none).
-pub fn run(_args: &[OsString]) -> u8 {
+pub(crate) fn run(_args: &[OsString]) -> u8 {
     sys::ignore_signals(&[
         Signal::SIGTERM,
         Signal::SIGINT,

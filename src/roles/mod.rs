@@ -3,5 +3,5 @@
 //! A role process is fresh and single-threaded: it may allocate and call anything before its
 //! final exec, which is why the primary never runs user-facing setup between fork and exec.
 
-pub mod keeper;
-pub mod worker;
+pub(crate) mod keeper;
+pub(crate) mod worker;

@@ -36,7 +36,7 @@ const EXEC_FAILED: u8 = 127;
 /// Runs the worker role. `args` are the words after `__worker`: the primary's pid, so that a
 /// spare role (exec'd ahead of a reload, see `--prespawn`) dies with the primary while it waits;
 /// then, when the primary uses per-worker cgroups, their base directory.
-pub fn run(args: &[OsString]) -> u8 {
+pub(crate) fn run(args: &[OsString]) -> u8 {
     let parent = args.first().and_then(|a| a.to_str()?.parse::<u32>().ok());
     if let Some(base) = args.get(1) {
         join_cgroup(Path::new(base));

@@ -20,25 +20,25 @@ use std::time::{Duration, Instant};
 use super::commands::SessionId;
 
 /// Connections of one source that may wait to log in at once.
-pub const PER_SOURCE: usize = 8;
+pub(super) const PER_SOURCE: usize = 8;
 /// Connections a source may open in a burst, and per second after it.
-pub const ACCEPT_BURST: f64 = 16.0;
-pub const ACCEPT_RATE: f64 = 4.0;
+pub(super) const ACCEPT_BURST: f64 = 16.0;
+pub(super) const ACCEPT_RATE: f64 = 4.0;
 /// Password checks waiting for a verifier, over all sources.
-pub const MAX_QUEUED_CHECKS: usize = 64;
+pub(super) const MAX_QUEUED_CHECKS: usize = 64;
 /// Sources remembered by the rate limiter; past it, full buckets are forgotten first.
 const MAX_SOURCES: usize = 4096;
 
 /// Where a connection comes from, as far as limits are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Source {
+pub(super) enum Source {
     V4(u32),
     /// The upper 64 bits of the address.
     V6(u64),
 }
 
 impl Source {
-    pub fn of(ip: IpAddr) -> Source {
+    pub(super) fn of(ip: IpAddr) -> Source {
         match ip.to_canonical() {
             IpAddr::V4(v4) => Source::V4(u32::from(v4)),
             IpAddr::V6(v6) => Source::V6((u128::from(v6) >> 64) as u64),
@@ -48,13 +48,13 @@ impl Source {
 
 /// Per-source token buckets for accepts.
 #[derive(Debug, Default)]
-pub struct AcceptRate {
+pub(super) struct AcceptRate {
     buckets: HashMap<Source, (f64, Instant)>,
 }
 
 impl AcceptRate {
     /// Whether a connection from `source` may be served now; takes a token if so.
-    pub fn allow(&mut self, source: Source, now: Instant) -> bool {
+    pub(super) fn allow(&mut self, source: Source, now: Instant) -> bool {
         if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&source) {
             // Forget the sources whose bucket has refilled: they lose nothing by it.
             self.buckets
@@ -88,7 +88,7 @@ fn refill(tokens: f64, at: Instant, now: Instant) -> f64 {
 
 /// A connection that has not logged in yet, as [`admit`] sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct Waiting {
+pub(super) struct Waiting {
     pub id: SessionId,
     pub source: Source,
     pub accepted: Instant,
@@ -97,7 +97,7 @@ pub struct Waiting {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
+pub(super) enum Admit {
     Accept,
     /// Accept, after closing this session.
     Evict(SessionId),
@@ -105,7 +105,7 @@ pub enum Admit {
 }
 
 /// Decides on a new connection from `source`, given those that wait to log in.
-pub fn admit(waiting: &[Waiting], source: Source, max_total: usize) -> Admit {
+pub(super) fn admit(waiting: &[Waiting], source: Source, max_total: usize) -> Admit {
     let oldest_evictable = |s: Source| {
         waiting
             .iter()
@@ -142,7 +142,7 @@ pub fn admit(waiting: &[Waiting], source: Source, max_total: usize) -> Admit {
 
 /// The password checks waiting for a verifier and those running.
 #[derive(Debug)]
-pub struct Checks {
+pub(super) struct Checks {
     queue: VecDeque<(SessionId, Source, String)>,
     running: HashMap<SessionId, Source>,
     verifiers: usize,
@@ -151,7 +151,7 @@ pub struct Checks {
 }
 
 impl Checks {
-    pub fn new(verifiers: usize) -> Checks {
+    pub(super) fn new(verifiers: usize) -> Checks {
         Checks {
             queue: VecDeque::new(),
             running: HashMap::new(),
@@ -161,7 +161,7 @@ impl Checks {
     }
 
     /// Queues a check; false when the queue is full.
-    pub fn submit(&mut self, id: SessionId, source: Source, password: String) -> bool {
+    pub(super) fn submit(&mut self, id: SessionId, source: Source, password: String) -> bool {
         if self.queue.len() >= MAX_QUEUED_CHECKS {
             return false;
         }
@@ -171,13 +171,13 @@ impl Checks {
 
     /// The session is gone: its queued check is dropped unhashed. A running one still holds
     /// its source's turn until it finishes, so closing a session never buys another check.
-    pub fn cancel(&mut self, id: SessionId) {
+    pub(super) fn cancel(&mut self, id: SessionId) {
         self.queue.retain(|(q, _, _)| *q != id);
     }
 
     /// The next check to hand to a verifier, if one is free: the queued check of a source
     /// with none running and the fewest `attempts`, the oldest among equals.
-    pub fn next(&mut self, attempts: impl Fn(Source) -> u32) -> Option<(SessionId, String)> {
+    pub(super) fn next(&mut self, attempts: impl Fn(Source) -> u32) -> Option<(SessionId, String)> {
         if self.running.len() >= self.verifiers {
             return None;
         }
@@ -195,11 +195,12 @@ impl Checks {
     }
 
     /// A verifier answered for `id`.
-    pub fn done(&mut self, id: SessionId) {
+    pub(super) fn done(&mut self, id: SessionId) {
         self.running.remove(&id);
     }
 
-    pub fn queued(&self) -> usize {
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> usize {
         self.queue.len()
     }
 }
@@ -212,17 +213,17 @@ impl Checks {
 /// Bounded: past `Attempts::MAX_SOURCES` sources, expired entries are dropped, then the
 /// oldest, so a spray of source addresses costs no more memory than a fixed table.
 #[derive(Debug, Default)]
-pub struct Attempts {
+pub(super) struct Attempts {
     by_source: HashMap<Source, (u32, Instant)>,
 }
 
 impl Attempts {
-    pub const LIMIT: u32 = 20;
-    pub const WINDOW: Duration = Duration::from_secs(60);
+    pub(super) const LIMIT: u32 = 20;
+    pub(super) const WINDOW: Duration = Duration::from_secs(60);
     const MAX_SOURCES: usize = 4096;
 
     /// Whether `source` may try a password now.
-    pub fn allowed(&mut self, source: Source, now: Instant) -> bool {
+    pub(super) fn allowed(&mut self, source: Source, now: Instant) -> bool {
         match self.by_source.get(&source) {
             Some(&(n, since)) if now.saturating_duration_since(since) < Self::WINDOW => {
                 n < Self::LIMIT
@@ -236,11 +237,11 @@ impl Attempts {
     }
 
     /// Attempts of `source` in the current window.
-    pub fn count(&self, source: Source) -> u32 {
+    pub(super) fn count(&self, source: Source) -> u32 {
         self.by_source.get(&source).map_or(0, |&(n, _)| n)
     }
 
-    pub fn attempt(&mut self, source: Source, now: Instant) {
+    pub(super) fn attempt(&mut self, source: Source, now: Instant) {
         if self.by_source.len() >= Self::MAX_SOURCES && !self.by_source.contains_key(&source) {
             self.by_source
                 .retain(|_, (_, since)| now.saturating_duration_since(*since) < Self::WINDOW);
@@ -263,7 +264,7 @@ impl Attempts {
     }
 
     /// The password was right: the operator does not pay for logging in.
-    pub fn succeeded(&mut self, source: Source) {
+    pub(super) fn succeeded(&mut self, source: Source) {
         if let Some((n, _)) = self.by_source.get_mut(&source) {
             *n = n.saturating_sub(1);
         }

@@ -9,13 +9,11 @@ use std::io::{BufRead, IsTerminal};
 
 // The hash string itself lives in `crate::password`, which the config's validation shares
 // without depending on the shell.
-pub use crate::password::{
-    HashError, PasswordHash, DEFAULT_ITERATIONS, MAX_PASSWORD, MIN_ITERATIONS, SCHEME,
-};
+pub(crate) use crate::password::{PasswordHash, DEFAULT_ITERATIONS, MAX_PASSWORD, SCHEME};
 
 /// `reloadsup hash-password`: reads a password (without echo on a terminal, else one line of
 /// standard input) and prints its hash string.
-pub fn main(args: Vec<std::ffi::OsString>) -> u8 {
+pub(crate) fn main(args: Vec<std::ffi::OsString>) -> u8 {
     if args.iter().skip(1).any(|a| a == "-h" || a == "--help") {
         println!(
             "Usage: reloadsup hash-password\n\nReads a password (without echo on a terminal, else one line of standard input)\nand prints its {SCHEME} hash for --admin-password-hash."
@@ -85,6 +83,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::password::MIN_ITERATIONS;
 
     #[test]
     fn hash_round_trips_and_verifies() {

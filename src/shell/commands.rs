@@ -105,7 +105,7 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// False when the loop is gone.
-    pub fn send(&self, msg: ToLoop) -> bool {
+    pub(super) fn send(&self, msg: ToLoop) -> bool {
         if self.tx.send(msg).is_err() {
             return false;
         }

@@ -8,11 +8,11 @@ use std::fmt::Write as _;
 
 use reloadsup_protocol::{Outcome, Reply, Request, Status};
 
-pub use crate::text::{ACCESS_DENIED, ERROR_PREFIX, PASSWORD_PROMPT, PROMPT};
+pub(crate) use crate::text::{ACCESS_DENIED, ERROR_PREFIX, PASSWORD_PROMPT, PROMPT};
 
 /// How a reply to a built-in command is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Show {
+pub(crate) enum Show {
     Info,
     List,
     Status,
@@ -23,7 +23,7 @@ pub enum Show {
 
 /// What a line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
+pub(crate) enum Line {
     /// Nothing (blank or a comment).
     Empty,
     Help,
@@ -36,7 +36,7 @@ pub enum Line {
 
 /// Splits a line into words like a shell (quotes, backslashes, `#` comments) and recognises
 /// the built-in commands.
-pub fn parse(line: &str) -> Result<Line, String> {
+pub(crate) fn parse(line: &str) -> Result<Line, String> {
     let words = shlex::split(line).ok_or_else(|| "unbalanced quotes".to_string())?;
     let w: Vec<&str> = words.iter().map(String::as_str).collect();
     let count = |arg: Option<&&str>, default: Option<u32>| -> Result<u32, String> {
@@ -122,7 +122,7 @@ pub fn parse(line: &str) -> Result<Line, String> {
     })
 }
 
-pub const BUILTIN_HELP: &[(&str, &str)] = &[
+pub(crate) const BUILTIN_HELP: &[(&str, &str)] = &[
     ("help", "show this list"),
     (
         "worker info",
@@ -146,7 +146,7 @@ pub const BUILTIN_HELP: &[(&str, &str)] = &[
 ];
 
 /// The `help` text: built-ins, then custom commands.
-pub fn help<'a>(custom: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+pub(crate) fn help<'a>(custom: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     let mut out = String::from("Commands:\n");
     for (name, text) in BUILTIN_HELP {
         let _ = writeln!(out, "  {name:<18} {text}");
@@ -164,7 +164,7 @@ pub fn help<'a>(custom: impl Iterator<Item = (&'a str, &'a str)>) -> String {
 }
 
 /// The text for a reply to a built-in command. Failures start with [`ERROR_PREFIX`].
-pub fn show(kind: Show, reply: &Reply) -> String {
+pub(crate) fn show(kind: Show, reply: &Reply) -> String {
     match (kind, reply) {
         (_, Reply::Error(text)) => format!("{ERROR_PREFIX}{text}\n"),
         (Show::Info, Reply::Status(s)) => worker_info(s),
@@ -191,7 +191,7 @@ pub fn show(kind: Show, reply: &Reply) -> String {
 }
 
 /// `worker info`: the three lines of DESIGN.md section 7, then more detail.
-pub fn worker_info(s: &Status) -> String {
+pub(crate) fn worker_info(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{:>17}: {}", "Current Workers", s.current_workers);
     let _ = writeln!(out, "{:>17}: {}", "Target Workers", s.target_workers);
@@ -210,7 +210,7 @@ pub fn worker_info(s: &Status) -> String {
 }
 
 /// `worker list`: one line per worker.
-pub fn worker_list(s: &Status) -> String {
+pub(crate) fn worker_list(s: &Status) -> String {
     let table = crate::text::status_table(s);
     // The worker table is the part after the blank line of the status table.
     match table.split_once("\n\n") {

@@ -11,14 +11,14 @@
 //!
 //! Architecture invariant: a bad client costs at most one session slot until its deadline,
 //! and one source (an IPv4 address, an IPv6 /64) can never lock out an operator at another:
-//! accepts are rate-limited per source, at most [`admission::PER_SOURCE`] of its connections
-//! wait to log in, the source holding the most pays when [`MAX_PENDING`] are waiting, and
-//! password checks are scheduled one per source ([`admission`]).
+//! accepts are rate-limited per source, at most `admission::PER_SOURCE` of its connections
+//! wait to log in, the source holding the most pays when `MAX_PENDING` are waiting, and
+//! password checks are scheduled one per source (`admission`).
 
-pub mod admission;
-pub mod auth;
+mod admission;
+pub(crate) mod auth;
 mod commands;
-pub mod console;
+pub(crate) mod console;
 mod proxy;
 mod session;
 #[cfg(test)]
@@ -54,20 +54,20 @@ use console::{Line, Show, ERROR_PREFIX};
 use session::{Phase, Session};
 
 /// At most this many logged-in sessions.
-pub const MAX_SESSIONS: usize = 16;
+pub(crate) const MAX_SESSIONS: usize = 16;
 /// At most this many connections that have not logged in yet; past it the source holding the
 /// most loses its oldest one.
-pub const MAX_PENDING: usize = 64;
+pub(crate) const MAX_PENDING: usize = 64;
 /// Time from accept to a correct password.
-pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A logged-in session at its prompt is closed after this long without input.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// The longest line a client may send, in bytes.
-pub const MAX_LINE: usize = 4096;
+pub(crate) const MAX_LINE: usize = 4096;
 /// How long a wrong password waits for its answer.
-pub const DENY_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const DENY_DELAY: Duration = Duration::from_secs(1);
 /// Wrong passwords before the connection closes.
-pub const MAX_FAILURES: u32 = 3;
+pub(crate) const MAX_FAILURES: u32 = 3;
 /// After `restart`, how long a session waits to be replaced before it carries on.
 const RESTART_GRACE: Duration = Duration::from_secs(10);
 /// Threads that check passwords; PBKDF2 is slow on purpose and must not run on the loop.
@@ -107,7 +107,7 @@ fn classify(token: Token) -> Event {
 /// The `__shell` role: receives the spec and the admin listener on fd 3, then serves until the
 /// primary goes away or sends SIGTERM. `args` are `[--uid U --gid G]`, the credentials to drop
 /// to once the fds are in hand. Returns the exit code.
-pub fn run_role(args: &[OsString], commands: Commands) -> u8 {
+pub(crate) fn run_role(args: &[OsString], commands: Commands) -> u8 {
     crate::init_logging();
     let drop_to = match role_credentials(args) {
         Ok(c) => c,
@@ -1233,10 +1233,7 @@ impl Shell {
                     } else if let Some(Waiter::Session(sid, _)) = self.link.waiting.get(&id) {
                         let sid = *sid;
                         if let Some(s) = self.sessions.get_mut(&sid) {
-                            s.say(&format!(
-                                "{}\n",
-                                crate::text::progress_line(&progress)
-                            ));
+                            s.say(&format!("{}\n", crate::text::progress_line(&progress)));
                         }
                     }
                 }

@@ -18,19 +18,19 @@ use reloadsup_protocol::{self as proto, FrameReader, Message, Request};
 use crate::error::lower;
 
 /// At most this many programs' connections at once; more are closed at accept.
-pub const MAX_CLIENTS: usize = 16;
+pub(super) const MAX_CLIENTS: usize = 16;
 /// Requests of one client waiting for the primary; `ctl` sends one at a time.
-pub const MAX_IN_FLIGHT: usize = 8;
+pub(super) const MAX_IN_FLIGHT: usize = 8;
 /// Requests of all clients together on the shell's link, closed clients' included until the
 /// primary answers them. The primary closes a link with 64 requests in flight, and the
 /// sessions have at most one each (16): past this, a request is answered with an error at
 /// once instead of costing every session its console.
-pub const MAX_FORWARDED: usize = 32;
+pub(super) const MAX_FORWARDED: usize = 32;
 /// Unsent output per client (progress of `logs -f` to a program that does not read): past it
 /// the client is closed rather than buffered without end.
 const MAX_OUT: usize = 4 * proto::MAX_FRAME;
 
-pub struct Client {
+pub(super) struct Client {
     pub stream: UnixStream,
     reader: FrameReader,
     out: Vec<u8>,
@@ -40,7 +40,7 @@ pub struct Client {
 }
 
 /// Whether a connected peer may use the socket: the shell's own uid, or root.
-pub fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
+pub(super) fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
     match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials) {
         Ok(cred) if cred.uid() == nix::unistd::geteuid().as_raw() || cred.uid() == 0 => Ok(()),
         Ok(cred) => Err(format!(
@@ -53,7 +53,7 @@ pub fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
 }
 
 impl Client {
-    pub fn new(stream: UnixStream) -> Client {
+    pub(super) fn new(stream: UnixStream) -> Client {
         let mut c = Client {
             stream,
             reader: FrameReader::new(),
@@ -70,7 +70,7 @@ impl Client {
 
     /// Reads everything the client sent (to WouldBlock: readiness is edge-triggered) and
     /// returns its requests, or why it must be closed. `Ok((_, true))` is the end of its input.
-    pub fn read(&mut self) -> Result<(Vec<(u32, Request)>, bool), String> {
+    pub(super) fn read(&mut self) -> Result<(Vec<(u32, Request)>, bool), String> {
         let mut requests = Vec::new();
         let mut buf = [0u8; 16 * 1024];
         let mut eof = false;
@@ -118,7 +118,7 @@ impl Client {
     }
 
     /// Queues a message for the client; the caller flushes.
-    pub fn send(&mut self, msg: &Message) -> Result<(), String> {
+    pub(super) fn send(&mut self, msg: &Message) -> Result<(), String> {
         let frame = proto::encode_frame(msg).map_err(|e| e.to_string())?;
         if self.out.len() + frame.len() > MAX_OUT {
             return Err("the program does not read its replies".into());
@@ -128,7 +128,7 @@ impl Client {
     }
 
     /// Writes what it can, and watches for writability only while output waits.
-    pub fn flush(&mut self, registry: &Registry, token: Token) -> Result<(), String> {
+    pub(super) fn flush(&mut self, registry: &Registry, token: Token) -> Result<(), String> {
         while !self.out.is_empty() {
             match self.stream.write(&self.out) {
                 Ok(0) => return Err("closed".into()),

@@ -71,7 +71,7 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub fn new(
+    pub(super) fn new(
         id: SessionId,
         stream: TcpStream,
         peer: SocketAddr,
@@ -101,7 +101,7 @@ impl Session {
     }
 
     /// The next time this session needs the loop without any I/O.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(super) fn deadline(&self) -> Option<Instant> {
         if self.closing.is_some() {
             return None;
         }
@@ -119,11 +119,11 @@ impl Session {
         }
     }
 
-    pub fn say(&mut self, text: &str) {
+    pub(super) fn say(&mut self, text: &str) {
         self.say_bytes(text.as_bytes());
     }
 
-    pub fn say_bytes(&mut self, bytes: &[u8]) {
+    pub(super) fn say_bytes(&mut self, bytes: &[u8]) {
         if bytes.is_empty() || self.closing.is_some() {
             return;
         }
@@ -137,7 +137,7 @@ impl Session {
     }
 
     /// Shows `> ` on a line of its own.
-    pub fn prompt(&mut self) {
+    pub(super) fn prompt(&mut self) {
         if !self.at_line_start {
             self.say("\n");
         }
@@ -146,7 +146,7 @@ impl Session {
     }
 
     /// A command finished: back to the prompt, or wait for the replacement after `restart`.
-    pub fn done_or_restarting(&mut self, until: Instant) {
+    pub(super) fn done_or_restarting(&mut self, until: Instant) {
         if self.restart_requested {
             if !self.at_line_start {
                 self.say("\n");
@@ -158,7 +158,7 @@ impl Session {
     }
 
     /// Reads what the client sent, until the socket would block. Errors close the session.
-    pub fn read(&mut self, now: Instant) -> Result<(), String> {
+    pub(super) fn read(&mut self, now: Instant) -> Result<(), String> {
         let mut got_input = false;
         loop {
             match self.tls.read_tls(&mut self.stream) {
@@ -290,7 +290,7 @@ impl Session {
     }
 
     /// Flushes and keeps the WRITABLE interest only while something waits for the socket.
-    pub fn flush(&mut self, registry: &Registry) -> Result<(), String> {
+    pub(super) fn flush(&mut self, registry: &Registry) -> Result<(), String> {
         self.flush_now()?;
         let want = self.tls.wants_write();
         if want != self.writable {
@@ -309,7 +309,7 @@ impl Session {
 
     /// The end: a running job is told, what fits is sent with close_notify, and the socket is
     /// dropped.
-    pub fn finish(&mut self, registry: &Registry) {
+    pub(super) fn finish(&mut self, registry: &Registry) {
         if let Phase::Job { input, .. } = &self.phase {
             let _ = input.send(ToJob::Closed);
         }

@@ -16,9 +16,9 @@ use reloadsup_protocol::{
     Request, ShellSpec, Status, WorkerInfo, WorkerState, PROTOCOL_VERSION,
 };
 
-use super::auth::{PasswordHash, MIN_ITERATIONS};
 use super::{serve, Commands};
 use crate::client::console::{connect, parse_target, Conn, Said, Trust};
+use crate::password::{PasswordHash, MIN_ITERATIONS};
 use crate::sys;
 
 const PASSWORD: &str = "correct horse";

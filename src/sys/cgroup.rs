@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// Creates the base cgroup for the primary `pid` under the primary's own cgroup v2 directory.
 /// The error says, in lowercase, why per-worker cgroups cannot be used here.
-pub fn create_base(pid: u32) -> Result<PathBuf, String> {
+pub(crate) fn create_base(pid: u32) -> Result<PathBuf, String> {
     let mount = unified_mount().ok_or("no cgroup2 file system is mounted")?;
     let own = own_path().ok_or("this process has no cgroup v2 path in /proc/self/cgroup")?;
     let parent = mount.join(own.trim_start_matches('/'));
@@ -42,12 +42,12 @@ pub fn create_base(pid: u32) -> Result<PathBuf, String> {
 }
 
 /// The cgroup of the worker whose process group is `pgid`.
-pub fn worker_dir(base: &Path, pgid: u32) -> PathBuf {
+pub(crate) fn worker_dir(base: &Path, pgid: u32) -> PathBuf {
     base.join(format!("w{pgid}"))
 }
 
 /// Moves the calling process into its own worker cgroup under `base`, creating it.
-pub fn join(base: &Path) -> io::Result<()> {
+pub(crate) fn join(base: &Path) -> io::Result<()> {
     let dir = worker_dir(base, std::process::id());
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
@@ -60,7 +60,7 @@ pub fn join(base: &Path) -> io::Result<()> {
 
 /// SIGKILLs every process in the cgroup `dir` and its descendants. A cgroup that does not exist
 /// (never created, or already removed) is not an error.
-pub fn kill(dir: &Path) -> io::Result<()> {
+pub(crate) fn kill(dir: &Path) -> io::Result<()> {
     match std::fs::write(dir.join("cgroup.kill"), "1") {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
@@ -69,7 +69,7 @@ pub fn kill(dir: &Path) -> io::Result<()> {
 
 /// Removes the cgroup `dir` (which must have no child cgroups). `Ok(false)` while processes
 /// are still in it (they may be dying); `Ok(true)` once it is gone.
-pub fn remove(dir: &Path) -> io::Result<bool> {
+pub(crate) fn remove(dir: &Path) -> io::Result<bool> {
     match std::fs::remove_dir(dir) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
@@ -79,7 +79,7 @@ pub fn remove(dir: &Path) -> io::Result<bool> {
 }
 
 /// Removes every worker cgroup under `base`, then `base`. `Ok(false)` if one is still busy.
-pub fn remove_tree(base: &Path) -> io::Result<bool> {
+pub(crate) fn remove_tree(base: &Path) -> io::Result<bool> {
     let mut all_gone = true;
     if let Ok(dir) = std::fs::read_dir(base) {
         for entry in dir.filter_map(Result::ok) {

@@ -6,7 +6,7 @@
 //! Nothing here knows about generations or workers; it works on pids and fds.
 #![allow(unsafe_code)]
 
-pub mod cgroup;
+pub(crate) mod cgroup;
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -21,10 +21,10 @@ use nix::sys::socket::{
 use nix::unistd::Pid;
 
 /// The fd at which a role process finds its link to the primary.
-pub const ROLE_LINK_FD: RawFd = 3;
+pub(crate) const ROLE_LINK_FD: RawFd = 3;
 
 /// The most fds sent in one SCM_RIGHTS message (the kernel's SCM_MAX_FD is 253).
-pub const MAX_FDS_PER_MESSAGE: usize = 250;
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 250;
 
 fn errno(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
@@ -32,7 +32,7 @@ fn errno(e: nix::Error) -> io::Error {
 
 /// Makes sure fds 0, 1 and 2 are open, on `/dev/null` if they were closed, so that no socket of
 /// ours is ever created there and handed to a worker as its standard stream.
-pub fn ensure_std_fds() -> io::Result<()> {
+pub(crate) fn ensure_std_fds() -> io::Result<()> {
     for fd in 0..3 {
         // SAFETY: F_GETFD only queries the fd table; an invalid fd yields EBADF.
         let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
@@ -63,7 +63,7 @@ pub fn ensure_std_fds() -> io::Result<()> {
 }
 
 /// A connected pair of SOCK_SEQPACKET Unix sockets, both close-on-exec.
-pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     socket::socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -74,7 +74,7 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// A connected pair of SOCK_STREAM Unix sockets, both close-on-exec.
-pub fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     socket::socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -85,7 +85,11 @@ pub fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Sends `bytes` with `fds` attached as SCM_RIGHTS. Uses the `sendfd` crate for the send side.
-pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     use sendfd::SendWithFd;
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     // sendfd works on std socket types; borrow ours as one without taking ownership.
@@ -108,7 +112,7 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>])
 ///
 /// Received fds are close-on-exec (MSG_CMSG_CLOEXEC) and owned at once. Truncated data or
 /// truncated control data is an error, and every fd that did arrive is closed then.
-pub fn recv_with_fds(
+pub(crate) fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     max_fds: usize,
@@ -151,7 +155,10 @@ pub fn recv_with_fds(
 
 /// Receives one datagram with the sender's credentials (SO_PASSCRED must be on).
 /// Returns the sender's pid, or `None` when the kernel attached no credentials.
-pub fn recv_with_creds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<u32>)> {
+pub(crate) fn recv_with_creds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<u32>)> {
     let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; 8]);
     let mut iov = [io::IoSliceMut::new(buf)];
     let msg = socket::recvmsg::<()>(
@@ -186,7 +193,7 @@ pub fn recv_with_creds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usiz
 /// here the parent returns right after fork and the children exec in parallel. A failed exec
 /// shows up as the child's exit status 127. The child starts with every signal blocked, so no
 /// handler of ours runs in it; the role unblocks them once it runs (see [`unblock_signals`]).
-pub fn spawn_role(exe: &Path, arg0: &str, args: &[&str], link: &OwnedFd) -> io::Result<Pid> {
+pub(crate) fn spawn_role(exe: &Path, arg0: &str, args: &[&str], link: &OwnedFd) -> io::Result<Pid> {
     // Everything the child touches is built before fork: after it, no allocation.
     let path = CString::new(exe.as_os_str().as_bytes())?;
     let argv: Vec<CString> = std::iter::once(arg0)
@@ -242,7 +249,7 @@ pub fn spawn_role(exe: &Path, arg0: &str, args: &[&str], link: &OwnedFd) -> io::
 ///
 /// Not SCHED_IDLE, though it frees the primary better: on a machine saturated by the serving
 /// generation an idle-class process gets almost no CPU, and a reload would wait for it.
-pub fn sched_defer() -> bool {
+pub(crate) fn sched_defer() -> bool {
     // SAFETY: sched_getscheduler(0) only reads our own policy.
     if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
         return false;
@@ -254,7 +261,7 @@ pub fn sched_defer() -> bool {
 }
 
 /// Undoes [`sched_defer`] before the command runs, so the worker schedules like the primary.
-pub fn sched_normal() -> io::Result<()> {
+pub(crate) fn sched_normal() -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: as above.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } == -1 {
@@ -264,12 +271,12 @@ pub fn sched_normal() -> io::Result<()> {
 }
 
 /// Unblocks every signal: role processes start with all of them blocked (see [`spawn_role`]).
-pub fn unblock_signals() {
+pub(crate) fn unblock_signals() {
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
 /// Takes the role link inherited at [`ROLE_LINK_FD`] and makes it close-on-exec.
-pub fn take_role_link() -> io::Result<OwnedFd> {
+pub(crate) fn take_role_link() -> io::Result<OwnedFd> {
     // SAFETY: F_GETFD only queries the fd table.
     if unsafe { libc::fcntl(ROLE_LINK_FD, libc::F_GETFD) } == -1 {
         return Err(io::Error::other(
@@ -283,7 +290,7 @@ pub fn take_role_link() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     let flags = if on {
         FdFlag::FD_CLOEXEC
@@ -301,7 +308,7 @@ pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
 ///
 /// The fds are first moved above the target range, so that placing one never overwrites
 /// another still to be placed (the `dup2(fd, fd)` trap and its cousins).
-pub fn place_fds(fds: Vec<OwnedFd>, first: RawFd, keep: &mut OwnedFd) -> io::Result<()> {
+pub(crate) fn place_fds(fds: Vec<OwnedFd>, first: RawFd, keep: &mut OwnedFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg};
     let end = first + fds.len() as RawFd;
     // Everything goes above `end` (not to it), so that moving `keep` onto `end` at the last
@@ -338,20 +345,20 @@ pub fn place_fds(fds: Vec<OwnedFd>, first: RawFd, keep: &mut OwnedFd) -> io::Res
 
 /// Receives one message without waiting; attached fds, if any, are discarded by the kernel.
 /// `Ok(0)` is end-of-file on a SOCK_SEQPACKET socket.
-pub fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     socket::recv(sock.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(errno)
 }
 
 /// Whether the peer closed this SOCK_SEQPACKET socket with nothing left to read. Neither waits
 /// nor consumes a message.
-pub fn at_eof(sock: BorrowedFd<'_>) -> bool {
+pub(crate) fn at_eof(sock: BorrowedFd<'_>) -> bool {
     let mut buf = [0u8; 1];
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK;
     matches!(socket::recv(sock.as_raw_fd(), &mut buf, flags), Ok(0))
 }
 
 /// Closes every fd at or above `first`.
-pub fn close_from(first: RawFd) {
+pub(crate) fn close_from(first: RawFd) {
     // SAFETY: close_range only closes fds; callers have given up every fd at or above `first`.
     let r = unsafe {
         libc::syscall(
@@ -381,7 +388,7 @@ pub fn close_from(first: RawFd) {
 /// Makes the program `cmd` starts inherit no fd above 2: in the child, after fork, every fd
 /// from 3 up is marked close-on-exec (not closed: std's own exec-error pipe must survive
 /// until the exec), so whatever a library leaked without CLOEXEC goes at the exec.
-pub fn no_inherited_fds(cmd: &mut std::process::Command) {
+pub(crate) fn no_inherited_fds(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the hook runs between fork and exec in the child of a multi-threaded process, so
     // it makes only async-signal-safe calls (raw close_range and fcntl syscalls) and no
@@ -408,7 +415,7 @@ pub fn no_inherited_fds(cmd: &mut std::process::Command) {
 
 /// Asks the kernel to SIGKILL us when our parent dies, then checks the parent is still the one
 /// we expect (it may have died before the request took effect).
-pub fn die_with_parent(expected_parent: u32) -> io::Result<()> {
+pub(crate) fn die_with_parent(expected_parent: u32) -> io::Result<()> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes only our own state.
     if unsafe {
         libc::prctl(
@@ -433,7 +440,7 @@ pub fn die_with_parent(expected_parent: u32) -> io::Result<()> {
 
 /// Makes the process non-dumpable: no core file, and no process of the same uid may ptrace it
 /// or open its `/proc/PID/mem` and fds (they, and its `/proc/PID` entries, belong to root).
-pub fn set_undumpable() -> io::Result<()> {
+pub(crate) fn set_undumpable() -> io::Result<()> {
     // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes a plain integer and changes only our own state.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0, 0, 0) } == -1 {
         return Err(io::Error::last_os_error());
@@ -443,7 +450,7 @@ pub fn set_undumpable() -> io::Result<()> {
 
 /// Restores every signal to its default disposition and unblocks all, so the command starts
 /// as if the supervisor was not there (Rust ignores SIGPIPE, and ignored signals survive exec).
-pub fn reset_signals() {
+pub(crate) fn reset_signals() {
     for sig in Signal::iterator() {
         if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
             continue;
@@ -455,7 +462,7 @@ pub fn reset_signals() {
 }
 
 /// Replaces this process with `argv[0]` looked up in PATH. Returns only on failure.
-pub fn execvp(argv: &[impl AsRef<OsStr>]) -> io::Error {
+pub(crate) fn execvp(argv: &[impl AsRef<OsStr>]) -> io::Error {
     let cargs: Result<Vec<CString>, _> = argv
         .iter()
         .map(|a| CString::new(a.as_ref().as_bytes()))
@@ -476,7 +483,10 @@ pub fn execvp(argv: &[impl AsRef<OsStr>]) -> io::Error {
 }
 
 /// Switches to `gid` and `uid` (supplementary groups dropped), for workers run as another user.
-pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> Result<(), crate::error::SetupError> {
+pub(crate) fn drop_privileges(
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(), crate::error::SetupError> {
     use crate::error::SetupError;
     use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
     if let Some(gid) = gid {
@@ -501,16 +511,8 @@ pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> Result<(), crate::
 }
 
 /// Sends `sig` to the process group `pgid`. A group that is gone is not an error.
-pub fn kill_group(pgid: u32, sig: Signal) -> io::Result<()> {
+pub(crate) fn kill_group(pgid: u32, sig: Signal) -> io::Result<()> {
     match signal::killpg(Pid::from_raw(pgid as i32), sig) {
-        Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
-        Err(e) => Err(errno(e)),
-    }
-}
-
-/// Sends `sig` to one process. A process that is gone is not an error.
-pub fn kill(pid: u32, sig: Signal) -> io::Result<()> {
-    match signal::kill(Pid::from_raw(pid as i32), sig) {
         Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
         Err(e) => Err(errno(e)),
     }
@@ -518,7 +520,7 @@ pub fn kill(pid: u32, sig: Signal) -> io::Result<()> {
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
+pub(crate) enum ExitStatus {
     Exited(i32),
     Signaled(i32),
 }
@@ -542,7 +544,7 @@ impl std::fmt::Display for ExitStatus {
 /// ever signalled, and whatever the worker left running in its group goes with it.
 /// `before_reap(pid)` runs after that kill and before the reap, while the pid still names our
 /// zombie: the primary uses it to kill the worker's cgroup and tell the keeper to forget it.
-pub fn reap_one(mut before_reap: impl FnMut(u32)) -> io::Result<Option<(u32, ExitStatus)>> {
+pub(crate) fn reap_one(mut before_reap: impl FnMut(u32)) -> io::Result<Option<(u32, ExitStatus)>> {
     // SAFETY: siginfo_t is plain data; waitid fills it in, and zeroed si_pid means "no child".
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to a siginfo_t we own; P_ALL with WNOHANG never blocks.
@@ -582,7 +584,7 @@ pub fn reap_one(mut before_reap: impl FnMut(u32)) -> io::Result<Option<(u32, Exi
 
 /// Sends one message on a SOCK_SEQPACKET socket without ever blocking (and without SIGPIPE
 /// when the peer is gone). A full socket buffer is `WouldBlock`.
-pub fn send_nonblocking(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn send_nonblocking(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
     let sent = socket::send(sock.as_raw_fd(), bytes, flags).map_err(errno)?;
     if sent != bytes.len() {
@@ -593,7 +595,10 @@ pub fn send_nonblocking(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
 
 /// Waits until `fd` is readable (or hung up), at most `timeout` (`None`: no limit).
 /// Returns whether it is; an interrupted wait counts as a timeout.
-pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<std::time::Duration>) -> io::Result<bool> {
+pub(crate) fn wait_readable(
+    fd: BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<bool> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let timeout = match timeout {
         None => PollTimeout::NONE,
@@ -609,7 +614,7 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<std::time::Duration>) -
 
 /// Ignores `signals` and unblocks every other one (role processes start with all blocked).
 /// Ignored dispositions survive exec; only the keeper uses this, and it execs nothing.
-pub fn ignore_signals(signals: &[Signal]) {
+pub(crate) fn ignore_signals(signals: &[Signal]) {
     for &sig in signals {
         // SAFETY: installing SIG_IGN runs no code of ours.
         let _ = unsafe { signal::signal(sig, signal::SigHandler::SigIgn) };
@@ -618,7 +623,7 @@ pub fn ignore_signals(signals: &[Signal]) {
 }
 
 /// The process group of `pid`, if it still exists.
-pub fn getpgid(pid: u32) -> Option<u32> {
+pub(crate) fn getpgid(pid: u32) -> Option<u32> {
     nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
         .ok()
         .map(|p| p.as_raw() as u32)
