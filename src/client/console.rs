@@ -446,7 +446,18 @@ pub(crate) fn connect(target: &Target, trust: &Trust) -> Result<(Conn, String), 
                     "the TLS handshake timed out",
                 ));
             }
-            conn.tls.complete_io(&mut conn.tcp)?;
+            conn.tls
+                .complete_io(&mut conn.tcp)
+                .map_err(|e| match e.kind() {
+                    // The read timeout: a silent server, not a failed read.
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                        "no TLS handshake within {CONNECT_TIMEOUT:?} (is the console restarting?)"
+                    ),
+                    ),
+                    _ => e,
+                })?;
         }
         conn.write_out()
     })();
