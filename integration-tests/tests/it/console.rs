@@ -612,6 +612,36 @@ fn shell_worker_sigkilled_is_back_within_2s_and_workers_never_notice() {
     assert_eq!(admin.worker_pids(), workers, "the workers were not touched");
 }
 
+/// Regression (found by the chaos run): the shell worker's back-off kept doubling across kills
+/// 14 s apart, because it was reset only after 30 s of health, and the console was down for up
+/// to 30 s. The console is the operator's way in: a shell worker that lived past the short-life
+/// threshold (10 s) is back after the first step of the back-off, however often it is killed.
+#[test]
+fn shell_worker_killed_after_a_while_is_restarted_without_growing_back_off() {
+    let sandbox = Sandbox::new("console-rekill");
+    let admin = Admin::start(&sandbox, 1);
+    for _ in 0..2 {
+        let shell = wait_for(DEADLINE, "a shell worker", || admin.shell_pid());
+        let seen = Instant::now();
+        // Waiting for time itself: the shell must outlive the 10 s threshold.
+        wait_until(
+            Duration::from_secs(30),
+            "10.5 s of the shell worker's life",
+            || seen.elapsed() >= Duration::from_millis(10_500),
+        );
+        proc::kill(shell, libc::SIGKILL).unwrap();
+        wait_until(DEADLINE, "a new shell worker", || {
+            admin.shell_pid().is_some_and(|p| p != shell)
+        });
+    }
+    let log = admin.log_text();
+    assert_eq!(
+        log.matches("restarting the shell worker in 100ms").count(),
+        2,
+        "{log}"
+    );
+}
+
 #[test]
 fn restart_from_the_console_under_load_replaces_every_worker_without_a_failure() {
     let sandbox = Sandbox::new("console-restart");
