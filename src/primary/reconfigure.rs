@@ -256,7 +256,8 @@ impl Primary {
         let refuse = |reason: String| {
             log::warn!("reload refused: {reason}; nothing changed");
             ReloadOutcome {
-                generation: self.state.serving,
+                // The generation this reload would have started.
+                generation: self.state.next_generation,
                 outcome: Outcome::Refused,
                 reason,
             }
