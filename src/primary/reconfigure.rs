@@ -268,16 +268,23 @@ impl Primary {
             Some(Ok(new)) => new,
         };
         let changes = changes(&self.config, &new);
-        let newest = self.epochs.last();
-        let current: Vec<Current<'_>> = newest
-            .map(|e| &e.listeners[..])
-            .unwrap_or_default()
+        let newest: &[(String, String)] = self.epochs.last().map_or(&[], |e| &e.listeners);
+        // The running config's listeners first, under their current names; then the ones only
+        // a draining generation still holds: re-adding one of those takes its socket back
+        // (binding its address again would fail, or for port 0 give another port).
+        let mut current: Vec<Current<'_>> = newest
             .iter()
             .filter_map(|(name, bound)| {
                 let l = self.listeners.iter().find(|l| &l.bound == bound)?;
                 Some((name.as_str(), &l.address, bound.as_str()))
             })
             .collect();
+        current.extend(
+            self.listeners
+                .iter()
+                .filter(|l| !newest.iter().any(|(_, b)| *b == l.bound))
+                .map(|l| (l.name.as_str(), &l.address, l.bound.as_str())),
+        );
         let plan = plan_listeners(&current, &new.listeners);
         // Bind every new listener before anything changes: one that cannot be bound refuses
         // the reload, and the ones bound before it are closed again (they were never used).
@@ -317,7 +324,11 @@ impl Primary {
                 progress: Progress::Text(text),
             });
         }
-        for bound in &plan.removed {
+        let dropped = plan
+            .removed
+            .iter()
+            .filter(|b| newest.iter().any(|(_, n)| n == *b));
+        for bound in dropped {
             log::info!(
                 "reload: listener {bound} is no longer configured; closed once no generation uses it"
             );

@@ -354,3 +354,45 @@ fn new_console_commands_and_password_replace_the_shell_worker() {
         .iter()
         .all(|&p| !live_workers(&sup.status_json(), 2).contains(&p)));
 }
+
+#[test]
+fn a_listener_re_added_while_a_draining_generation_holds_it_takes_its_socket_back() {
+    let sandbox = Sandbox::new("reconf-readd");
+    // Workers that ignore the stop signal keep their generation draining for the whole test.
+    let ignoring = |listen: &[&str]| {
+        let probe = format!("{:?}", bins::example("probe").to_string_lossy());
+        config(listen, 1, "")
+            .replace("graceful-timeout = \"5s\"", "graceful-timeout = \"10m\"")
+            .replace(
+                &format!("[{probe}]"),
+                &format!("[{probe}, \"--ignore-term\"]"),
+            )
+    };
+    let both = ["web=tcp://127.0.0.1:0", "extra=tcp://127.0.0.1:0"];
+    assert!(ignoring(&both).contains("\"--ignore-term\"]"));
+    let (sup, _) = start(&sandbox, &ignoring(&both), 1);
+    let first = live_workers(&sup.status_json(), 1)[0];
+    let extra_inode = inode(first, 4);
+    let extra_addr = listeners(&sup.status_json())[1].1.clone();
+
+    sandbox.write("web.toml", &ignoring(&["web=tcp://127.0.0.1:0"]));
+    let out = sup.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(proc::is_alive(first), "generation 1 still drains");
+    assert_eq!(listeners(&sup.status_json()).len(), 1);
+    assert!(
+        sockets_of(sup.pid()).contains(&extra_inode),
+        "held for generation 1"
+    );
+
+    sandbox.write("web.toml", &ignoring(&both));
+    let out = sup.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let third = live_workers(&sup.status_json(), 3)[0];
+    assert_eq!(
+        inode(third, 4),
+        extra_inode,
+        "the same socket, not a new one"
+    );
+    assert_eq!(listeners(&sup.status_json())[1].1, extra_addr);
+}
