@@ -196,6 +196,17 @@ fn a_config_that_does_not_parse_or_validate_refuses_the_reload_and_changes_nothi
         );
         assert_eq!(snapshot(&sup), before, "nothing changed after {needle}");
     }
+    // The same through SIGHUP: refused, logged, shown as the last reload.
+    sandbox.write("web.toml", &format!("{good}workers = = 3\n"));
+    sup.signal(libc::SIGHUP);
+    wait_until(DEADLINE, "the refused SIGHUP reload in status", || {
+        sup.status_json()["last_reload"]["outcome"] == "refused"
+            && sup.count_in_log("reload refused: ") == 5
+    });
+    assert!(sup.status_json()["last_reload"]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("line 7")));
+    assert_eq!(snapshot(&sup), before, "nothing changed after SIGHUP");
     // A good file afterwards reloads as usual.
     sandbox.write("web.toml", &good);
     let out = sup.ctl(&["reload"]);
