@@ -407,3 +407,39 @@ fn a_listener_re_added_while_a_draining_generation_holds_it_takes_its_socket_bac
     );
     assert_eq!(listeners(&sup.status_json())[1].1, extra_addr);
 }
+
+#[test]
+fn a_spare_started_before_the_change_runs_the_new_spec_and_prespawn_follows_the_config() {
+    let sandbox = Sandbox::new("reconf-spare");
+    let with = |color: &str, prespawn: u32| {
+        config(
+            &["tcp://127.0.0.1:0"],
+            1,
+            &format!("env = [\"COLOR={color}\"]\nprespawn = {prespawn}\n"),
+        )
+    };
+    let (sup, _) = start(&sandbox, &with("red", 2), 1);
+    let worker = live_workers(&sup.status_json(), 1)[0];
+    // The worker and two spares (the keeper is not counted).
+    let spares: Vec<u32> = sup
+        .wait_workers(3)
+        .into_iter()
+        .filter(|&p| p != worker)
+        .collect();
+
+    sandbox.write("web.toml", &with("blue", 2));
+    let out = sup.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let new = live_workers(&sup.status_json(), 2);
+    assert!(spares.contains(&new[0]), "generation 2 runs in a spare");
+    assert_eq!(proc::environ_of(new[0])["COLOR"], "blue");
+    // Generation 1 drained and the spares topped up again.
+    sup.wait_workers(3);
+
+    // prespawn 2 -> 0: the spare generation 3 does not use is retired.
+    sandbox.write("web.toml", &with("blue", 0));
+    let out = sup.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let third = live_workers(&sup.status_json(), 3);
+    assert_eq!(sup.wait_workers(1), third);
+}
