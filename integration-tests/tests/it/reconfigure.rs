@@ -443,3 +443,34 @@ fn a_spare_started_before_the_change_runs_the_new_spec_and_prespawn_follows_the_
     let third = live_workers(&sup.status_json(), 3);
     assert_eq!(sup.wait_workers(1), third);
 }
+
+#[test]
+fn readiness_and_command_changes_apply_to_the_next_generation() {
+    let sandbox = Sandbox::new("reconf-ready");
+    let probe = format!("{:?}", bins::example("probe").to_string_lossy());
+    let with = |ready: &str, arg: &str| {
+        config(&["tcp://127.0.0.1:0"], 1, "")
+            .replace("\"notify\"", &format!("{ready:?}"))
+            .replace(&format!("[{probe}]"), &format!("[{probe}, {arg:?}]"))
+    };
+    let (sup, _) = start(&sandbox, &with("delay:100ms", "first"), 1);
+    let old = live_workers(&sup.status_json(), 1)[0];
+    assert!(!proc::environ_of(old).contains_key("NOTIFY_SOCKET"));
+
+    // To notify: the new worker gets a notify socket and is ready by it (without one it would
+    // miss its 10 s ready timeout and the reload would be rolled back).
+    sandbox.write("web.toml", &with("notify", "second"));
+    let out = sup.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let new = live_workers(&sup.status_json(), 2)[0];
+    assert!(proc::environ_of(new).contains_key("NOTIFY_SOCKET"));
+    let cmdline = std::fs::read(format!("/proc/{new}/cmdline")).unwrap();
+    assert!(cmdline.ends_with(b"second\0"), "{cmdline:?}");
+
+    // And back: no notify socket for a delay-mode worker.
+    sandbox.write("web.toml", &with("delay:100ms", "third"));
+    let out = sup.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let third = live_workers(&sup.status_json(), 3)[0];
+    assert!(!proc::environ_of(third).contains_key("NOTIFY_SOCKET"));
+}
