@@ -253,6 +253,20 @@ impl Primary {
         who: Requester,
         actions: &mut Vec<Action>,
     ) -> Result<(), ReloadOutcome> {
+        let result = self.reconfigure_with(now, who, actions);
+        if let Err(refused) = &result {
+            // Shown by `ctl status` as the last reload: after a SIGHUP nobody else hears why.
+            self.state.last_reload = Some(refused.clone());
+        }
+        result
+    }
+
+    fn reconfigure_with(
+        &mut self,
+        now: Instant,
+        who: Requester,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), ReloadOutcome> {
         let refuse = |reason: String| {
             log::warn!("reload refused: {reason}; nothing changed");
             ReloadOutcome {
