@@ -233,6 +233,16 @@ pub(crate) fn merge(old: &Config, mut new: Config) -> Config {
     new
 }
 
+/// `text` with its lines joined by "; ".
+fn one_line(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join("; ")
+}
+
 /// The state machine's settings of a config.
 pub(crate) fn settings(config: &Config) -> Settings {
     Settings {
@@ -278,7 +288,8 @@ impl Primary {
         };
         let new = match crate::config::Config::reread(&self.args) {
             None => return Ok(()),
-            Some(Err(e)) => return Err(refuse(e.to_string())),
+            // toml's messages span lines; one line reads better in the log and in `status`.
+            Some(Err(e)) => return Err(refuse(one_line(&e.to_string()))),
             Some(Ok(new)) => new,
         };
         let changes = changes(&self.config, &new);
