@@ -282,7 +282,7 @@ impl Primary {
                 return Ok(code);
             }
             if self.epochs.len() > 1 {
-                self.forget_unused(now);
+                self.forget_unused();
             }
         }
     }

@@ -397,12 +397,12 @@ impl Primary {
             }
         }
         self.config = config;
-        self.forget_unused(now);
+        self.forget_unused();
         Ok(())
     }
 
     /// Forgets epochs no live generation runs with, and closes the listeners no epoch names.
-    pub(super) fn forget_unused(&mut self, _now: Instant) {
+    pub(super) fn forget_unused(&mut self) {
         let mut live: Vec<u64> = self.state.processes.iter().map(|p| p.generation).collect();
         live.push(self.state.serving);
         live.extend(self.state.starting.as_ref().map(|s| s.generation));

@@ -364,6 +364,16 @@ fn new_console_commands_and_password_replace_the_shell_worker() {
     assert!(workers
         .iter()
         .all(|&p| !live_workers(&sup.status_json(), 2).contains(&p)));
+    // The console's `reload` re-reads the file too, and says why it was refused.
+    sandbox.write("web.toml", &format!("{body}workers = = 1\n"));
+    let out = console(&addr, &fp, "second pw", "reload");
+    assert!(
+        text(&out).contains("reload to generation 3 refused: --config"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sup.status_json()["generation"], 2);
+    assert_eq!(shell_pid(sup.pid()), Some(second), "nothing changed");
 }
 
 #[test]
