@@ -321,7 +321,14 @@ impl Primary {
             .map(|(spec, _)| spec.clone())
             .collect();
         let mut fresh = listeners::bind_all(&wanted, new.backlog)
-            .map_err(|e| refuse(format!("config key 'listen': {e}")))?
+            .map_err(|e| {
+                // "--listen NAME: unable to bind ..." at start; here the name is the file's.
+                let e = e.to_string();
+                refuse(format!(
+                    "config key 'listen': {}",
+                    e.strip_prefix("--listen ").unwrap_or(&e)
+                ))
+            })?
             .into_iter();
         let bound: Vec<String> = plan
             .sockets
