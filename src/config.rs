@@ -190,7 +190,7 @@ fn substitute(arg: &OsStr, listeners: &[ListenerSpec]) -> Result<OsString, Value
 }
 
 /// The run mode's command line, DESIGN.md section 3.
-#[derive(Debug, Parser, Default)]
+#[derive(Debug, Clone, Parser, Default)]
 #[command(
     name = "reloadsup",
     version,
@@ -518,6 +518,14 @@ pub(crate) fn default_state_dir(name: &str) -> PathBuf {
 }
 
 impl Config {
+    /// The configuration a reload asks for: the `--config` file read again and merged under the
+    /// original command line, validated like at start. `None` without a `--config` file: the
+    /// command line alone cannot have changed.
+    pub(crate) fn reread(args: &RunArgs) -> Option<Result<Config, ConfigError>> {
+        args.config.as_ref()?;
+        Some(Config::from_args(args.clone()))
+    }
+
     /// Merges the command line over the config file and validates everything.
     pub(crate) fn from_args(args: RunArgs) -> Result<Config, ConfigError> {
         let file = match &args.config {

@@ -61,12 +61,12 @@ fn init_logging() {
 
 fn run_primary(args: Vec<OsString>) -> Result<u8, error::Error> {
     let parsed = config::RunArgs::try_parse_from(args)?;
-    let config = config::Config::from_args(parsed)?;
+    let config = config::Config::from_args(parsed.clone())?;
     init_logging();
     for w in config.admin.iter().flat_map(|a| &a.warnings) {
         log::warn!("{w}");
     }
-    Ok(primary::run(config)?)
+    Ok(primary::run(config, parsed)?)
 }
 
 /// The one place where errors become exit codes (DESIGN.md section 3: 0 success, 2 bad usage

@@ -202,6 +202,7 @@ fn outcome_index(outcome: &Outcome) -> u8 {
         Outcome::Succeeded => 0,
         Outcome::RolledBack => 1,
         Outcome::Cancelled => 2,
+        Outcome::Refused => 3,
     }
 }
 
@@ -435,6 +436,7 @@ fn outcome_goldens() -> Vec<(Outcome, &'static str)> {
         (Outcome::Succeeded, "00"),
         (Outcome::RolledBack, "01"),
         (Outcome::Cancelled, "02"),
+        (Outcome::Refused, "03"),
     ]
 }
 
@@ -978,7 +980,7 @@ fn empty_and_unknown_bodies_are_errors() {
     assert!(decode::<Message>(&[4]).is_err());
     assert!(decode::<Message>(&unhex("01 00 08")).is_err());
     assert!(decode::<WorkerState>(&[6]).is_err());
-    assert!(decode::<Outcome>(&[3]).is_err());
+    assert!(decode::<Outcome>(&[4]).is_err());
     // Overlong varint, bad bool, bad option tag, invalid utf-8.
     assert!(decode::<Message>(&unhex("00 ffffffffff0f")).is_err());
     let mut spec = unhex(&golden(SMALL_WORKER_SPEC));

@@ -160,6 +160,17 @@ impl Shell {
         }
     }
 
+    /// A reload changed the console's custom commands or password hash: the next shell worker
+    /// gets them (see [`Shell::replace`]).
+    pub(crate) fn reconfigure(
+        &mut self,
+        commands: Vec<proto::CustomCommand>,
+        password_hash: String,
+    ) {
+        self.spec.commands = commands;
+        self.spec.password_hash = password_hash;
+    }
+
     pub(crate) fn due(&self, now: Instant) -> bool {
         self.restart_at.is_some_and(|t| t <= now)
     }
