@@ -221,14 +221,24 @@ impl Admin {
     /// Kills worker 2 while the crash file exists, and waits until its slot is dead.
     fn make_worker_2_dead(&self, sandbox: &Sandbox) {
         std::fs::write(sandbox.join("crash"), "").unwrap();
-        let pid = self.status()["workers"]
-            .as_array()
-            .and_then(|w| w.iter().find(|w| w["slot"] == 2))
-            .and_then(|w| w["pid"].as_u64())
-            .expect("worker 2 runs");
-        proc::kill(pid as u32, libc::SIGKILL).unwrap();
         wait_until(Duration::from_secs(30), "worker 2 to be dead", || {
-            self.status()["dead_workers"].as_u64() == Some(1)
+            let status = self.status();
+            if status["dead_workers"].as_u64() == Some(1) {
+                return true;
+            }
+            // Whatever runs in slot 2 now: a restart just before may have replaced the one
+            // seen a moment ago (killing that one failed with ESRCH). With the crash file
+            // its replacements exit at once; killing them only hurries the back-off along.
+            let pid = status["workers"].as_array().and_then(|w| {
+                w.iter()
+                    .find(|w| w["slot"] == 2 && w["state"] != "draining")
+                    .and_then(|w| w["pid"].as_u64())
+            });
+            // A slot waiting out its back-off has no process (pid 0).
+            if let Some(pid) = pid.filter(|&p| p > 1) {
+                let _ = proc::kill(pid as u32, libc::SIGKILL);
+            }
+            false
         });
         std::fs::remove_file(sandbox.join("crash")).unwrap();
     }
