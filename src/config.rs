@@ -415,7 +415,7 @@ fn parse_restart(s: &str) -> Result<RestartPolicy, ValueError> {
     }
 }
 
-fn parse_listener(s: &str, index: usize) -> Result<ListenerSpec, ValueError> {
+pub(crate) fn parse_listener(s: &str, index: usize) -> Result<ListenerSpec, ValueError> {
     // A NAME= prefix is recognised only before the scheme, so `unix:/a=b` keeps its '='.
     let (name, addr) = match s.split_once('=') {
         Some((name, addr)) if !name.contains(':') && !name.contains('/') => {
