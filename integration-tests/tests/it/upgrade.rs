@@ -204,11 +204,13 @@ fn a_broken_binary_is_refused_and_changes_nothing() {
     assert!(sup.reload(2).is_ok(), "a reload after the upgrade");
 }
 
-/// SIGUSR2 and SIGHUPs at once, in both orders: the primary survives, every reload is served
-/// (the kernel merges a standard signal that is already pending, so a burst of HUPs is at least
-/// one reload), and no request fails.
+/// SIGUSR2 and SIGHUPs at once, in both orders, and SIGHUPs all through the exec window: the
+/// primary survives, every reload is served (the kernel merges a standard signal that is
+/// already pending, so a burst of HUPs is at least one reload), and no request fails.
 #[test]
 fn signal_storms_around_an_upgrade_lose_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let sb = Sandbox::new("upgrade_signal_storms");
     let bin = copy_of_reloadsup(&sb, "reloadsup");
     let run = Run::hello(&["--delay", "100ms"])
@@ -218,9 +220,24 @@ fn signal_storms_around_an_upgrade_lose_nothing() {
     let pid = sup.pid();
     let load = Load::start(addr, 4, Limits::default());
     load.wait_for_more_answers(20, DEADLINE);
-    let mut upgraded = 0;
-    for round in 0..4 {
+    for round in 0..6u32 {
         let serving_before = sup.count_in_log(" is serving");
+        // A HUP every 100 µs until the new image is up: some land in the exec window,
+        // blocked in the old image and delivered in the new one. Bounded in count; the pid
+        // is our unreaped child, so it cannot name another process.
+        let stop = Arc::new(AtomicBool::new(false));
+        let hammer = {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut sent = 0u32;
+                while !stop.load(Ordering::Relaxed) && sent < 50_000 {
+                    let _ = proc::kill(pid, libc::SIGHUP);
+                    sent += 1;
+                    thread::sleep(Duration::from_micros(100));
+                }
+                sent
+            })
+        };
         if round % 2 == 0 {
             sup.signal(libc::SIGUSR2);
             for _ in 0..3 {
@@ -232,10 +249,17 @@ fn signal_storms_around_an_upgrade_lose_nothing() {
             }
             sup.signal(libc::SIGUSR2);
         }
-        upgraded += 1;
-        sup.wait_for_nth_log("upgraded in place", upgraded, DEADLINE);
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sup.wait_for_nth_log("upgraded in place", round as usize + 1, DEADLINE);
+        }));
+        stop.store(true, Ordering::Relaxed);
+        let sent = hammer.join().expect("the signal thread");
+        if let Err(e) = waited {
+            std::panic::resume_unwind(e);
+        }
+        eprintln!("round {round}: {sent} SIGHUPs around the upgrade");
         sup.wait_for_nth_log(" is serving", serving_before + 1, DEADLINE);
-        // Idle again: no reload starting or queued.
+        // Idle again: every reload of the storm is done.
         wait_until(DEADLINE, "the reloads of the storm to finish", || {
             let s = sup.status_json();
             s["workers"]
@@ -250,12 +274,8 @@ fn signal_storms_around_an_upgrade_lose_nothing() {
     eprintln!("{}", report.summary());
     report.assert_no_failures();
     assert!(!sup.has_exited());
-    assert_eq!(upgrades(&sup), 4);
-    assert_eq!(
-        sup.count_in_log("reload to generation"),
-        0,
-        "no reload failed"
-    );
+    assert_eq!(upgrades(&sup), 6);
+    assert_eq!(sup.count_in_log("reload to generation"), 0, "no reload failed");
 }
 
 /// An upgrade while a reload is starting carries the reload across the exec: the client
