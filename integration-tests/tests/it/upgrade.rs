@@ -275,7 +275,11 @@ fn signal_storms_around_an_upgrade_lose_nothing() {
     report.assert_no_failures();
     assert!(!sup.has_exited());
     assert_eq!(upgrades(&sup), 6);
-    assert_eq!(sup.count_in_log("reload to generation"), 0, "no reload failed");
+    assert_eq!(
+        sup.count_in_log("reload to generation"),
+        0,
+        "no reload failed"
+    );
 }
 
 /// An upgrade while a reload is starting carries the reload across the exec: the client
