@@ -471,7 +471,9 @@ impl Primary {
         let n = nix::unistd::read(&up.output, &mut buf).unwrap_or(0);
         let text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
         let bin = up.binary.display().to_string();
-        let verdict = if up.timed_out {
+        let verdict = if self.state.is_shutting_down() {
+            Err("the supervisor is shutting down".to_string())
+        } else if up.timed_out {
             Err(format!(
                 "{bin}: the pre-flight did not answer within {}",
                 super::state::human(PREFLIGHT_TIMEOUT)
