@@ -752,3 +752,97 @@ impl Primary {
         Ok((primary, actions))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reloadsup_protocol::{Outcome, ReloadOutcome};
+
+    fn busy_state(now: Instant) -> State {
+        let settings = Settings {
+            ready: ReadyMode::Delay(Duration::from_millis(250)),
+            ready_timeout: Duration::from_secs(60),
+            graceful_timeout: Duration::from_secs(30),
+            restart: RestartPolicy::Always,
+            stop_signal: 15,
+        };
+        let mut s = State::new(settings, 2);
+        s.serving = 3;
+        s.next_generation = 5;
+        s.starting = Some(Starting {
+            generation: 4,
+            waiters: vec![(16 << 32) | 1],
+        });
+        s.pending = Some(vec![0, 7]);
+        s.processes = vec![
+            Process {
+                pid: 100,
+                generation: 3,
+                slot: 0,
+                phase: Phase::Ready,
+                started: now - Duration::from_secs(5),
+                ready_at: None,
+                deadline: None,
+                status: "serving".into(),
+            },
+            Process {
+                pid: 101,
+                generation: 4,
+                slot: 0,
+                phase: Phase::Starting,
+                started: now,
+                ready_at: Some(now + Duration::from_millis(250)),
+                deadline: Some(now + Duration::from_secs(60)),
+                status: String::new(),
+            },
+        ];
+        s.slots = vec![
+            Slot::default(),
+            Slot {
+                restarts: 3,
+                streak: 2,
+                backoff: Duration::from_millis(400),
+                restart_at: Some(now + Duration::from_millis(400)),
+                down: Some(Down::Backoff),
+                since: Some(now - Duration::from_secs(1)),
+            },
+        ];
+        s.last_reload = Some(ReloadOutcome {
+            generation: 3,
+            outcome: Outcome::Succeeded,
+            reason: String::new(),
+        });
+        s.first_ready = true;
+        s
+    }
+
+    #[test]
+    fn the_state_crosses_the_hand_off_unchanged() {
+        let clock = Clock::now();
+        let state = busy_state(clock.instant);
+        let image = state_image(&state, &clock);
+        let bytes = proto::encode(&image).expect("encode");
+        let back: StateImage = proto::decode(&bytes).expect("decode");
+        assert_eq!(state_from(back, &clock), state);
+    }
+
+    #[test]
+    fn deadlines_keep_their_distance_across_clocks() {
+        let old = Clock::now();
+        let due = old.instant + Duration::from_millis(1500);
+        let ns = old.ns(due);
+        // The new image's clock is read later: the same absolute deadline is nearer.
+        thread_sleep_a_little();
+        let new = Clock::now();
+        let there = new.instant(ns);
+        let left = there.saturating_duration_since(Instant::now());
+        assert!(left <= Duration::from_millis(1500) && left > Duration::from_millis(1000));
+        // An instant in the past stays in the past.
+        let past = new.instant(old.ns(old.instant - Duration::from_secs(3)));
+        assert!(past < Instant::now() - Duration::from_secs(2));
+    }
+
+    fn thread_sleep_a_little() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
