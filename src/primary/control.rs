@@ -50,6 +50,11 @@ pub(crate) fn requester(conn: ConnId, id: u32) -> Requester {
     ((conn.0 as u64) << 32) | id as u64
 }
 
+/// The connection a requester's request came on.
+pub(crate) fn conn_of(who: Requester) -> ConnId {
+    split(who).0
+}
+
 fn split(who: Requester) -> (ConnId, u32) {
     (ConnId((who >> 32) as usize), who as u32)
 }

@@ -158,6 +158,11 @@ impl Shell {
         }
     }
 
+    /// Whether `conn` is this shell worker's link.
+    pub(crate) fn is_link(&self, conn: ConnId) -> bool {
+        self.conn == Some(conn)
+    }
+
     pub(crate) fn due(&self, now: Instant) -> bool {
         self.restart_at.is_some_and(|t| t <= now)
     }

@@ -383,6 +383,18 @@ impl Primary {
         restart: bool,
         actions: &mut Vec<super::Action>,
     ) {
+        let from_shell = self
+            .shell
+            .as_ref()
+            .is_some_and(|s| s.is_link(super::control::conn_of(who)));
+        if binary.is_some() && from_shell {
+            // The shell worker may run as a less privileged user, and its programs reach the
+            // primary through it: none of them may make the primary exec a file of their
+            // choosing. The console's `upgrade` names no binary.
+            let why = "upgrade refused: --binary is accepted on the control socket only".into();
+            self.conns.send_reply(&self.poll, who, Reply::Error(why));
+            return;
+        }
         let binary = binary.unwrap_or_else(|| self.binary.clone());
         if let Some(up) = &mut self.upgrade {
             if restart {
