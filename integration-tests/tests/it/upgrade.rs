@@ -347,3 +347,61 @@ fn restart_upgrades_then_reloads() {
         after.len() == 2 && after.iter().all(|p| !before.contains(p))
     });
 }
+
+/// The primary's fds above 2 that are not close-on-exec (from `/proc/PID/fdinfo`): those it
+/// inherited from whoever started it, and none of its own.
+fn inheritable_fds(pid: u32) -> Vec<i32> {
+    proc::fds_of(pid)
+        .into_iter()
+        .map(|(fd, _)| fd)
+        .filter(|&fd| fd > 2)
+        .filter(|fd| {
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+            // O_CLOEXEC is 0o2000000; an fd closed meanwhile has no fdinfo and is skipped.
+            flags.is_some_and(|f| f & 0o2000000 == 0)
+        })
+        .collect()
+}
+
+/// `execve` failing after a good pre-flight (here: a script that passes it and removes
+/// itself): the old image carries on with its fds close-on-exec again, and says why.
+#[test]
+fn a_failed_execve_leaves_the_old_image_running() {
+    let sb = Sandbox::new("upgrade_failed_execve");
+    let bin = copy_of_reloadsup(&sb, "reloadsup");
+    let run = Run::hello(&[]).args(standard(2)).program(&bin);
+    let (mut sup, addr) = start(&sb, run, 2);
+    let pid = sup.pid();
+    let workers = sorted_workers(&sup);
+    let fds = proc::fds_of(pid).len();
+    // Whatever the test's own parent let the primary inherit; the primary adds none.
+    let inherited = inheritable_fds(pid);
+    let vanishing = sb.write_script(
+        "vanishing.sh",
+        "#!/bin/sh\ncat >/dev/null\necho 'reloadsup 9.9.9 ok'\nrm -f -- \"$0\"\n",
+    );
+    let (ok, text) = upgrade(&sup, &["--binary", vanishing.to_str().expect("utf-8 path")]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("execve failed") && text.contains("no such file or directory"),
+        "{text}"
+    );
+    assert_eq!(sup.status_json()["pid"].as_u64(), Some(pid as u64));
+    assert_eq!(upgrades(&sup), 0);
+    assert_eq!(sorted_workers(&sup), workers);
+    assert_eq!(proc::fds_of(pid).len(), fds, "fds after the failed exec");
+    assert_eq!(
+        inheritable_fds(pid),
+        inherited,
+        "every fd of the primary's own is close-on-exec again"
+    );
+    assert!(reloadsup_integration_tests::tcp_connect_ok(addr));
+    assert!(sup.reload(2).is_ok(), "a reload after the failed exec");
+    let (ok, text) = upgrade(&sup, &[]);
+    assert!(ok, "a good upgrade afterwards: {text}");
+}
