@@ -247,7 +247,7 @@ impl Primary {
                 self.keeper.state.restart_at,
                 self.upgrade
                     .as_ref()
-                    .filter(|u| !u.timed_out)
+                    .filter(|u| !u.passed && !u.timed_out)
                     .map(|u| u.deadline),
             ]
             .into_iter()
@@ -319,7 +319,7 @@ impl Primary {
             if let Some(up) = self
                 .upgrade
                 .as_mut()
-                .filter(|u| !u.timed_out && u.deadline <= now)
+                .filter(|u| !u.passed && !u.timed_out && u.deadline <= now)
             {
                 // Reaped like any child; the reap refuses the upgrade.
                 up.timed_out = true;
@@ -327,6 +327,14 @@ impl Primary {
             }
             if let Some(code) = self.apply(actions) {
                 return Ok(code);
+            }
+            // Only now, with every action of the turn carried out, is the state whole.
+            if let Some(up) = self.passed_upgrade() {
+                let mut refused = Vec::new();
+                self.exec_upgrade(up, &mut refused);
+                if let Some(code) = self.apply(refused) {
+                    return Ok(code);
+                }
             }
         }
     }
@@ -555,7 +563,11 @@ impl Primary {
             let keeper = &mut self.keeper;
             match sys::reap_one(|pid| keeper.forget(pid)) {
                 Ok(Some((pid, status))) => {
-                    if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
+                    if self
+                        .upgrade
+                        .as_ref()
+                        .is_some_and(|u| !u.passed && u.pid == pid)
+                    {
                         self.preflight_done(status, actions);
                         continue;
                     }

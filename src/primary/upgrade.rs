@@ -51,6 +51,9 @@ pub(crate) struct Upgrade {
     /// Who asked for `restart`: after the upgrade (or its refusal) a reload and a new shell.
     pub restarters: Vec<Requester>,
     pub output: OwnedFd,
+    /// The pre-flight passed: exec at the end of this loop turn, once every action of the turn
+    /// was carried out (an action left undone would be lost across the exec).
+    pub passed: bool,
 }
 
 /// Maps instants to absolute monotonic nanoseconds and back, in one image.
@@ -431,6 +434,7 @@ impl Primary {
                     waiters,
                     restarters,
                     output,
+                    passed: false,
                 });
             }
             Err(why) => self.refuse_upgrade(waiters, restarters, why, actions),
@@ -503,14 +507,25 @@ impl Primary {
         match verdict {
             Ok(line) => {
                 log::info!("upgrade: pre-flight of {bin}: {line}");
-                self.exec_upgrade(up, actions);
+                // Reaped: the pid may be reused from now on.
+                self.upgrade = Some(Upgrade {
+                    pid: 0,
+                    passed: true,
+                    ..up
+                });
             }
             Err(why) => self.refuse_upgrade(up.waiters, up.restarters, why, actions),
         }
     }
 
+    /// At the end of a loop turn, when nothing is left to do: the upgrade whose pre-flight
+    /// passed, if any, to hand over to the new image.
+    pub(super) fn passed_upgrade(&mut self) -> Option<Upgrade> {
+        self.upgrade.take_if(|u| u.passed)
+    }
+
     /// Hands everything over to the new image. Returns only if `execve` failed.
-    fn exec_upgrade(&mut self, up: Upgrade, actions: &mut Vec<super::Action>) {
+    pub(super) fn exec_upgrade(&mut self, up: Upgrade, actions: &mut Vec<super::Action>) {
         let clock = Clock::now();
         let handoff = self.handoff(up.waiters.clone(), up.restarters.clone(), &clock);
         let made = proto::encode(&handoff)
