@@ -678,6 +678,15 @@ pub(crate) fn exec_in_place(exe: &Path, args: &[&str], keep: &[RawFd]) -> io::Er
     let Ok(cargs) = cargs else {
         return io::Error::new(io::ErrorKind::InvalidInput, "a path contains a NUL byte");
     };
+    // Prepared before the window opens, so that it is as short as it can be.
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
     let mut old = SigSet::empty();
     if let Err(e) = signal::sigprocmask(
         SigmaskHow::SIG_SETMASK,
@@ -701,14 +710,6 @@ pub(crate) fn exec_in_place(exe: &Path, args: &[&str], keep: &[RawFd]) -> io::Er
             return e;
         }
     }
-    let env: Vec<CString> = std::env::vars_os()
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).ok()
-        })
-        .collect();
     let e = match nix::unistd::execve(&cargs[0], &cargs, &env) {
         Ok(never) => match never {},
         Err(e) => errno(e),
