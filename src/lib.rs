@@ -64,12 +64,12 @@ fn init_logging() {
 fn run_primary(args: Vec<OsString>) -> Result<u8, error::Error> {
     let own = args.clone();
     let parsed = config::RunArgs::try_parse_from(args)?;
-    let config = config::Config::from_args(parsed)?;
+    let config = config::Config::from_args(parsed.clone())?;
     init_logging();
     for w in config.admin.iter().flat_map(|a| &a.warnings) {
         log::warn!("{w}");
     }
-    Ok(primary::run(config, own)?)
+    Ok(primary::run(config, parsed, own)?)
 }
 
 /// The new image of an upgrade in place (`__upgrade FD`): the primary carries on.

@@ -10,6 +10,14 @@ use std::io;
 pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
     let pid =
         libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // 0 would signal the test's own process group (cargo and all), 1 init: a pid read from a
+    // status report where no process runs yet must never get that far.
+    if pid <= 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal pid {pid}"),
+        ));
+    }
     // SAFETY: kill takes plain integers; the callers only signal processes they started.
     if unsafe { libc::kill(pid, sig) } == 0 {
         Ok(())

@@ -267,6 +267,9 @@ pub enum Outcome {
     RolledBack,
     /// The reload was abandoned because the primary is shutting down.
     Cancelled,
+    /// The re-read configuration was refused (it does not parse or validate, or a new
+    /// listener cannot be bound): no generation was started and nothing changed.
+    Refused,
 }
 
 impl Outcome {
@@ -275,6 +278,7 @@ impl Outcome {
             Outcome::Succeeded => "succeeded",
             Outcome::RolledBack => "rolled back",
             Outcome::Cancelled => "cancelled",
+            Outcome::Refused => "refused",
         }
     }
 }

@@ -203,6 +203,7 @@ fn outcome_index(outcome: &Outcome) -> u8 {
         Outcome::Succeeded => 0,
         Outcome::RolledBack => 1,
         Outcome::Cancelled => 2,
+        Outcome::Refused => 3,
     }
 }
 
@@ -447,6 +448,7 @@ fn outcome_goldens() -> Vec<(Outcome, &'static str)> {
         (Outcome::Succeeded, "00"),
         (Outcome::RolledBack, "01"),
         (Outcome::Cancelled, "02"),
+        (Outcome::Refused, "03"),
     ]
 }
 
@@ -992,7 +994,7 @@ fn empty_and_unknown_bodies_are_errors() {
     assert!(decode::<Message>(&[4]).is_err());
     assert!(decode::<Message>(&unhex("01 00 08")).is_err());
     assert!(decode::<WorkerState>(&[6]).is_err());
-    assert!(decode::<Outcome>(&[3]).is_err());
+    assert!(decode::<Outcome>(&[4]).is_err());
     // Overlong varint, bad bool, bad option tag, invalid utf-8.
     assert!(decode::<Message>(&unhex("00 ffffffffff0f")).is_err());
     let mut spec = unhex(&golden(SMALL_WORKER_SPEC));
@@ -1357,11 +1359,20 @@ fn small_handoff() -> upgrade::Handoff {
         shell: None,
         restarting: vec![],
         refill_at: Some(12),
+        config_text: Some("c".into()),
+        start_text: None,
+        epochs: vec![EpochImage {
+            from: 1,
+            argv: vec![b"w".to_vec()],
+            env: vec![(b"K".to_vec(), b"V".to_vec())],
+            einhorn_env: false,
+            listeners: vec![("l".into(), "a".into())],
+        }],
     }
 }
 
 const SMALL_HANDOFF: &str = "
-    01 01 76 01 01 61 02 2f62 01 01 02 00   (version, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
+    02 01 76 01 01 61 02 2f62 01 01 02 00   (version 2, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
     01 05 06 07 01 1e                       (settings: delay 5ns, timeouts 6 7, always, TERM 15 zigzag)
     01 01 01 02 01 03 00 03                 (target, serving, starting gen 2 [3], pending none, next 3)
     01 ac02 01 00 01 08 00 01 09 01 73      (processes: [pid 300 gen 1 slot 0 ready, started 8, deadline 9, s])
@@ -1373,6 +1384,9 @@ const SMALL_HANDOFF: &str = "
     01 ad02 0e 00                           (spares: [301 fd 7], links [])
     01 10 01 ab02 01 ac02 00 01 01 02 00    (keeper: fd 8, pid 299, tracked [300], no cgroup, started 1, backoff 2)
     00 00 01 0c                             (shell, restarting, refill_at 12)
+    01 01 63 00                             (version 2: config_text c, start_text none)
+    01 01 01 01 77 01 01 4b 01 56 00        (epochs: [from 1, argv [w], env [K=V], no einhorn env,)
+    01 01 6c 01 61                          ( listeners [l @ a]])
 ";
 
 #[test]

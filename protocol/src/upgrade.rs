@@ -17,7 +17,7 @@ use crate::ReloadOutcome;
 use crate::ShellSpec;
 
 /// Bumped on any change of the hand-off that is not an append.
-pub const HANDOFF_VERSION: u32 = 1;
+pub const HANDOFF_VERSION: u32 = 2;
 
 /// Everything the primary holds, as plain data and fd numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +25,7 @@ pub struct Handoff {
     pub version: u32,
     /// The old image's version (`CARGO_PKG_VERSION`), for the log.
     pub from_version: String,
-    /// The primary's own command line, without argv[0]: the new image parses it again.
+    /// The primary's own command line, without `argv[0]`: the new image parses it again.
     pub args: Vec<Vec<u8>>,
     /// The absolute path the primary was started from: what the next upgrade execs.
     pub binary: Vec<u8>,
@@ -46,6 +46,24 @@ pub struct Handoff {
     /// Requesters of a `restart` whose reload is in flight.
     pub restarting: Vec<u64>,
     pub refill_at: Option<u64>,
+    /// Version 2: the `--config` file's text the running config was parsed from, and the text
+    /// the primary started with (its keys that cannot change at run time still rule). The new
+    /// image rebuilds its config from these, never from the file, which may have changed.
+    pub config_text: Option<String>,
+    pub start_text: Option<String>,
+    /// Version 2: the worker spec of each run of live generations, oldest first.
+    pub epochs: Vec<EpochImage>,
+}
+
+/// The worker spec of generations `from` up to the next epoch's `from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochImage {
+    pub from: u64,
+    pub argv: Vec<Vec<u8>>,
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    pub einhorn_env: bool,
+    /// `(name, bound address)`: the bound address names one of [`Handoff::listeners`].
+    pub listeners: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

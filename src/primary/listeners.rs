@@ -1,5 +1,7 @@
-//! Binding the listening sockets. The primary binds them once, at start, and holds them for
-//! its whole life: it never accepts on them, never closes, re-binds or shuts them down.
+//! Binding the listening sockets. The primary binds them at start (and a reload binds the ones
+//! its re-read config adds) and holds each as long as a live generation was given it: it never
+//! accepts on them, never re-binds or shuts them down, and closes one only once it is no
+//! longer configured and no worker that received it is left (see `reconfigure`).
 //! Workers get duplicates through SCM_RIGHTS.
 
 use std::io;

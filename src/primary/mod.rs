@@ -13,6 +13,7 @@ mod files;
 pub(crate) mod keeper_link;
 pub(crate) mod listeners;
 pub(crate) mod notify;
+mod reconfigure;
 pub(crate) mod shell_link;
 pub(crate) mod state;
 pub(crate) mod upgrade;
@@ -32,13 +33,13 @@ use reloadsup_protocol::{self as proto, Reply, Request, WorkerSpec, PROTOCOL_VER
 use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
 
-use crate::config::{Config, ReadyMode};
+use crate::config::{Config, ReadyMode, RunArgs};
 use crate::error::lower;
 use crate::error::{BindError, Fatal, SetupError};
 use crate::sys;
 use control::{ConnId, Connections};
 use listeners::Listener;
-use state::{Action, Event, Exit, Requester, Settings, State};
+use state::{Action, Event, Exit, Requester, State};
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(2);
@@ -52,8 +53,12 @@ pub(crate) const FROM_SIGNAL: Requester = 0;
 
 pub(crate) struct Primary {
     config: Config,
+    /// The command line as given, merged again under the re-read `--config` file on a reload.
+    args: RunArgs,
     poll: Poll,
     signals: Signals,
+    /// Every open listener, the ones of the running config and the ones a generation that is
+    /// still alive was given; identified by its bound address (see [`reconfigure`]).
     listeners: Vec<Listener>,
     /// One notify socket per worker (`--ready notify` only).
     notify: Option<notify::NotifySockets>,
@@ -64,8 +69,9 @@ pub(crate) struct Primary {
     control_path: PathBuf,
     conns: Connections,
     state: State,
-    argv: Vec<OsString>,
-    env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The worker specs of the live generations, oldest first; the last one is the running
+    /// config's.
+    epochs: Vec<reconfigure::Epoch>,
     pid: u32,
     /// Whoever asked for a restart gets its reply when the reload is done.
     restarting: Vec<Requester>,
@@ -101,8 +107,8 @@ struct Spare {
 const REFILL_DELAY: Duration = Duration::from_millis(200);
 
 /// Runs the primary until it is asked to stop. Returns the exit code.
-pub(crate) fn run(config: Config, own: Vec<OsString>) -> Result<u8, Fatal> {
-    let mut primary = Primary::start(config, own)?;
+pub(crate) fn run(config: Config, args: RunArgs, own: Vec<OsString>) -> Result<u8, Fatal> {
+    let mut primary = Primary::start(config, args, own)?;
     primary.main_loop()
 }
 
@@ -117,7 +123,7 @@ pub(crate) fn resume(arg: Option<&OsString>) -> Result<u8, Fatal> {
 }
 
 impl Primary {
-    fn start(config: Config, own: Vec<OsString>) -> Result<Primary, Fatal> {
+    fn start(config: Config, args: RunArgs, own: Vec<OsString>) -> Result<Primary, Fatal> {
         sys::ensure_std_fds().map_err(Fatal::system("open /dev/null"))?;
         let pid = std::process::id();
         // Workers or the shell worker of another user must be able to traverse it.
@@ -170,20 +176,10 @@ impl Primary {
                 .map_err(|problem| Fatal::Pidfile { problem })?;
         }
 
-        let settings = Settings {
-            ready: config.ready,
-            ready_timeout: config.ready_timeout,
-            graceful_timeout: config.graceful_timeout,
-            restart: config.restart,
-            stop_signal: config.stop_signal as i32,
-        };
-        let state = State::new(settings, config.workers);
-        let argv = config.argv();
-        let env = config
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect();
+        let state = State::new(reconfigure::settings(&config), config.workers);
+        let bound: Vec<String> = listeners.iter().map(|l| l.bound.clone()).collect();
+        let epoch = reconfigure::Epoch::new(state.next_generation, &config, &bound);
+        let argv = &epoch.argv;
         log::info!(
             "reloadsup {} (pid {pid}) supervising '{}' as '{}'; control socket {}",
             env!("CARGO_PKG_VERSION"),
@@ -204,8 +200,8 @@ impl Primary {
             pending: BTreeSet::new(),
             control_path,
             state,
-            argv,
-            env,
+            epochs: vec![epoch],
+            args,
             pid,
             restarting: Vec::new(),
             shell,
@@ -328,6 +324,9 @@ impl Primary {
             if let Some(code) = self.apply(actions) {
                 return Ok(code);
             }
+            if self.epochs.len() > 1 {
+                self.forget_unused();
+            }
             // Only now, with every action of the turn carried out, is the state whole.
             if let Some(up) = self.passed_upgrade() {
                 let mut refused = Vec::new();
@@ -415,13 +414,16 @@ impl Primary {
     fn spawn(&mut self, generation: u64, slot: u32) -> io::Result<u32> {
         // Made at hand-off, also for a spare: the socket belongs to this worker only.
         let notify = match &mut self.notify {
-            Some(n) => Some(n.create(&self.poll).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("unable to make a notify socket: {}", lower(&e)),
-                )
-            })?),
-            None => None,
+            // The sockets stay after a reload to another mode, for the workers that have one.
+            Some(n) if self.state.settings.ready == ReadyMode::Notify => {
+                Some(n.create(&self.poll).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("unable to make a notify socket: {}", lower(&e)),
+                    )
+                })?)
+            }
+            _ => None,
         };
         let result = self.spawn_with(generation, slot, notify.as_ref().map(|n| n.1.as_path()));
         if let (Some(sockets), Some((token, _))) = (&mut self.notify, notify) {
@@ -434,19 +436,32 @@ impl Primary {
     }
 
     fn spawn_with(&mut self, generation: u64, slot: u32, notify: Option<&Path>) -> io::Result<u32> {
+        // The spec of the generation's own epoch: a worker of an old generation restarted
+        // during or after a config change runs like its siblings.
+        let epoch = reconfigure::epoch_of(&self.epochs, generation)
+            .ok_or_else(|| io::Error::other("no worker spec for this generation"))?;
+        let handoff: Vec<usize> = epoch
+            .listeners
+            .iter()
+            .filter_map(|(_, bound)| self.listeners.iter().position(|l| &l.bound == bound))
+            .collect();
+        if handoff.len() != epoch.listeners.len() {
+            // Promise 1: a listener is closed only once no generation that got it is left.
+            return Err(io::Error::other("a listener of this generation was closed"));
+        }
         let spec = WorkerSpec {
             version: PROTOCOL_VERSION,
             primary_pid: self.pid,
             generation,
             slot,
-            argv: self.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-            env: self.env.clone(),
-            listener_names: self.listeners.iter().map(|l| l.name.clone()).collect(),
-            fd_count: self.listeners.len() as u32,
+            argv: epoch.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            env: epoch.env.clone(),
+            listener_names: epoch.listeners.iter().map(|(n, _)| n.clone()).collect(),
+            fd_count: handoff.len() as u32,
             notify_socket: notify.map(|p| p.as_os_str().as_bytes().to_vec()),
             uid: self.config.uid,
             gid: self.config.gid,
-            einhorn_env: self.config.einhorn_env,
+            einhorn_env: epoch.einhorn_env,
         };
         let body = proto::encode(&spec).map_err(io::Error::other)?;
         // A spare that died since it was started fails the send: try the next, then a new one.
@@ -454,7 +469,7 @@ impl Primary {
             if self.config.prespawn > 0 && self.refill_at.is_none() {
                 self.refill_at = Some(Instant::now() + REFILL_DELAY);
             }
-            match send_handoff(&spare.link, &body, &self.listeners) {
+            match send_handoff(&spare.link, &body, &self.listeners, &handoff) {
                 Ok(()) => {
                     log::debug!(
                         "worker {slot} of generation {generation} runs in spare pid {}",
@@ -470,7 +485,7 @@ impl Primary {
             }
         }
         let (pid, link) = self.spawn_role()?;
-        if let Err(e) = send_handoff(&link, &body, &self.listeners) {
+        if let Err(e) = send_handoff(&link, &body, &self.listeners, &handoff) {
             // The role process will find its link closed and exit; make sure of it.
             let _ = sys::kill_group(pid, Signal::SIGKILL);
             return Err(e);
@@ -626,8 +641,9 @@ impl Primary {
         let n = sys::recv_nowait(link.as_fd(), &mut buf).ok()?;
         let failure: proto::SetupFailure = proto::decode(&buf[..n]).ok()?;
         let program = self
-            .argv
-            .first()
+            .epochs
+            .last()
+            .and_then(|e| e.argv.first())
             .map(|a| a.to_string_lossy().into_owned())
             .unwrap_or_default();
         Some(SetupError::from_wire(&failure, &program).to_string())
@@ -719,10 +735,13 @@ impl Primary {
         }
         let reply = match request {
             Request::Status => Some(Reply::Status(self.status(now))),
-            Request::Reload => {
-                actions.extend(self.state.handle(now, Event::Reload(who)));
-                None
-            }
+            Request::Reload => match self.reconfigure(now, who, actions) {
+                Ok(()) => {
+                    actions.extend(self.state.handle(now, Event::Reload(who)));
+                    None
+                }
+                Err(refused) => Some(Reply::Reload(refused)),
+            },
             Request::Restart => {
                 log::info!("restart: upgrading the primary, then reloading every worker");
                 self.begin_upgrade(who, None, true, actions);
@@ -791,12 +810,16 @@ impl Primary {
             target_workers: self.state.target,
             current_workers: self.state.current_workers(),
             dead_workers: self.state.dead_slots(),
+            // The running config's listeners, under their current names.
             listeners: self
-                .listeners
+                .epochs
+                .last()
+                .map(|e| &e.listeners[..])
+                .unwrap_or_default()
                 .iter()
-                .map(|l| proto::ListenerInfo {
-                    name: l.name.clone(),
-                    address: l.bound.clone(),
+                .map(|(name, bound)| proto::ListenerInfo {
+                    name: name.clone(),
+                    address: bound.clone(),
                 })
                 .collect(),
             workers: self.state.workers(now),
@@ -827,8 +850,17 @@ impl Primary {
 
 /// Sends the worker spec and the listener fds: the spec with the first batch of fds, then
 /// further batches when there are more listeners than fit in one SCM_RIGHTS message.
-fn send_handoff(sock: &OwnedFd, body: &[u8], listeners: &[Listener]) -> io::Result<()> {
-    let fds: Vec<_> = listeners.iter().map(|l| l.fd.as_fd()).collect();
+fn send_handoff(
+    sock: &OwnedFd,
+    body: &[u8],
+    listeners: &[Listener],
+    which: &[usize],
+) -> io::Result<()> {
+    let fds: Vec<_> = which
+        .iter()
+        .filter_map(|&i| listeners.get(i))
+        .map(|l| l.fd.as_fd())
+        .collect();
     let mut chunks = fds.chunks(sys::MAX_FDS_PER_MESSAGE);
     sys::send_with_fds(sock.as_fd(), body, chunks.next().unwrap_or(&[]))?;
     for (index, chunk) in chunks.enumerate() {

@@ -16,7 +16,7 @@ use nix::sys::signal::Signal;
 use reloadsup_protocol::{self as proto, ShellSpec, PROTOCOL_VERSION};
 
 use super::control::{ConnId, Connections};
-use super::state::{BACKOFF_MAX, BACKOFF_MIN, HEALTHY_AFTER};
+use super::state::{BACKOFF_MAX, BACKOFF_MIN, SHORT_LIFE};
 use crate::sys;
 
 pub(crate) struct Shell {
@@ -138,9 +138,11 @@ impl Shell {
             return;
         }
         log::warn!("admin console: the shell worker {status}");
+        // The console is the operator's way in: a shell worker that lived a while (killed, or
+        // crashed by a client) is back at once; only one that dies young backs off.
         if self
             .started
-            .is_some_and(|t| now.saturating_duration_since(t) >= HEALTHY_AFTER)
+            .is_some_and(|t| now.saturating_duration_since(t) >= SHORT_LIFE)
         {
             self.backoff = BACKOFF_MIN;
         }
@@ -161,6 +163,17 @@ impl Shell {
     /// Whether `conn` is this shell worker's link.
     pub(crate) fn is_link(&self, conn: ConnId) -> bool {
         self.conn == Some(conn)
+    }
+
+    /// A reload changed the console's custom commands or password hash: the next shell worker
+    /// gets them (see [`Shell::replace`]).
+    pub(crate) fn reconfigure(
+        &mut self,
+        commands: Vec<proto::CustomCommand>,
+        password_hash: String,
+    ) {
+        self.spec.commands = commands;
+        self.spec.password_hash = password_hash;
     }
 
     pub(crate) fn due(&self, now: Instant) -> bool {

@@ -27,6 +27,7 @@ use reloadsup_protocol::upgrade::{
     SettingsImage, SlotImage, StartingImage, StateImage, HANDOFF_VERSION,
 };
 
+use super::reconfigure::Epoch;
 use super::state::{Down, Phase, Process, Requester, Settings, Slot, Starting, State};
 use crate::config::{ReadyMode, RestartPolicy};
 
@@ -317,17 +318,73 @@ fn check_handoff() -> Result<(), String> {
         .map_err(|e| format!("unable to read the hand-off: {}", crate::error::lower(&e)))?;
     let handoff =
         image::decode_handoff(&bytes).map_err(|e| format!("unable to decode the hand-off: {e}"))?;
-    config_of(&handoff).map(|_| ())
+    config_of(&handoff)?;
+    epochs_from(&handoff).map(|_| ())
 }
 
-/// The primary's configuration, parsed again from the command line the hand-off carries.
-pub(crate) fn config_of(h: &Handoff) -> Result<crate::config::Config, String> {
+pub(crate) fn epoch_images(epochs: &[Epoch]) -> Vec<image::EpochImage> {
+    epochs
+        .iter()
+        .map(|e| image::EpochImage {
+            from: e.from,
+            argv: e.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            env: e.env.clone(),
+            einhorn_env: e.einhorn_env,
+            listeners: e.listeners.clone(),
+        })
+        .collect()
+}
+
+/// The epochs of a hand-off; each listener they name must be one the hand-off carries.
+pub(crate) fn epochs_from(h: &Handoff) -> Result<Vec<Epoch>, String> {
+    if h.epochs.is_empty() {
+        return Err("the hand-off has no worker spec".into());
+    }
+    let mut epochs = Vec::new();
+    for e in &h.epochs {
+        if let Some((name, bound)) = e
+            .listeners
+            .iter()
+            .find(|(_, b)| !h.listeners.iter().any(|l| &l.bound == b))
+        {
+            return Err(format!(
+                "the hand-off's listener {name} ({bound}) has no socket"
+            ));
+        }
+        epochs.push(Epoch {
+            from: e.from,
+            argv: e.argv.iter().cloned().map(OsString::from_vec).collect(),
+            env: e.env.clone(),
+            einhorn_env: e.einhorn_env,
+            listeners: e.listeners.clone(),
+        });
+    }
+    Ok(epochs)
+}
+
+/// The primary's command line and running configuration, rebuilt from the hand-off: the
+/// command line it carries, merged over the config texts it carries (the file is not read: it
+/// may have changed or broken since, and an image that cannot resume kills the service).
+pub(crate) fn config_of(
+    h: &Handoff,
+) -> Result<(crate::config::RunArgs, crate::config::Config), String> {
     use clap::Parser;
     let args = std::iter::once(OsString::from("reloadsup"))
         .chain(h.args.iter().map(|a| OsString::from_vec(a.clone())));
     let parsed = crate::config::RunArgs::try_parse_from(args)
         .map_err(|e| format!("the command line does not parse: {}", e.kind()))?;
-    crate::config::Config::from_args(parsed).map_err(|e| format!("the configuration: {e}"))
+    let build = |text: &Option<String>| {
+        crate::config::Config::from_text(parsed.clone(), text.clone())
+            .map_err(|e| format!("the configuration: {e}"))
+    };
+    let start = build(&h.start_text)?;
+    let config = if h.config_text == h.start_text {
+        start
+    } else {
+        // As the reloads that got there did: the keys that cannot change stay the start's.
+        super::reconfigure::merge(&start, build(&h.config_text)?)
+    };
+    Ok((parsed, config))
 }
 
 /// Reads the hand-off of the `__upgrade FD` role.
@@ -582,9 +639,19 @@ impl Primary {
         }
     }
 
+    /// The reload of a `restart`: it re-reads the config like any reload; a bad file refuses
+    /// it (the upgrade, if it happened, stays done).
     fn restart_after_upgrade(&mut self, who: Requester, actions: &mut Vec<super::Action>) {
-        self.restarting.push(who);
-        actions.extend(self.state.handle(Instant::now(), super::Event::Reload(who)));
+        let now = Instant::now();
+        match self.reconfigure(now, who, actions) {
+            Ok(()) => {
+                self.restarting.push(who);
+                actions.extend(self.state.handle(now, super::Event::Reload(who)));
+            }
+            Err(refused) => self
+                .conns
+                .send_reply(&self.poll, who, Reply::Reload(refused)),
+        }
     }
 
     /// Everything the new image needs, as plain data and fd numbers.
@@ -633,6 +700,9 @@ impl Primary {
             shell: self.shell.as_ref().map(|s| s.image(c)),
             restarting: self.restarting.clone(),
             refill_at: c.opt_ns(self.refill_at),
+            config_text: self.config.file_text.clone(),
+            start_text: self.config.start_text.clone(),
+            epochs: epoch_images(&self.epochs),
         }
     }
 
@@ -641,7 +711,8 @@ impl Primary {
     pub(super) fn resume(h: Handoff) -> Result<(Primary, Vec<super::Action>), String> {
         let clock = Clock::now();
         sys::ensure_std_fds().map_err(|e| format!("open /dev/null: {}", lower(&e)))?;
-        let config = config_of(&h)?;
+        let (args, config) = config_of(&h)?;
+        let epochs = epochs_from(&h)?;
         let pid = std::process::id();
         let poll = Poll::new().map_err(|e| format!("create the poll: {}", lower(&e)))?;
         let mut signals = Signals::new([
@@ -708,12 +779,6 @@ impl Primary {
             None => None,
         };
         let state = state_from(h.state, &clock);
-        let argv = config.argv();
-        let env = config
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect();
         let mut primary = Primary {
             control_path: config.state_dir.join("control.sock"),
             config,
@@ -724,8 +789,8 @@ impl Primary {
             pending: Default::default(),
             conns,
             state,
-            argv,
-            env,
+            epochs,
+            args,
             pid,
             restarting: h.restarting,
             shell,

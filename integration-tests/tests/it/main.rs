@@ -7,6 +7,7 @@ mod console;
 mod control;
 mod core;
 mod lifecycle;
+mod reconfigure;
 mod upgrade;
 
 use std::net::SocketAddr;
