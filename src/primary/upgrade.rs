@@ -828,10 +828,21 @@ impl Primary {
         let mut actions = Vec::new();
         // Children that exited during the exec window.
         primary.reap(&mut actions);
-        let done = format!(
+        // Every upgrade re-reads the config (issue 8, item 5), now that the new image runs: as
+        // a reload would, but without starting a generation, so no worker is restarted; what
+        // only a new generation gets (command, env, listeners) waits for the next reload. A
+        // bad file is logged, shown as the last reload and changes nothing.
+        let mut done = format!(
             "upgraded in place to reloadsup {VERSION} (pid {pid}, upgrade {})",
             primary.upgrades
         );
+        if let Err(refused) = primary.reconfigure(Instant::now(), super::FROM_SIGNAL, &mut actions)
+        {
+            done.push_str(&format!(
+                "; the config file was not applied: {}",
+                refused.reason
+            ));
+        }
         for who in h.waiters {
             primary
                 .conns

@@ -508,6 +508,11 @@ fn an_upgrade_after_a_reload_keeps_the_reloaded_listeners_workers_and_specs() {
     sandbox.write("web.toml", "workers = = 3\n");
     let out = sup.ctl(&["upgrade"]);
     assert!(out.status.success(), "ctl upgrade: {}", text(&out));
+    assert!(
+        text(&out).contains("the config file was not applied") && text(&out).contains("line 1"),
+        "the upgrade says why the file was not applied: {}",
+        text(&out)
+    );
     let after = sup.status_json();
     assert_eq!(after["upgrades"], 1, "{after}");
     assert_eq!(listeners(&after), listeners(&before), "the listener set");
@@ -539,4 +544,20 @@ fn an_upgrade_after_a_reload_keeps_the_reloaded_listeners_workers_and_specs() {
         assert_eq!(env["COLOR"], "green");
         assert_eq!(env["LISTEN_FDNAMES"], "keep:added");
     }
+
+    // An upgrade re-reads the file like a reload, but restarts no worker: 3 -> 4 adds one.
+    sandbox.write("web.toml", &config(&both, 4, "env = [\"COLOR=green\"]\n"));
+    let out = sup.ctl(&["upgrade"]);
+    assert!(out.status.success(), "ctl upgrade: {}", text(&out));
+    wait_until(DEADLINE, "a fourth worker after the upgrade", || {
+        live_workers(&sup.status_json(), 3).len() == 4
+    });
+    let status = sup.status_json();
+    assert_eq!(status["upgrades"], 2);
+    assert_eq!(status["target_workers"], 4);
+    let now = live_workers(&status, 3);
+    assert!(
+        new.iter().all(|p| now.contains(p)),
+        "{new:?} still in {now:?}"
+    );
 }
