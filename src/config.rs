@@ -116,6 +116,11 @@ pub(crate) struct Config {
     pub command: Vec<OsString>,
     pub admin: Option<Admin>,
     pub commands: Vec<reloadsup_protocol::CustomCommand>,
+    /// The `--config` file's text this config was parsed from, and the text the primary
+    /// started with: an upgrade in place carries both and rebuilds the running config from
+    /// them, never from a file that may have changed (or broken) since.
+    pub file_text: Option<String>,
+    pub start_text: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -415,7 +420,7 @@ fn parse_restart(s: &str) -> Result<RestartPolicy, ValueError> {
     }
 }
 
-fn parse_listener(s: &str, index: usize) -> Result<ListenerSpec, ValueError> {
+pub(crate) fn parse_listener(s: &str, index: usize) -> Result<ListenerSpec, ValueError> {
     // A NAME= prefix is recognised only before the scheme, so `unix:/a=b` keeps its '='.
     let (name, addr) = match s.split_once('=') {
         Some((name, addr)) if !name.contains(':') && !name.contains('/') => {
@@ -528,19 +533,32 @@ impl Config {
 
     /// Merges the command line over the config file and validates everything.
     pub(crate) fn from_args(args: RunArgs) -> Result<Config, ConfigError> {
-        let file = match &args.config {
+        let text = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::ReadFile {
-                    path: path.display().to_string(),
-                    reason: lower(&e),
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::ParseFile {
+                Some(
+                    std::fs::read_to_string(path).map_err(|e| ConfigError::ReadFile {
+                        path: path.display().to_string(),
+                        reason: lower(&e),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Config::from_text(args, text)
+    }
+
+    /// Merges the command line over `text`, the `--config` file's contents as read before,
+    /// and validates everything.
+    pub(crate) fn from_text(args: RunArgs, text: Option<String>) -> Result<Config, ConfigError> {
+        let file = match (&args.config, &text) {
+            (Some(path), Some(text)) => {
+                toml::from_str::<FileConfig>(text).map_err(|e| ConfigError::ParseFile {
                     path: path.display().to_string().replace('`', "'"),
                     message: e.message().trim().replace('`', "'"),
-                    line: line_of(&text, e.span()),
+                    line: line_of(text, e.span()),
                 })?
             }
-            None => FileConfig::default(),
+            _ => FileConfig::default(),
         };
         let from_file = args.config.is_some();
         // The flag when the value came from the command line (or there is no file), else the key.
@@ -848,6 +866,8 @@ impl Config {
             command,
             admin,
             commands,
+            start_text: text.clone(),
+            file_text: text,
         })
     }
 }

@@ -465,6 +465,9 @@ pub(crate) enum Fatal {
         what: &'static str,
         source: io::Error,
     },
+    /// The new image of an upgrade in place cannot take over the hand-off (the pre-flight
+    /// proved it could; the configuration file may have changed since).
+    Resume(String),
 }
 
 impl Fatal {
@@ -477,7 +480,7 @@ impl Fatal {
             | Fatal::Pidfile { .. }
             | Fatal::AdminIdentity(_)
             | Fatal::AdminUser { .. } => EXIT_USAGE,
-            Fatal::Socket { .. } | Fatal::System { .. } => EXIT_FAILURE,
+            Fatal::Socket { .. } | Fatal::System { .. } | Fatal::Resume(_) => EXIT_FAILURE,
         }
     }
 
@@ -506,6 +509,7 @@ impl fmt::Display for Fatal {
                 write!(f, "unable to bind the {what} socket {path}: {}", lower(source))
             }
             Fatal::System { what, source } => write!(f, "unable to {what}: {}", lower(source)),
+            Fatal::Resume(why) => write!(f, "upgrade in place: unable to resume: {why}"),
         }
     }
 }
@@ -516,6 +520,7 @@ impl std::error::Error for Fatal {
             Fatal::Bind(e) => Some(e),
             Fatal::Socket { source, .. } | Fatal::System { source, .. } => Some(source),
             Fatal::StateDir { .. }
+            | Fatal::Resume(_)
             | Fatal::Pidfile { .. }
             | Fatal::AlreadyRunning { .. }
             | Fatal::AdminIdentity(_)

@@ -35,6 +35,8 @@ pub fn main_with(commands: shell::Commands) -> ExitCode {
         Some("__worker") => roles::worker::run(&args[2..]),
         Some("__shell") => shell::run_role(&args[2..], commands),
         Some("__keeper") => roles::keeper::run(&args[2..]),
+        Some("__preflight") => primary::upgrade::preflight(),
+        Some("__upgrade") => exit_code("reloadsup", resume_primary(&args)),
         Some("ctl") => exit_code("reloadsup ctl", client::ctl::main(args[1..].to_vec())),
         Some("console") => client::console::main(args[1..].to_vec()),
         Some("hash-password") => shell::auth::main(args[1..].to_vec()),
@@ -60,13 +62,20 @@ fn init_logging() {
 }
 
 fn run_primary(args: Vec<OsString>) -> Result<u8, error::Error> {
+    let own = args.clone();
     let parsed = config::RunArgs::try_parse_from(args)?;
     let config = config::Config::from_args(parsed.clone())?;
     init_logging();
     for w in config.admin.iter().flat_map(|a| &a.warnings) {
         log::warn!("{w}");
     }
-    Ok(primary::run(config, parsed)?)
+    Ok(primary::run(config, parsed, own)?)
+}
+
+/// The new image of an upgrade in place (`__upgrade FD`): the primary carries on.
+fn resume_primary(args: &[OsString]) -> Result<u8, error::Error> {
+    init_logging();
+    Ok(primary::resume(args.get(2))?)
 }
 
 /// The one place where errors become exit codes (DESIGN.md section 3: 0 success, 2 bad usage

@@ -45,6 +45,11 @@ pub(crate) fn status_table(s: &Status) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "instance:   {} (pid {})", s.name, s.pid);
+    let _ = writeln!(
+        out,
+        "version:    {} ({} upgrades in place)",
+        s.version, s.upgrades
+    );
     let _ = writeln!(out, "generation: {}", s.generation);
     let _ = writeln!(
         out,

@@ -172,6 +172,7 @@ pub struct Run {
     command: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     bare: bool,
+    program: Option<PathBuf>,
 }
 
 impl Run {
@@ -185,6 +186,7 @@ impl Run {
             command: command.into_iter().map(|s| s.as_ref().to_owned()).collect(),
             env: Vec::new(),
             bare: false,
+            program: None,
         }
     }
 
@@ -223,6 +225,12 @@ impl Run {
         self
     }
 
+    /// Runs `program` (a copy of reloadsup, for the upgrade tests) instead of the built one.
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Run {
+        self.program = Some(program.into());
+        self
+    }
+
     /// Passes the flags exactly as given: no state dir, pidfile, name or default listener.
     pub fn bare(mut self) -> Run {
         self.bare = true;
@@ -256,7 +264,8 @@ impl Run {
     }
 
     fn command(&self, sandbox: &Sandbox) -> Command {
-        let mut cmd = Command::new(bins::reloadsup());
+        let program = self.program.clone().unwrap_or_else(bins::reloadsup);
+        let mut cmd = Command::new(program);
         cmd.args(self.argv(sandbox)).current_dir(sandbox.path());
         // Debug for reloadsup itself gives per-worker "is ready" lines, which the waits use for
         // the first generation (it has no "is serving" line).

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 pub mod notify;
+pub mod upgrade;
 
 /// Bumped on any change that is not an append.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -133,6 +134,11 @@ impl FrameReader {
         self.buf.len()
     }
 
+    /// The bytes held, to carry them across an upgrade in place.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// The next whole frame decoded as `T`, `Ok(None)` when more bytes are needed.
     ///
     /// After an error the stream is out of step and the connection should be closed.
@@ -211,6 +217,9 @@ pub enum Request {
     Restart,
     /// Graceful shutdown; the reply comes when every worker is gone.
     Stop,
+    /// Re-exec the primary in place (same pid) from `binary`, or from the path it was started
+    /// from; the reply comes from the new image, or says why the upgrade was refused.
+    Upgrade { binary: Option<Vec<u8>> },
 }
 
 /// Intermediate news about a request in flight (a reload, a stop).
@@ -342,6 +351,10 @@ pub struct Status {
     pub listeners: Vec<ListenerInfo>,
     pub workers: Vec<WorkerInfo>,
     pub last_reload: Option<ReloadOutcome>,
+    /// The running image's version.
+    pub version: String,
+    /// In-place upgrades this pid has been through.
+    pub upgrades: u64,
 }
 
 // ---------------------------------------------------------------------------------------------

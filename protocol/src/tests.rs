@@ -174,6 +174,7 @@ fn request_index(request: &Request) -> u8 {
         Request::Revive => 5,
         Request::Restart => 6,
         Request::Stop => 7,
+        Request::Upgrade { .. } => 8,
     }
 }
 
@@ -228,6 +229,8 @@ fn empty_status() -> Status {
         listeners: vec![],
         workers: vec![],
         last_reload: None,
+        version: String::new(),
+        upgrades: 0,
     }
 }
 
@@ -257,6 +260,8 @@ fn small_status() -> Status {
             outcome: Outcome::RolledBack,
             reason: "x".into(),
         }),
+        version: "v".into(),
+        upgrades: 2,
     }
 }
 
@@ -265,6 +270,7 @@ const SMALL_STATUS: &str = "
     01 01 6c 01 61                                    (listeners: [l @ a])
     01 01 ac02 03 01 00 8001 00                       (workers: [slot 1, pid 300, ready, 128 ms])
     01 02 01 01 78                                    (last_reload: generation 2, rolled back, x)
+    01 76 02                                          (version v, upgrades 2)
 ";
 
 fn small_worker_spec() -> WorkerSpec {
@@ -341,6 +347,12 @@ fn request_goldens() -> Vec<(Request, &'static str)> {
         (Request::Revive, "05"),
         (Request::Restart, "06"),
         (Request::Stop, "07"),
+        (
+            Request::Upgrade {
+                binary: Some(b"/b".to_vec()),
+            },
+            "08 01 02 2f62",
+        ),
     ]
 }
 
@@ -385,7 +397,7 @@ fn reply_goldens() -> Vec<(Reply, &'static str)> {
     vec![
         (
             Reply::Status(empty_status()),
-            "00 01 00 00 00 00 00 00 00 00",
+            "00 01 00 00 00 00 00 00 00 00 00 00",
         ),
         (
             Reply::Reload(ReloadOutcome {
@@ -655,6 +667,8 @@ fn full_status() -> Status {
             outcome: Outcome::Succeeded,
             reason: String::new(),
         }),
+        version: "0.1.0".into(),
+        upgrades: u64::MAX,
     }
 }
 
@@ -1248,4 +1262,168 @@ fn random_bytes_never_panic_as_keeper_messages() {
         decode_must_not_panic::<KeeperSpec>(bytes);
         decode_must_not_panic::<KeeperMessage>(bytes);
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The upgrade hand-off
+// ---------------------------------------------------------------------------------------------
+
+fn small_handoff() -> upgrade::Handoff {
+    use upgrade::*;
+    Handoff {
+        version: HANDOFF_VERSION,
+        from_version: "v".into(),
+        args: vec![b"a".to_vec()],
+        binary: b"/b".to_vec(),
+        upgrades: 1,
+        waiters: vec![2],
+        restarters: vec![],
+        state: StateImage {
+            settings: SettingsImage {
+                ready: ReadyImage::Delay { ns: 5 },
+                ready_timeout: 6,
+                graceful_timeout: 7,
+                restart: RestartImage::Always,
+                stop_signal: 15,
+            },
+            target: 1,
+            serving: 1,
+            starting: Some(StartingImage {
+                generation: 2,
+                waiters: vec![3],
+            }),
+            pending: None,
+            next_generation: 3,
+            processes: vec![ProcessImage {
+                pid: 300,
+                generation: 1,
+                slot: 0,
+                phase: PhaseImage::Ready,
+                started: 8,
+                ready_at: None,
+                deadline: Some(9),
+                status: "s".into(),
+            }],
+            slots: vec![SlotImage {
+                restarts: 1,
+                streak: 0,
+                backoff: 4,
+                restart_at: None,
+                down: Some(DownImage::Dead("d".into())),
+                since: Some(10),
+            }],
+            last_reload: None,
+            shutdown: None,
+            first_ready: true,
+        },
+        listeners: vec![ListenerImage {
+            name: "l".into(),
+            bound: "a".into(),
+            fd: 3,
+        }],
+        control: ControlImage {
+            listener_fd: 4,
+            conns: vec![ConnImage {
+                id: 16,
+                fd: 5,
+                input: vec![1],
+                output: vec![],
+                greeted: true,
+                inflight: 1,
+                serial: 2,
+                pinned: false,
+            }],
+            next: 17,
+            serial: 2,
+        },
+        notify: Some(NotifyImage {
+            next: 11,
+            sockets: vec![NotifySocketImage {
+                token: 10,
+                fd: 6,
+                path: b"n".to_vec(),
+                pid: Some(300),
+            }],
+        }),
+        spares: vec![LinkImage { pid: 301, fd: 7 }],
+        links: vec![],
+        keeper: KeeperImage {
+            link_fd: Some(8),
+            pid: Some(299),
+            tracked: vec![300],
+            cgroup: None,
+            started: Some(1),
+            backoff: 2,
+            restart_at: None,
+        },
+        shell: None,
+        restarting: vec![],
+        refill_at: Some(12),
+        config_text: Some("c".into()),
+        start_text: None,
+        epochs: vec![EpochImage {
+            from: 1,
+            argv: vec![b"w".to_vec()],
+            env: vec![(b"K".to_vec(), b"V".to_vec())],
+            einhorn_env: false,
+            listeners: vec![("l".into(), "a".into())],
+        }],
+    }
+}
+
+const SMALL_HANDOFF: &str = "
+    02 01 76 01 01 61 02 2f62 01 01 02 00   (version 2, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
+    01 05 06 07 01 1e                       (settings: delay 5ns, timeouts 6 7, always, TERM 15 zigzag)
+    01 01 01 02 01 03 00 03                 (target, serving, starting gen 2 [3], pending none, next 3)
+    01 ac02 01 00 01 08 00 01 09 01 73      (processes: [pid 300 gen 1 slot 0 ready, started 8, deadline 9, s])
+    01 01 00 04 00 01 01 01 64 01 0a        (slots: [restarts 1, streak 0, backoff 4, dead d, since 10])
+    00 00 01                                (last_reload, shutdown, first_ready)
+    01 01 6c 01 61 06                       (listeners: [l @ a, fd 3: i32 is zigzag])
+    08 01 10 0a 01 01 00 01 01 02 00 11 02  (control: fd 4, [conn 16, fd 5, in [1], greeted, 1 in flight, serial 2], next 17, serial 2)
+    01 0b 01 0a 0c 01 6e 01 ac02            (notify: next 11, [token 10, fd 6, n, pid 300])
+    01 ad02 0e 00                           (spares: [301 fd 7], links [])
+    01 10 01 ab02 01 ac02 00 01 01 02 00    (keeper: fd 8, pid 299, tracked [300], no cgroup, started 1, backoff 2)
+    00 00 01 0c                             (shell, restarting, refill_at 12)
+    01 01 63 00                             (version 2: config_text c, start_text none)
+    01 01 01 01 77 01 01 4b 01 56 00        (epochs: [from 1, argv [w], env [K=V], no einhorn env,)
+    01 01 6c 01 61                          ( listeners [l @ a]])
+";
+
+#[test]
+fn handoff_golden() {
+    assert_golden(&small_handoff(), &golden(SMALL_HANDOFF));
+    assert_golden(&Request::Upgrade { binary: None }, "08 00");
+    let bytes = encode(&small_handoff()).unwrap();
+    assert_eq!(upgrade::decode_handoff(&bytes).unwrap(), small_handoff());
+}
+
+#[test]
+fn handoff_of_another_version_is_refused_by_name() {
+    let mut h = small_handoff();
+    h.version = upgrade::HANDOFF_VERSION + 1;
+    let bytes = encode(&h).unwrap();
+    assert_eq!(
+        upgrade::decode_handoff(&bytes),
+        Err(Error::VersionMismatch {
+            ours: upgrade::HANDOFF_VERSION,
+            theirs: upgrade::HANDOFF_VERSION + 1
+        })
+    );
+}
+
+#[test]
+fn handoff_garbage_never_panics() {
+    let bytes = encode(&small_handoff()).unwrap();
+    for cut in 0..bytes.len() {
+        assert!(upgrade::decode_handoff(&bytes[..cut]).is_err());
+    }
+    let mut rng = XorShift::new(8);
+    for _ in 0..2000 {
+        let mut b = bytes.clone();
+        let i = rng.below(b.len());
+        b[i] = rng.next() as u8;
+        let _ = upgrade::decode_handoff(&b);
+        let len = rng.below(200);
+        let _ = upgrade::decode_handoff(&rng.bytes(len));
+    }
 }

@@ -63,10 +63,17 @@ pub(crate) enum CtlCommand {
     Dec,
     /// Restart dead workers.
     Revive,
-    /// Reload every worker and replace the shell worker.
+    /// Upgrade the primary, then reload every worker and replace the shell worker.
     Restart,
     /// Graceful shutdown; returns when the primary is gone.
     Stop,
+    /// Re-exec the primary in place (same pid, workers and sockets kept); exit 1 with the
+    /// reason if the new binary fails its pre-flight.
+    Upgrade {
+        /// The reloadsup executable to run (default: the path the primary was started from).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
 }
 
 /// A blocking connection to a primary's control socket.
@@ -272,7 +279,10 @@ fn run(args: CtlArgs) -> Result<u8, CtlError> {
     if args.timeout.is_none()
         && matches!(
             args.command,
-            CtlCommand::Reload | CtlCommand::Restart | CtlCommand::Stop
+            CtlCommand::Reload
+                | CtlCommand::Restart
+                | CtlCommand::Stop
+                | CtlCommand::Upgrade { .. }
         )
     {
         // The outcome of a generation comes after up to its --ready-timeout, which only the
@@ -288,6 +298,15 @@ fn run(args: CtlArgs) -> Result<u8, CtlError> {
         CtlCommand::Revive => Request::Revive,
         CtlCommand::Restart => Request::Restart,
         CtlCommand::Stop => Request::Stop,
+        CtlCommand::Upgrade { binary } => Request::Upgrade {
+            // Relative to where `ctl` runs, not to the primary's working directory.
+            binary: binary.as_ref().map(|b| {
+                std::path::absolute(b)
+                    .unwrap_or_else(|_| b.clone())
+                    .into_os_string()
+                    .into_encoded_bytes()
+            }),
+        },
     };
     let reply = client.request(request, |p| println!("{}", progress_line(p)))?;
     match (&args.command, reply) {
@@ -352,5 +371,7 @@ pub(crate) fn status_json(s: &Status) -> serde_json::Value {
             "outcome": r.outcome.as_str(),
             "reason": r.reason,
         })),
+        "version": s.version,
+        "upgrades": s.upgrades,
     })
 }

@@ -50,6 +50,11 @@ pub(crate) fn requester(conn: ConnId, id: u32) -> Requester {
     ((conn.0 as u64) << 32) | id as u64
 }
 
+/// The connection a requester's request came on.
+pub(crate) fn conn_of(who: Requester) -> ConnId {
+    split(who).0
+}
+
 fn split(who: Requester) -> (ConnId, u32) {
     (ConnId((who >> 32) as usize), who as u32)
 }
@@ -393,5 +398,85 @@ impl Connections {
             }
             let _ = poll.registry().deregister(&mut conn.stream);
         }
+    }
+}
+
+impl Connections {
+    /// The plain-data image of the control socket and every connection, with what each has
+    /// buffered, for an upgrade in place. The fds stay ours until the exec.
+    pub(crate) fn image(&self) -> reloadsup_protocol::upgrade::ControlImage {
+        use std::os::fd::AsRawFd;
+        reloadsup_protocol::upgrade::ControlImage {
+            listener_fd: self.listener.as_raw_fd(),
+            conns: self
+                .conns
+                .iter()
+                .map(|(id, c)| reloadsup_protocol::upgrade::ConnImage {
+                    id: id.0 as u64,
+                    fd: c.stream.as_raw_fd(),
+                    input: c.reader.buffered().to_vec(),
+                    output: c.out.clone(),
+                    greeted: c.greeted,
+                    inflight: c.inflight as u32,
+                    serial: c.serial,
+                    pinned: c.pinned,
+                })
+                .collect(),
+            next: self.next as u64,
+            serial: self.serial,
+        }
+    }
+
+    /// Rebuilds the connections from an upgrade's hand-off, registered in a fresh poll.
+    pub(crate) fn resume(
+        poll: &Poll,
+        image: reloadsup_protocol::upgrade::ControlImage,
+        take: &mut dyn FnMut(i32, &str) -> Result<std::os::fd::OwnedFd, String>,
+    ) -> Result<Connections, String> {
+        let listener =
+            std::os::unix::net::UnixListener::from(take(image.listener_fd, "the control socket")?);
+        let mut listener = UnixListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, Token(super::CONTROL.0), Interest::READABLE)
+            .map_err(|e| format!("poll the control socket: {}", lower(&e)))?;
+        let mut conns = Connections {
+            listener,
+            conns: BTreeMap::new(),
+            next: image.next as usize,
+            serial: image.serial,
+            uid: nix::unistd::geteuid().as_raw(),
+            buffered: 0,
+        };
+        for c in image.conns {
+            let fd = take(c.fd, "a control connection")?;
+            let mut stream = UnixStream::from_std(std::os::unix::net::UnixStream::from(fd));
+            let id = ConnId(c.id as usize);
+            poll.registry()
+                .register(&mut stream, Token(id.0), Interest::READABLE)
+                .map_err(|e| format!("poll a control connection: {}", lower(&e)))?;
+            let mut reader = FrameReader::new();
+            reader.push(&c.input);
+            conns.conns.insert(
+                id,
+                Conn {
+                    stream,
+                    reader,
+                    out: c.output,
+                    greeted: c.greeted,
+                    inflight: c.inflight as usize,
+                    writable: false,
+                    serial: c.serial,
+                    pinned: c.pinned,
+                    held: 0,
+                },
+            );
+            conns.flush(poll, id);
+        }
+        Ok(conns)
+    }
+
+    /// Every connection's id, to serve each once after an upgrade (mio reports only edges).
+    pub(crate) fn ids(&self) -> Vec<usize> {
+        self.conns.keys().map(|id| id.0).collect()
     }
 }

@@ -233,3 +233,50 @@ impl Keeper {
         }
     }
 }
+
+impl Keeper {
+    /// The plain-data image, for an upgrade in place: the link must stay open across the exec,
+    /// or the keeper would see EOF and kill every worker.
+    pub(crate) fn image(
+        &self,
+        clock: &super::upgrade::Clock,
+    ) -> reloadsup_protocol::upgrade::KeeperImage {
+        use std::os::fd::AsRawFd;
+        reloadsup_protocol::upgrade::KeeperImage {
+            link_fd: self.link.as_ref().map(|l| l.as_raw_fd()),
+            pid: self.state.pid,
+            tracked: self.state.tracked.iter().copied().collect(),
+            cgroup: self
+                .state
+                .cgroup
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec()),
+            started: clock.opt_ns(self.state.started),
+            backoff: self.state.backoff.as_nanos() as u64,
+            restart_at: clock.opt_ns(self.state.restart_at),
+        }
+    }
+
+    pub(crate) fn resume(
+        primary_pid: u32,
+        image: reloadsup_protocol::upgrade::KeeperImage,
+        link: Option<OwnedFd>,
+        clock: &super::upgrade::Clock,
+    ) -> Keeper {
+        use std::os::unix::ffi::OsStringExt;
+        Keeper {
+            state: KeeperState {
+                pid: image.pid,
+                tracked: image.tracked.into_iter().collect(),
+                cgroup: image
+                    .cgroup
+                    .map(|c| PathBuf::from(std::ffi::OsString::from_vec(c))),
+                started: clock.opt_instant(image.started),
+                backoff: Duration::from_nanos(image.backoff),
+                restart_at: clock.opt_instant(image.restart_at),
+            },
+            link,
+            primary_pid,
+        }
+    }
+}

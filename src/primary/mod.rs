@@ -16,11 +16,13 @@ pub(crate) mod notify;
 mod reconfigure;
 pub(crate) mod shell_link;
 pub(crate) mod state;
+pub(crate) mod upgrade;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -84,6 +86,15 @@ pub(crate) struct Primary {
     /// The hand-off link of each worker role that may not have exec'd yet, by pid: a role that
     /// cannot run the command says why on it before it exits; see [`Primary::setup_failure`].
     links: HashMap<u32, OwnedFd>,
+    /// The primary's own command line without argv[0], carried across an upgrade in place
+    /// and parsed again by the new image.
+    own_args: Vec<OsString>,
+    /// What an upgrade execs unless told otherwise: the path the primary was started from.
+    binary: PathBuf,
+    /// In-place upgrades this pid has been through.
+    upgrades: u64,
+    /// The upgrade whose pre-flight runs, if any.
+    upgrade: Option<upgrade::Upgrade>,
 }
 
 /// A worker role that is running and waiting for its [`WorkerSpec`].
@@ -96,13 +107,23 @@ struct Spare {
 const REFILL_DELAY: Duration = Duration::from_millis(200);
 
 /// Runs the primary until it is asked to stop. Returns the exit code.
-pub(crate) fn run(config: Config, args: RunArgs) -> Result<u8, Fatal> {
-    let mut primary = Primary::start(config, args)?;
+pub(crate) fn run(config: Config, args: RunArgs, own: Vec<OsString>) -> Result<u8, Fatal> {
+    let mut primary = Primary::start(config, args, own)?;
     primary.main_loop()
 }
 
+/// The new image of an upgrade in place: takes over the hand-off at fd `arg` and carries on.
+pub(crate) fn resume(arg: Option<&OsString>) -> Result<u8, Fatal> {
+    let handoff = upgrade::read_handoff(arg).map_err(Fatal::Resume)?;
+    let (mut primary, actions) = Primary::resume(handoff).map_err(Fatal::Resume)?;
+    if let Some(code) = primary.apply(actions) {
+        return Ok(code);
+    }
+    primary.serve()
+}
+
 impl Primary {
-    fn start(config: Config, args: RunArgs) -> Result<Primary, Fatal> {
+    fn start(config: Config, args: RunArgs, own: Vec<OsString>) -> Result<Primary, Fatal> {
         sys::ensure_std_fds().map_err(Fatal::system("open /dev/null"))?;
         let pid = std::process::id();
         // Workers or the shell worker of another user must be able to traverse it.
@@ -188,11 +209,14 @@ impl Primary {
             refill_at: None,
             keeper: keeper_link::Keeper::new(pid),
             links: HashMap::new(),
+            binary: upgrade::start_binary(own.first()),
+            own_args: own.into_iter().skip(1).collect(),
+            upgrades: 0,
+            upgrade: None,
         })
     }
 
     fn main_loop(&mut self) -> Result<u8, Fatal> {
-        let mut events = Events::with_capacity(256);
         self.keeper.start(Instant::now());
         if let Some(shell) = &mut self.shell {
             shell.start(&self.poll, &mut self.conns, Instant::now());
@@ -204,6 +228,12 @@ impl Primary {
         if let Some(code) = self.apply(first) {
             return Ok(code);
         }
+        self.serve()
+    }
+
+    /// The loop itself, after a start or an upgrade in place.
+    fn serve(&mut self) -> Result<u8, Fatal> {
+        let mut events = Events::with_capacity(256);
         loop {
             let shell_deadline = self.shell.as_ref().and_then(|s| s.restart_at);
             let timeout = [
@@ -211,6 +241,10 @@ impl Primary {
                 shell_deadline,
                 self.refill_at,
                 self.keeper.state.restart_at,
+                self.upgrade
+                    .as_ref()
+                    .filter(|u| !u.passed && !u.timed_out)
+                    .map(|u| u.deadline),
             ]
             .into_iter()
             .flatten()
@@ -278,11 +312,28 @@ impl Primary {
             if self.keeper.due(now) {
                 self.keeper.start(now);
             }
+            if let Some(up) = self
+                .upgrade
+                .as_mut()
+                .filter(|u| !u.passed && !u.timed_out && u.deadline <= now)
+            {
+                // Reaped like any child; the reap refuses the upgrade.
+                up.timed_out = true;
+                let _ = sys::kill_group(up.pid, Signal::SIGKILL);
+            }
             if let Some(code) = self.apply(actions) {
                 return Ok(code);
             }
             if self.epochs.len() > 1 {
                 self.forget_unused();
+            }
+            // Only now, with every action of the turn carried out, is the state whole.
+            if let Some(up) = self.passed_upgrade() {
+                let mut refused = Vec::new();
+                self.exec_upgrade(up, &mut refused);
+                if let Some(code) = self.apply(refused) {
+                    return Ok(code);
+                }
             }
         }
     }
@@ -513,9 +564,10 @@ impl Primary {
                         },
                     ));
                 }
-                SIGUSR2 => log::warn!(
-                    "SIGUSR2 (re-exec in place) is not supported by this version; ignored"
-                ),
+                SIGUSR2 => {
+                    log::info!("SIGUSR2: upgrade in place");
+                    self.request(FROM_SIGNAL, Request::Upgrade { binary: None }, actions);
+                }
                 _ => {}
             }
         }
@@ -526,6 +578,14 @@ impl Primary {
             let keeper = &mut self.keeper;
             match sys::reap_one(|pid| keeper.forget(pid)) {
                 Ok(Some((pid, status))) => {
+                    if self
+                        .upgrade
+                        .as_ref()
+                        .is_some_and(|u| !u.passed && u.pid == pid)
+                    {
+                        self.preflight_done(status, actions);
+                        continue;
+                    }
                     if self.keeper.is(pid) {
                         self.keeper.exited(Instant::now(), status);
                         continue;
@@ -682,15 +742,16 @@ impl Primary {
                 }
                 Err(refused) => Some(Reply::Reload(refused)),
             },
-            Request::Restart => match self.reconfigure(now, who, actions) {
-                Ok(()) => {
-                    log::info!("restart: reloading every worker");
-                    self.restarting.push(who);
-                    actions.extend(self.state.handle(now, Event::Reload(who)));
-                    None
-                }
-                Err(refused) => Some(Reply::Reload(refused)),
-            },
+            Request::Restart => {
+                log::info!("restart: upgrading the primary, then reloading every worker");
+                self.begin_upgrade(who, None, true, actions);
+                None
+            }
+            Request::Upgrade { binary } => {
+                let binary = binary.map(|b| PathBuf::from(OsString::from_vec(b)));
+                self.begin_upgrade(who, binary, false, actions);
+                None
+            }
             Request::Scale { workers } => Some(self.scale(now, workers, actions)),
             Request::Add { workers } => {
                 let n = self.state.target.saturating_add(workers);
@@ -763,6 +824,8 @@ impl Primary {
                 .collect(),
             workers: self.state.workers(now),
             last_reload: self.state.last_reload.clone(),
+            version: upgrade::VERSION.to_string(),
+            upgrades: self.upgrades,
         }
     }
 

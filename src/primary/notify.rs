@@ -224,3 +224,55 @@ fn random_name() -> io::Result<String> {
     }
     Ok(name)
 }
+
+impl NotifySockets {
+    /// The plain-data image of every socket, for an upgrade in place.
+    pub(crate) fn image(&self) -> reloadsup_protocol::upgrade::NotifyImage {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        reloadsup_protocol::upgrade::NotifyImage {
+            next: self.next as u64,
+            sockets: self
+                .socks
+                .iter()
+                .map(|(t, s)| reloadsup_protocol::upgrade::NotifySocketImage {
+                    token: *t as u64,
+                    fd: s.sock.as_raw_fd(),
+                    path: s.path.as_os_str().as_bytes().to_vec(),
+                    pid: s.pid,
+                })
+                .collect(),
+        }
+    }
+
+    /// Rebuilds the sockets from an upgrade's hand-off, registered in a fresh poll.
+    pub(crate) fn resume(
+        &mut self,
+        poll: &Poll,
+        image: reloadsup_protocol::upgrade::NotifyImage,
+        take: &mut dyn FnMut(i32, &str) -> Result<std::os::fd::OwnedFd, String>,
+    ) -> Result<(), String> {
+        use std::os::unix::ffi::OsStringExt;
+        self.next = image.next as usize;
+        for s in image.sockets {
+            let fd = take(s.fd, "a notify socket")?;
+            let mut sock = UnixDatagram::from_std(std::os::unix::net::UnixDatagram::from(fd));
+            poll.registry()
+                .register(&mut sock, Token(s.token as usize), Interest::READABLE)
+                .map_err(|e| format!("poll a notify socket: {}", lower(&e)))?;
+            self.socks.insert(
+                s.token as usize,
+                Socket {
+                    sock,
+                    path: PathBuf::from(std::ffi::OsString::from_vec(s.path)),
+                    pid: s.pid,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn tokens(&self) -> Vec<usize> {
+        self.socks.keys().copied().collect()
+    }
+}

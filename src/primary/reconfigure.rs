@@ -220,6 +220,7 @@ pub(crate) fn merge(old: &Config, mut new: Config) -> Config {
     new.uid = old.uid;
     new.gid = old.gid;
     new.pidfile = old.pidfile.clone();
+    new.start_text = old.start_text.clone();
     new.admin = match (&old.admin, new.admin) {
         (Some(a), Some(b)) => Some(crate::config::Admin {
             password_hash: b.password_hash,

@@ -160,6 +160,11 @@ impl Shell {
         }
     }
 
+    /// Whether `conn` is this shell worker's link.
+    pub(crate) fn is_link(&self, conn: ConnId) -> bool {
+        self.conn == Some(conn)
+    }
+
     /// A reload changed the console's custom commands or password hash: the next shell worker
     /// gets them (see [`Shell::replace`]).
     pub(crate) fn reconfigure(
@@ -248,5 +253,55 @@ pub(crate) fn spec(
         control_path: control_path.as_os_str().as_bytes().to_vec(),
         commands: config.commands.clone(),
         fd_count: 1,
+    }
+}
+
+impl Shell {
+    /// The plain-data image, for an upgrade in place (its back-off deadline included).
+    pub(crate) fn image(
+        &self,
+        clock: &super::upgrade::Clock,
+    ) -> reloadsup_protocol::upgrade::ShellImage {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        reloadsup_protocol::upgrade::ShellImage {
+            spec: self.spec.clone(),
+            listener_fd: self.listener.as_raw_fd(),
+            role_args: self.role_args.clone(),
+            proxy_dir: self
+                .proxy_dir
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec()),
+            pid: self.pid,
+            conn: self.conn.map(|c| c.0 as u64),
+            started: clock.opt_ns(self.started),
+            backoff: self.backoff.as_nanos() as u64,
+            restart_at: clock.opt_ns(self.restart_at),
+            replacing: self.replacing,
+            stopping: self.stopping,
+        }
+    }
+
+    pub(crate) fn resume(
+        image: reloadsup_protocol::upgrade::ShellImage,
+        listener: OwnedFd,
+        clock: &super::upgrade::Clock,
+    ) -> Shell {
+        use std::os::unix::ffi::OsStringExt;
+        Shell {
+            spec: image.spec,
+            listener,
+            role_args: image.role_args,
+            proxy_dir: image
+                .proxy_dir
+                .map(|p| PathBuf::from(std::ffi::OsString::from_vec(p))),
+            pid: image.pid,
+            conn: image.conn.map(|c| ConnId(c as usize)),
+            started: clock.opt_instant(image.started),
+            backoff: Duration::from_nanos(image.backoff),
+            restart_at: clock.opt_instant(image.restart_at),
+            replacing: image.replacing,
+            stopping: image.stopping,
+        }
     }
 }

@@ -71,6 +71,10 @@ pub(crate) fn parse(line: &str) -> Result<Line, String> {
             extra(1)?;
             Line::Ask(Request::Status, Show::Status)
         }
+        ["upgrade", ..] => {
+            extra(1)?;
+            Line::Ask(Request::Upgrade { binary: None }, Show::Done)
+        }
         ["worker"] => return Err("worker what? (info, list, revive, scale N, add [N], remove [N])".into()),
         ["worker", sub, ..] => match *sub {
             "info" => {
@@ -139,7 +143,11 @@ pub(crate) const BUILTIN_HELP: &[(&str, &str)] = &[
     ),
     (
         "restart",
-        "reload every worker and replace this console (the session ends)",
+        "upgrade the supervisor, reload every worker and replace this console (the session ends)",
+    ),
+    (
+        "upgrade",
+        "re-exec the supervisor in place from its binary on disk (same pid, workers kept)",
     ),
     ("status", "the whole state"),
     (".exit", "leave"),
@@ -261,6 +269,11 @@ mod tests {
             ("reload", Ok(Line::Ask(Request::Reload, Show::Reload))),
             ("restart", Ok(Line::Ask(Request::Restart, Show::Restart))),
             ("status", Ok(Line::Ask(Request::Status, Show::Status))),
+            (
+                "upgrade",
+                Ok(Line::Ask(Request::Upgrade { binary: None }, Show::Done)),
+            ),
+            ("upgrade now", Err(())),
             ("foo 1 2 3", Ok(Line::Other(words(&["foo", "1", "2", "3"])))),
             (
                 "foo 'a b' \"c d\" e\\ f # x",
@@ -294,6 +307,8 @@ mod tests {
                 status: "crashed".into(),
             }],
             last_reload: None,
+            version: "0.1.0".into(),
+            upgrades: 0,
         };
         let text = worker_info(&s);
         assert!(

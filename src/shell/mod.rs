@@ -1320,6 +1320,6 @@ impl Shell {
 fn builtin_name(name: &str) -> bool {
     matches!(
         name,
-        "help" | ".exit" | "worker" | "reload" | "restart" | "status"
+        "help" | ".exit" | "worker" | "reload" | "restart" | "status" | "upgrade"
     )
 }

@@ -93,6 +93,8 @@ fn fake_primary(link: OwnedFd) {
                         })
                         .collect(),
                     last_reload: None,
+                    version: "0.1.0".into(),
+                    upgrades: 0,
                 }),
                 Request::Revive => {
                     let n = dead;

@@ -629,6 +629,112 @@ pub(crate) fn getpgid(pid: u32) -> Option<u32> {
         .map(|p| p.as_raw() as u32)
 }
 
+/// An anonymous memory file holding `bytes`, positioned at its start, close-on-exec: the
+/// upgrade hand-off (and the pre-flight's stdin). A memfd never blocks its writer, whatever
+/// the size, unlike a pipe.
+pub(crate) fn memfd_with(name: &str, bytes: &[u8]) -> io::Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    let cname = CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: `cname` is a valid NUL-terminated string for the duration of the call.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create just returned this fd, owned by nobody else.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(bytes)?;
+    file.rewind()?;
+    Ok(file)
+}
+
+/// Absolute `CLOCK_MONOTONIC` nanoseconds: the clock of `std::time::Instant`, shared by the
+/// old and the new image across an exec, so deadlines carried as these numbers stay exact.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        // CLOCK_MONOTONIC cannot fail on Linux; 0 makes every carried deadline due at once,
+        // which is safe (the loop re-checks each).
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Re-execs this process in place (same pid) as `exe args...`, keeping `keep` open across the
+/// exec. Every signal is blocked first: the mask survives `execve`, so a signal that arrives in
+/// the window stays pending until the new image has installed its handlers and unblocks it
+/// ([`unblock_signals`]). Returns only on failure, with the mask and the fds' close-on-exec
+/// flags as they were, so the old image carries on untouched.
+pub(crate) fn exec_in_place(exe: &Path, args: &[&str], keep: &[RawFd]) -> io::Error {
+    let cargs: Result<Vec<CString>, _> = std::iter::once(exe.as_os_str().as_bytes())
+        .chain(args.iter().map(|a| a.as_bytes()))
+        .map(CString::new)
+        .collect();
+    let Ok(cargs) = cargs else {
+        return io::Error::new(io::ErrorKind::InvalidInput, "a path contains a NUL byte");
+    };
+    // Prepared before the window opens, so that it is as short as it can be.
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let mut old = SigSet::empty();
+    if let Err(e) = signal::sigprocmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    ) {
+        return errno(e);
+    }
+    let restore = |old: &SigSet| {
+        for &fd in keep {
+            // SAFETY: `fd` is one of ours, open for the whole call (the caller holds it).
+            let _ = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old), None);
+    };
+    for &fd in keep {
+        // SAFETY: `fd` is one of ours, open for the whole call; only its flags change.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+            let e = io::Error::last_os_error();
+            restore(&old);
+            return e;
+        }
+    }
+    let e = match nix::unistd::execve(&cargs[0], &cargs, &env) {
+        Ok(never) => match never {},
+        Err(e) => errno(e),
+    };
+    restore(&old);
+    e
+}
+
+/// Takes ownership of an fd number inherited across an upgrade exec, after checking it is open,
+/// not a standard stream, and makes it close-on-exec again.
+pub(crate) fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd <= 2 {
+        return Err(io::Error::other(format!("fd {fd} is a standard stream")));
+    }
+    // SAFETY: F_GETFD only queries the fd table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(io::Error::other(format!("fd {fd} is not open")));
+    }
+    // SAFETY: the old image handed this number over to us alone; the caller takes each
+    // number once (it checks for duplicates before calling).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_cloexec(owned.as_fd(), true)?;
+    Ok(owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

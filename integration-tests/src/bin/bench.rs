@@ -15,13 +15,16 @@
 //!    over real TLS.
 //! 6. Chaos (issue 12, item 16): the chaos run of `integration-tests/src/chaos.rs` for
 //!    `--chaos D` (default 150 s) with `--prespawn 2`; `make bench-chaos` runs only this.
+//! 7. Upgrade in place (issue 8): the pause from SIGUSR2 to the new image's answer to `Status`,
+//!    failed requests over the upgrades, and the p99 in the second after an upgrade beside the
+//!    steady p99.
 //!
 //! Every loop is bounded in count and time; all traffic goes to 127.0.0.1; only processes this
 //! program started are signalled.
 //!
 //! ```text
 //! reloadsup-bench [--duration 15s] [--reloads 10] [--clients 8] [--workers 4] [--delay 200ms]
-//!                 [--soak 1000] [--chaos 150s] [--only load,costs,control,soak,console,chaos]
+//!                 [--soak 1000] [--chaos 150s] [--only load,costs,control,soak,console,chaos,upgrade]
 //! ```
 
 use std::collections::HashSet;
@@ -51,10 +54,15 @@ const USAGE: &str = "usage: reloadsup-bench [--duration D] [--reloads N] [--clie
   --delay D      the server's start-up delay before it accepts (default 200ms)
   --soak N       reloads in the soak run (default 1000)
   --chaos D      how long the chaos run issues actions (default 150s); CHAOS_SEED=N replays
-  --only LIST    comma-separated sections to run: load, costs, control, soak, console, chaos
+  --only LIST    comma-separated sections to run: load, costs, control, soak, console, chaos,
+                 upgrade
                  (default: all)";
 
-const SECTIONS: [&str; 6] = ["load", "costs", "control", "soak", "console", "chaos"];
+const SECTIONS: [&str; 7] = [
+    "load", "costs", "control", "soak", "console", "chaos", "upgrade",
+];
+/// In-place upgrades under load in the upgrade section.
+const UPGRADES: u32 = 20;
 
 /// Requests that start within this long after a reload count as 'during a reload'.
 const WINDOW: Duration = Duration::from_secs(1);
@@ -255,6 +263,9 @@ fn main() -> ExitCode {
     }
     if o.runs("chaos") {
         chaos_section(&o, &mut checks);
+    }
+    if o.runs("upgrade") {
+        upgrade_section(&o, &mut checks);
     }
 
     println!("\n## Every target\n");
@@ -1927,6 +1938,116 @@ fn chaos_section(o: &Options, checks: &mut Checks) {
         format!("{} violation(s)", r.violations.len()),
         "0",
         r.holds(),
+    );
+    checks.print(mark);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Upgrade in place
+// ---------------------------------------------------------------------------------------------
+
+/// The `upgrades` field of a `Status` answer, or `None` when nothing answers yet.
+fn upgrades_answered(control: &Path) -> Option<u64> {
+    let mut c = Control::connect(control).ok()?;
+    match c.request(Request::Status) {
+        Ok(Reply::Status(s)) => Some(s.upgrades),
+        _ => None,
+    }
+}
+
+fn upgrade_section(o: &Options, checks: &mut Checks) {
+    let mark = checks.0.len();
+    eprintln!("upgrade: {UPGRADES} upgrades in place under load");
+    let sb = Sandbox::new("bench-upgrade");
+    let delay = format!("{}ms", o.delay.as_millis());
+    let mut sup = Run::hello(&["--delay", &delay])
+        .args(["-n", &o.workers.to_string(), "--ready", "notify"])
+        .env("RUST_LOG", "info")
+        .start(&sb);
+    let addr = sup.addr();
+    settle(&sup, o.workers);
+    let control = sup.control_path();
+    let load = Load::start(addr, o.clients, Limits::default());
+    load.wait_for_more_answers(200, DEADLINE);
+    // Steady load before the first upgrade and between them.
+    thread::sleep(Duration::from_secs(2));
+    let mut pauses = Vec::new();
+    let mut at = Vec::new();
+    let mut error = None;
+    for n in 1..=UPGRADES as u64 {
+        let t0 = Instant::now();
+        at.push(t0);
+        sup.signal(libc::SIGUSR2);
+        // Bounded: the pre-flight's own deadline is 10 s.
+        let answered =
+            wait_for(
+                DEADLINE,
+                "the new image to answer Status",
+                || match upgrades_answered(&control) {
+                    Some(u) if u >= n => Some(true),
+                    _ if sup.has_exited() => Some(false),
+                    _ => {
+                        thread::sleep(PROBE_EVERY);
+                        None
+                    }
+                },
+            );
+        if !answered {
+            error = Some(format!("the primary exited during upgrade {n}"));
+            break;
+        }
+        pauses.push(t0.elapsed());
+        // A second after each upgrade is measured apart, then steady load again.
+        thread::sleep(Duration::from_millis(1500));
+    }
+    let report = load.stop();
+    let workers_same = sup.workers().len() == o.workers;
+    shut_down(sup);
+    let after = report.latency_after(0.99, &at, WINDOW);
+    let steady = report.latency_outside(0.99, &at, WINDOW);
+    println!(
+        "\n## 7. Upgrade in place (issue 8)\n\n{} workers of `hello --delay {delay}`, `--ready notify`, {} clients; {UPGRADES} SIGUSR2 upgrades 1.5 s apart; the pause is SIGUSR2 → the first `Status` answer from the new image (`upgrades` incremented), pre-flight included.\n",
+        o.workers, o.clients
+    );
+    println!(
+        "{}; pause median {} p99 {} max {}; p99 in the second after an upgrade {} vs steady {}.\n",
+        report.summary(),
+        ms(median(&pauses)),
+        ms(quantile(&pauses, 0.99)),
+        ms(pauses.iter().max().copied()),
+        ms(after),
+        ms(steady)
+    );
+    if let Some(e) = &error {
+        println!("upgrade run stopped early: {e}\n");
+    }
+    let med = median(&pauses);
+    checks.add(
+        8,
+        "upgrade pause (SIGUSR2 → the new image answers Status), median",
+        ms(med),
+        "< 20 ms",
+        error.is_none() && med.is_some_and(|m| m < Duration::from_millis(20)),
+    );
+    checks.add(
+        8,
+        &format!("failed requests over {UPGRADES} upgrades under load"),
+        report.failed().to_string(),
+        "0",
+        report.failed() == 0 && error.is_none() && workers_same,
+    );
+    let ratio = match (after, steady) {
+        (Some(a), Some(s)) if !s.is_zero() => Some(a.as_secs_f64() / s.as_secs_f64()),
+        _ => None,
+    };
+    checks.add(
+        8,
+        "p99 in the second after an upgrade / steady p99",
+        ratio.map_or("—".to_owned(), |r| {
+            format!("{r:.2}x ({} vs {})", ms(after), ms(steady))
+        }),
+        "≤ 1.5x",
+        ratio.is_some_and(|r| r <= 1.5),
     );
     checks.print(mark);
 }

@@ -681,6 +681,33 @@ fn restart_from_the_console_under_load_replaces_every_worker_without_a_failure()
         "{before:?} -> {after:?}"
     );
     assert_ne!(admin.shell_pid(), shell, "the shell worker was replaced");
+    assert_eq!(
+        admin.status()["upgrades"].as_u64(),
+        Some(1),
+        "restart upgrades the primary first"
+    );
+}
+
+#[test]
+fn upgrade_from_the_console_keeps_the_session_the_shell_and_the_workers() {
+    let sandbox = Sandbox::new("console-upgrade");
+    let admin = Admin::start(&sandbox, 3);
+    let before = admin.worker_pids();
+    let shell = admin.shell_pid();
+    // One session: the upgrade's reply and the next command's both come over the shell link
+    // the new image took over.
+    let out = admin.console(&["upgrade", "worker info"]);
+    let stdout = text(&out);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("upgraded in place to reloadsup"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Current Workers: 3"), "{stdout}");
+    assert!(!stdout.contains("Connection lost"), "{stdout}");
+    assert_eq!(admin.status()["upgrades"].as_u64(), Some(1));
+    assert_eq!(admin.worker_pids(), before, "the workers were not touched");
+    assert_eq!(admin.shell_pid(), shell, "the shell worker was kept");
 }
 
 /// The shell worker's user + system CPU time, in clock ticks (utime and stime of

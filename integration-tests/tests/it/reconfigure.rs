@@ -484,3 +484,80 @@ fn readiness_and_command_changes_apply_to_the_next_generation() {
     let third = live_workers(&sup.status_json(), 3)[0];
     assert!(!proc::environ_of(third).contains_key("NOTIFY_SOCKET"));
 }
+
+#[test]
+fn an_upgrade_after_a_reload_keeps_the_reloaded_listeners_workers_and_specs() {
+    let sandbox = Sandbox::new("reconf-upgrade");
+    let (sup, _) = start(&sandbox, &config(&["keep=tcp://127.0.0.1:0"], 2, ""), 2);
+    let old = live_workers(&sup.status_json(), 1);
+    let keep_inode = inode(old[0], 3);
+    let both = ["keep=tcp://127.0.0.1:0", "added=tcp://127.0.0.1:0"];
+    sandbox.write("web.toml", &config(&both, 3, ""));
+    let out = sup.ctl(&["reload"]);
+    assert!(out.status.success(), "ctl reload: {}", text(&out));
+    let before = sup.status_json();
+    let pids = live_workers(&before, 2);
+    assert_eq!(pids.len(), 3, "workers 2 -> 3: {before}");
+    let added_inode = inode(pids[0], 4);
+    wait_until(DEADLINE, "generation 1 to be gone", || {
+        old.iter().all(|&p| !proc::is_alive(p))
+    });
+
+    // Broken between the reload and the upgrade: the new image rebuilds the running config
+    // from the hand-off, not from the file, so this neither refuses the upgrade nor kills it.
+    sandbox.write("web.toml", "workers = = 3\n");
+    let out = sup.ctl(&["upgrade"]);
+    assert!(out.status.success(), "ctl upgrade: {}", text(&out));
+    assert!(
+        text(&out).contains("the config file was not applied") && text(&out).contains("line 1"),
+        "the upgrade says why the file was not applied: {}",
+        text(&out)
+    );
+    let after = sup.status_json();
+    assert_eq!(after["upgrades"], 1, "{after}");
+    assert_eq!(listeners(&after), listeners(&before), "the listener set");
+    assert_eq!(live_workers(&after, 2), pids, "the workers' pids");
+    assert_eq!(after["target_workers"], 3);
+    let held = sockets_of(sup.pid());
+    assert!(
+        held.contains(&keep_inode),
+        "the unchanged listener's socket"
+    );
+    assert!(held.contains(&added_inode), "the added listener's socket");
+
+    // The next reload still knows what the running generation got, and changes only the env.
+    sandbox.write("web.toml", &config(&both, 3, "env = [\"COLOR=green\"]\n"));
+    let out = sup.ctl(&["reload"]);
+    assert!(
+        out.status.success(),
+        "ctl reload after the upgrade: {}",
+        text(&out)
+    );
+    let status = sup.status_json();
+    let new = live_workers(&status, 3);
+    assert_eq!(new.len(), 3, "generation 3: {status}");
+    assert_eq!(listeners(&status), listeners(&before));
+    for &pid in &new {
+        assert_eq!(inode(pid, 3), keep_inode, "the same kernel socket at fd 3");
+        assert_eq!(inode(pid, 4), added_inode, "the same kernel socket at fd 4");
+        let env = proc::environ_of(pid);
+        assert_eq!(env["COLOR"], "green");
+        assert_eq!(env["LISTEN_FDNAMES"], "keep:added");
+    }
+
+    // An upgrade re-reads the file like a reload, but restarts no worker: 3 -> 4 adds one.
+    sandbox.write("web.toml", &config(&both, 4, "env = [\"COLOR=green\"]\n"));
+    let out = sup.ctl(&["upgrade"]);
+    assert!(out.status.success(), "ctl upgrade: {}", text(&out));
+    wait_until(DEADLINE, "a fourth worker after the upgrade", || {
+        live_workers(&sup.status_json(), 3).len() == 4
+    });
+    let status = sup.status_json();
+    assert_eq!(status["upgrades"], 2);
+    assert_eq!(status["target_workers"], 4);
+    let now = live_workers(&status, 3);
+    assert!(
+        new.iter().all(|p| now.contains(p)),
+        "{new:?} still in {now:?}"
+    );
+}

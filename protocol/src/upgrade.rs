@@ -1,0 +1,241 @@
+//! The upgrade hand-off: what an old image of the primary gives the new one across `execve`,
+//! under the same pid (DESIGN.md promise 6).
+//!
+//! The old image encodes one [`Handoff`] with postcard into a memfd that survives the exec and
+//! names it on the new image's command line (`__upgrade FD`). fds are carried as their numbers:
+//! `execve` keeps every fd whose close-on-exec flag was cleared, at the same number, and the new
+//! image takes each number once. Instants are absolute `CLOCK_MONOTONIC` nanoseconds, the
+//! clock `std::time::Instant` uses, which an exec does not reset; durations are nanoseconds.
+//!
+//! The new image refuses a hand-off whose `version` is not [`HANDOFF_VERSION`]; the pre-flight
+//! (`__preflight`) proves, before the exec, that the new binary decodes this very hand-off.
+//! Like every wire type: enums append-only, fields never change type.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ReloadOutcome;
+use crate::ShellSpec;
+
+/// Bumped on any change of the hand-off that is not an append.
+pub const HANDOFF_VERSION: u32 = 2;
+
+/// Everything the primary holds, as plain data and fd numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub version: u32,
+    /// The old image's version (`CARGO_PKG_VERSION`), for the log.
+    pub from_version: String,
+    /// The primary's own command line, without `argv[0]`: the new image parses it again.
+    pub args: Vec<Vec<u8>>,
+    /// The absolute path the primary was started from: what the next upgrade execs.
+    pub binary: Vec<u8>,
+    /// In-place upgrades this pid has been through, this one included.
+    pub upgrades: u64,
+    /// Who waits for this upgrade's outcome: the new image answers them.
+    pub waiters: Vec<u64>,
+    /// Who asked for `restart`: the new image reloads for them, then replaces the shell.
+    pub restarters: Vec<u64>,
+    pub state: StateImage,
+    pub listeners: Vec<ListenerImage>,
+    pub control: ControlImage,
+    pub notify: Option<NotifyImage>,
+    pub spares: Vec<LinkImage>,
+    pub links: Vec<LinkImage>,
+    pub keeper: KeeperImage,
+    pub shell: Option<ShellImage>,
+    /// Requesters of a `restart` whose reload is in flight.
+    pub restarting: Vec<u64>,
+    pub refill_at: Option<u64>,
+    /// Version 2: the `--config` file's text the running config was parsed from, and the text
+    /// the primary started with (its keys that cannot change at run time still rule). The new
+    /// image rebuilds its config from these, never from the file, which may have changed.
+    pub config_text: Option<String>,
+    pub start_text: Option<String>,
+    /// Version 2: the worker spec of each run of live generations, oldest first.
+    pub epochs: Vec<EpochImage>,
+}
+
+/// The worker spec of generations `from` up to the next epoch's `from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochImage {
+    pub from: u64,
+    pub argv: Vec<Vec<u8>>,
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    pub einhorn_env: bool,
+    /// `(name, bound address)`: the bound address names one of [`Handoff::listeners`].
+    pub listeners: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerImage {
+    pub name: String,
+    pub bound: String,
+    pub fd: i32,
+}
+
+/// A worker role's link (a spare waiting for its spec, or one not exec'd yet), by pid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkImage {
+    pub pid: u32,
+    pub fd: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlImage {
+    pub listener_fd: i32,
+    pub conns: Vec<ConnImage>,
+    /// The next connection id: ids are never reused while the pid lives.
+    pub next: u64,
+    pub serial: u64,
+}
+
+/// A control connection (or the shell link) with what it had buffered either way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnImage {
+    pub id: u64,
+    pub fd: i32,
+    /// Read but not yet a whole frame.
+    pub input: Vec<u8>,
+    /// Replies not yet written.
+    pub output: Vec<u8>,
+    pub greeted: bool,
+    pub inflight: u32,
+    pub serial: u64,
+    pub pinned: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyImage {
+    pub next: u64,
+    pub sockets: Vec<NotifySocketImage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifySocketImage {
+    pub token: u64,
+    pub fd: i32,
+    pub path: Vec<u8>,
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeeperImage {
+    pub link_fd: Option<i32>,
+    pub pid: Option<u32>,
+    pub tracked: Vec<u32>,
+    pub cgroup: Option<Vec<u8>>,
+    pub started: Option<u64>,
+    pub backoff: u64,
+    pub restart_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellImage {
+    pub spec: ShellSpec,
+    pub listener_fd: i32,
+    pub role_args: Vec<String>,
+    pub proxy_dir: Option<Vec<u8>>,
+    pub pid: Option<u32>,
+    pub conn: Option<u64>,
+    pub started: Option<u64>,
+    pub backoff: u64,
+    pub restart_at: Option<u64>,
+    pub replacing: bool,
+    pub stopping: bool,
+}
+
+/// The generation state machine's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateImage {
+    pub settings: SettingsImage,
+    pub target: u32,
+    pub serving: u64,
+    pub starting: Option<StartingImage>,
+    pub pending: Option<Vec<u64>>,
+    pub next_generation: u64,
+    pub processes: Vec<ProcessImage>,
+    pub slots: Vec<SlotImage>,
+    pub last_reload: Option<ReloadOutcome>,
+    pub shutdown: Option<Vec<u64>>,
+    pub first_ready: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadyImage {
+    Notify,
+    Delay { ns: u64 },
+    Immediate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartImage {
+    OnFailure,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsImage {
+    pub ready: ReadyImage,
+    pub ready_timeout: u64,
+    pub graceful_timeout: u64,
+    pub restart: RestartImage,
+    pub stop_signal: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartingImage {
+    pub generation: u64,
+    pub waiters: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PhaseImage {
+    Starting,
+    Ready,
+    Draining,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessImage {
+    pub pid: u32,
+    pub generation: u64,
+    pub slot: u32,
+    pub phase: PhaseImage,
+    pub started: u64,
+    pub ready_at: Option<u64>,
+    pub deadline: Option<u64>,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DownImage {
+    Backoff,
+    Dead(String),
+    Stopped(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotImage {
+    pub restarts: u32,
+    pub streak: u32,
+    pub backoff: u64,
+    pub restart_at: Option<u64>,
+    pub down: Option<DownImage>,
+    pub since: Option<u64>,
+}
+
+/// Decodes a hand-off, refusing another hand-off version before the body is trusted.
+pub fn decode_handoff(bytes: &[u8]) -> Result<Handoff, crate::Error> {
+    // `version` is the first field: read it alone so that a newer layout is named as such
+    // rather than reported as garbage.
+    let (version, _): (u32, _) =
+        postcard::take_from_bytes(bytes).map_err(|e| crate::Error::Malformed(e.to_string()))?;
+    if version != HANDOFF_VERSION {
+        return Err(crate::Error::VersionMismatch {
+            ours: HANDOFF_VERSION,
+            theirs: version,
+        });
+    }
+    crate::decode(bytes)
+}
