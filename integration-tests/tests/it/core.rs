@@ -7,8 +7,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use reloadsup_integration_tests::{
-    bins, proc, python3, wait_json_file, wait_until, Limits, Load, Run, Sandbox, Supervisor,
-    DEADLINE,
+    bins, proc, python3, wait_for, wait_json_file, wait_until, Limits, Load, Run, Sandbox,
+    Supervisor, DEADLINE,
 };
 use serde_json::Value;
 
@@ -342,9 +342,21 @@ fn fifty_reloads_leave_no_zombie_or_fd_leak() {
     ]);
     let (mut sup, _) = start(&sb, run, 2);
     sup.reload(2).expect("reload 1");
-    sup.wait_workers(2);
+    let workers = sup.wait_workers(2);
+    // With `--ready immediate` a reload is done before its roles exec'd; until they have, the
+    // primary still holds their hand-off links. Count from after.
+    wait_until(DEADLINE, "the new workers to run hello", || {
+        workers.iter().all(|p| {
+            std::fs::read_link(format!("/proc/{p}/exe"))
+                .is_ok_and(|e| e.file_name().is_some_and(|n| n == "hello"))
+        })
+    });
     let primary = sup.pid();
-    let baseline = proc::fds_of(primary);
+    let baseline = wait_for(DEADLINE, "the primary's fds to settle", || {
+        let a = proc::fds_of(primary);
+        thread::sleep(Duration::from_millis(50));
+        (proc::fds_of(primary) == a).then_some(a)
+    });
     for generation in 3..=51 {
         sup.reload(generation)
             .unwrap_or_else(|r| panic!("reload to {generation} failed: {r}"));
