@@ -588,7 +588,9 @@ fn silent_and_slow_clients_do_not_lock_out_an_operator() {
     });
 
     let start = Instant::now();
-    let out = admin.console(&["worker info"]);
+    // From another source address: the silent ones all come from 127.0.0.1, whose accept rate
+    // and waiting slots they use up by design; the promise is for an operator elsewhere.
+    let out = admin.console_from("127.0.0.2", PASSWORD, &["worker info"]);
     let took = start.elapsed();
     eprintln!("console command (connect, TLS, login, worker info) took {took:?} under 200 silent + 1 slow connections");
     assert!(out.status.success(), "{}", text(&out));

@@ -399,6 +399,11 @@ impl Drop for Sleepers {
 
 /// A new supervisor binds `addr` at once: nothing of the killed one still listens on it.
 fn port_is_free_for_a_new_supervisor(sb: &Sandbox, addr: SocketAddr) {
+    // The last holder's fds close as its exit completes, a moment after the test saw it die;
+    // an orphan that kept the socket would hold the port for ever and fail this wait.
+    wait_until(DEADLINE, "the port to be free", || {
+        std::net::TcpListener::bind(addr).is_ok()
+    });
     let mut sup = Run::probe(&[])
         .args(["-l".to_string(), format!("tcp://{addr}")])
         .args(standard(1))
