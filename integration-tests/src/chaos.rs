@@ -808,47 +808,6 @@ fn console_of(sup: &mut Supervisor) -> Console {
     Console { addr, fingerprint }
 }
 
-/// Runs `cmd` with its output captured; `Err` when it could not run or did not finish within
-/// `timeout` (then it is SIGKILLed and reaped). Unlike [`crate::output_with_timeout`], never
-/// panics: a hung client is a finding of the run.
-fn run_timed(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("unable to run {cmd:?}: {e}"))?;
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
-    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{cmd:?} did not finish within {timeout:?}"));
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("waiting for {cmd:?}: {e}")),
-        }
-    };
-    Ok(Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
-}
-
 /// The remote ports of the TCP sockets `pid` holds, read while it is stopped.
 fn held_ports(pid: u32) -> HashSet<u16> {
     let inodes: HashSet<String> = proc::fds_of(pid)
@@ -971,7 +930,7 @@ impl Chaos<'_> {
     }
 
     fn status(&self) -> Option<Value> {
-        let out = run_timed(
+        let out = crate::try_output_with_timeout(
             &mut self.ctl_command(&["status", "--json"]),
             CLIENT_DEADLINE,
         )
@@ -1033,7 +992,8 @@ impl Chaos<'_> {
             .and_then(|s| s["dead_workers"].as_u64())
             .unwrap_or(0);
         if dead > 0 {
-            let _ = run_timed(&mut self.ctl_command(&["revive"]), CLIENT_DEADLINE);
+            let _ =
+                crate::try_output_with_timeout(&mut self.ctl_command(&["revive"]), CLIENT_DEADLINE);
             self.revives += 1;
         }
     }
@@ -1073,7 +1033,8 @@ impl Chaos<'_> {
         } else {
             "reload"
         };
-        let result = run_timed(&mut self.ctl_command(&[verb]), CLIENT_DEADLINE);
+        let result =
+            crate::try_output_with_timeout(&mut self.ctl_command(&[verb]), CLIENT_DEADLINE);
         self.record_reload(action, result);
         true
     }
@@ -1082,7 +1043,7 @@ impl Chaos<'_> {
         let spawn = |cmd: Command| {
             thread::spawn(move || {
                 let mut cmd = cmd;
-                run_timed(&mut cmd, CLIENT_DEADLINE)
+                crate::try_output_with_timeout(&mut cmd, CLIENT_DEADLINE)
             })
         };
         let a = spawn(self.ctl_command(&["reload"]));
@@ -1103,7 +1064,8 @@ impl Chaos<'_> {
             return false;
         }
         write_release(self.sandbox, &self.hello, release);
-        let result = run_timed(&mut self.ctl_command(&["reload"]), CLIENT_DEADLINE);
+        let result =
+            crate::try_output_with_timeout(&mut self.ctl_command(&["reload"]), CLIENT_DEADLINE);
         write_release(self.sandbox, &self.hello, Release::Good);
         self.record_reload(action, result);
         true
@@ -1233,7 +1195,7 @@ impl Chaos<'_> {
                 .args(["-c", &line])
                 .arg(&self.console.addr)
                 .env("RELOADSUP_PASSWORD", PASSWORD);
-            if let Err(e) = run_timed(&mut cmd, CLIENT_DEADLINE) {
+            if let Err(e) = crate::try_output_with_timeout(&mut cmd, CLIENT_DEADLINE) {
                 self.violations
                     .push(format!("a console session fed junk commands hung: {e}"));
             }
@@ -1246,7 +1208,7 @@ impl Chaos<'_> {
                 .args(["-c", "worker info"])
                 .arg(&self.console.addr)
                 .env("RELOADSUP_PASSWORD", "not-the-password");
-            if let Err(e) = run_timed(&mut cmd, CLIENT_DEADLINE) {
+            if let Err(e) = crate::try_output_with_timeout(&mut cmd, CLIENT_DEADLINE) {
                 self.violations
                     .push(format!("a console with a wrong password hung: {e}"));
             }
@@ -1307,7 +1269,7 @@ impl Chaos<'_> {
             .args(["-c", "worker info"])
             .arg(&self.console.addr)
             .env("RELOADSUP_PASSWORD", PASSWORD);
-        let out = run_timed(&mut cmd, CLIENT_DEADLINE)?;
+        let out = crate::try_output_with_timeout(&mut cmd, CLIENT_DEADLINE)?;
         let text = String::from_utf8_lossy(&out.stdout);
         if out.status.success() && text.contains("Current Workers:") {
             Ok(())

@@ -310,14 +310,16 @@ impl Run {
     }
 }
 
-/// Runs `cmd` with captured stdout and stderr, SIGKILLing it and panicking after `timeout`.
-pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+/// Runs `cmd` with its output captured; `Err` when it could not run or did not finish within
+/// `timeout` (then it is SIGKILLed and reaped). Never panics: for the chaos run, a hung client is
+/// a finding of the run.
+pub fn try_output_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("unable to run {cmd:?}: {e}"));
+        .map_err(|e| format!("unable to run {cmd:?}: {e}"))?;
     let drain = |r: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut buf = Vec::new();
@@ -336,17 +338,22 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
             Ok(None) if start.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{cmd:?} did not finish within {timeout:?}");
+                return Err(format!("{cmd:?} did not finish within {timeout:?}"));
             }
             Ok(None) => thread::sleep(Duration::from_millis(5)),
-            Err(e) => panic!("waiting for {cmd:?}: {e}"),
+            Err(e) => return Err(format!("waiting for {cmd:?}: {e}")),
         }
     };
-    Output {
+    Ok(Output {
         status,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
-    }
+    })
+}
+
+/// Runs `cmd` with captured stdout and stderr, SIGKILLing it and panicking after `timeout`.
+pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    try_output_with_timeout(cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A running `reloadsup` primary started by this process.
