@@ -41,6 +41,19 @@ impl fmt::Display for Address {
 }
 
 impl Address {
+    /// `tcp://HOST:0`: any free port, so no address of its own until bound.
+    pub(crate) fn any_port(&self) -> bool {
+        matches!(self, Address::Tcp(a) if a.port() == 0)
+    }
+
+    /// The kind of socket, for messages and to match an inherited socket by name.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Address::Tcp(_) => "tcp",
+            Address::Unix(_) => "unix",
+        }
+    }
+
     pub(crate) fn parse(s: &str) -> Result<Address, ValueError> {
         if let Some(rest) = s.strip_prefix("tcp://") {
             let rest = rest.trim_end_matches('/');
@@ -96,6 +109,10 @@ pub(crate) enum RestartPolicy {
 pub(crate) struct Config {
     pub name: String,
     pub listeners: Vec<ListenerSpec>,
+    /// The sockets the primary adopted from a socket activator at start (see
+    /// `primary::activation`), as `NAME=ADDRESS`: the listeners when none is configured, and
+    /// never unlinked, since the activator owns their paths.
+    pub activated: Vec<ListenerSpec>,
     pub backlog: i32,
     pub workers: u32,
     /// Worker roles kept exec'd and waiting for a spec, so a reload costs only the command's
@@ -275,6 +292,11 @@ pub(crate) struct RunArgs {
     /// TOML file with the same keys; command-line flags win.
     #[arg(short = 'c', long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Internal: a socket adopted from a socket activator, as NAME=ADDR. The primary adds one
+    /// for each at start, so that a reload and an upgrade in place (which parse the command
+    /// line again) still know them.
+    #[arg(long = "inherited-listener", value_name = "NAME=ADDR", hide = true)]
+    pub inherited_listener: Vec<String>,
     /// The server to run.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -586,11 +608,21 @@ impl Config {
             if listeners
                 .iter()
                 .any(|o: &ListenerSpec| o.address == spec.address)
-                && !matches!(&spec.address, Address::Tcp(a) if a.port() == 0)
+                && !spec.address.any_port()
             {
                 return bad(origin(), ValueError::AddressTwice(spec.address.to_string()));
             }
             listeners.push(spec);
+        }
+        let mut activated = Vec::new();
+        for (i, l) in args.inherited_listener.iter().enumerate() {
+            let spec =
+                parse_listener(l, i).or_else(|e| bad(Origin::Flag("inherited-listener"), e))?;
+            activated.push(spec);
+        }
+        // No listener configured at all: every inherited socket, in order, with its name.
+        if listeners.is_empty() {
+            listeners = activated.clone();
         }
 
         let backlog = args.backlog.or(file.backlog).unwrap_or(1024);
@@ -849,6 +881,7 @@ impl Config {
         Ok(Config {
             name,
             listeners,
+            activated,
             backlog,
             workers,
             prespawn,

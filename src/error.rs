@@ -45,6 +45,8 @@ pub(crate) enum Error {
     Fatal(Fatal),
     /// `reloadsup ctl` could not get an answer, or got an error for one.
     Ctl(CtlError),
+    /// The sockets a socket activator passed cannot be used.
+    Activation(ActivationError),
 }
 
 impl Error {
@@ -55,6 +57,7 @@ impl Error {
             Error::Config(_) => EXIT_USAGE,
             Error::Fatal(e) => e.exit_code(),
             Error::Ctl(_) => EXIT_FAILURE,
+            Error::Activation(_) => EXIT_USAGE,
         }
     }
 }
@@ -66,6 +69,7 @@ impl fmt::Display for Error {
             Error::Config(e) => e.fmt(f),
             Error::Fatal(e) => e.fmt(f),
             Error::Ctl(e) => e.fmt(f),
+            Error::Activation(e) => e.fmt(f),
         }
     }
 }
@@ -77,6 +81,7 @@ impl std::error::Error for Error {
             Error::Config(e) => Some(e),
             Error::Fatal(e) => Some(e),
             Error::Ctl(e) => Some(e),
+            Error::Activation(e) => Some(e),
         }
     }
 }
@@ -96,6 +101,12 @@ impl From<ConfigError> for Error {
 impl From<Fatal> for Error {
     fn from(e: Fatal) -> Error {
         Error::Fatal(e)
+    }
+}
+
+impl From<ActivationError> for Error {
+    fn from(e: ActivationError) -> Error {
+        Error::Activation(e)
     }
 }
 
@@ -468,6 +479,8 @@ pub(crate) enum Fatal {
     /// The new image of an upgrade in place cannot take over the hand-off (the pre-flight
     /// proved it could; the configuration file may have changed since).
     Resume(String),
+    /// An inherited socket cannot serve the listener that names it.
+    Activation(ActivationError),
 }
 
 impl Fatal {
@@ -479,7 +492,8 @@ impl Fatal {
             | Fatal::AlreadyRunning { .. }
             | Fatal::Pidfile { .. }
             | Fatal::AdminIdentity(_)
-            | Fatal::AdminUser { .. } => EXIT_USAGE,
+            | Fatal::AdminUser { .. }
+            | Fatal::Activation(_) => EXIT_USAGE,
             Fatal::Socket { .. } | Fatal::System { .. } | Fatal::Resume(_) => EXIT_FAILURE,
         }
     }
@@ -510,6 +524,7 @@ impl fmt::Display for Fatal {
             }
             Fatal::System { what, source } => write!(f, "unable to {what}: {}", lower(source)),
             Fatal::Resume(why) => write!(f, "upgrade in place: unable to resume: {why}"),
+            Fatal::Activation(e) => e.fmt(f),
         }
     }
 }
@@ -519,6 +534,7 @@ impl std::error::Error for Fatal {
         match self {
             Fatal::Bind(e) => Some(e),
             Fatal::Socket { source, .. } | Fatal::System { source, .. } => Some(source),
+            Fatal::Activation(e) => Some(e),
             Fatal::StateDir { .. }
             | Fatal::Resume(_)
             | Fatal::Pidfile { .. }
@@ -528,6 +544,66 @@ impl std::error::Error for Fatal {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Socket activation of the primary
+// ---------------------------------------------------------------------------------------------
+
+/// Why the sockets passed by a socket activator (`LISTEN_FDS`) cannot be used. Exit 2: the
+/// unit or the activator's command line is what the user fixes.
+#[derive(Debug)]
+pub(crate) enum ActivationError {
+    /// `LISTEN_PID` names this process but `LISTEN_FDS` is missing.
+    NoCount,
+    /// `LISTEN_FDS` is not a number of fds.
+    BadCount(String),
+    /// `LISTEN_FDNAMES` does not name each fd once.
+    NameCount { names: String, count: usize },
+    /// An inherited fd is not a socket reloadsup can serve.
+    Fd {
+        fd: i32,
+        name: String,
+        problem: String,
+    },
+    /// `--listen NAME=...` names an inherited socket of another kind.
+    Kind {
+        name: String,
+        wanted: String,
+        inherited: String,
+    },
+}
+
+impl fmt::Display for ActivationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActivationError::NoCount => {
+                write!(f, "socket activation: LISTEN_PID is set but LISTEN_FDS is not")
+            }
+            ActivationError::BadCount(s) => write!(
+                f,
+                "socket activation: LISTEN_FDS={s} is not a number of fds (0 to 4096)"
+            ),
+            ActivationError::NameCount { names, count } => write!(
+                f,
+                "socket activation: LISTEN_FDNAMES={names} does not name each of the {count} fds of LISTEN_FDS"
+            ),
+            ActivationError::Fd { fd, name, problem } => write!(
+                f,
+                "socket activation: inherited fd {fd} ({name}) is unusable: {problem}"
+            ),
+            ActivationError::Kind {
+                name,
+                wanted,
+                inherited,
+            } => write!(
+                f,
+                "--listen {name}: names the inherited socket {inherited}, which is not the kind of {wanted}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ActivationError {}
 
 // ---------------------------------------------------------------------------------------------
 // The worker role's setup

@@ -62,14 +62,25 @@ fn init_logging() {
 }
 
 fn run_primary(args: Vec<OsString>) -> Result<u8, error::Error> {
-    let own = args.clone();
-    let parsed = config::RunArgs::try_parse_from(args)?;
+    // First of all, before any fd is opened: sockets from a socket activator become
+    // close-on-exec and are checked.
+    let inherited = primary::activation::take()?;
+    let mut own = args.clone();
+    let mut parsed = config::RunArgs::try_parse_from(args)?;
+    if !inherited.is_empty() {
+        // Carried on the command line, which a reload and an upgrade in place parse again.
+        let adopted: Vec<String> = inherited.iter().map(|s| s.to_string()).collect();
+        for (i, a) in adopted.iter().enumerate() {
+            own.insert(1 + i, format!("--inherited-listener={a}").into());
+        }
+        parsed.inherited_listener = adopted;
+    }
     let config = config::Config::from_args(parsed.clone())?;
     init_logging();
     for w in config.admin.iter().flat_map(|a| &a.warnings) {
         log::warn!("{w}");
     }
-    Ok(primary::run(config, parsed, own)?)
+    Ok(primary::run(config, parsed, own, inherited)?)
 }
 
 /// The new image of an upgrade in place (`__upgrade FD`): the primary carries on.

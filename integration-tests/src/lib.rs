@@ -173,6 +173,7 @@ pub struct Run {
     env: Vec<(OsString, OsString)>,
     bare: bool,
     program: Option<PathBuf>,
+    activator: Vec<OsString>,
 }
 
 impl Run {
@@ -187,6 +188,7 @@ impl Run {
             env: Vec::new(),
             bare: false,
             program: None,
+            activator: Vec::new(),
         }
     }
 
@@ -231,6 +233,21 @@ impl Run {
         self
     }
 
+    /// Starts reloadsup through a socket activator: `activator` (program and its arguments,
+    /// e.g. `systemd-socket-activate -l 127.0.0.1:PORT`) runs reloadsup's path and flags, and
+    /// no default listener is added.
+    pub fn activator<I, S>(mut self, activator: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.activator = activator
+            .into_iter()
+            .map(|s| s.as_ref().to_owned())
+            .collect();
+        self
+    }
+
     /// Passes the flags exactly as given: no state dir, pidfile, name or default listener.
     pub fn bare(mut self) -> Run {
         self.bare = true;
@@ -245,7 +262,7 @@ impl Run {
                 let a = a.to_string_lossy();
                 a == "-l" || a.starts_with("--listen") || a == "-c" || a.starts_with("--config")
             });
-            if !has_listener {
+            if !has_listener && self.activator.is_empty() {
                 argv.extend(["-l", "tcp://127.0.0.1:0"].map(OsString::from));
             }
             argv.push("--state-dir".into());
@@ -265,7 +282,14 @@ impl Run {
 
     fn command(&self, sandbox: &Sandbox) -> Command {
         let program = self.program.clone().unwrap_or_else(bins::reloadsup);
-        let mut cmd = Command::new(program);
+        let mut cmd = match self.activator.split_first() {
+            Some((activator, args)) => {
+                let mut cmd = Command::new(activator);
+                cmd.args(args).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        };
         cmd.args(self.argv(sandbox)).current_dir(sandbox.path());
         // Debug for reloadsup itself gives per-worker "is ready" lines, which the waits use for
         // the first generation (it has no "is serving" line).

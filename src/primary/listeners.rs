@@ -26,6 +26,19 @@ pub(crate) struct Listener {
     /// As bound: port 0 resolved to the real port.
     pub bound: String,
     pub fd: OwnedFd,
+    /// Passed by a socket activator, which owns its path: never unlinked.
+    pub adopted: bool,
+}
+
+impl Listener {
+    /// The unix socket file this primary made, removed when the listener is closed or the
+    /// primary exits; never one an activator made.
+    pub(crate) fn own_path(&self) -> Option<&Path> {
+        match &self.address {
+            Address::Unix(path) if !self.adopted => Some(path),
+            _ => None,
+        }
+    }
 }
 
 fn nixerr(e: nix::Error) -> io::Error {
@@ -90,6 +103,7 @@ fn bind(spec: &ListenerSpec, backlog: i32) -> io::Result<Listener> {
         address: spec.address.clone(),
         bound,
         fd,
+        adopted: false,
     })
 }
 
@@ -110,7 +124,24 @@ fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
     }
 }
 
-fn bound_address(fd: &OwnedFd, configured: &Address) -> String {
+/// The address a socket of type `ty` is bound to, if it is a kind reloadsup serves.
+pub(crate) fn address_of(addr: &SockaddrStorage, ty: SockType) -> Option<Address> {
+    match ty {
+        SockType::Stream => {
+            if let Some(v4) = addr.as_sockaddr_in() {
+                return Some(Address::Tcp(std::net::SocketAddrV4::from(*v4).into()));
+            }
+            if let Some(v6) = addr.as_sockaddr_in6() {
+                return Some(Address::Tcp(std::net::SocketAddrV6::from(*v6).into()));
+            }
+            let path = addr.as_unix_addr()?.path()?;
+            Some(Address::Unix(path.to_path_buf()))
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn bound_address(fd: &OwnedFd, configured: &Address) -> String {
     if let Address::Tcp(_) = configured {
         if let Ok(addr) = socket::getsockname::<SockaddrStorage>(fd.as_fd().as_raw_fd()) {
             if let Some(v4) = addr.as_sockaddr_in() {

@@ -8,6 +8,7 @@
 //! hostile, every error from one is logged and contained. When idle it sleeps in `poll` with no
 //! timeout: the only timer is the earliest deadline in the state.
 
+pub(crate) mod activation;
 pub(crate) mod control;
 mod files;
 pub(crate) mod keeper_link;
@@ -107,8 +108,13 @@ struct Spare {
 const REFILL_DELAY: Duration = Duration::from_millis(200);
 
 /// Runs the primary until it is asked to stop. Returns the exit code.
-pub(crate) fn run(config: Config, args: RunArgs, own: Vec<OsString>) -> Result<u8, Fatal> {
-    let mut primary = Primary::start(config, args, own)?;
+pub(crate) fn run(
+    config: Config,
+    args: RunArgs,
+    own: Vec<OsString>,
+    inherited: Vec<activation::Inherited>,
+) -> Result<u8, Fatal> {
+    let mut primary = Primary::start(config, args, own, inherited)?;
     primary.main_loop()
 }
 
@@ -123,7 +129,12 @@ pub(crate) fn resume(arg: Option<&OsString>) -> Result<u8, Fatal> {
 }
 
 impl Primary {
-    fn start(config: Config, args: RunArgs, own: Vec<OsString>) -> Result<Primary, Fatal> {
+    fn start(
+        config: Config,
+        args: RunArgs,
+        own: Vec<OsString>,
+        inherited: Vec<activation::Inherited>,
+    ) -> Result<Primary, Fatal> {
         sys::ensure_std_fds().map_err(Fatal::system("open /dev/null"))?;
         let pid = std::process::id();
         // Workers or the shell worker of another user must be able to traverse it.
@@ -134,8 +145,7 @@ impl Primary {
                 .is_some_and(|a| shell_link::drop_to(a).is_some());
         prepare_state_dir(&config.state_dir, &config.name, other_user)?;
 
-        let listeners =
-            listeners::bind_all(&config.listeners, config.backlog).map_err(Fatal::Bind)?;
+        let listeners = activation::adopt(&config.listeners, inherited, config.backlog)?;
         for l in &listeners {
             log::info!("listener {} bound to {}", l.name, l.bound);
         }
@@ -840,10 +850,8 @@ impl Primary {
         if let Some(p) = &self.config.pidfile {
             let _ = std::fs::remove_file(p);
         }
-        for l in &self.listeners {
-            if let crate::config::Address::Unix(path) = &l.address {
-                let _ = std::fs::remove_file(path);
-            }
+        for path in self.listeners.iter().filter_map(|l| l.own_path()) {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

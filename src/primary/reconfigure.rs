@@ -122,7 +122,7 @@ pub(crate) fn plan_listeners(current: &[Current<'_>], new: &[ListenerSpec]) -> L
     let mut taken = vec![false; current.len()];
     let mut sockets = Vec::with_capacity(new.len());
     for spec in new {
-        let any_port = matches!(&spec.address, Address::Tcp(a) if a.port() == 0);
+        let any_port = spec.address.any_port();
         let found = current.iter().enumerate().position(|(i, (name, addr, _))| {
             !taken[i] && **addr == spec.address && (!any_port || *name == spec.name)
         });
@@ -429,7 +429,7 @@ impl Primary {
                     "listener {} ({bound}) closed: no generation uses it",
                     l.name
                 );
-                if let Address::Unix(path) = &l.address {
+                if let Some(path) = l.own_path() {
                     let _ = std::fs::remove_file(path);
                 }
             }

@@ -738,11 +738,17 @@ impl Primary {
                         .address
                 }
             };
+            // The hand-off's command line names the adopted sockets (`--inherited-listener`).
+            let adopted = config
+                .activated
+                .iter()
+                .any(|a| a.address.to_string() == l.bound);
             listeners.push(Listener {
                 name: l.name,
                 address,
                 bound: l.bound,
                 fd,
+                adopted,
             });
         }
         let conns = super::Connections::resume(&poll, h.control, &mut take)?;

@@ -2,6 +2,7 @@
 //!
 //! Build the binaries first (`make test` does): `cargo build --workspace --bins --examples`.
 
+mod activation;
 mod chaos;
 mod console;
 mod control;
