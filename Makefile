@@ -7,7 +7,7 @@ RELEASE_BIN := target/release
 FUZZ_BUILD := $(CARGO) build --locked --manifest-path fuzz/Cargo.toml --target-dir target
 FUZZ_TARGET ?= frames
 
-.PHONY: all build build-debug demo test unit integration bench bench-chaos lint fmt fmt-check doc fuzz fuzz-build ci clean
+.PHONY: all build build-debug servers demo test unit integration bench bench-chaos lint fmt fmt-check doc fuzz fuzz-build ci clean
 
 all: build
 
@@ -19,6 +19,12 @@ build-debug:
 	$(CARGO) build --locked --workspace --bins --examples
 	$(FUZZ_BUILD)
 
+## The third-party servers of README's compatibility table (gunicorn, uvicorn, hypercorn, daphne,
+## uWSGI in a pinned venv; the Go example built, with Debian's Go when missing) under
+## target/servers, cached by a stamp; under CI=true one that cannot be installed fails the run.
+servers:
+	examples/servers/install.sh target/servers
+
 ## Runs `hello` under reloadsup, reloads it while a client hammers it, and prints the result.
 demo: build
 	$(RELEASE_BIN)/reloadsup-demo
@@ -26,7 +32,7 @@ demo: build
 ## The whole suite: unit tests, protocol tests, and the integration tests against the real binary.
 ## The release build of the console example is tested too: the shipped profile must keep
 ## unwinding (a panicking console command must not kill the console).
-test: build-debug
+test: build-debug servers
 	$(CARGO) build --release -p reloadsup-examples --example console_commands
 	@mkdir -p target
 	@set -o pipefail; $(CARGO) test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \

@@ -97,6 +97,14 @@ pub(crate) enum ReadyMode {
     Immediate,
 }
 
+/// Who gets the stop signal of a draining worker: the process reloadsup started, or its whole
+/// process group (the worker and every process it started that stayed in its group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopTarget {
+    Worker,
+    Group,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RestartPolicy {
     OnFailure,
@@ -121,12 +129,15 @@ pub(crate) struct Config {
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
     pub stop_signal: Signal,
+    pub stop_signal_to: StopTarget,
     pub graceful_timeout: Duration,
     pub restart: RestartPolicy,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub env: Vec<(OsString, OsString)>,
     pub einhorn_env: bool,
+    /// Set `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` (not with `--no-listen-env`).
+    pub listen_env: bool,
     pub state_dir: PathBuf,
     pub pidfile: Option<PathBuf>,
     /// argv with `{fd:NAME}` templates still in place; see [`Config::argv`].
@@ -243,6 +254,10 @@ pub(crate) struct RunArgs {
     /// Signal that asks a worker to drain [default: TERM].
     #[arg(long, value_name = "SIG")]
     pub stop_signal: Option<String>,
+    /// Who gets the stop signal: worker (the process started) | group (its process group)
+    /// [default: worker].
+    #[arg(long, value_name = "worker|group")]
+    pub stop_signal_to: Option<String>,
     /// How long a draining worker may take before SIGKILL [default: 30s].
     #[arg(long, value_name = "D")]
     pub graceful_timeout: Option<String>,
@@ -261,6 +276,10 @@ pub(crate) struct RunArgs {
     /// Also export EINHORN_FD_COUNT and EINHORN_FD_n to workers.
     #[arg(long)]
     pub einhorn_env: bool,
+    /// Do not set LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES: for servers given the socket by a flag
+    /// ({fd}) that would also take it from LISTEN_FDS (gunicorn --bind fd://{fd}).
+    #[arg(long)]
+    pub no_listen_env: bool,
     /// Instance name [default: COMMAND's file name].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -315,6 +334,8 @@ struct FileConfig {
     ready_timeout: Option<String>,
     #[serde(alias = "stop_signal")]
     stop_signal: Option<String>,
+    #[serde(alias = "stop_signal_to")]
+    stop_signal_to: Option<String>,
     #[serde(alias = "graceful_timeout")]
     graceful_timeout: Option<String>,
     restart: Option<String>,
@@ -323,6 +344,8 @@ struct FileConfig {
     env: Option<Vec<String>>,
     #[serde(alias = "einhorn_env")]
     einhorn_env: Option<bool>,
+    #[serde(alias = "no_listen_env")]
+    no_listen_env: Option<bool>,
     name: Option<String>,
     #[serde(alias = "state_dir")]
     state_dir: Option<PathBuf>,
@@ -430,6 +453,14 @@ fn parse_ready(s: &str) -> Result<ReadyMode, ValueError> {
             Some(d) => parse_duration(d).map(ReadyMode::Delay),
             None => Err(ValueError::NotReadyMode(s.to_string())),
         },
+    }
+}
+
+fn parse_stop_target(s: &str) -> Result<StopTarget, ValueError> {
+    match s {
+        "worker" => Ok(StopTarget::Worker),
+        "group" => Ok(StopTarget::Group),
+        _ => Err(ValueError::NotStopTarget(s.to_string())),
     }
 }
 
@@ -687,6 +718,14 @@ impl Config {
             Signal::SIGTERM,
             parse_signal
         );
+        let stop_signal_to = pick!(
+            args.stop_signal_to,
+            file.stop_signal_to,
+            "stop-signal-to",
+            "stop-signal-to",
+            StopTarget::Worker,
+            parse_stop_target
+        );
         let graceful_timeout = pick!(
             args.graceful_timeout,
             file.graceful_timeout,
@@ -888,12 +927,14 @@ impl Config {
             ready,
             ready_timeout,
             stop_signal,
+            stop_signal_to,
             graceful_timeout,
             restart,
             uid,
             gid,
             env,
             einhorn_env: args.einhorn_env || file.einhorn_env.unwrap_or(false),
+            listen_env: !(args.no_listen_env || file.no_listen_env.unwrap_or(false)),
             state_dir,
             pidfile,
             command,

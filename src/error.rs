@@ -263,6 +263,7 @@ pub(crate) enum ValueError {
     NotSignalName(String),
     NotReadyMode(String),
     NotRestartPolicy(String),
+    NotStopTarget(String),
     NoUser(String),
     NoGroup(String),
     /// `--admin-user` that is not `USER` or `USER:GROUP`.
@@ -316,6 +317,7 @@ impl fmt::Display for ValueError {
             ValueError::NotSignalName(s) => write!(f, "'{s}' is not a signal name: use TERM, INT, QUIT, USR1, ..."),
             ValueError::NotReadyMode(s) => write!(f, "'{s}' is not a readiness mode: use notify, delay:DURATION or immediate"),
             ValueError::NotRestartPolicy(s) => write!(f, "'{s}' is not a restart policy: use on-failure, always or never"),
+            ValueError::NotStopTarget(s) => write!(f, "'{s}' is not a stop signal target: use worker or group"),
             ValueError::NoUser(s) => write!(f, "no such user '{s}'"),
             ValueError::NoGroup(s) => write!(f, "no such group '{s}'"),
             ValueError::NotPositive => f.write_str("must be at least 1"),

@@ -386,6 +386,8 @@ pub struct WorkerSpec {
     pub gid: Option<u32>,
     /// Also export `EINHORN_FD_COUNT` and `EINHORN_FD_n`.
     pub einhorn_env: bool,
+    /// Export `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` (false with `--no-listen-env`).
+    pub listen_env: bool,
 }
 
 /// Sent on a hand-off socket in front of the fd batches when there are more listeners than

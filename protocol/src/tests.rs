@@ -287,6 +287,7 @@ fn small_worker_spec() -> WorkerSpec {
         uid: None,
         gid: Some(5),
         einhorn_env: true,
+        listen_env: false,
     }
 }
 
@@ -295,6 +296,7 @@ const SMALL_WORKER_SPEC: &str = "
     01 01 61     01 01 4b 01 56     01 01 6c    (argv, env, listener_names)
     01           01 01 6e                       (fd_count, notify_socket)
     00           01 05       01                 (uid, gid, einhorn_env)
+    00                                          (listen_env, appended for --no-listen-env)
 ";
 
 fn small_shell_spec() -> ShellSpec {
@@ -689,6 +691,7 @@ fn full_worker_spec() -> WorkerSpec {
         uid: Some(0),
         gid: None,
         einhorn_env: false,
+        listen_env: true,
     }
 }
 

@@ -17,6 +17,7 @@ pub(crate) mod notify;
 mod reconfigure;
 pub(crate) mod shell_link;
 pub(crate) mod state;
+mod stop;
 pub(crate) mod upgrade;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -371,7 +372,7 @@ impl Primary {
                 }
                 Action::Signal { pid, signal } => {
                     let sig = Signal::try_from(signal).unwrap_or(Signal::SIGKILL);
-                    if let Err(e) = sys::kill_group(pid, sig) {
+                    if let Err(e) = stop::send(&self.config, pid, sig) {
                         log::warn!(
                             "unable to send {} to worker pid {pid}: {}",
                             sig.as_str(),
@@ -472,6 +473,7 @@ impl Primary {
             uid: self.config.uid,
             gid: self.config.gid,
             einhorn_env: epoch.einhorn_env,
+            listen_env: epoch.listen_env,
         };
         let body = proto::encode(&spec).map_err(io::Error::other)?;
         // A spare that died since it was started fails the send: try the next, then a new one.

@@ -31,6 +31,8 @@ pub(crate) struct Epoch {
     pub argv: Vec<OsString>,
     pub env: Vec<(Vec<u8>, Vec<u8>)>,
     pub einhorn_env: bool,
+    /// `LISTEN_FDS` and the like are set (not with `--no-listen-env`).
+    pub listen_env: bool,
     /// `(name, bound address)` in `--listen` order: fd 3.. and `LISTEN_FDNAMES` of these
     /// generations. The bound address names a socket of the primary's pool.
     pub listeners: Vec<(String, String)>,
@@ -47,6 +49,7 @@ impl Epoch {
                 .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
                 .collect(),
             einhorn_env: config.einhorn_env,
+            listen_env: config.listen_env,
             listeners: config
                 .listeners
                 .iter()
@@ -166,6 +169,7 @@ pub(crate) fn changes(old: &Config, new: &Config) -> Changes {
     check("command", old.command != new.command, true);
     check("env", old.env != new.env, true);
     check("einhorn-env", old.einhorn_env != new.einhorn_env, true);
+    check("no-listen-env", old.listen_env != new.listen_env, true);
     check("workers", old.workers != new.workers, true);
     check("prespawn", old.prespawn != new.prespawn, true);
     check("ready", old.ready != new.ready, true);
@@ -175,6 +179,11 @@ pub(crate) fn changes(old: &Config, new: &Config) -> Changes {
         true,
     );
     check("stop-signal", old.stop_signal != new.stop_signal, true);
+    check(
+        "stop-signal-to",
+        old.stop_signal_to != new.stop_signal_to,
+        true,
+    );
     check(
         "graceful-timeout",
         old.graceful_timeout != new.graceful_timeout,
@@ -586,6 +595,7 @@ mod tests {
             argv: vec![],
             env: vec![],
             einhorn_env: false,
+            listen_env: true,
             listeners: listeners
                 .iter()
                 .map(|l| (String::new(), l.to_string()))

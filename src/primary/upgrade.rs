@@ -318,8 +318,8 @@ fn check_handoff() -> Result<(), String> {
         .map_err(|e| format!("unable to read the hand-off: {}", crate::error::lower(&e)))?;
     let handoff =
         image::decode_handoff(&bytes).map_err(|e| format!("unable to decode the hand-off: {e}"))?;
-    config_of(&handoff)?;
-    epochs_from(&handoff).map(|_| ())
+    let (_, config) = config_of(&handoff)?;
+    epochs_from(&handoff, &config).map(|_| ())
 }
 
 pub(crate) fn epoch_images(epochs: &[Epoch]) -> Vec<image::EpochImage> {
@@ -336,7 +336,13 @@ pub(crate) fn epoch_images(epochs: &[Epoch]) -> Vec<image::EpochImage> {
 }
 
 /// The epochs of a hand-off; each listener they name must be one the hand-off carries.
-pub(crate) fn epochs_from(h: &Handoff) -> Result<Vec<Epoch>, String> {
+///
+/// `listen_env` (`--no-listen-env`) is not in the hand-off's epochs: every epoch takes it from
+/// `config`, the running config rebuilt from the hand-off.
+pub(crate) fn epochs_from(
+    h: &Handoff,
+    config: &crate::config::Config,
+) -> Result<Vec<Epoch>, String> {
     if h.epochs.is_empty() {
         return Err("the hand-off has no worker spec".into());
     }
@@ -356,6 +362,7 @@ pub(crate) fn epochs_from(h: &Handoff) -> Result<Vec<Epoch>, String> {
             argv: e.argv.iter().cloned().map(OsString::from_vec).collect(),
             env: e.env.clone(),
             einhorn_env: e.einhorn_env,
+            listen_env: config.listen_env,
             listeners: e.listeners.clone(),
         });
     }
@@ -712,7 +719,7 @@ impl Primary {
         let clock = Clock::now();
         sys::ensure_std_fds().map_err(|e| format!("open /dev/null: {}", lower(&e)))?;
         let (args, config) = config_of(&h)?;
-        let epochs = epochs_from(&h)?;
+        let epochs = epochs_from(&h, &config)?;
         let pid = std::process::id();
         let poll = Poll::new().map_err(|e| format!("create the poll: {}", lower(&e)))?;
         let mut signals = Signals::new([

@@ -204,9 +204,13 @@ fn set_env(spec: &WorkerSpec) {
         std::env::set_var(OsString::from_vec(k.clone()), OsString::from_vec(v.clone()));
     }
     let n = spec.fd_count;
-    std::env::set_var("LISTEN_FDS", n.to_string());
-    std::env::set_var("LISTEN_PID", std::process::id().to_string());
-    std::env::set_var("LISTEN_FDNAMES", spec.listener_names.join(":"));
+    // Without them (`--no-listen-env`) a server that takes its socket by a flag (`{fd}`) does
+    // not also adopt it from LISTEN_FDS: gunicorn would then close fd 3 twice.
+    if spec.listen_env {
+        std::env::set_var("LISTEN_FDS", n.to_string());
+        std::env::set_var("LISTEN_PID", std::process::id().to_string());
+        std::env::set_var("LISTEN_FDNAMES", spec.listener_names.join(":"));
+    }
     if let Some(path) = &spec.notify_socket {
         std::env::set_var("NOTIFY_SOCKET", OsString::from_vec(path.clone()));
     }
@@ -238,6 +242,7 @@ mod tests {
             uid: None,
             gid: None,
             einhorn_env: false,
+            listen_env: true,
         }
     }
 

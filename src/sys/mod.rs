@@ -511,6 +511,14 @@ pub(crate) fn drop_privileges(
 }
 
 /// Sends `sig` to the process group `pgid`. A group that is gone is not an error.
+/// Sends `sig` to the process `pid` alone (not its group); a process already gone is no error.
+pub(crate) fn kill(pid: u32, sig: Signal) -> io::Result<()> {
+    match signal::kill(Pid::from_raw(pid as i32), sig) {
+        Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+        Err(e) => Err(errno(e)),
+    }
+}
+
 pub(crate) fn kill_group(pgid: u32, sig: Signal) -> io::Result<()> {
     match signal::killpg(Pid::from_raw(pgid as i32), sig) {
         Ok(()) | Err(nix::Error::ESRCH) => Ok(()),

@@ -9,6 +9,7 @@ mod control;
 mod core;
 mod lifecycle;
 mod reconfigure;
+mod servers;
 mod upgrade;
 
 use std::net::SocketAddr;
