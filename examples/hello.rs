@@ -6,8 +6,11 @@
 //! flight across a reload.
 //!
 //! ```text
-//! hello [--listen HOST:PORT] [--delay DURATION] [--no-ready] [--exit-code N]
+//! hello [--listen HOST:PORT] [--delay DURATION] [--no-ready] [--exit-code N] [--log-requests]
 //! ```
+//!
+//! With `--log-requests` it prints `request N` on stdout before it answers each request, N
+//! counting from 1 in each process, for the logger tests: every answered request has its line.
 //!
 //! Under reloadsup the listener is fd 3 (`LISTEN_FDS`), shared with every other worker of every
 //! generation: this program never shuts it down, never changes its flags, and treats `EAGAIN` from
@@ -40,7 +43,8 @@ const USAGE: &str =
   --delay DURATION    wait this long (250ms, 2s, ...) before accepting and signalling readiness;
                       also read from $HELLO_DELAY
   --no-ready          never send READY=1 (to exercise a ready timeout)
-  --exit-code N       exit with status N at once (to exercise a failed reload)";
+  --exit-code N       exit with status N at once (to exercise a failed reload)
+  --log-requests      print `request N` on stdout before answering each request";
 
 /// At most this many connections are served at once; more wait in our queue (never refused).
 const MAX_CONNECTION_THREADS: usize = 1024;
@@ -58,6 +62,11 @@ const MAX_SLOW: Duration = Duration::from_secs(600);
 
 /// Set once draining starts; connection threads read it to answer with `Connection: close`.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// `--log-requests`.
+static LOG_REQUESTS: AtomicBool = AtomicBool::new(false);
+/// Requests answered (with `--log-requests`), numbered under stdout's lock so that the
+/// numbers appear in order.
+static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 struct Config {
     listen: Option<String>,
@@ -128,6 +137,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Config>, Stri
             "--listen" => config.listen = Some(value("--listen")?),
             "--delay" => delay = Some(value("--delay")?),
             "--no-ready" => config.ready = false,
+            "--log-requests" => LOG_REQUESTS.store(true, Ordering::SeqCst),
             "--exit-code" => {
                 let v = value("--exit-code")?;
                 let code = v
@@ -776,6 +786,11 @@ fn serve(mut conn: Conn, drain_fd: RawFd, responses: &Responses) {
             (true, false) => &responses.head_keep_alive,
             (true, true) => &responses.head_close,
         };
+        if LOG_REQUESTS.load(Ordering::Relaxed) {
+            let mut out = io::stdout().lock();
+            let n = REQUESTS.fetch_add(1, Ordering::SeqCst) + 1;
+            let _ = writeln!(out, "request {n}");
+        }
         if conn.write_all(response).is_err() {
             return;
         }

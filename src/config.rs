@@ -149,6 +149,83 @@ pub(crate) struct Config {
     /// them, never from a file that may have changed (or broken) since.
     pub file_text: Option<String>,
     pub start_text: Option<String>,
+    /// What becomes of the workers' stdout and stderr (`--log-*`).
+    pub log: LogConfig,
+}
+
+/// Where the workers' output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LogOutput {
+    /// The primary's own stdout and stderr, unlabelled (no logger worker).
+    Inherit,
+    /// Captured and labelled by the logger worker, written to the primary's stdout.
+    Stdout,
+    /// Captured and labelled, appended to this file, rotated.
+    File(PathBuf),
+}
+
+/// `--log-output`, `--log-format`, `--log-rotate-size`, `--log-rotate-keep`, `--log-ring`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LogConfig {
+    pub output: LogOutput,
+    pub json: bool,
+    pub rotate_size: u64,
+    pub rotate_keep: u32,
+    pub ring: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            output: LogOutput::Inherit,
+            json: false,
+            rotate_size: 100 << 20,
+            rotate_keep: 5,
+            ring: 1 << 20,
+        }
+    }
+}
+
+/// Parses `--log-output`: `inherit`, `stdout` or `file:PATH`.
+pub(crate) fn parse_log_output(s: &str) -> Result<LogOutput, ValueError> {
+    match s {
+        "inherit" => Ok(LogOutput::Inherit),
+        "stdout" => Ok(LogOutput::Stdout),
+        _ => match s.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(LogOutput::File(PathBuf::from(path))),
+            _ => Err(ValueError::NotLogOutput(s.to_string())),
+        },
+    }
+}
+
+/// Parses `--log-format`: `text` or `json`; true for JSON.
+pub(crate) fn parse_log_format(s: &str) -> Result<bool, ValueError> {
+    match s {
+        "text" => Ok(false),
+        "json" => Ok(true),
+        _ => Err(ValueError::NotLogFormat(s.to_string())),
+    }
+}
+
+/// Parses a size in bytes: `1048576`, `512K`, `100M`, `1G` (powers of 1024; `KiB`, `MB` and
+/// the like are accepted too, all binary).
+pub(crate) fn parse_size(s: &str) -> Result<u64, ValueError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: u64 = num
+        .parse()
+        .map_err(|_| ValueError::NotSize(s.to_string()))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(ValueError::NotSize(s.to_string())),
+    };
+    value
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| ValueError::NotSize(s.to_string()))
 }
 
 #[derive(Debug, Clone)]
@@ -308,6 +385,22 @@ pub(crate) struct RunArgs {
     /// Run the console's shell worker as USER or USER:GROUP [default: --user/--group].
     #[arg(long, value_name = "USER[:GROUP]")]
     pub admin_user: Option<String>,
+    /// Workers' stdout and stderr: inherit | stdout | file:PATH [default: inherit]. With
+    /// stdout or file, a logger worker labels every line.
+    #[arg(long, value_name = "WHERE")]
+    pub log_output: Option<String>,
+    /// text | json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Rotate the log file once it passes this size, like 100M [default: 100M; 0: never].
+    #[arg(long, value_name = "SIZE")]
+    pub log_rotate_size: Option<String>,
+    /// Rotated log files kept [default: 5].
+    #[arg(long, value_name = "N")]
+    pub log_rotate_keep: Option<u32>,
+    /// Bytes of recent lines kept for `ctl logs` [default: 1M].
+    #[arg(long, value_name = "SIZE")]
+    pub log_ring: Option<String>,
     /// TOML file with the same keys; command-line flags win.
     #[arg(short = 'c', long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -361,8 +454,26 @@ struct FileConfig {
     admin_password_hash_file: Option<PathBuf>,
     #[serde(alias = "admin_user")]
     admin_user: Option<String>,
+    #[serde(alias = "log_output")]
+    log_output: Option<String>,
+    #[serde(alias = "log_format")]
+    log_format: Option<String>,
+    #[serde(alias = "log_rotate_size")]
+    log_rotate_size: Option<toml::Value>,
+    #[serde(alias = "log_rotate_keep")]
+    log_rotate_keep: Option<u32>,
+    #[serde(alias = "log_ring")]
+    log_ring: Option<toml::Value>,
     command: Option<Vec<String>>,
     commands: Option<BTreeMap<String, FileCommand>>,
+}
+
+/// A size in the config file: a number of bytes or a string like "100M".
+fn size_text(v: toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s,
+        other => other.to_string(),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -743,6 +854,71 @@ impl Config {
             parse_restart
         );
 
+        let defaults = LogConfig::default();
+        let log_output = pick!(
+            args.log_output,
+            file.log_output,
+            "log-output",
+            "log-output",
+            defaults.output,
+            parse_log_output
+        );
+        let log_json = pick!(
+            args.log_format,
+            file.log_format,
+            "log-format",
+            "log-format",
+            defaults.json,
+            parse_log_format
+        );
+        let rotate_size = pick!(
+            args.log_rotate_size,
+            file.log_rotate_size.map(size_text),
+            "log-rotate-size",
+            "log-rotate-size",
+            defaults.rotate_size,
+            parse_size
+        );
+        let rotate_keep = args
+            .log_rotate_keep
+            .or(file.log_rotate_keep)
+            .unwrap_or(defaults.rotate_keep);
+        if rotate_keep > 1000 {
+            return bad(
+                src(
+                    "log-rotate-keep",
+                    "log-rotate-keep",
+                    args.log_rotate_keep.is_some(),
+                ),
+                ValueError::OverLimit {
+                    value: rotate_keep,
+                    limit: 1000,
+                },
+            );
+        }
+        let ring_cli = args.log_ring.is_some();
+        let ring = pick!(
+            args.log_ring,
+            file.log_ring.map(size_text),
+            "log-ring",
+            "log-ring",
+            defaults.ring,
+            parse_size
+        );
+        if ring > 1 << 30 {
+            return bad(
+                src("log-ring", "log-ring", ring_cli),
+                ValueError::NotSize(format!("{ring} bytes is more than the limit of 1G")),
+            );
+        }
+        let log = LogConfig {
+            output: log_output,
+            json: log_json,
+            rotate_size,
+            rotate_keep,
+            ring,
+        };
+
         let user_cli = args.user.is_some();
         let (mut uid, mut gid) = (None, None);
         if let Some(user) = args.user.or(file.user) {
@@ -942,6 +1118,7 @@ impl Config {
             commands,
             start_text: text.clone(),
             file_text: text,
+            log,
         })
     }
 }

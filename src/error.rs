@@ -297,6 +297,9 @@ pub(crate) enum ValueError {
         name: String,
         names: String,
     },
+    NotLogOutput(String),
+    NotLogFormat(String),
+    NotSize(String),
 }
 
 impl fmt::Display for ValueError {
@@ -331,6 +334,9 @@ impl fmt::Display for ValueError {
             ValueError::NotInPath(name) => write!(f, "'{name}' was not found in PATH"),
             ValueError::FdWithoutListener => f.write_str("'{fd}' is used but there is no --listen"),
             ValueError::NotUserGroup(s) => write!(f, "'{s}' is not USER or USER:GROUP"),
+            ValueError::NotLogOutput(s) => write!(f, "'{s}' is not a log output: use inherit, stdout or file:PATH"),
+            ValueError::NotLogFormat(s) => write!(f, "'{s}' is not a log format: use text or json"),
+            ValueError::NotSize(s) => write!(f, "'{s}' is not a size: expected a number of bytes with an optional K, M or G, like 100M"),
             ValueError::NoSuchListener { name, names } => write!(f, "'{{fd:{name}}}' names no listener; the listeners are: {names}"),
         }
     }

@@ -489,5 +489,83 @@ pub enum KeeperMessage {
     Forget { pgid: u32 },
 }
 
+// ---------------------------------------------------------------------------------------------
+// The logger worker: reads every worker's stdout and stderr pipe, labels each line and writes it
+// to the chosen sink; keeps a ring of recent lines.
+// ---------------------------------------------------------------------------------------------
+
+/// Where the logger writes the lines it labels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogSink {
+    /// The logger's (the primary's) stdout.
+    Stdout,
+    /// This file, appended to and rotated.
+    File(Vec<u8>),
+}
+
+/// How each line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogFormat {
+    /// `TS gen=G worker=S pid=P STREAM: LINE`
+    Text,
+    /// One JSON object per line: `ts`, `generation`, `worker`, `pid`, `stream`, `line`.
+    Json,
+}
+
+/// Which of a worker's outputs a pipe carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// The first message on the logger's link (SOCK_SEQPACKET, bare postcard, no fds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggerSpec {
+    pub version: u32,
+    pub primary_pid: u32,
+    pub sink: LogSink,
+    pub format: LogFormat,
+    /// A file is rotated once it passes this many bytes (0: never).
+    pub rotate_size: u64,
+    /// How many rotated files (`PATH.1` ..) are kept.
+    pub rotate_keep: u32,
+    /// Bytes of recent lines kept for `ctl logs`.
+    pub ring_bytes: u64,
+}
+
+/// Every later message from the primary to the logger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoggerMessage {
+    /// The read end of one worker output pipe, attached (exactly one fd), with its labels.
+    /// `id` is the primary's, unique for its life (and across upgrades in place).
+    Pipe {
+        id: u64,
+        generation: u64,
+        slot: u32,
+        pid: u32,
+        stream: LogStream,
+    },
+    /// Reopen the log file (SIGUSR1 to the primary, after logrotate moved it away).
+    Reopen,
+}
+
+/// Every message from the logger to the primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoggerEvent {
+    /// The pipe `id` reached end-of-file and every line of it was written: no writer is left,
+    /// so the primary closes its copy.
+    Drained { id: u64 },
+}
+
 #[cfg(test)]
 mod tests;

@@ -1371,11 +1371,36 @@ fn small_handoff() -> upgrade::Handoff {
             einhorn_env: false,
             listeners: vec![("l".into(), "a".into())],
         }],
+        logger: Some(LoggerImage {
+            spec: LoggerSpec {
+                version: 1,
+                primary_pid: 2,
+                sink: LogSink::Stdout,
+                format: LogFormat::Json,
+                rotate_size: 0,
+                rotate_keep: 0,
+                ring_bytes: 0,
+            },
+            pipes: vec![PipeImage {
+                id: 1,
+                generation: 1,
+                slot: 0,
+                pid: 300,
+                stream: crate::LogStream::Stderr,
+                fd: 9,
+            }],
+            next_id: 2,
+            pid: Some(302),
+            link_fd: Some(10),
+            started: None,
+            backoff: 3,
+            restart_at: None,
+        }),
     }
 }
 
 const SMALL_HANDOFF: &str = "
-    02 01 76 01 01 61 02 2f62 01 01 02 00   (version 2, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
+    03 01 76 01 01 61 02 2f62 01 01 02 00   (version 3, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
     01 05 06 07 01 1e                       (settings: delay 5ns, timeouts 6 7, always, TERM 15 zigzag)
     01 01 01 02 01 03 00 03                 (target, serving, starting gen 2 [3], pending none, next 3)
     01 ac02 01 00 01 08 00 01 09 01 73      (processes: [pid 300 gen 1 slot 0 ready, started 8, deadline 9, s])
@@ -1390,6 +1415,9 @@ const SMALL_HANDOFF: &str = "
     01 01 63 00                             (version 2: config_text c, start_text none)
     01 01 01 01 77 01 01 4b 01 56 00        (epochs: [from 1, argv [w], env [K=V], no einhorn env,)
     01 01 6c 01 61                          ( listeners [l @ a]])
+    01 01 02 00 01 00 00 00                 (version 3: logger: spec [1, pid 2, stdout, json, 0 0 0],)
+    01 01 01 00 ac02 01 12                  ( pipes [id 1, gen 1, slot 0, pid 300, stderr, fd 9],)
+    02 01 ae02 01 14 00 03 00               ( next 2, pid 302, link fd 10, started none, backoff 3, restart none)
 ";
 
 #[test]
@@ -1428,5 +1456,91 @@ fn handoff_garbage_never_panics() {
         let _ = upgrade::decode_handoff(&b);
         let len = rng.below(200);
         let _ = upgrade::decode_handoff(&rng.bytes(len));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The logger's link
+// ---------------------------------------------------------------------------------------------
+
+fn logger_message_index(msg: &LoggerMessage) -> u8 {
+    match msg {
+        LoggerMessage::Pipe { .. } => 0,
+        LoggerMessage::Reopen => 1,
+    }
+}
+
+fn logger_message_goldens() -> Vec<(LoggerMessage, &'static str)> {
+    vec![
+        (
+            LoggerMessage::Pipe {
+                id: 300,
+                generation: 2,
+                slot: 1,
+                pid: 1000,
+                stream: LogStream::Stderr,
+            },
+            "00 ac02 02 01 e807 01",
+        ),
+        (LoggerMessage::Reopen, "01"),
+    ]
+}
+
+fn logger_event_index(msg: &LoggerEvent) -> u8 {
+    match msg {
+        LoggerEvent::Drained { .. } => 0,
+    }
+}
+
+fn logger_event_goldens() -> Vec<(LoggerEvent, &'static str)> {
+    vec![(LoggerEvent::Drained { id: 7 }, "00 07")]
+}
+
+#[test]
+fn logger_goldens_are_pinned() {
+    assert_variant_goldens(&logger_message_goldens(), logger_message_index);
+    assert_variant_goldens(&logger_event_goldens(), logger_event_index);
+    assert_golden(&LogStream::Stdout, "00");
+    assert_golden(&LogFormat::Json, "01");
+    assert_golden(
+        &LoggerSpec {
+            version: 1,
+            primary_pid: 100,
+            sink: LogSink::File(b"/l".to_vec()),
+            format: LogFormat::Text,
+            rotate_size: 300,
+            rotate_keep: 5,
+            ring_bytes: 1,
+        },
+        "01 64 01 02 2f6c 00 ac02 05 01",
+    );
+    assert_golden(
+        &LoggerSpec {
+            version: 1,
+            primary_pid: 2,
+            sink: LogSink::Stdout,
+            format: LogFormat::Json,
+            rotate_size: 0,
+            rotate_keep: 0,
+            ring_bytes: 0,
+        },
+        "01 02 00 01 00 00 00",
+    );
+}
+
+#[test]
+fn random_bytes_never_panic_as_logger_messages() {
+    let mut x: u32 = 0x1234_5678;
+    for _ in 0..2000 {
+        let mut bytes = vec![0u8; (x % 24) as usize];
+        for b in &mut bytes {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+        let _ = decode::<LoggerMessage>(&bytes);
+        let _ = decode::<LoggerEvent>(&bytes);
+        let _ = decode::<LoggerSpec>(&bytes);
     }
 }

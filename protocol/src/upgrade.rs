@@ -17,7 +17,7 @@ use crate::ReloadOutcome;
 use crate::ShellSpec;
 
 /// Bumped on any change of the hand-off that is not an append.
-pub const HANDOFF_VERSION: u32 = 2;
+pub const HANDOFF_VERSION: u32 = 3;
 
 /// Everything the primary holds, as plain data and fd numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,34 @@ pub struct Handoff {
     pub start_text: Option<String>,
     /// Version 2: the worker spec of each run of live generations, oldest first.
     pub epochs: Vec<EpochImage>,
+    /// Version 3: the logger worker and every open worker output pipe
+    /// (`--log-output stdout|file:PATH`).
+    pub logger: Option<LoggerImage>,
+}
+
+/// The logger worker as the primary knows it: its spec, link and back-off, and the read end
+/// of every worker output pipe not drained yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggerImage {
+    pub spec: crate::LoggerSpec,
+    pub pipes: Vec<PipeImage>,
+    pub next_id: u64,
+    pub pid: Option<u32>,
+    pub link_fd: Option<i32>,
+    pub started: Option<u64>,
+    pub backoff: u64,
+    pub restart_at: Option<u64>,
+}
+
+/// One worker output pipe: the read end's fd number and its labels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipeImage {
+    pub id: u64,
+    pub generation: u64,
+    pub slot: u32,
+    pub pid: u32,
+    pub stream: crate::LogStream,
+    pub fd: i32,
 }
 
 /// The worker spec of generations `from` up to the next epoch's `from`.

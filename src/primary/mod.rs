@@ -13,6 +13,7 @@ pub(crate) mod control;
 mod files;
 pub(crate) mod keeper_link;
 pub(crate) mod listeners;
+pub(crate) mod logs;
 pub(crate) mod notify;
 mod reconfigure;
 pub(crate) mod shell_link;
@@ -97,6 +98,8 @@ pub(crate) struct Primary {
     upgrades: u64,
     /// The upgrade whose pre-flight runs, if any.
     upgrade: Option<upgrade::Upgrade>,
+    /// The logger worker and the workers' output pipes (`--log-output stdout|file:PATH`).
+    logs: Option<logs::Logs>,
 }
 
 /// A worker role that is running and waiting for its [`WorkerSpec`].
@@ -153,7 +156,7 @@ impl Primary {
 
         let poll = Poll::new().map_err(Fatal::system("create the poll"))?;
         let mut signals = Signals::new([
-            SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2,
+            SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2, SIGUSR1,
         ])
         .map_err(Fatal::system("install signal handlers"))?;
         poll.registry()
@@ -202,6 +205,7 @@ impl Primary {
             control_path.display()
         );
         Ok(Primary {
+            logs: logs::Logs::new(&config.log, pid),
             conns: Connections::new(control),
             config,
             poll,
@@ -229,6 +233,9 @@ impl Primary {
 
     fn main_loop(&mut self) -> Result<u8, Fatal> {
         self.keeper.start(Instant::now());
+        if let Some(logs) = &mut self.logs {
+            logs.start(&self.poll, Instant::now());
+        }
         if let Some(shell) = &mut self.shell {
             shell.start(&self.poll, &mut self.conns, Instant::now());
         }
@@ -252,6 +259,7 @@ impl Primary {
                 shell_deadline,
                 self.refill_at,
                 self.keeper.state.restart_at,
+                self.logs.as_ref().and_then(|l| l.restart_at),
                 self.upgrade
                     .as_ref()
                     .filter(|u| !u.passed && !u.timed_out)
@@ -297,6 +305,7 @@ impl Primary {
                         false
                     }
                     CONTROL => self.on_accept(),
+                    logs::LOGGER => self.logs.as_mut().is_some_and(|l| l.on_link(&self.poll)),
                     Token(t) if t >= FIRST_LINK => {
                         self.on_link(t - FIRST_LINK);
                         false
@@ -322,6 +331,9 @@ impl Primary {
             }
             if self.keeper.due(now) {
                 self.keeper.start(now);
+            }
+            if let Some(logs) = self.logs.as_mut().filter(|l| l.due(now)) {
+                logs.start(&self.poll, now);
             }
             if let Some(up) = self
                 .upgrade
@@ -413,6 +425,9 @@ impl Primary {
                     }
                     self.conns.flush_all();
                     self.cleanup();
+                    if let Some(logs) = &mut self.logs {
+                        logs.finish(&self.poll);
+                    }
                     self.keeper.close();
                     log::info!("all workers are gone; exiting");
                     return Some(0);
@@ -481,7 +496,9 @@ impl Primary {
             if self.config.prespawn > 0 && self.refill_at.is_none() {
                 self.refill_at = Some(Instant::now() + REFILL_DELAY);
             }
-            match send_handoff(&spare.link, &body, &self.listeners, &handoff) {
+            let sent = send_handoff(&spare.link, &body, &self.listeners, &handoff)
+                .and_then(|()| self.send_outputs(&spare.link, generation, slot, spare.pid));
+            match sent {
                 Ok(()) => {
                     log::debug!(
                         "worker {slot} of generation {generation} runs in spare pid {}",
@@ -497,7 +514,9 @@ impl Primary {
             }
         }
         let (pid, link) = self.spawn_role()?;
-        if let Err(e) = send_handoff(&link, &body, &self.listeners, &handoff) {
+        let sent = send_handoff(&link, &body, &self.listeners, &handoff)
+            .and_then(|()| self.send_outputs(&link, generation, slot, pid));
+        if let Err(e) = sent {
             // The role process will find its link closed and exit; make sure of it.
             let _ = sys::kill_group(pid, Signal::SIGKILL);
             return Err(e);
@@ -507,12 +526,32 @@ impl Primary {
         Ok(pid)
     }
 
+    /// With a logger: the worker's stdout and stderr pipes, after its listeners.
+    fn send_outputs(
+        &mut self,
+        link: &OwnedFd,
+        generation: u64,
+        slot: u32,
+        pid: u32,
+    ) -> io::Result<()> {
+        let Some(logs) = &mut self.logs else {
+            return Ok(());
+        };
+        let [out, err] = logs.outputs(&self.poll, generation, slot, pid)?;
+        let batch =
+            proto::encode(&proto::FdBatch { index: 0, count: 2 }).map_err(io::Error::other)?;
+        sys::send_with_fds(link.as_fd(), &batch, &[out.as_fd(), err.as_fd()])
+    }
+
     /// Starts a worker role process; it waits on the returned link for its spec.
     fn spawn_role(&mut self) -> io::Result<(u32, OwnedFd)> {
         let (ours, theirs) = sys::seqpacket_pair()?;
         let parent = self.pid.to_string();
         let mut args = vec!["__worker", &parent];
         args.extend(self.keeper.worker_arg());
+        if self.logs.is_some() {
+            args.push(crate::roles::worker::CAPTURED);
+        }
         let pid = sys::spawn_role(
             Path::new("/proc/self/exe"),
             "reloadsup-worker",
@@ -576,6 +615,13 @@ impl Primary {
                         },
                     ));
                 }
+                SIGUSR1 => match &mut self.logs {
+                    Some(logs) => {
+                        log::info!("SIGUSR1: reopening the log file");
+                        logs.reopen(&self.poll);
+                    }
+                    None => log::info!("SIGUSR1: no log file to reopen (--log-output inherit)"),
+                },
                 SIGUSR2 => {
                     log::info!("SIGUSR2: upgrade in place");
                     self.request(FROM_SIGNAL, Request::Upgrade { binary: None }, actions);
@@ -600,6 +646,10 @@ impl Primary {
                     }
                     if self.keeper.is(pid) {
                         self.keeper.exited(Instant::now(), status);
+                        continue;
+                    }
+                    if let Some(logs) = self.logs.as_mut().filter(|l| l.is(pid)) {
+                        logs.exited(&self.poll, Instant::now(), status);
                         continue;
                     }
                     if let Some(i) = self.spares.iter().position(|s| s.pid == pid) {

@@ -208,6 +208,16 @@ pub(crate) fn changes(old: &Config, new: &Config) -> Changes {
     check("user", old.uid != new.uid, false);
     check("group", old.gid != new.gid, false);
     check("pidfile", old.pidfile != new.pidfile, false);
+    // The logger worker and the pipes are set up at start: a restart of the supervisor
+    // (not an upgrade in place, which keeps them) changes them.
+    check("log-output", old.log.output != new.log.output, false);
+    check("log-format", old.log.json != new.log.json, false);
+    check(
+        "log-rotate",
+        (old.log.rotate_size, old.log.rotate_keep) != (new.log.rotate_size, new.log.rotate_keep),
+        false,
+    );
+    check("log-ring", old.log.ring != new.log.ring, false);
     let admin_differs = match (old_admin, new_admin) {
         (None, None) => false,
         (Some(a), Some(b)) => a.address != b.address,
@@ -229,6 +239,7 @@ pub(crate) fn merge(old: &Config, mut new: Config) -> Config {
     new.uid = old.uid;
     new.gid = old.gid;
     new.pidfile = old.pidfile.clone();
+    new.log = old.log.clone();
     new.start_text = old.start_text.clone();
     new.admin = match (&old.admin, new.admin) {
         (Some(a), Some(b)) => Some(crate::config::Admin {

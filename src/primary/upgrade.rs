@@ -423,6 +423,9 @@ pub(crate) fn fds_of(h: &Handoff) -> Vec<RawFd> {
     if let Some(s) = &h.shell {
         fds.push(s.listener_fd);
     }
+    if let Some(l) = &h.logger {
+        fds.extend(super::logs::Logs::image_fds(l));
+    }
     fds
 }
 
@@ -710,6 +713,7 @@ impl Primary {
             config_text: self.config.file_text.clone(),
             start_text: self.config.start_text.clone(),
             epochs: epoch_images(&self.epochs),
+            logger: self.logs.as_ref().map(|l| l.image(c)),
         }
     }
 
@@ -723,7 +727,7 @@ impl Primary {
         let pid = std::process::id();
         let poll = Poll::new().map_err(|e| format!("create the poll: {}", lower(&e)))?;
         let mut signals = Signals::new([
-            SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2,
+            SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2, SIGUSR1,
         ])
         .map_err(|e| format!("install signal handlers: {}", lower(&e)))?;
         poll.registry()
@@ -791,8 +795,21 @@ impl Primary {
             }
             None => None,
         };
+        let logs = match h.logger {
+            Some(image) => Some(
+                super::logs::Logs::resume(
+                    image,
+                    |fd| take(fd, "a log pipe or the logger's link").map_err(std::io::Error::other),
+                    &poll,
+                    &clock,
+                )
+                .map_err(|e| format!("the logger worker: {}", lower(&e)))?,
+            ),
+            None => None,
+        };
         let state = state_from(h.state, &clock);
         let mut primary = Primary {
+            logs,
             control_path: config.state_dir.join("control.sock"),
             config,
             poll,
@@ -823,6 +840,9 @@ impl Primary {
         // serve every one once.
         primary.pending.insert(SIGNALS.0);
         primary.pending.insert(CONTROL.0);
+        if primary.logs.is_some() {
+            primary.pending.insert(super::logs::LOGGER.0);
+        }
         primary.pending.extend(primary.conns.ids());
         if let Some(n) = &primary.notify {
             primary.pending.extend(n.tokens());

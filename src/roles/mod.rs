@@ -4,4 +4,5 @@
 //! final exec, which is why the primary never runs user-facing setup between fork and exec.
 
 pub(crate) mod keeper;
+pub(crate) mod logger;
 pub(crate) mod worker;

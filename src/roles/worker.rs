@@ -33,10 +33,19 @@ const OWN_VARS: &[&str] = &[
 /// on the link (see [`report`]), so the status itself need not tell the stages apart.
 const EXEC_FAILED: u8 = 127;
 
+/// The role argument that says the worker's output is captured (see [`run`]).
+pub(crate) const CAPTURED: &str = "--captured";
+
 /// Runs the worker role. `args` are the words after `__worker`: the primary's pid, so that a
 /// spare role (exec'd ahead of a reload, see `--prespawn`) dies with the primary while it waits;
 /// then, when the primary uses per-worker cgroups, their base directory.
 pub(crate) fn run(args: &[OsString]) -> u8 {
+    // `--captured` last: the primary sends the worker's stdout and stderr pipes after the
+    // listeners (`--log-output stdout|file:PATH`).
+    let (captured, args) = match args.split_last() {
+        Some((last, rest)) if last == CAPTURED => (true, rest),
+        _ => (false, args),
+    };
     let parent = args.first().and_then(|a| a.to_str()?.parse::<u32>().ok());
     if let Some(base) = args.get(1) {
         join_cgroup(Path::new(base));
@@ -48,7 +57,7 @@ pub(crate) fn run(args: &[OsString]) -> u8 {
             return EXEC_FAILED;
         }
     };
-    let (spec, err) = match prepare(parent, &mut link) {
+    let (spec, err) = match prepare(parent, captured, &mut link) {
         Ok(Some(spec)) => {
             let argv: Vec<OsString> = spec.argv.iter().cloned().map(OsString::from_vec).collect();
             let source = sys::execvp(&argv);
@@ -101,7 +110,11 @@ fn join_cgroup(base: &Path) {
 type Failed = (Option<(u32, u64)>, SetupError);
 
 /// Everything up to the exec.
-fn prepare(parent: Option<u32>, link: &mut OwnedFd) -> Result<Option<WorkerSpec>, Failed> {
+fn prepare(
+    parent: Option<u32>,
+    captured: bool,
+    link: &mut OwnedFd,
+) -> Result<Option<WorkerSpec>, Failed> {
     // Default dispositions first, then unblock: a stop signal that arrived while this process
     // was starting ends it, as it would end the worker.
     sys::reset_signals();
@@ -116,6 +129,14 @@ fn prepare(parent: Option<u32>, link: &mut OwnedFd) -> Result<Option<WorkerSpec>
     let Some((spec, fds)) = receive(link).map_err(|e| (None, e))? else {
         return Ok(None);
     };
+    let which = Some((spec.slot, spec.generation));
+    if captured {
+        // From here on, what this role says (a failed exec) is labelled like the command's.
+        let output = receive_output(link).map_err(|e| (which, e))?;
+        for (fd, target) in output.iter().zip([1, 2]) {
+            sys::dup_onto(fd.as_fd(), target).map_err(|e| (which, SetupError::Fds(e)))?;
+        }
+    }
     let steps = || -> Result<(), SetupError> {
         sys::drop_privileges(spec.uid, spec.gid)?;
         // After the credentials change: the kernel clears the parent-death signal on a change
@@ -132,6 +153,22 @@ fn prepare(parent: Option<u32>, link: &mut OwnedFd) -> Result<Option<WorkerSpec>
         Ok(()) => Ok(Some(spec)),
         Err(e) => Err((Some((spec.slot, spec.generation)), e)),
     }
+}
+
+/// The write ends of the worker's stdout and stderr pipes, sent after the listeners as an
+/// [`FdBatch`] of 2.
+fn receive_output(link: &OwnedFd) -> Result<Vec<OwnedFd>, SetupError> {
+    let mut buf = [0u8; 64];
+    let (n, fds) = sys::recv_with_fds(link.as_fd(), &mut buf, 2).map_err(SetupError::Handoff)?;
+    let malformed = |e: proto::Error| SetupError::Handoff(io::Error::other(e));
+    let batch: FdBatch = proto::decode(&buf[..n]).map_err(malformed)?;
+    if batch.count != 2 || fds.len() != 2 {
+        return Err(malformed(proto::Error::FdCount {
+            expected: 2,
+            received: fds.len(),
+        }));
+    }
+    Ok(fds)
 }
 
 /// The spec and the listener fds; `None` when the primary closed the link without sending.

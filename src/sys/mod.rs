@@ -343,6 +343,77 @@ pub(crate) fn place_fds(fds: Vec<OwnedFd>, first: RawFd, keep: &mut OwnedFd) -> 
     Ok(())
 }
 
+/// A pipe, both ends close-on-exec: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(errno)
+}
+
+/// Makes `target` (0, 1 or 2) a copy of `fd` without close-on-exec: a worker role puts its
+/// output pipes at stdout and stderr this way, right before exec.
+pub(crate) fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    if fd.as_raw_fd() == target {
+        // dup2 onto itself would leave close-on-exec set: clear it instead.
+        return set_cloexec(fd, false);
+    }
+    // SAFETY: dup2 onto a standard fd, which the caller means to replace; dup2 clears
+    // close-on-exec on the target and closes what was there.
+    if unsafe { libc::dup2(fd.as_raw_fd(), target) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends one message with `fds` attached (SCM_RIGHTS) without ever blocking, and without
+/// SIGPIPE when the peer is gone. A full socket buffer is `WouldBlock`.
+pub(crate) fn send_with_fds_nonblocking(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [io::IoSlice::new(bytes)];
+    let cmsg = [socket::ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[socket::ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    let sent = socket::sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None).map_err(errno)?;
+    if sent != bytes.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short send"));
+    }
+    Ok(())
+}
+
+/// Waits for child `pid` to exit and reaps it, at most `timeout`; whether it did. Only for
+/// the primary's exit, when nothing else waits on the loop.
+pub(crate) fn wait_exit(pid: u32, timeout: std::time::Duration) -> bool {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) => return true,
+            Err(nix::Error::EINTR) => {}
+            Err(_) => return true,
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Sets or clears O_NONBLOCK on an fd's open file description.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).map_err(errno)?);
+    let flags = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags - OFlag::O_NONBLOCK
+    };
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(errno)?;
+    Ok(())
+}
+
 /// Receives one message without waiting; attached fds, if any, are discarded by the kernel.
 /// `Ok(0)` is end-of-file on a SOCK_SEQPACKET socket.
 pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {

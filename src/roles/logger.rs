@@ -1,0 +1,721 @@
+//! The logger role (`reloadsup-logger`): reads every worker's stdout and stderr pipe, labels
+//! each line (time, generation, slot, pid, stream) and writes it to the sink (the primary's
+//! stdout, or a file that it appends to, rotates and reopens on SIGUSR1); keeps a ring of
+//! recent lines.
+//!
+//! The primary never reads a worker's output: it makes the pipes, keeps a copy of every read
+//! end that is still open, and sends each one here over the link (SCM_RIGHTS) with its labels.
+//! A logger that dies is restarted and gets every open pipe again, so what waited in a pipe is
+//! read by the next one. This role tells the primary when a pipe reached end-of-file and its
+//! last line was written ([`LoggerEvent::Drained`]), and the primary closes its copy then.
+//!
+//! It must keep reading: a sink that fails (a full disk, an unwritable file) costs the lines
+//! that could not be written, counted and reported at most once a minute, never a stalled
+//! pipe. Lines are written as soon as they are read (no buffering across turns), so a logger
+//! killed while it waits in the poll loses nothing. It has no parent-death signal: when the
+//! primary exits (its link closes) it reads every pipe to end-of-file, for at most
+//! [`DRAIN_FOR`], then exits.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use reloadsup_protocol::{
+    self as proto, LogFormat, LogSink, LogStream, LoggerEvent, LoggerMessage, LoggerSpec,
+    PROTOCOL_VERSION,
+};
+use signal_hook::consts::signal::{SIGTERM, SIGUSR1};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::error::lower;
+use crate::sys;
+
+/// The longest line written as one; a longer one is split in pieces of this size, each but
+/// the last marked as continued.
+pub(crate) const MAX_LINE: usize = 16 * 1024;
+
+/// How long the logger keeps reading its pipes after the primary closed the link.
+const DRAIN_FOR: Duration = Duration::from_secs(2);
+
+/// How often a failing sink is reported, at most.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Bytes read from one pipe per turn, so that a flooding worker cannot starve the others.
+const READ_PER_TURN: usize = 256 * 1024;
+
+const LINK: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_PIPE: usize = 16;
+
+/// Runs the logger role; `_args` are the words after `__logger` (none).
+pub(crate) fn run(_args: &[OsString]) -> u8 {
+    sys::reset_signals();
+    match serve() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("reloadsup: logger: {}", lower(&e));
+            1
+        }
+    }
+}
+
+/// What a pipe's lines are labelled with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Labels {
+    pub generation: u64,
+    pub slot: u32,
+    pub pid: u32,
+    pub stream: LogStream,
+}
+
+struct Pipe {
+    id: u64,
+    labels: Labels,
+    file: File,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+}
+
+fn serve() -> io::Result<()> {
+    let link = sys::take_role_link()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (n, _) = sys::recv_with_fds(link.as_fd(), &mut buf, 0)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let spec: LoggerSpec = proto::decode(&buf[..n]).map_err(io::Error::other)?;
+    if spec.version != PROTOCOL_VERSION {
+        return Err(io::Error::other(proto::Error::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: spec.version,
+        }));
+    }
+    sys::set_nonblocking(link.as_fd(), true)?;
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut SourceFd(&link.as_raw_fd()), LINK, Interest::READABLE)?;
+    let mut signals = Signals::new([SIGUSR1, SIGTERM])?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)?;
+    let mut sink = Sink::new(&spec);
+    let mut ring = Ring::new(spec.ring_bytes as usize);
+    let mut pipes: HashMap<usize, Pipe> = HashMap::new();
+    let mut next_token = FIRST_PIPE;
+    let mut pending: BTreeSet<usize> = BTreeSet::new();
+    let mut drain_until: Option<Instant> = None;
+    let mut events = Events::with_capacity(256);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(t) = drain_until {
+            if pipes.is_empty() || Instant::now() >= t {
+                return Ok(());
+            }
+        }
+        let timeout = if !pending.is_empty() {
+            Some(Duration::ZERO)
+        } else {
+            drain_until.map(|t| t.saturating_duration_since(Instant::now()))
+        };
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut ready: BTreeSet<usize> = std::mem::take(&mut pending);
+        ready.extend(events.iter().map(|e| e.token().0));
+        for token in ready {
+            match Token(token) {
+                LINK => {
+                    if drain_until.is_some() {
+                        continue;
+                    }
+                    match read_link(&link, &mut buf) {
+                        Ok(LinkRead::Messages(msgs)) => {
+                            for (msg, fd) in msgs {
+                                match (msg, fd) {
+                                    (
+                                        LoggerMessage::Pipe {
+                                            id,
+                                            generation,
+                                            slot,
+                                            pid,
+                                            stream,
+                                        },
+                                        Some(fd),
+                                    ) => {
+                                        let t = next_token;
+                                        next_token += 1;
+                                        sys::set_nonblocking(fd.as_fd(), true)?;
+                                        poll.registry().register(
+                                            &mut SourceFd(&fd.as_raw_fd()),
+                                            Token(t),
+                                            Interest::READABLE,
+                                        )?;
+                                        // Read at once: a pipe of a restarted logger may be
+                                        // full already, and its edge long past.
+                                        pending.insert(t);
+                                        pipes.insert(
+                                            t,
+                                            Pipe {
+                                                id,
+                                                labels: Labels {
+                                                    generation,
+                                                    slot,
+                                                    pid,
+                                                    stream,
+                                                },
+                                                file: File::from(fd),
+                                                partial: Vec::new(),
+                                            },
+                                        );
+                                    }
+                                    (LoggerMessage::Reopen, _) => sink.reopen(),
+                                    (LoggerMessage::Pipe { .. }, None) => {
+                                        return Err(io::Error::other(
+                                            "a pipe message arrived without its fd",
+                                        ))
+                                    }
+                                }
+                            }
+                        }
+                        Ok(LinkRead::Closed) => {
+                            poll.registry()
+                                .deregister(&mut SourceFd(&link.as_raw_fd()))?;
+                            drain_until = Some(Instant::now() + DRAIN_FOR);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                SIGNALS => {
+                    for sig in signals.pending() {
+                        match sig {
+                            SIGUSR1 => sink.reopen(),
+                            _ => {
+                                if drain_until.is_none() {
+                                    drain_until = Some(Instant::now() + DRAIN_FOR);
+                                }
+                            }
+                        }
+                    }
+                }
+                Token(t) => {
+                    let Some(pipe) = pipes.get_mut(&t) else {
+                        continue;
+                    };
+                    let (eof, more) = read_pipe(pipe, &mut chunk, &mut sink, &mut ring);
+                    if more {
+                        pending.insert(t);
+                    }
+                    if eof {
+                        let pipe = pipes.remove(&t).expect("the pipe was just found");
+                        // Closing the fd takes it out of the poll.
+                        let id = pipe.id;
+                        drop(pipe);
+                        if drain_until.is_none() {
+                            let body = proto::encode(&LoggerEvent::Drained { id })
+                                .map_err(io::Error::other)?;
+                            // The primary reads its link whenever it is readable: a full link
+                            // means it is gone or stuck, and the next logger tells it again.
+                            let _ = sys::send_nonblocking(link.as_fd(), &body);
+                        }
+                    }
+                }
+            }
+        }
+        sink.flush();
+    }
+}
+
+enum LinkRead {
+    Messages(Vec<(LoggerMessage, Option<OwnedFd>)>),
+    Closed,
+}
+
+/// Every message waiting on the link (bare postcard, at most one fd each).
+fn read_link(link: &OwnedFd, buf: &mut [u8]) -> io::Result<LinkRead> {
+    let mut out = Vec::new();
+    loop {
+        match sys::recv_with_fds(link.as_fd(), buf, 1) {
+            Ok((0, _)) => {
+                return Ok(if out.is_empty() {
+                    LinkRead::Closed
+                } else {
+                    LinkRead::Messages(out)
+                })
+            }
+            Ok((n, mut fds)) => {
+                let msg: LoggerMessage = proto::decode(&buf[..n]).map_err(io::Error::other)?;
+                out.push((msg, fds.pop()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(LinkRead::Messages(out)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => return Ok(LinkRead::Closed),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads what one pipe holds, up to [`READ_PER_TURN`]; writes every whole line. Returns
+/// (end-of-file, more to read).
+fn read_pipe(pipe: &mut Pipe, chunk: &mut [u8], sink: &mut Sink, ring: &mut Ring) -> (bool, bool) {
+    let mut read = 0;
+    loop {
+        if read >= READ_PER_TURN {
+            return (false, true);
+        }
+        match pipe.file.read(chunk) {
+            Ok(0) => {
+                if !pipe.partial.is_empty() {
+                    let rest = std::mem::take(&mut pipe.partial);
+                    emit(&pipe.labels, &rest, false, sink, ring);
+                }
+                return (true, false);
+            }
+            Ok(n) => {
+                read += n;
+                pipe.partial.extend_from_slice(&chunk[..n]);
+                let labels = &pipe.labels;
+                let rest = split_lines(&pipe.partial, |line, continued| {
+                    emit(labels, line, continued, sink, ring)
+                });
+                pipe.partial.drain(..pipe.partial.len() - rest);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                // Not a pipe we can read any more: as good as end-of-file.
+                return (true, false);
+            }
+        }
+    }
+}
+
+/// Calls `line` with every whole line of `bytes` (without its newline; `continued` for a piece
+/// of a line longer than [`MAX_LINE`] that goes on in the next piece). Returns how many bytes
+/// at the end are the start of a line still to come.
+pub(crate) fn split_lines(bytes: &[u8], mut line: impl FnMut(&[u8], bool)) -> usize {
+    let mut start = 0;
+    loop {
+        let rest = &bytes[start..];
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(end) if end <= MAX_LINE => {
+                line(&rest[..end], false);
+                start += end + 1;
+            }
+            _ if rest.len() > MAX_LINE => {
+                let cut = utf8_cut(rest, MAX_LINE);
+                line(&rest[..cut], true);
+                start += cut;
+            }
+            _ => return rest.len(),
+        }
+    }
+}
+
+/// The largest cut at most `max` bytes into `bytes` that does not split a UTF-8 sequence
+/// (when there is one within 3 bytes; invalid input is cut at `max`).
+fn utf8_cut(bytes: &[u8], max: usize) -> usize {
+    let mut cut = max;
+    while cut > max.saturating_sub(3) && cut < bytes.len() && (bytes[cut] & 0xc0) == 0x80 {
+        cut -= 1;
+    }
+    if cut == max.saturating_sub(3) && (bytes[cut] & 0xc0) == 0x80 {
+        return max;
+    }
+    cut
+}
+
+fn emit(labels: &Labels, line: &[u8], continued: bool, sink: &mut Sink, ring: &mut Ring) {
+    let text = String::from_utf8_lossy(line);
+    let formatted = format_line(sink.format, SystemTime::now(), labels, &text, continued);
+    sink.write(&formatted);
+    ring.push(labels, formatted);
+}
+
+/// One labelled line, with its newline.
+pub(crate) fn format_line(
+    format: LogFormat,
+    now: SystemTime,
+    labels: &Labels,
+    line: &str,
+    continued: bool,
+) -> String {
+    let ts = rfc3339_millis(now);
+    match format {
+        LogFormat::Text => format!(
+            "{ts} gen={} worker={} pid={} {}{}: {line}\n",
+            labels.generation,
+            labels.slot,
+            labels.pid,
+            labels.stream.as_str(),
+            if continued { "+" } else { "" }
+        ),
+        LogFormat::Json => {
+            let mut v = serde_json::json!({
+                "ts": ts,
+                "generation": labels.generation,
+                "worker": labels.slot,
+                "pid": labels.pid,
+                "stream": labels.stream.as_str(),
+                "line": line,
+            });
+            if continued {
+                v["continued"] = serde_json::Value::Bool(true);
+            }
+            let mut s = v.to_string();
+            s.push('\n');
+            s
+        }
+    }
+}
+
+/// `2026-12-02T02:10:30.615Z`.
+pub(crate) fn rfc3339_millis(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Recent lines, bounded in bytes.
+pub(crate) struct Ring {
+    lines: VecDeque<(u64, u32, String)>,
+    bytes: usize,
+    max: usize,
+}
+
+impl Ring {
+    pub(crate) fn new(max: usize) -> Ring {
+        Ring {
+            lines: VecDeque::new(),
+            bytes: 0,
+            max,
+        }
+    }
+
+    fn push(&mut self, labels: &Labels, line: String) {
+        if line.len() > self.max {
+            return;
+        }
+        self.bytes += line.len();
+        self.lines.push_back((labels.generation, labels.slot, line));
+        while self.bytes > self.max {
+            match self.lines.pop_front() {
+                Some((_, _, l)) => self.bytes -= l.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+/// Where lines go: stdout, or a file appended to and rotated.
+struct Sink {
+    format: LogFormat,
+    target: Target,
+    /// Lines that could not be written since the last report.
+    dropped: u64,
+    reported: Option<Instant>,
+}
+
+enum Target {
+    Stdout(io::Stdout),
+    File {
+        path: PathBuf,
+        file: Option<File>,
+        size: u64,
+        rotate_size: u64,
+        keep: u32,
+    },
+}
+
+impl Sink {
+    fn new(spec: &LoggerSpec) -> Sink {
+        let target = match &spec.sink {
+            LogSink::Stdout => Target::Stdout(io::stdout()),
+            LogSink::File(p) => Target::File {
+                path: PathBuf::from(OsString::from_vec(p.clone())),
+                file: None,
+                size: 0,
+                rotate_size: spec.rotate_size,
+                keep: spec.rotate_keep,
+            },
+        };
+        let mut sink = Sink {
+            format: spec.format,
+            target,
+            dropped: 0,
+            reported: None,
+        };
+        if let Err(e) = sink.open() {
+            sink.report(&e);
+        }
+        sink
+    }
+
+    /// Opens the file (appending) if it is not open; a no-op for stdout.
+    fn open(&mut self) -> io::Result<()> {
+        if let Target::File {
+            path, file, size, ..
+        } = &mut self.target
+        {
+            if file.is_none() {
+                let f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&*path)?;
+                *size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                *file = Some(f);
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGUSR1: the file was moved away; write to a new one at the path.
+    fn reopen(&mut self) {
+        if let Target::File { file, .. } = &mut self.target {
+            *file = None;
+        }
+        if let Err(e) = self.open() {
+            self.report(&e);
+        }
+    }
+
+    fn write(&mut self, line: &str) {
+        if self.dropped > 0 && self.reported.is_some() {
+            // The sink works again: say what was lost first (best effort).
+            let note = format!(
+                "{} reloadsup-logger: {} lines were dropped: the log could not be written\n",
+                rfc3339_millis(SystemTime::now()),
+                self.dropped
+            );
+            if self.write_raw(note.as_bytes()).is_ok() {
+                self.dropped = 0;
+                self.reported = None;
+            }
+        }
+        if let Err(e) = self.write_raw(line.as_bytes()) {
+            self.dropped += 1;
+            self.report(&e);
+        }
+    }
+
+    fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.open()?;
+        match &mut self.target {
+            Target::Stdout(out) => out.write_all(bytes),
+            Target::File {
+                path,
+                file,
+                size,
+                rotate_size,
+                keep,
+            } => {
+                let f = file.as_mut().ok_or_else(|| io::Error::other("not open"))?;
+                if let Err(e) = f.write_all(bytes) {
+                    // Reopened at the next line: the file may have been fixed or freed.
+                    *file = None;
+                    return Err(e);
+                }
+                *size += bytes.len() as u64;
+                if *rotate_size > 0 && *size >= *rotate_size {
+                    *file = None;
+                    *size = 0;
+                    rotate(path, *keep);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Target::Stdout(out) = &mut self.target {
+            let _ = out.flush();
+        }
+    }
+
+    /// Says why lines are lost, once a minute at most.
+    fn report(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        if self
+            .reported
+            .is_some_and(|t| now.saturating_duration_since(t) < REPORT_EVERY)
+        {
+            return;
+        }
+        self.reported = Some(now);
+        let what = match &self.target {
+            Target::Stdout(_) => "stdout".to_string(),
+            Target::File { path, .. } => path.display().to_string(),
+        };
+        eprintln!(
+            "reloadsup: logger: unable to write {what}: {}; lines are dropped until it works again ({} so far)",
+            lower(e),
+            self.dropped
+        );
+    }
+}
+
+/// `PATH` becomes `PATH.1`, `PATH.1` becomes `PATH.2`, ... keeping `keep` of them; with
+/// `keep` 0 the file is removed.
+fn rotate(path: &std::path::Path, keep: u32) {
+    let numbered = |n: u32| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    };
+    if keep == 0 {
+        let _ = std::fs::remove_file(path);
+        return;
+    }
+    let _ = std::fs::remove_file(numbered(keep));
+    for n in (1..keep).rev() {
+        let _ = std::fs::rename(numbered(n), numbered(n + 1));
+    }
+    let _ = std::fs::rename(path, numbered(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(bytes: &[u8]) -> (Vec<(Vec<u8>, bool)>, usize) {
+        let mut out = Vec::new();
+        let rest = split_lines(bytes, |l, c| out.push((l.to_vec(), c)));
+        (out, rest)
+    }
+
+    #[test]
+    fn whole_lines_are_split_and_the_rest_waits() {
+        let (lines, rest) = lines_of(b"one\ntwo\nthr");
+        assert_eq!(
+            lines,
+            vec![(b"one".to_vec(), false), (b"two".to_vec(), false)]
+        );
+        assert_eq!(rest, 3);
+        assert_eq!(lines_of(b"\n").0, vec![(Vec::new(), false)]);
+    }
+
+    #[test]
+    fn a_long_line_is_cut_in_marked_pieces() {
+        let mut bytes = vec![b'a'; MAX_LINE * 2 + 10];
+        bytes.push(b'\n');
+        let (lines, rest) = lines_of(&bytes);
+        assert_eq!(rest, 0);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].1 && lines[1].1 && !lines[2].1);
+        assert_eq!(lines[0].0.len(), MAX_LINE);
+        assert_eq!(lines[2].0.len(), 10);
+        // Without its newline yet, the long line's first piece is out already.
+        let (lines, rest) = lines_of(&vec![b'b'; MAX_LINE + 5]);
+        assert_eq!((lines.len(), rest), (1, 5));
+    }
+
+    #[test]
+    fn a_cut_does_not_split_a_utf8_character() {
+        let mut bytes = vec![b'a'; MAX_LINE - 1];
+        bytes.extend_from_slice("é".as_bytes());
+        bytes.extend_from_slice(b"z\n");
+        let (lines, _) = lines_of(&bytes);
+        assert_eq!(lines[0].0.len(), MAX_LINE - 1);
+        assert_eq!(lines[1].0, "éz".as_bytes());
+    }
+
+    #[test]
+    fn text_and_json_lines_carry_every_label() {
+        let labels = Labels {
+            generation: 3,
+            slot: 1,
+            pid: 1234,
+            stream: LogStream::Stderr,
+        };
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_177_430_615);
+        assert_eq!(
+            format_line(LogFormat::Text, t, &labels, "hi", false),
+            "2026-12-02T02:10:30.615Z gen=3 worker=1 pid=1234 stderr: hi\n"
+        );
+        assert!(format_line(LogFormat::Text, t, &labels, "x", true).contains(" stderr+: x"));
+        let bad = String::from_utf8_lossy(b"a\xffb\"");
+        let json = format_line(LogFormat::Json, t, &labels, &bad, false);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["ts"], "2026-12-02T02:10:30.615Z");
+        assert_eq!(v["generation"], 3);
+        assert_eq!(v["worker"], 1);
+        assert_eq!(v["pid"], 1234);
+        assert_eq!(v["stream"], "stderr");
+        assert_eq!(v["line"], "a\u{fffd}b\"");
+        assert!(v.get("continued").is_none());
+        let cont = format_line(LogFormat::Json, t, &labels, "x", true);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&cont).unwrap()["continued"],
+            true
+        );
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(
+            rfc3339_millis(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
+        // 2000-02-29 (a leap day of a century divisible by 400).
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339_millis(t), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn rotation_keeps_the_configured_number() {
+        let dir = std::env::temp_dir().join(format!("reloadsup-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.log");
+        for i in 0..5 {
+            std::fs::write(&path, format!("{i}")).unwrap();
+            rotate(&path, 2);
+        }
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_to_string(dir.join("app.log.1")).unwrap(), "4");
+        assert_eq!(std::fs::read_to_string(dir.join("app.log.2")).unwrap(), "3");
+        assert!(!dir.join("app.log.3").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_within_its_bytes() {
+        let labels = Labels {
+            generation: 1,
+            slot: 0,
+            pid: 1,
+            stream: LogStream::Stdout,
+        };
+        let mut ring = Ring::new(10);
+        for s in ["aaaa", "bbbb", "cccc"] {
+            ring.push(&labels, s.to_string());
+        }
+        let kept: Vec<&str> = ring.lines.iter().map(|l| l.2.as_str()).collect();
+        assert_eq!(kept, vec!["bbbb", "cccc"]);
+    }
+}
