@@ -1420,12 +1420,40 @@ const SMALL_HANDOFF: &str = "
     02 01 ae02 01 14 00 03 00               ( next 2, pid 302, link fd 10, started none, backoff 3, restart none)
 ";
 
+/// The part of [`SMALL_HANDOFF`] that version 3 appended.
+const SMALL_HANDOFF_V3_TAIL: &str = "
+    01 01 02 00 01 00 00 00 01 01 01 00 ac02 01 12 02 01 ae02 01 14 00 03 00
+";
+
 #[test]
 fn handoff_golden() {
     assert_golden(&small_handoff(), &golden(SMALL_HANDOFF));
     assert_golden(&Request::Upgrade { binary: None }, "08 00");
     let bytes = encode(&small_handoff()).unwrap();
     assert_eq!(upgrade::decode_handoff(&bytes).unwrap(), small_handoff());
+}
+
+/// What a version-2 image (before the logger worker) wrote for [`small_handoff`]: a binary of
+/// today upgrades from it.
+#[test]
+fn handoff_of_version_2_is_read_without_a_logger() {
+    let v3 = unhex(&golden(SMALL_HANDOFF));
+    let end = v3.len() - unhex(SMALL_HANDOFF_V3_TAIL).len();
+    let mut v2 = v3[..end].to_vec();
+    v2[0] = 2;
+    let mut want = small_handoff();
+    want.version = 2;
+    want.logger = None;
+    assert_eq!(upgrade::decode_handoff(&v2).unwrap(), want);
+    // Version 1 (before the config and epochs) is not read: its fields are not at the end.
+    v2[0] = 1;
+    assert_eq!(
+        upgrade::decode_handoff(&v2),
+        Err(Error::VersionMismatch {
+            ours: upgrade::HANDOFF_VERSION,
+            theirs: 1
+        })
+    );
 }
 
 #[test]

@@ -7,9 +7,13 @@
 //! image takes each number once. Instants are absolute `CLOCK_MONOTONIC` nanoseconds, the
 //! clock `std::time::Instant` uses, which an exec does not reset; durations are nanoseconds.
 //!
-//! The new image refuses a hand-off whose `version` is not [`HANDOFF_VERSION`]; the pre-flight
-//! (`__preflight`) proves, before the exec, that the new binary decodes this very hand-off.
-//! Like every wire type: enums append-only, fields never change type.
+//! The new image reads a hand-off of [`MIN_HANDOFF_VERSION`] up to [`HANDOFF_VERSION`] and
+//! refuses any other before the body is trusted; the pre-flight (`__preflight`) proves, before
+//! the exec, that the new binary decodes this very hand-off. Like every wire type: enums
+//! append-only, fields never change type. A version that only appends fields at the end of
+//! [`Handoff`] keeps the older versions readable: each appended field is an `Option` or a `Vec`,
+//! whose empty value postcard writes as the one byte 0, so an older hand-off is read as if it
+//! ended with those bytes ([`APPENDED`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +22,13 @@ use crate::ShellSpec;
 
 /// Bumped on any change of the hand-off that is not an append.
 pub const HANDOFF_VERSION: u32 = 3;
+
+/// The oldest hand-off this image still reads: an upgrade from a binary that wrote it works.
+pub const MIN_HANDOFF_VERSION: u32 = 2;
+
+/// `(version, fields)`: how many fields version `version` appended at the end of [`Handoff`],
+/// each `None` or empty in a hand-off of an older version.
+const APPENDED: &[(u32, usize)] = &[(3, 1)];
 
 /// Everything the primary holds, as plain data and fd numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,17 +264,29 @@ pub struct SlotImage {
     pub since: Option<u64>,
 }
 
-/// Decodes a hand-off, refusing another hand-off version before the body is trusted.
+/// Decodes a hand-off of any version from [`MIN_HANDOFF_VERSION`] up to ours, refusing another
+/// version before the body is trusted. `version` keeps the version the old image wrote.
 pub fn decode_handoff(bytes: &[u8]) -> Result<Handoff, crate::Error> {
     // `version` is the first field: read it alone so that a newer layout is named as such
     // rather than reported as garbage.
     let (version, _): (u32, _) =
         postcard::take_from_bytes(bytes).map_err(|e| crate::Error::Malformed(e.to_string()))?;
-    if version != HANDOFF_VERSION {
+    if !(MIN_HANDOFF_VERSION..=HANDOFF_VERSION).contains(&version) {
         return Err(crate::Error::VersionMismatch {
             ours: HANDOFF_VERSION,
             theirs: version,
         });
     }
-    crate::decode(bytes)
+    let missing: usize = APPENDED
+        .iter()
+        .filter(|(since, _)| *since > version)
+        .map(|(_, fields)| fields)
+        .sum();
+    if missing == 0 {
+        return crate::decode(bytes);
+    }
+    let mut padded = Vec::with_capacity(bytes.len() + missing);
+    padded.extend_from_slice(bytes);
+    padded.resize(bytes.len() + missing, 0);
+    crate::decode(&padded)
 }
