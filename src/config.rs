@@ -95,6 +95,9 @@ pub(crate) enum ReadyMode {
     Delay(Duration),
     /// As soon as it is spawned.
     Immediate,
+    /// Once it, or a process of its group, waits for connections on one of its listeners
+    /// (see `primary::listening`).
+    Listening,
 }
 
 /// Who gets the stop signal of a draining worker: the process reloadsup started, or its whole
@@ -322,7 +325,7 @@ pub(crate) struct RunArgs {
     /// start [default: 0].
     #[arg(long, value_name = "N")]
     pub prespawn: Option<u32>,
-    /// Readiness: notify | delay:DURATION | immediate [default: delay:1s].
+    /// Readiness: notify | listening | delay:DURATION | immediate [default: delay:1s].
     #[arg(long, value_name = "MODE")]
     pub ready: Option<String>,
     /// How long a new worker may take to become ready [default: 60s].
@@ -560,6 +563,7 @@ fn parse_ready(s: &str) -> Result<ReadyMode, ValueError> {
     match s {
         "notify" => Ok(ReadyMode::Notify),
         "immediate" => Ok(ReadyMode::Immediate),
+        "listening" => Ok(ReadyMode::Listening),
         _ => match s.strip_prefix("delay:") {
             Some(d) => parse_duration(d).map(ReadyMode::Delay),
             None => Err(ValueError::NotReadyMode(s.to_string())),
@@ -1151,6 +1155,20 @@ mod tests {
         assert!(parse_duration("5parsecs").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn ready_modes() {
+        assert_eq!(parse_ready("listening"), Ok(ReadyMode::Listening));
+        assert_eq!(parse_ready("notify"), Ok(ReadyMode::Notify));
+        assert_eq!(
+            parse_ready("delay:250ms"),
+            Ok(ReadyMode::Delay(Duration::from_millis(250)))
+        );
+        let e = parse_ready("listen").unwrap_err().to_string();
+        assert!(e.contains("listening"), "{e}");
+        let c = parse(&["--ready", "listening", "--", "/bin/sh"]).unwrap();
+        assert_eq!(c.ready, ReadyMode::Listening);
     }
 
     #[test]

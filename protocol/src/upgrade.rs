@@ -202,8 +202,12 @@ pub struct StateImage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadyImage {
     Notify,
-    Delay { ns: u64 },
+    Delay {
+        ns: u64,
+    },
     Immediate,
+    /// Appended after version 3: `--ready listening`.
+    Listening,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

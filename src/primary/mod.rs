@@ -13,6 +13,7 @@ pub(crate) mod control;
 mod files;
 pub(crate) mod keeper_link;
 pub(crate) mod listeners;
+mod listening;
 pub(crate) mod logs;
 pub(crate) mod notify;
 mod reconfigure;
@@ -84,6 +85,8 @@ pub(crate) struct Primary {
     /// When to top the spares up again: a little after they were used, so that starting them
     /// does not compete with the reload that used them.
     refill_at: Option<Instant>,
+    /// The next look for starting workers that listen (`--ready listening`; see [`listening`]).
+    listening_at: Option<Instant>,
     /// Kills every worker's process group and cgroup if the primary dies (promise 4).
     keeper: keeper_link::Keeper,
     /// The hand-off link of each worker role that may not have exec'd yet, by pid: a role that
@@ -222,6 +225,7 @@ impl Primary {
             shell,
             spares: Vec::new(),
             refill_at: None,
+            listening_at: None,
             keeper: keeper_link::Keeper::new(pid),
             links: HashMap::new(),
             binary: upgrade::start_binary(own.first()),
@@ -253,11 +257,13 @@ impl Primary {
     fn serve(&mut self) -> Result<u8, Fatal> {
         let mut events = Events::with_capacity(256);
         loop {
+            self.arm_listening(Instant::now());
             let shell_deadline = self.shell.as_ref().and_then(|s| s.restart_at);
             let timeout = [
                 self.state.next_deadline(),
                 shell_deadline,
                 self.refill_at,
+                self.listening_at,
                 self.keeper.state.restart_at,
                 self.logs.as_ref().and_then(|l| l.restart_at),
                 self.upgrade
@@ -321,6 +327,7 @@ impl Primary {
             if self.state.next_deadline().is_some_and(|t| t <= now) {
                 actions.extend(self.state.handle(now, Event::Tick));
             }
+            self.scan_listening(now, &mut actions);
             if let Some(shell) = &mut self.shell {
                 if shell.due(now) {
                     shell.start(&self.poll, &mut self.conns, now);
