@@ -306,7 +306,7 @@ impl Primary {
 
     /// When due, looks at every starting worker and reports the ones seen listening.
     pub(super) fn scan_listening(&mut self, now: Instant, actions: &mut Vec<super::Action>) {
-        if !self.listening_at.is_some_and(|t| t <= now) {
+        if self.listening_at.is_none_or(|t| t > now) {
             return;
         }
         self.listening_at = None;
