@@ -11,10 +11,13 @@
 //!   carry the target's inode), whether or not the thread waits in `epoll_wait` yet;
 //! - blocked in `poll`/`ppoll`/`select`/`pselect6` with the listener among the read fds: the
 //!   arguments point into the process's memory, read from `/proc/PID/mem` (allowed for the
-//!   primary's own uid or root, and without a ptrace restriction such as Yama's scope 3).
+//!   primary's own uid or root, and without a ptrace restriction such as Yama's scope 3);
+//! - holding a TCP connection accepted from the listener (its local address in
+//!   `/proc/PID/net/tcp{,6}`): a worker busy with requests whenever it is looked at.
 //!
 //! What it cannot see: io_uring accepts, a busy loop of non-blocking `accept` calls, a listener
-//! in a poll set while the thread is between two calls, processes that left the process group
+//! in a poll set while the thread is between two calls (unless it holds an accepted TCP
+//! connection; accepted Unix connections are not looked for), processes that left the process group
 //! (`setsid`, `setpgid`), and anything `/proc` hides from the primary's uid. Such a worker is
 //! rolled back at `--ready-timeout`.
 //!
@@ -140,6 +143,9 @@ pub(crate) fn process_waits(pid: u32, inodes: &[u64]) -> Option<String> {
     if let Some(how) = epoll_holds(pid, inodes) {
         return Some(how);
     }
+    if let Some(how) = holds_accepted(pid, inodes) {
+        return Some(how);
+    }
     let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut mem: Option<Option<fs::File>> = None;
     for task in tasks.flatten() {
@@ -225,6 +231,64 @@ fn select_fds(mem: &fs::File, addr: u64, nfds: u64) -> Vec<u64> {
         }
     }
     out
+}
+
+/// `(local address, state, inode)` of each row of `/proc/PID/net/tcp` or `tcp6`.
+fn parse_net_tcp(text: &str) -> Vec<(&str, &str, u64)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            Some((*w.get(1)?, *w.get(3)?, w.get(9)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Whether `pid` holds a TCP connection accepted from one of `inodes`: a busy worker that is
+/// reading or writing whenever it is looked at has plainly been accepting. An accepted socket
+/// has the listener's local address; a connection the worker made to it has an ephemeral one.
+fn holds_accepted(pid: u32, inodes: &[u64]) -> Option<String> {
+    const LISTEN: &str = "0A";
+    let mut rows_text = String::new();
+    for table in ["tcp", "tcp6"] {
+        if let Ok(t) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+            rows_text.push_str(&t);
+            rows_text.push('\n');
+        }
+    }
+    let rows = parse_net_tcp(&rows_text);
+    let ours: Vec<&str> = rows
+        .iter()
+        .filter(|(_, st, ino)| *st == LISTEN && inodes.contains(ino))
+        .map(|(local, _, _)| *local)
+        .collect();
+    if ours.is_empty() {
+        return None;
+    }
+    let accepted: Vec<u64> = rows
+        .iter()
+        .filter(|(local, st, ino)| *st != LISTEN && *ino != 0 && ours.contains(local))
+        .map(|(_, _, ino)| *ino)
+        .collect();
+    if accepted.is_empty() {
+        return None;
+    }
+    for entry in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let Ok(link) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        if link
+            .to_str()
+            .and_then(socket_link_inode)
+            .is_some_and(|ino| accepted.contains(&ino))
+        {
+            return Some(format!(
+                "holds fd {} accepted from the listener",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    None
 }
 
 /// Whether an epoll fd of `pid` has one of `inodes` in its interest list.
@@ -375,6 +439,51 @@ mod tests {
                     tfd:        7 events:       19 data:                7  pos:0 ino:10 sdev:8\n";
         assert_eq!(parse_epoll_inodes(info), vec![0x2a5b, 0x10]);
         assert_eq!(parse_epoll_inodes("garbage\ntfd: x"), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn net_tcp_rows_parse() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 33 1 0 100 0 0 10 0\n\
+            1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 34 1 0 20 4 30 10 -1\n\
+            bad\n";
+        assert_eq!(
+            parse_net_tcp(text),
+            vec![("0100007F:1F90", "0A", 33), ("0100007F:1F90", "01", 34)]
+        );
+    }
+
+    #[test]
+    fn child_holding_a_connection_accepted_from_our_socket_is_seen() {
+        let (l, ino) = listener();
+        // Accepts one connection, then sleeps holding it (no thread waits on the listener).
+        let code = format!("{GO}c, _ = s.accept()\ntime.sleep(60)");
+        let Some(py) = Py::start(&l, &code) else {
+            return;
+        };
+        let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        // The accept itself is seen first: wait until the child sleeps.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut how = None;
+        while Instant::now() < deadline {
+            how = holds_accepted(py.pid(), &[ino]);
+            if how.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let how = how.expect("a child holding an accepted connection is seen");
+        assert!(how.contains("accepted"), "{how}");
+        // A connection of its own to our port is no accepted one.
+        let (l2, ino2) = listener();
+        let code = format!(
+            "c = socket.create_connection({:?})\n{GO}time.sleep(60)",
+            ("127.0.0.1", l.local_addr().unwrap().port())
+        );
+        let Some(py2) = Py::start(&l2, &code) else {
+            return;
+        };
+        assert_eq!(holds_accepted(py2.pid(), &[ino, ino2]), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod console;
 mod control;
 mod core;
 mod lifecycle;
+mod listening;
 mod reconfigure;
 mod servers;
 mod upgrade;
