@@ -323,32 +323,43 @@ fn parse_stat_pgrp(stat: &str) -> Option<u32> {
     rest.split_whitespace().nth(2)?.parse().ok()
 }
 
-/// The pids of process group `pgid` other than `pgid` itself.
-fn group_members(pgid: u32) -> Vec<u32> {
+/// Every process by process group, from one walk of `/proc`.
+pub(crate) fn process_groups() -> HashMap<u32, Vec<u32>> {
+    let mut groups: HashMap<u32, Vec<u32>> = HashMap::new();
     let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
+        return groups;
     };
-    dir.flatten()
+    for pid in dir
+        .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != pgid)
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| parse_stat_pgrp(&s))
-                == Some(pgid)
-        })
-        .collect()
+    {
+        if let Some(pgrp) = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| parse_stat_pgrp(&s))
+        {
+            groups.entry(pgrp).or_default().push(pid);
+        }
+    }
+    groups
 }
 
 /// Whether worker `pid` (a process group leader) or a process of its group waits for
-/// connections on one of `inodes`.
-pub(crate) fn group_waits(pid: u32, inodes: &[u64]) -> Option<Seen> {
+/// connections on one of `inodes`. The leader is looked at first; `groups` (see
+/// [`process_groups`]) is walked only when needed, and once for every worker of a scan.
+pub(crate) fn group_waits(
+    pid: u32,
+    inodes: &[u64],
+    groups: &mut Option<HashMap<u32, Vec<u32>>>,
+) -> Option<Seen> {
     if let Some(how) = process_waits(pid, inodes) {
         return Some(Seen { pid, how });
     }
-    group_members(pid)
-        .into_iter()
-        .find_map(|member| process_waits(member, inodes).map(|how| Seen { pid: member, how }))
+    let groups = groups.get_or_insert_with(process_groups);
+    let members = groups.get(&pid).map_or(&[][..], |m| &m[..]);
+    members
+        .iter()
+        .filter(|&&m| m != pid)
+        .find_map(|&member| process_waits(member, inodes).map(|how| Seen { pid: member, how }))
 }
 
 impl Primary {
@@ -390,6 +401,7 @@ impl Primary {
             .filter(|p| p.phase == Phase::Starting)
             .map(|p| (p.pid, p.generation, p.slot))
             .collect();
+        let mut groups = None;
         for (pid, generation, slot) in starting {
             let Some(epoch) = reconfigure::epoch_of(&self.epochs, generation) else {
                 continue;
@@ -399,7 +411,7 @@ impl Primary {
                 .iter()
                 .filter_map(|(_, bound)| by_bound.get(bound.as_str()).copied())
                 .collect();
-            if let Some(seen) = group_waits(pid, &inodes) {
+            if let Some(seen) = group_waits(pid, &inodes, &mut groups) {
                 log::debug!(
                     "worker {slot} of generation {generation} (pid {pid}) is listening: pid {} {}",
                     seen.pid,
@@ -589,7 +601,7 @@ mod tests {
         };
         let seen = py.seen(&[ino]).expect("a child in accept is seen");
         assert!(seen.how.contains("accept"), "{seen:?}");
-        assert_eq!(group_waits(py.pid(), &[ino + 1]), None);
+        assert_eq!(group_waits(py.pid(), &[ino + 1], &mut None), None);
     }
 
     #[test]
@@ -674,7 +686,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut seen = None;
         while seen.is_none() && Instant::now() < deadline {
-            seen = group_waits(py.pid(), &[ino]);
+            seen = group_waits(py.pid(), &[ino], &mut None);
             std::thread::sleep(Duration::from_millis(10));
         }
         let seen = seen.expect("the grandchild in accept is seen");
