@@ -429,10 +429,18 @@ pub(crate) fn fds_of(h: &Handoff) -> Vec<RawFd> {
     fds
 }
 
+/// A role's timer for its image; a role the primary runs always has one.
+fn timer(t: &Option<RoleTimer>) -> &RoleTimer {
+    static IDLE: std::sync::OnceLock<RoleTimer> = std::sync::OnceLock::new();
+    t.as_ref()
+        .unwrap_or_else(|| IDLE.get_or_init(RoleTimer::new))
+}
+
 pub(crate) fn raw(fd: &impl AsRawFd) -> i32 {
     fd.as_raw_fd()
 }
 
+use super::state::roles::{RoleTimer, Roles};
 use super::{listeners::Listener, Primary, Spare};
 use super::{CONTROL, FIRST_LINK, SIGNALS};
 use crate::error::lower;
@@ -706,14 +714,20 @@ impl Primary {
                     fd: raw(fd),
                 })
                 .collect(),
-            keeper: self.keeper.image(c),
-            shell: self.shell.as_ref().map(|s| s.image(c)),
+            keeper: self.keeper.image(&self.roles.keeper, c),
+            shell: self
+                .shell
+                .as_ref()
+                .map(|s| s.image(timer(&self.roles.shell), c)),
             restarting: self.restarting.clone(),
-            refill_at: c.opt_ns(self.refill_at),
+            refill_at: c.opt_ns(self.roles.refill_at),
             config_text: self.config.file_text.clone(),
             start_text: self.config.start_text.clone(),
             epochs: epoch_images(&self.epochs),
-            logger: self.logs.as_ref().map(|l| l.image(c)),
+            logger: self
+                .logs
+                .as_ref()
+                .map(|l| l.image(timer(&self.roles.logger), c)),
         }
     }
 
@@ -787,28 +801,43 @@ impl Primary {
             Some(fd) => Some(take(fd, "the keeper's link")?),
             None => None,
         };
-        let keeper = super::keeper_link::Keeper::resume(pid, h.keeper, keeper_link, &clock);
-        let shell = match h.shell {
+        let (keeper, keeper_timer) =
+            super::keeper_link::Keeper::resume(pid, h.keeper, keeper_link, &clock);
+        let (shell, shell_timer) = match h.shell {
             Some(image) => {
                 let listener = take(image.listener_fd, "the console's listener")?;
-                Some(super::shell_link::Shell::resume(image, listener, &clock))
+                let (shell, timer) = super::shell_link::Shell::resume(image, listener, &clock);
+                (Some(shell), Some(timer))
             }
-            None => None,
+            None => (None, None),
         };
-        let logs = match h.logger {
-            Some(image) => Some(
-                super::logs::Logs::resume(
+        let (logs, logger_timer) = match h.logger {
+            Some(image) => {
+                let (logs, timer) = super::logs::Logs::resume(
                     image,
                     |fd| take(fd, "a log pipe or the logger's link").map_err(std::io::Error::other),
                     &poll,
                     &clock,
                 )
-                .map_err(|e| format!("the logger worker: {}", lower(&e)))?,
-            ),
-            None => None,
+                .map_err(|e| format!("the logger worker: {}", lower(&e)))?;
+                (Some(logs), Some(timer))
+            }
+            None => (None, None),
         };
         let state = state_from(h.state, &clock);
+        let roles = Roles {
+            shell: shell_timer,
+            keeper: keeper_timer,
+            logger: logger_timer,
+            prespawn: config.prespawn,
+            refill_at: clock.opt_instant(h.refill_at),
+            // Not in the hand-off: a shutdown retired the spares, and the state says so.
+            retired: state.is_shutting_down(),
+        };
         let mut primary = Primary {
+            roles,
+            turn: Vec::new(),
+            role_actions: Vec::new(),
             logs,
             control_path: config.state_dir.join("control.sock"),
             config,
@@ -825,7 +854,6 @@ impl Primary {
             restarting: h.restarting,
             shell,
             spares,
-            refill_at: clock.opt_instant(h.refill_at),
             keeper,
             links: Default::default(),
             own_args: h.args.into_iter().map(OsString::from_vec).collect(),
@@ -858,9 +886,9 @@ impl Primary {
             h.from_version,
             primary.upgrades
         );
-        let mut actions = Vec::new();
         // Children that exited during the exec window.
-        primary.reap(&mut actions);
+        primary.reap();
+        let mut actions = std::mem::take(&mut primary.turn);
         // Every upgrade re-reads the config (issue 8, item 5), now that the new image runs: as
         // a reload would, but without starting a generation, so no worker is restarted; what
         // only a new generation gets (command, env, listeners) waits for the next reload. A
