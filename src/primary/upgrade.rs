@@ -1006,6 +1006,66 @@ mod tests {
         assert!(past < Instant::now() - Duration::from_secs(2));
     }
 
+    #[test]
+    fn role_timers_cross_the_hand_off_unchanged() {
+        use super::super::keeper_link::Keeper;
+        use super::super::shell_link::Shell;
+        use reloadsup_protocol::upgrade::{KeeperImage, ShellImage};
+        let clock = Clock::now();
+        let now = clock.instant;
+        let shell_timer = RoleTimer {
+            running: true,
+            started: Some(now - Duration::from_secs(5)),
+            backoff: Duration::from_millis(400),
+            restart_at: None,
+            replacing: true,
+            stopping: false,
+        };
+        let spec = reloadsup_protocol::ShellSpec {
+            version: reloadsup_protocol::PROTOCOL_VERSION,
+            primary_pid: 1,
+            name: "web".into(),
+            cert_pem: b"cert".to_vec(),
+            key_pem: b"key".to_vec(),
+            password_hash: "h".into(),
+            control_path: b"/run/control.sock".to_vec(),
+            commands: Vec::new(),
+            fd_count: 1,
+        };
+        let fd = || OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
+        let mut shell = Shell::new(spec, fd(), None);
+        shell.pid = Some(4242);
+        let bytes = proto::encode(&shell.image(&shell_timer, &clock)).expect("encode");
+        let back: ShellImage = proto::decode(&bytes).expect("decode");
+        let (shell, timer) = Shell::resume(back, fd(), &clock);
+        assert_eq!(timer, shell_timer);
+        assert_eq!(shell.pid, Some(4242));
+
+        let keeper_timer = RoleTimer {
+            running: false,
+            started: Some(now - Duration::from_secs(1)),
+            backoff: Duration::from_millis(800),
+            restart_at: Some(now + Duration::from_millis(400)),
+            replacing: false,
+            stopping: false,
+        };
+        let image = KeeperImage {
+            link_fd: None,
+            pid: None,
+            tracked: vec![7, 9],
+            cgroup: None,
+            started: None,
+            backoff: 0,
+            restart_at: None,
+        };
+        let (keeper, _) = Keeper::resume(1, image, None, &clock);
+        let bytes = proto::encode(&keeper.image(&keeper_timer, &clock)).expect("encode");
+        let back: KeeperImage = proto::decode(&bytes).expect("decode");
+        let (keeper, timer) = Keeper::resume(1, back, None, &clock);
+        assert_eq!(timer, keeper_timer);
+        assert_eq!(keeper.state.tracked.len(), 2);
+    }
+
     fn thread_sleep_a_little() {
         std::thread::sleep(Duration::from_millis(20));
     }

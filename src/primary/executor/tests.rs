@@ -412,6 +412,9 @@ fn spawn_results_are_fed_back_and_exit_ends_the_turn() {
         ]
     );
     assert!(f.state.process(101).is_some() && f.state.process(102).is_some());
+    // Ready at once (`--ready immediate`): what the spawns led to was carried out too.
+    assert_eq!(f.state.serving, 1);
+    assert_eq!(f.state.current_workers(), 2);
 
     // A fast shutdown SIGKILLs both; once they are reaped the primary exits, and nothing of
     // the turn after `Exit` is carried out.
