@@ -2,11 +2,13 @@
 //! life and runs generations of workers.
 //!
 //! It owns the poll, the signal pipe, the workers' notify sockets, the control socket and its
-//! connections, and the pure [`state::State`]. Raw readiness becomes a [`state::Event`], the
-//! state machine answers with [`state::Action`]s, and this module carries them out. It must never
-//! block and never panic on input: every peer (worker, `ctl` client, shell worker) is treated as
-//! hostile, every error from one is logged and contained. When idle it sleeps in `poll` with no
-//! timeout: the only timer is the earliest deadline in the state.
+//! connections, and the pure [`state::State`] and [`state::roles::Roles`]. Raw readiness,
+//! signals, reaped children and due deadlines become [`input::Input`]s handled by
+//! [`Primary::handle`]; the state machines answer with actions, which [`executor::carry_out`]
+//! carries out through this module's [`Executor`]. It must never block and never panic on
+//! input: every peer (worker, `ctl` client, shell worker) is treated as hostile, every error
+//! from one is logged and contained. When idle it sleeps in `poll` with no timeout: the only
+//! timers are the earliest deadlines of the state machines.
 
 pub(crate) mod activation;
 pub(crate) mod control;
