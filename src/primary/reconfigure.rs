@@ -413,15 +413,15 @@ impl Primary {
         if config.prespawn != old_prespawn {
             // Closing a spare's link retires it; missing ones are started a little later.
             self.spares.truncate(config.prespawn as usize);
-            if config.prespawn > 0 && self.refill_at.is_none() {
-                self.refill_at = Some(now + super::REFILL_DELAY);
-            }
+            self.role(super::state::roles::RoleEvent::Prespawn(config.prespawn));
         }
         if changes.shell {
             if let (Some(shell), Some(admin)) = (self.shell.as_mut(), config.admin.as_ref()) {
                 log::info!("reload: new console commands or password; replacing the shell worker");
                 shell.reconfigure(config.commands.clone(), admin.password_hash.clone());
-                shell.replace(&self.poll, &mut self.conns, now);
+                self.role(super::state::roles::RoleEvent::Replace(
+                    super::state::roles::Role::Shell,
+                ));
             }
         }
         self.config = config;
