@@ -24,66 +24,19 @@ fn bad<T>(origin: Origin, error: ValueError) -> Result<T, ConfigError> {
     Err(ConfigError::Value { origin, error })
 }
 
-/// Where a listener binds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Address {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Tcp(addr) => write!(f, "tcp://{addr}"),
-            Address::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-impl Address {
-    /// `tcp://HOST:0`: any free port, so no address of its own until bound.
-    pub(crate) fn any_port(&self) -> bool {
-        matches!(self, Address::Tcp(a) if a.port() == 0)
-    }
-
-    /// The kind of socket, for messages and to match an inherited socket by name.
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Address::Tcp(_) => "tcp",
-            Address::Unix(_) => "unix",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Result<Address, ValueError> {
-        if let Some(rest) = s.strip_prefix("tcp://") {
-            let rest = rest.trim_end_matches('/');
-            return rest
-                .parse::<SocketAddr>()
-                .map(Address::Tcp)
-                .map_err(|_| ValueError::NotTcpAddress(s.to_string()));
-        }
-        if let Some(path) = s.strip_prefix("unix:") {
-            let path = path.strip_prefix("//").unwrap_or(path);
-            if path.is_empty() {
-                return Err(ValueError::EmptyUnixPath(s.to_string()));
-            }
-            // sun_path holds 108 bytes including the terminating NUL.
-            if path.len() > 107 {
-                return Err(ValueError::UnixPathTooLong {
-                    path: path.to_string(),
-                    len: path.len(),
-                });
-            }
-            return Ok(Address::Unix(PathBuf::from(path)));
-        }
-        Err(ValueError::NotAddress(s.to_string()))
-    }
-}
+pub(crate) use crate::address::{Address, ListenOptions};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ListenerSpec {
     pub name: String,
     pub address: Address,
+    pub options: ListenOptions,
+}
+
+impl fmt::Display for ListenerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}{}", self.name, self.address, self.options)
+    }
 }
 
 /// When a new worker counts as ready.
@@ -309,8 +262,8 @@ fn substitute(arg: &OsStr, listeners: &[ListenerSpec]) -> Result<OsString, Value
     after_help = "Signals: HUP reload, TTIN/TTOU one worker more/fewer, TERM/INT graceful shutdown, QUIT fast shutdown.\nCOMMAND may contain {fd} or {fd:NAME}, replaced by the listener's fd number."
 )]
 pub(crate) struct RunArgs {
-    /// Listening socket: [NAME=]tcp://HOST:PORT or [NAME=]unix:PATH (repeatable).
-    #[arg(short = 'l', long = "listen", value_name = "[NAME=]ADDR")]
+    /// Listening socket (repeatable): [NAME=]ADDR[?OPTIONS], ADDR one of tcp://HOST:PORT, HOST:PORT, :PORT, PORT, udp://HOST:PORT, unix:PATH, unix:@NAME; OPTIONS backlog=N, reuseport, v6only=BOOL, defer-accept=DURATION, fastopen=N, freebind, mode=OCTAL, owner=USER, group=GROUP, joined by '&'.
+    #[arg(short = 'l', long = "listen", value_name = "[NAME=]ADDR[?OPTIONS]")]
     pub listen: Vec<String>,
     /// Listen backlog [default: 1024].
     #[arg(long, value_name = "N")]
@@ -585,19 +538,24 @@ fn parse_restart(s: &str) -> Result<RestartPolicy, ValueError> {
 }
 
 pub(crate) fn parse_listener(s: &str, index: usize) -> Result<ListenerSpec, ValueError> {
-    // A NAME= prefix is recognised only before the scheme, so `unix:/a=b` keeps its '='.
+    // A NAME= prefix is recognised only before the scheme and the options, so `unix:/a=b` and
+    // `8080?backlog=5` keep their '='.
     let (name, addr) = match s.split_once('=') {
-        Some((name, addr)) if !name.contains(':') && !name.contains('/') => {
-            (name.to_string(), addr)
-        }
+        Some((name, addr)) if !name.contains([':', '/', '?']) => (name.to_string(), addr),
         _ => (format!("listen{index}"), s),
     };
     if name.is_empty() || name.contains(':') || !name.chars().all(|c| c.is_ascii_graphic()) {
         return Err(ValueError::NotListenerName(name));
     }
+    let (address, options) = crate::address::parse_with_options(
+        addr,
+        |u| resolve_user(u).map(|(uid, _)| uid),
+        resolve_group,
+    )?;
     Ok(ListenerSpec {
         name,
-        address: Address::parse(addr)?,
+        address,
+        options,
     })
 }
 
@@ -747,10 +705,18 @@ impl Config {
             if listeners.iter().any(|o: &ListenerSpec| o.name == spec.name) {
                 return bad(origin(), ValueError::NameTwice(spec.name));
             }
+            // A host name may be given once per address it resolves to, under different names.
             if listeners
                 .iter()
                 .any(|o: &ListenerSpec| o.address == spec.address)
                 && !spec.address.any_port()
+                && !matches!(
+                    spec.address,
+                    Address::Inet {
+                        host: crate::address::Host::Name(_),
+                        ..
+                    }
+                )
             {
                 return bad(origin(), ValueError::AddressTwice(spec.address.to_string()));
             }

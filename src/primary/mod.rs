@@ -963,7 +963,8 @@ fn admin_console(
 ) -> Result<shell_link::Shell, Fatal> {
     let spec = crate::config::ListenerSpec {
         name: "admin".into(),
-        address: crate::config::Address::Tcp(admin.address),
+        address: crate::config::Address::tcp(admin.address),
+        options: Default::default(),
     };
     let mut bound = listeners::bind_all(std::slice::from_ref(&spec), 128).map_err(|e| {
         Fatal::Bind(BindError {

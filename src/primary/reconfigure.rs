@@ -105,6 +105,16 @@ pub(crate) fn unused<'a>(pool: &'a [String], epochs: &[Epoch]) -> Vec<&'a str> {
         .collect()
 }
 
+/// Listen options as written after `?`, or "none".
+fn shown(o: &crate::config::ListenOptions) -> String {
+    let s = o.to_string();
+    if s.is_empty() {
+        "none".into()
+    } else {
+        s
+    }
+}
+
 /// How the new listener set maps onto the sockets of the current one.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct ListenerPlan {
@@ -341,6 +351,19 @@ impl Primary {
             .filter(|(_, s)| s.is_none())
             .map(|(spec, _)| spec.clone())
             .collect();
+        if let Some(spec) = wanted.iter().find(|s| {
+            matches!(
+                s.address,
+                Address::Inet {
+                    host: crate::address::Host::Name(_),
+                    ..
+                }
+            )
+        }) {
+            return Err(refuse(format!(
+                "config key 'listen': {spec}: a host name is resolved only when reloadsup starts, never by the running primary, which does not wait on DNS; write the IP address"
+            )));
+        }
         let mut fresh = listeners::bind_all(&wanted, new.backlog)
             .map_err(|e| {
                 // "--listen NAME: unable to bind ..." at start; here the name is the file's.
@@ -367,6 +390,24 @@ impl Primary {
             .ok_or_else(|| refuse("a new listener was not bound".into()))?;
 
         // From here on the reload goes ahead.
+        for spec in &new.listeners {
+            let kept = self.config.listeners.iter().find(|o| {
+                o.address == spec.address && (!o.address.any_port() || o.name == spec.name)
+            });
+            if let Some(old) = kept.filter(|o| o.options != spec.options) {
+                let text = format!(
+                    "listener {} keeps its socket, so its options stay '{}' (a new socket would get '{}'): rebind it under another address, or restart reloadsup",
+                    spec.name,
+                    shown(&old.options),
+                    shown(&spec.options)
+                );
+                log::warn!("reload: {text}");
+                actions.push(Action::Progress {
+                    waiters: vec![who],
+                    progress: Progress::Text(text),
+                });
+            }
+        }
         for key in &changes.fixed {
             let text = format!(
                 "config key '{key}' cannot change at run time; keeping the running value until reloadsup is restarted"
@@ -473,6 +514,7 @@ mod tests {
         ListenerSpec {
             name: name.into(),
             address: Address::parse(addr).unwrap(),
+            options: Default::default(),
         }
     }
 
