@@ -380,9 +380,31 @@ pub(crate) fn config_of(
         .chain(h.args.iter().map(|a| OsString::from_vec(a.clone())));
     let parsed = crate::config::RunArgs::try_parse_from(args)
         .map_err(|e| format!("the command line does not parse: {}", e.kind()))?;
+    // The console's password hash file may be gone since it was read (moved away, on a tmpfs
+    // that was cleaned): the hash the console runs with travels in the hand-off, and the new
+    // image keeps it rather than refusing the upgrade.
+    let carried = h.shell.as_ref().map(|s| s.spec.password_hash.clone());
     let build = |text: &Option<String>| {
-        crate::config::Config::from_text(parsed.clone(), text.clone())
-            .map_err(|e| format!("the configuration: {e}"))
+        let first = crate::config::Config::from_text(parsed.clone(), text.clone());
+        let first = match (first, &carried) {
+            (Err(crate::config::ConfigError::HashFile { what, reason }), Some(hash)) => {
+                log::warn!(
+                    "upgrade: {what}: unable to read ({reason}); the console keeps the password hash it runs with"
+                );
+                let mut args = parsed.clone();
+                args.admin_password_hash_file = None;
+                args.admin_password_hash = Some(hash.clone());
+                crate::config::Config::from_text(args, text.clone()).map(|mut c| {
+                    // That hash never was on the command line.
+                    if let Some(a) = c.admin.as_mut() {
+                        a.warnings.retain(|w| !w.contains("command line"));
+                    }
+                    c
+                })
+            }
+            (other, _) => other,
+        };
+        first.map_err(|e| format!("the configuration: {e}"))
     };
     let start = build(&h.start_text)?;
     let config = if h.config_text == h.start_text {
