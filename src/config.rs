@@ -85,6 +85,10 @@ pub(crate) struct Config {
     pub stop_signal_to: StopTarget,
     pub graceful_timeout: Duration,
     pub restart: RestartPolicy,
+    /// Files whose change starts a reload (`--watch`), absolute, and how long they must be
+    /// quiet first (`--watch-delay`).
+    pub watch: Vec<PathBuf>,
+    pub watch_delay: Duration,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub env: Vec<(OsString, OsString)>,
@@ -268,6 +272,13 @@ pub(crate) struct RunArgs {
     /// Listen backlog [default: 1024].
     #[arg(long, value_name = "N")]
     pub backlog: Option<i32>,
+    /// Reload when this file changes: written in place, replaced by a rename, or touched
+    /// (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+    /// How long a watched file must be quiet before the reload starts [default: 500ms].
+    #[arg(long, value_name = "D")]
+    pub watch_delay: Option<String>,
     /// Workers per generation [default: 1].
     #[arg(short = 'n', long, value_name = "N")]
     pub workers: Option<u32>,
@@ -373,6 +384,9 @@ pub(crate) struct RunArgs {
 struct FileConfig {
     listen: Option<Vec<String>>,
     backlog: Option<i32>,
+    watch: Option<Vec<PathBuf>>,
+    #[serde(alias = "watch_delay")]
+    watch_delay: Option<String>,
     workers: Option<u32>,
     prespawn: Option<u32>,
     ready: Option<String>,
@@ -751,6 +765,41 @@ impl Config {
             );
         }
 
+        let watch_cli = !args.watch.is_empty();
+        let watch: Vec<PathBuf> = if watch_cli {
+            args.watch.clone()
+        } else {
+            file.watch.clone().unwrap_or_default()
+        };
+        let mut watched = Vec::with_capacity(watch.len());
+        for path in watch {
+            if path.file_name().is_none() {
+                return bad(
+                    src("watch", "watch", watch_cli),
+                    ValueError::NotFileName(path.display().to_string()),
+                );
+            }
+            // Absolute, so the watch does not depend on the primary's working directory.
+            let path = std::path::absolute(&path).unwrap_or(path);
+            // The watch is on the directory (the file itself may come and go).
+            if !path.parent().is_some_and(Path::is_dir) {
+                return bad(
+                    src("watch", "watch", watch_cli),
+                    ValueError::NoWatchDirectory(path.display().to_string()),
+                );
+            }
+            watched.push(path);
+        }
+        let watch_delay = match args.watch_delay.as_ref().or(file.watch_delay.as_ref()) {
+            None => Duration::from_millis(500),
+            Some(d) => parse_duration(d).or_else(|e| {
+                bad(
+                    src("watch-delay", "watch-delay", args.watch_delay.is_some()),
+                    e,
+                )
+            })?,
+        };
+
         let prespawn = args.prespawn.or(file.prespawn).unwrap_or(0);
         if prespawn > 4096 {
             return bad(
@@ -1072,6 +1121,8 @@ impl Config {
             stop_signal_to,
             graceful_timeout,
             restart,
+            watch: watched,
+            watch_delay,
             uid,
             gid,
             env,

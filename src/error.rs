@@ -244,6 +244,8 @@ impl fmt::Display for Origin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ValueError {
     NotInetAddress(String),
+    NotFileName(String),
+    NoWatchDirectory(String),
     ListenOption {
         option: String,
         problem: String,
@@ -309,6 +311,8 @@ pub(crate) enum ValueError {
 impl fmt::Display for ValueError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ValueError::NotFileName(s) => write!(f, "'{s}' does not name a file"),
+            ValueError::NoWatchDirectory(s) => write!(f, "the directory of '{s}' does not exist (the watch is on the directory, so the file may be replaced)"),
             ValueError::NotInetAddress(s) => write!(f, "'{s}' is not an internet address: expected HOST:PORT with an IP address, a host name or nothing (every interface) as HOST, like 127.0.0.1:8080, [::1]:8080, localhost:8080, :8080 or 8080"),
             ValueError::ListenOption { option, problem } => write!(f, "listen option '{option}' {problem}"),
             ValueError::EmptyUnixPath(s) => write!(f, "'{s}' has an empty unix socket path"),

@@ -38,6 +38,8 @@ pub(crate) enum Input {
     Link(Link),
     /// A worker's notify socket (by its poll token) has datagrams.
     Notify(usize),
+    /// A watched file's directory has events (`--watch`).
+    FileChanged,
     /// A deadline of one of the timers is due.
     Deadline(Timer),
 }
@@ -58,6 +60,8 @@ pub(crate) enum Timer {
     Roles,
     /// The running pre-flight's timeout.
     Preflight,
+    /// The end of a watched file's quiet period: a reload.
+    Watch,
 }
 
 impl Primary {
@@ -91,6 +95,20 @@ impl Primary {
             }
             Input::Deadline(Timer::Roles) => {
                 self.role(RoleEvent::Tick);
+                false
+            }
+            Input::FileChanged => self
+                .watch
+                .as_mut()
+                .is_some_and(|w| w.on_readable(Instant::now())),
+            Input::Deadline(Timer::Watch) => {
+                let due = self.watch.as_mut().and_then(|w| w.take_due(Instant::now()));
+                if let Some(paths) = due {
+                    let shown: Vec<String> =
+                        paths.iter().map(|p| p.display().to_string()).collect();
+                    log::info!("{} changed: reloading", shown.join(", "));
+                    self.request(FROM_SIGNAL, Request::Reload, &mut actions);
+                }
                 false
             }
             Input::Deadline(Timer::Preflight) => {

@@ -24,6 +24,7 @@ pub(crate) mod shell_link;
 pub(crate) mod state;
 mod stop;
 pub(crate) mod upgrade;
+mod watch;
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -112,6 +113,9 @@ pub(crate) struct Primary {
     upgrade: Option<upgrade::Upgrade>,
     /// The logger worker and the workers' output pipes (`--log-output stdout|file:PATH`).
     logs: Option<logs::Logs>,
+    /// The watched files (`--watch`), set up when the loop starts and again when a reload
+    /// changes them; never carried across an upgrade (the new image watches again).
+    watch: Option<watch::Watch>,
 }
 
 /// A worker role that is running and waiting for its [`WorkerSpec`].
@@ -240,6 +244,7 @@ impl Primary {
             own_args: own.into_iter().skip(1).collect(),
             upgrades: 0,
             upgrade: None,
+            watch: None,
         })
     }
 
@@ -255,12 +260,16 @@ impl Primary {
     /// The loop itself, after a start or an upgrade in place.
     fn serve(&mut self) -> Result<u8, Fatal> {
         let mut events = Events::with_capacity(256);
+        if self.watch.is_none() && !self.config.watch.is_empty() {
+            self.watch_files();
+        }
         loop {
             // No wake-ups at rest: with nothing pending every deadline is None.
             let timeout = [
                 self.state.next_deadline(),
                 self.roles.next_deadline(),
                 self.preflight_deadline(),
+                self.watch.as_ref().and_then(|w| w.next_deadline()),
             ]
             .into_iter()
             .flatten()
@@ -302,6 +311,7 @@ impl Primary {
                     }
                     CONTROL => self.handle(Input::Accept),
                     logs::LOGGER => self.handle(Input::Link(Link::Logger)),
+                    watch::WATCH => self.handle(Input::FileChanged),
                     Token(t) if t >= FIRST_LINK => match u32::try_from(t - FIRST_LINK) {
                         Ok(pid) => self.handle(Input::Link(Link::Worker(pid))),
                         Err(_) => false,
@@ -326,6 +336,14 @@ impl Primary {
             }
             if self.preflight_deadline().is_some_and(|t| t <= now) {
                 self.handle(Input::Deadline(Timer::Preflight));
+            }
+            if self
+                .watch
+                .as_ref()
+                .and_then(|w| w.next_deadline())
+                .is_some_and(|t| t <= now)
+            {
+                self.handle(Input::Deadline(Timer::Watch));
             }
             let actions = std::mem::take(&mut self.turn);
             if let Some(code) = self.apply(actions) {
@@ -1013,4 +1031,33 @@ fn admin_console(
     let mut shell = shell_link::Shell::new(spec, listener.fd, drop_to);
     shell.proxy_dir = proxy_dir;
     Ok(shell)
+}
+
+impl Primary {
+    /// Watches the configured files again (`--watch`), replacing the watches there were.
+    fn watch_files(&mut self) {
+        if let Some(old) = self.watch.take() {
+            old.deregister(&self.poll);
+        }
+        if self.config.watch.is_empty() {
+            return;
+        }
+        match watch::Watch::new(&self.config.watch, self.config.watch_delay, &self.poll) {
+            Ok(w) => {
+                let shown: Vec<String> = self
+                    .config
+                    .watch
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                log::info!(
+                    "watching {} (a reload once quiet for {:?})",
+                    shown.join(", "),
+                    self.config.watch_delay
+                );
+                self.watch = Some(w);
+            }
+            Err(e) => log::warn!("{}; no file is watched", crate::error::lower(&e)),
+        }
+    }
 }

@@ -200,6 +200,8 @@ pub(crate) fn changes(old: &Config, new: &Config) -> Changes {
         true,
     );
     check("restart", old.restart != new.restart, true);
+    check("watch", old.watch != new.watch, true);
+    check("watch-delay", old.watch_delay != new.watch_delay, true);
     // Only listeners bound from now on get it; a kept socket keeps its queue length.
     check("backlog", old.backlog != new.backlog, true);
     let (old_admin, new_admin) = (old.admin.as_ref(), new.admin.as_ref());
@@ -262,6 +264,10 @@ pub(crate) fn merge(old: &Config, mut new: Config) -> Config {
         new.commands = old.commands.clone();
     }
     new
+}
+
+fn old_watch_differs(old: &Config, new: &Config) -> bool {
+    old.watch != new.watch || old.watch_delay != new.watch_delay
 }
 
 /// `text` with its lines joined by "; ".
@@ -465,7 +471,11 @@ impl Primary {
                 ));
             }
         }
+        let rewatch = old_watch_differs(&self.config, &config);
         self.config = config;
+        if rewatch {
+            self.watch_files();
+        }
         self.forget_unused();
         Ok(())
     }

@@ -878,6 +878,7 @@ impl Primary {
             spares,
             keeper,
             links: Default::default(),
+            watch: None,
             own_args: h.args.into_iter().map(OsString::from_vec).collect(),
             binary: PathBuf::from(OsString::from_vec(h.binary)),
             upgrades: h.upgrades,

@@ -12,6 +12,7 @@ mod listen;
 mod reconfigure;
 mod servers;
 mod upgrade;
+mod watch;
 
 use std::net::SocketAddr;
 
