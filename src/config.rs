@@ -1186,6 +1186,13 @@ mod tests {
         assert!(e.contains("listening"), "{e}");
         let c = parse(&["--ready", "listening", "--", "/bin/sh"]).unwrap();
         assert_eq!(c.ready, ReadyMode::Listening);
+        let dir = std::env::temp_dir().join(format!("reloadsup-ready-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ready.toml");
+        std::fs::write(&file, "ready = \"listening\"\ncommand = [\"/bin/sh\"]\n").unwrap();
+        let c = parse(&["-c", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.ready, ReadyMode::Listening, "the config key");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
