@@ -163,3 +163,37 @@ fn listening_on_a_socket_not_its_own_does_not_count() {
          o.accept()\n",
     );
 }
+
+/// The mode crosses an upgrade in place (`ReadyImage::Listening`): the new image sees the next
+/// generation listen, and nothing is lost meanwhile.
+#[test]
+fn listening_mode_survives_an_upgrade_in_place() {
+    let sb = Sandbox::new("listening_upgrade");
+    let mut sup = Run::hello(&["--delay", "200ms", "--no-ready"])
+        .args(["-n", "2", "--ready", "listening", "--ready-timeout", "20s"])
+        .start(&sb);
+    let addr = sup.addr();
+    sup.wait_ready(1, 2);
+    let load = Load::start(addr, 4, Limits::duration(Duration::from_secs(120)));
+    load.wait_for_more_answers(20, DEADLINE);
+    let out = sup.ctl(&["upgrade"]);
+    assert!(
+        out.status.success(),
+        "ctl upgrade: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Err(reason) = sup.reload(2) {
+        panic!("reload after the upgrade failed: {reason}");
+    }
+    assert!(
+        sup.log()
+            .lines()
+            .any(|l| l.contains("of generation 2 (pid ") && l.contains("is listening: pid")),
+        "generation 2 was seen listening by the new image"
+    );
+    load.wait_for_generation(2, DEADLINE);
+    let report = load.stop();
+    eprintln!("{}", report.summary());
+    report.assert_no_failures();
+}
