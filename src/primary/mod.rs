@@ -305,7 +305,10 @@ impl Primary {
                         false
                     }
                     CONTROL => self.on_accept(),
-                    logs::LOGGER => self.logs.as_mut().is_some_and(|l| l.on_link(&self.poll)),
+                    logs::LOGGER => self
+                        .logs
+                        .as_mut()
+                        .is_some_and(|l| l.on_link(&self.poll, &mut self.conns)),
                     Token(t) if t >= FIRST_LINK => {
                         self.on_link(t - FIRST_LINK);
                         false
@@ -649,7 +652,7 @@ impl Primary {
                         continue;
                     }
                     if let Some(logs) = self.logs.as_mut().filter(|l| l.is(pid)) {
-                        logs.exited(&self.poll, Instant::now(), status);
+                        logs.exited(&self.poll, &mut self.conns, Instant::now(), status);
                         continue;
                     }
                     if let Some(i) = self.spares.iter().position(|s| s.pid == pid) {
@@ -814,6 +817,13 @@ impl Primary {
                 self.begin_upgrade(who, binary, false, actions);
                 None
             }
+            Request::Logs(query) => match &mut self.logs {
+                Some(logs) => logs.tail(&self.poll, who, query),
+                None => Some(Reply::Error(
+                    "worker output is not captured: start with --log-output stdout or file:PATH"
+                        .into(),
+                )),
+            },
             Request::Scale { workers } => Some(self.scale(now, workers, actions)),
             Request::Add { workers } => {
                 let n = self.state.target.saturating_add(workers);

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use reloadsup_protocol::{
-    self as proto, LogFormat, LogSink, LogStream, LoggerEvent, LoggerMessage, LoggerSpec,
+    self as proto, LogFormat, LogQuery, LogSink, LogStream, LoggerEvent, LoggerMessage, LoggerSpec,
     PROTOCOL_VERSION,
 };
 use signal_hook::consts::signal::{SIGTERM, SIGUSR1};
@@ -49,6 +49,19 @@ const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Bytes read from one pipe per turn, so that a flooding worker cannot starve the others.
 const READ_PER_TURN: usize = 256 * 1024;
+
+/// Bytes of lines in one [`LoggerEvent::Lines`] message (a longer line goes alone).
+const TAIL_CHUNK: usize = 32 * 1024;
+
+/// Bytes of lines waiting for one tail's link sends; past it, new lines are skipped (and
+/// counted), so a reader that does not keep up never holds the logger back.
+const TAIL_QUEUE: usize = 1 << 20;
+
+/// Tails open at once; the primary bounds them too.
+const MAX_TAILS: usize = 64;
+
+/// How often waiting tail messages are retried while the link is full.
+const TAIL_RETRY: Duration = Duration::from_millis(10);
 
 const LINK: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -121,7 +134,12 @@ fn serve() -> io::Result<()> {
         let timeout = if !pending.is_empty() {
             Some(Duration::ZERO)
         } else {
-            drain_until.map(|t| t.saturating_duration_since(Instant::now()))
+            let drain = drain_until.map(|t| t.saturating_duration_since(Instant::now()));
+            match (drain, ring.tails.waiting()) {
+                (Some(d), true) => Some(d.min(TAIL_RETRY)),
+                (None, true) => Some(TAIL_RETRY),
+                (d, false) => d,
+            }
         };
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
@@ -178,6 +196,10 @@ fn serve() -> io::Result<()> {
                                         );
                                     }
                                     (LoggerMessage::Reopen, _) => sink.reopen(),
+                                    (LoggerMessage::Tail { tail, query }, _) => {
+                                        ring.tail(tail, query)
+                                    }
+                                    (LoggerMessage::Untail { tail }, _) => ring.tails.remove(tail),
                                     (LoggerMessage::Pipe { .. }, None) => {
                                         return Err(io::Error::other(
                                             "a pipe message arrived without its fd",
@@ -190,6 +212,7 @@ fn serve() -> io::Result<()> {
                             poll.registry()
                                 .deregister(&mut SourceFd(&link.as_raw_fd()))?;
                             drain_until = Some(Instant::now() + DRAIN_FOR);
+                            ring.tails.clear();
                         }
                         Err(e) => return Err(e),
                     }
@@ -231,6 +254,9 @@ fn serve() -> io::Result<()> {
             }
         }
         sink.flush();
+        if drain_until.is_none() {
+            ring.tails.send(&link);
+        }
     }
 }
 
@@ -401,11 +427,12 @@ pub(crate) fn rfc3339_millis(t: SystemTime) -> String {
     )
 }
 
-/// Recent lines, bounded in bytes.
+/// Recent lines, bounded in bytes, and the tails that read them.
 pub(crate) struct Ring {
     lines: VecDeque<(u64, u32, String)>,
     bytes: usize,
     max: usize,
+    tails: Tails,
 }
 
 impl Ring {
@@ -414,10 +441,52 @@ impl Ring {
             lines: VecDeque::new(),
             bytes: 0,
             max,
+            tails: Tails::default(),
         }
     }
 
+    /// A new tail: the last `query.lines` matching lines are queued for it at once.
+    fn tail(&mut self, tail: u64, query: LogQuery) {
+        if self.tails.open.len() >= MAX_TAILS {
+            self.tails.open.insert(
+                tail,
+                Tail {
+                    query: LogQuery {
+                        follow: false,
+                        ..query
+                    },
+                    queue: VecDeque::new(),
+                    queued: 0,
+                },
+            );
+            return;
+        }
+        let mut recent: Vec<&String> = self
+            .lines
+            .iter()
+            .rev()
+            .filter(|(g, s, _)| query.matches(*g, *s))
+            .take(query.lines as usize)
+            .map(|(_, _, l)| l)
+            .collect();
+        recent.reverse();
+        let mut t = Tail {
+            query,
+            queue: VecDeque::new(),
+            queued: 0,
+        };
+        for line in recent {
+            t.push(line);
+        }
+        self.tails.open.insert(tail, t);
+    }
+
     fn push(&mut self, labels: &Labels, line: String) {
+        for t in self.tails.open.values_mut() {
+            if t.query.follow && t.query.matches(labels.generation, labels.slot) {
+                t.push(&line);
+            }
+        }
         if line.len() > self.max {
             return;
         }
@@ -428,6 +497,141 @@ impl Ring {
                 Some((_, _, l)) => self.bytes -= l.len(),
                 None => break,
             }
+        }
+    }
+}
+
+trait Matches {
+    fn matches(&self, generation: u64, slot: u32) -> bool;
+}
+
+impl Matches for LogQuery {
+    fn matches(&self, generation: u64, slot: u32) -> bool {
+        self.worker.is_none_or(|w| w == slot) && self.generation.is_none_or(|g| g == generation)
+    }
+}
+
+/// What waits for one tail: lines, and counts of lines skipped between them.
+enum Item {
+    Line(String),
+    Skipped(u64),
+}
+
+struct Tail {
+    query: LogQuery,
+    queue: VecDeque<Item>,
+    /// Bytes of the lines in `queue`.
+    queued: usize,
+}
+
+impl Tail {
+    /// Queues `line`, or counts it as skipped when the queue is full.
+    fn push(&mut self, line: &str) {
+        if self.queued + line.len() > TAIL_QUEUE {
+            match self.queue.back_mut() {
+                Some(Item::Skipped(n)) => *n += 1,
+                _ => self.queue.push_back(Item::Skipped(1)),
+            }
+            return;
+        }
+        self.queued += line.len();
+        self.queue.push_back(Item::Line(line.to_owned()));
+    }
+
+    /// The next message: a count of skipped lines, then lines up to [`TAIL_CHUNK`] bytes.
+    /// Taken off the queue only once sent.
+    fn next_chunk(&self) -> (u64, usize, Vec<String>) {
+        let mut skipped = 0;
+        let mut items = 0;
+        let mut lines = Vec::new();
+        let mut bytes = 0;
+        for item in &self.queue {
+            match item {
+                Item::Skipped(n) if lines.is_empty() => skipped += n,
+                Item::Skipped(_) => break,
+                Item::Line(l) => {
+                    if !lines.is_empty() && bytes + l.len() > TAIL_CHUNK {
+                        break;
+                    }
+                    bytes += l.len();
+                    lines.push(l.clone());
+                }
+            }
+            items += 1;
+        }
+        (skipped, items, lines)
+    }
+}
+
+/// The open tails, by the primary's id.
+#[derive(Default)]
+struct Tails {
+    open: HashMap<u64, Tail>,
+}
+
+impl Tails {
+    /// Whether a message waits for room on the link.
+    fn waiting(&self) -> bool {
+        self.open
+            .values()
+            .any(|t| !t.queue.is_empty() || !t.query.follow)
+    }
+
+    fn remove(&mut self, tail: u64) {
+        self.open.remove(&tail);
+    }
+
+    fn clear(&mut self) {
+        self.open.clear();
+    }
+
+    /// Sends what waits, without ever blocking: what does not fit stays queued (and new lines
+    /// are skipped once a queue is full); a tail that is not following ends once sent.
+    fn send(&mut self, link: &OwnedFd) {
+        let mut ended = Vec::new();
+        'tails: for (&id, t) in self.open.iter_mut() {
+            while !t.queue.is_empty() {
+                let (skipped, items, lines) = t.next_chunk();
+                let event = LoggerEvent::Lines {
+                    tail: id,
+                    skipped,
+                    lines,
+                };
+                let Ok(body) = proto::encode(&event) else {
+                    break 'tails;
+                };
+                match sys::send_nonblocking(link.as_fd(), &body) {
+                    Ok(()) => {
+                        for item in t.queue.drain(..items) {
+                            if let Item::Line(l) = item {
+                                t.queued -= l.len();
+                            }
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                        // One line too large for a message: skipped, and said so.
+                        if let Some(Item::Line(l)) = t.queue.get(items - 1) {
+                            t.queued -= l.len();
+                        }
+                        t.queue.remove(items - 1);
+                        t.queue.insert(items - 1, Item::Skipped(1));
+                    }
+                    // Full (or gone): retried at the next turn.
+                    Err(_) => break 'tails,
+                }
+            }
+            if !t.query.follow {
+                let Ok(body) = proto::encode(&LoggerEvent::TailEnd { tail: id }) else {
+                    break;
+                };
+                if sys::send_nonblocking(link.as_fd(), &body).is_err() {
+                    break;
+                }
+                ended.push(id);
+            }
+        }
+        for id in ended {
+            self.open.remove(&id);
         }
     }
 }
