@@ -353,3 +353,118 @@ fn usr1_reopens_the_file_after_it_was_moved_away() {
         "the lines after the reopen are in the new file"
     );
 }
+
+#[test]
+fn ctl_logs_prints_the_last_lines_and_filters_by_worker() {
+    let sandbox = Sandbox::new("logs-ctl");
+    let file = sandbox.join("app.log");
+    let (sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"]).args(capture(2, &file)),
+        2,
+    );
+    for i in 0..20 {
+        get(addr, "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
+    }
+    let requests = |text: &str| text.lines().filter(|l| l.contains(": request ")).count();
+    wait_until(DEADLINE, "20 lines in the file", || {
+        std::fs::read_to_string(&file).is_ok_and(|t| requests(&t) >= 20)
+    });
+    let out = sup.ctl(&["logs", "-n", "5"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ctl logs failed: {out:?}");
+    assert_eq!(text.lines().count(), 5, "{text}");
+    let printed: Vec<Entry> = text.lines().map(|l| parse_text(l).expect(l)).collect();
+    // The last five lines of the file, exactly.
+    let all = std::fs::read_to_string(&file).expect("the log");
+    let last: Vec<&str> = all
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), last);
+    assert!(printed.iter().all(|e| e.generation == 1));
+    let out = sup.ctl(&["logs", "-n", "3", "--worker", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ctl logs --worker failed: {out:?}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.lines()
+            .all(|l| parse_text(l).is_some_and(|e| e.worker == 1)),
+        "{text}"
+    );
+    let out = sup.ctl(&["logs", "--generation", "7"]);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    stop(sup);
+}
+
+#[test]
+fn ctl_logs_refuses_without_capture() {
+    let sandbox = Sandbox::new("logs-ctl-inherit");
+    let (sup, _) = start(&sandbox, Run::hello(&[]).args(standard(1)), 1);
+    let out = sup.ctl(&["logs", "-n", "5"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--log-output"), "{err}");
+    stop(sup);
+}
+
+#[test]
+fn ctl_logs_follow_carries_on_across_a_reload() {
+    let sandbox = Sandbox::new("logs-follow");
+    let file = sandbox.join("app.log");
+    let (mut sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"]).args(capture(1, &file)),
+        1,
+    );
+    let followed = sandbox.join("followed");
+    let mut follower = std::process::Command::new(reloadsup_integration_tests::bins::reloadsup())
+        .arg("ctl")
+        .arg("--control")
+        .arg(sup.control_path())
+        .args(["logs", "-f", "-n", "0"])
+        .stdout(std::fs::File::create(&followed).expect("the follower's output"))
+        .spawn()
+        .expect("start ctl logs -f");
+    let lines_of = |generation: u32| {
+        let text = std::fs::read_to_string(&followed).unwrap_or_default();
+        text.lines()
+            .filter_map(parse_text)
+            .filter(|e| e.generation == generation && e.text.starts_with("request "))
+            .count()
+    };
+    // The follow may start after the first requests: ask until one is printed.
+    wait_until(DEADLINE, "a followed line of generation 1", || {
+        get(addr, "/").expect("a request");
+        lines_of(1) > 0
+    });
+    if let Err(reason) = sup.reload(2) {
+        panic!("reload failed: {reason}");
+    }
+    for _ in 0..5 {
+        get(addr, "/").expect("a request to generation 2");
+    }
+    wait_until(DEADLINE, "5 followed lines of generation 2", || {
+        lines_of(2) >= 5
+    });
+    assert!(
+        follower
+            .try_wait()
+            .expect("the follower's status")
+            .is_none(),
+        "ctl logs -f ended by itself"
+    );
+    let _ = follower.kill();
+    let _ = follower.wait();
+    // The follower's lines of generation 2 are the file's, in order.
+    let text = std::fs::read_to_string(&followed).unwrap_or_default();
+    let logged = requests_by_pid(&text.lines().filter_map(parse_text).collect::<Vec<_>>());
+    let gen2: Vec<_> = logged.values().filter(|l| l.0 == 2).collect();
+    assert_eq!(gen2.len(), 1, "{text}");
+    assert_eq!(gen2[0].2, (1..=5).collect::<Vec<u64>>(), "{text}");
+    stop(sup);
+}
