@@ -60,7 +60,13 @@ const TAIL_QUEUE: usize = 1 << 20;
 /// Tails open at once; the primary bounds them too.
 const MAX_TAILS: usize = 64;
 
-/// How often waiting tail messages are retried while the link is full.
+/// Bytes waiting for a slow stdout, past which lines are dropped (counted and reported).
+const STDOUT_BUFFER: usize = 4 << 20;
+
+/// Bytes written to stdout at once: a pipe that polls writable takes this without blocking.
+const STDOUT_WRITE: usize = 4096;
+
+/// How often waiting tail messages (and stdout bytes) are retried while the link is full.
 const TAIL_RETRY: Duration = Duration::from_millis(10);
 
 const LINK: Token = Token(0);
@@ -135,7 +141,7 @@ fn serve() -> io::Result<()> {
             Some(Duration::ZERO)
         } else {
             let drain = drain_until.map(|t| t.saturating_duration_since(Instant::now()));
-            match (drain, ring.tails.waiting()) {
+            match (drain, ring.tails.waiting() || sink.waiting()) {
                 (Some(d), true) => Some(d.min(TAIL_RETRY)),
                 (None, true) => Some(TAIL_RETRY),
                 (d, false) => d,
@@ -646,7 +652,13 @@ struct Sink {
 }
 
 enum Target {
-    Stdout(io::Stdout),
+    /// A duplicate of fd 1 and what waits for it: stdout is never set non-blocking (the open
+    /// file is shared with the primary and whoever started it), so it is written only in
+    /// pieces that fit when it polls writable.
+    Stdout {
+        out: File,
+        waiting: VecDeque<u8>,
+    },
     File {
         path: PathBuf,
         file: Option<File>,
@@ -659,7 +671,25 @@ enum Target {
 impl Sink {
     fn new(spec: &LoggerSpec) -> Sink {
         let target = match &spec.sink {
-            LogSink::Stdout => Target::Stdout(io::stdout()),
+            LogSink::Stdout => match io::stdout().as_fd().try_clone_to_owned() {
+                Ok(fd) => Target::Stdout {
+                    out: File::from(fd),
+                    waiting: VecDeque::new(),
+                },
+                Err(e) => {
+                    eprintln!(
+                        "reloadsup: logger: unable to use stdout: {}; lines are dropped",
+                        lower(&e)
+                    );
+                    Target::File {
+                        path: PathBuf::from("/dev/null"),
+                        file: None,
+                        size: 0,
+                        rotate_size: 0,
+                        keep: 0,
+                    }
+                }
+            },
             LogSink::File(p) => Target::File {
                 path: PathBuf::from(OsString::from_vec(p.clone())),
                 file: None,
@@ -730,7 +760,16 @@ impl Sink {
     fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.open()?;
         match &mut self.target {
-            Target::Stdout(out) => out.write_all(bytes),
+            Target::Stdout { out, waiting } => {
+                if waiting.len() + bytes.len() > STDOUT_BUFFER {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!("{} MiB wait for it", STDOUT_BUFFER >> 20),
+                    ));
+                }
+                waiting.extend(bytes);
+                write_waiting(out, waiting)
+            }
             Target::File {
                 path,
                 file,
@@ -755,10 +794,21 @@ impl Sink {
         }
     }
 
+    /// Writes what waits for stdout, as far as it goes without blocking.
     fn flush(&mut self) {
-        if let Target::Stdout(out) = &mut self.target {
-            let _ = out.flush();
+        if let Target::Stdout { out, waiting } = &mut self.target {
+            if let Err(e) = write_waiting(out, waiting) {
+                // Whatever waits is lost with the stdout that broke.
+                self.dropped += 1;
+                waiting.clear();
+                self.report(&e);
+            }
         }
+    }
+
+    /// Whether bytes wait for stdout.
+    fn waiting(&self) -> bool {
+        matches!(&self.target, Target::Stdout { waiting, .. } if !waiting.is_empty())
     }
 
     /// Says why lines are lost, once a minute at most.
@@ -772,7 +822,7 @@ impl Sink {
         }
         self.reported = Some(now);
         let what = match &self.target {
-            Target::Stdout(_) => "stdout".to_string(),
+            Target::Stdout { .. } => "stdout".to_string(),
             Target::File { path, .. } => path.display().to_string(),
         };
         eprintln!(
@@ -781,6 +831,24 @@ impl Sink {
             self.dropped
         );
     }
+}
+
+/// Writes `waiting` to `out` in pieces of [`STDOUT_WRITE`] while it polls writable.
+fn write_waiting(out: &mut File, waiting: &mut VecDeque<u8>) -> io::Result<()> {
+    while !waiting.is_empty() && sys::writable_now(out.as_fd()) {
+        let (front, _) = waiting.as_slices();
+        let n = front.len().min(STDOUT_WRITE);
+        match out.write(&front[..n]) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0")),
+            Ok(n) => {
+                waiting.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `PATH` becomes `PATH.1`, `PATH.1` becomes `PATH.2`, ... keeping `keep` of them; with
@@ -921,5 +989,64 @@ mod tests {
         }
         let kept: Vec<&str> = ring.lines.iter().map(|l| l.2.as_str()).collect();
         assert_eq!(kept, vec!["bbbb", "cccc"]);
+    }
+
+    #[test]
+    fn a_tail_that_is_not_read_skips_lines_and_says_how_many() {
+        let mut t = Tail {
+            query: LogQuery {
+                lines: 0,
+                follow: true,
+                worker: None,
+                generation: None,
+            },
+            queue: VecDeque::new(),
+            queued: 0,
+        };
+        let line = "x".repeat(1000);
+        // A full queue, then 50 lines skipped, then (once room was made) more lines.
+        for _ in 0..TAIL_QUEUE / 1000 + 50 {
+            t.push(&line);
+        }
+        assert_eq!(t.queued, TAIL_QUEUE / 1000 * 1000);
+        assert!(matches!(t.queue.back(), Some(Item::Skipped(50))));
+        let (skipped, items, lines) = t.next_chunk();
+        assert_eq!(
+            (skipped, items, lines.len()),
+            (0, TAIL_CHUNK / 1000, TAIL_CHUNK / 1000)
+        );
+        // Everything but the marker is sent: the next chunk is the marker and what follows.
+        let n = t.queue.len() - 1;
+        for item in t.queue.drain(..n) {
+            if let Item::Line(l) = item {
+                t.queued -= l.len();
+            }
+        }
+        t.push("after");
+        let (skipped, items, lines) = t.next_chunk();
+        assert_eq!((skipped, items, lines), (50, 2, vec!["after".to_string()]));
+    }
+
+    #[test]
+    fn a_tail_starts_with_the_newest_matching_lines() {
+        let mut ring = Ring::new(1 << 20);
+        for (slot, text) in [(0, "a"), (1, "b"), (0, "c"), (1, "d"), (0, "e")] {
+            let labels = Labels {
+                generation: 1,
+                slot,
+                pid: 1,
+                stream: LogStream::Stdout,
+            };
+            ring.push(&labels, text.to_string());
+        }
+        let query = LogQuery {
+            lines: 2,
+            follow: false,
+            worker: Some(0),
+            generation: Some(1),
+        };
+        ring.tail(9, query);
+        let (_, _, lines) = ring.tails.open[&9].next_chunk();
+        assert_eq!(lines, vec!["c".to_string(), "e".to_string()]);
     }
 }

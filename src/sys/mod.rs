@@ -691,6 +691,14 @@ pub(crate) fn wait_readable(
     }
 }
 
+/// Whether a write to `fd` would not block now (or would fail at once: an error or a hang-up
+/// counts, so that the write reports it). For a pipe this means room for `PIPE_BUF` bytes.
+pub(crate) fn writable_now(fd: BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
 /// Ignores `signals` and unblocks every other one (role processes start with all blocked).
 /// Ignored dispositions survive exec; only the keeper uses this, and it execs nothing.
 pub(crate) fn ignore_signals(signals: &[Signal]) {
