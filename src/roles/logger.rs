@@ -655,10 +655,7 @@ enum Target {
     /// A duplicate of fd 1 and what waits for it: stdout is never set non-blocking (the open
     /// file is shared with the primary and whoever started it), so it is written only in
     /// pieces that fit when it polls writable.
-    Stdout {
-        out: File,
-        waiting: VecDeque<u8>,
-    },
+    Stdout { out: File, waiting: VecDeque<u8> },
     File {
         path: PathBuf,
         file: Option<File>,

@@ -468,3 +468,71 @@ fn ctl_logs_follow_carries_on_across_a_reload() {
     assert_eq!(gen2[0].2, (1..=5).collect::<Vec<u64>>(), "{text}");
     stop(sup);
 }
+
+#[test]
+fn a_stdout_nobody_reads_never_stops_the_logger() {
+    let sandbox = Sandbox::new("logs-stdout-stuck");
+    // The read end is held and never read: the pipe fills after 64 KiB.
+    let (_unread, write) = std::io::pipe().expect("a pipe");
+    let (sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"])
+            .args(standard(2))
+            .args(["--log-output", "stdout"])
+            .stdout(write.into()),
+        2,
+    );
+    // About 70 bytes a line: 3000 requests are three times what the pipe holds.
+    let load = Load::start(
+        addr,
+        4,
+        Limits {
+            max_duration: Duration::from_secs(60),
+            max_requests: 3000,
+        },
+    );
+    let report = load.finish();
+    report.assert_no_failures();
+    // The logger still reads every pipe and keeps its ring: the last request is there.
+    let last = wait_for(DEADLINE, "the last lines in ctl logs", || {
+        let out = sup.ctl(&["logs", "-n", "1"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.contains(": request ")).then_some(text)
+    });
+    eprintln!("{}\nlast line: {last}", report.summary());
+    let t = Instant::now();
+    sup.status_json();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "ctl status took {:?}",
+        t.elapsed()
+    );
+    stop(sup);
+}
+
+#[test]
+fn an_unwritable_log_is_reported_once_and_the_service_goes_on() {
+    let sandbox = Sandbox::new("logs-full");
+    // Every write to /dev/full fails with ENOSPC: a full disk.
+    let (sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"]).args(capture(2, Path::new("/dev/full"))),
+        2,
+    );
+    let load = Load::start(
+        addr,
+        4,
+        Limits {
+            max_duration: Duration::from_secs(60),
+            max_requests: 500,
+        },
+    );
+    let report = load.finish();
+    report.assert_no_failures();
+    let out = sup.ctl(&["logs", "-n", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let reports = sup.count_in_log("unable to write /dev/full");
+    assert_eq!(reports, 1, "reported {reports} times:\n{}", sup.log());
+    stop(sup);
+}
