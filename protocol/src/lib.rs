@@ -223,6 +223,9 @@ pub enum Request {
     /// Recent lines of the workers' output from the logger's ring, then (with `follow`) every
     /// new line, as [`Progress::Log`]; a follow ends when the connection closes.
     Logs(LogQuery),
+    /// End the follow of `request` (a [`Request::Logs`] with `follow` on this connection):
+    /// it gets its reply, and so does this one.
+    StopLogs { request: u32 },
 }
 
 /// Which log lines a [`Request::Logs`] wants.

@@ -176,6 +176,7 @@ fn request_index(request: &Request) -> u8 {
         Request::Stop => 7,
         Request::Upgrade { .. } => 8,
         Request::Logs(_) => 9,
+        Request::StopLogs { .. } => 10,
     }
 }
 
@@ -366,6 +367,7 @@ fn request_goldens() -> Vec<(Request, &'static str)> {
             }),
             "09 05 01 0102 00",
         ),
+        (Request::StopLogs { request: 5 }, "0a 05"),
     ]
 }
 

@@ -28,7 +28,7 @@ use reloadsup_protocol::{
     Progress, Reply, PROTOCOL_VERSION,
 };
 
-use super::control::Connections;
+use super::control::{conn_of, requester, Connections};
 use super::state::Requester;
 use super::state::{BACKOFF_MAX, BACKOFF_MIN, SHORT_LIFE};
 use crate::config::{LogConfig, LogOutput};
@@ -244,6 +244,29 @@ impl Logs {
             },
         );
         None
+    }
+
+    /// `Request::StopLogs`: the follow `request` of `who`'s connection ends with its reply.
+    pub(crate) fn stop_tail(
+        &mut self,
+        poll: &Poll,
+        conns: &mut Connections,
+        who: Requester,
+        request: u32,
+    ) -> Reply {
+        let follow = requester(conn_of(who), request);
+        let found = self
+            .tails
+            .iter()
+            .find(|(_, t)| t.who == follow)
+            .map(|(&id, _)| id);
+        let Some(id) = found else {
+            return Reply::Done("not following".into());
+        };
+        self.tails.remove(&id);
+        self.untail(id);
+        conns.send_reply(poll, follow, Reply::Done(String::new()));
+        Reply::Done("stopped following".into())
     }
 
     /// Lines for `tail`: forwarded to its reader, or counted as skipped while its replies

@@ -817,6 +817,10 @@ impl Primary {
                 self.begin_upgrade(who, binary, false, actions);
                 None
             }
+            Request::StopLogs { request } => Some(match &mut self.logs {
+                Some(logs) => logs.stop_tail(&self.poll, &mut self.conns, who, request),
+                None => Reply::Done(String::new()),
+            }),
             Request::Logs(query) => match &mut self.logs {
                 Some(logs) => logs.tail(&self.poll, who, query),
                 None => Some(Reply::Error(

@@ -814,6 +814,21 @@ impl Shell {
                     }
                     let _ = input.send(ToJob::Line(line));
                 }
+                Phase::Waiting => {
+                    // Any line typed ends a follow (and is not taken as a command).
+                    let follow = self.link.waiting.iter().find_map(|(&id, w)| {
+                        matches!(w, Waiter::Session(x, Show::Follow) if *x == sid).then_some(id)
+                    });
+                    let Some(request) = follow else { return };
+                    if s.lines.pop_front().is_none() {
+                        return;
+                    }
+                    self.ask(
+                        Waiter::Session(sid, Show::Silent),
+                        Request::StopLogs { request },
+                    );
+                    return;
+                }
                 _ => return,
             }
         }
@@ -1233,7 +1248,10 @@ impl Shell {
                     } else if let Some(Waiter::Session(sid, _)) = self.link.waiting.get(&id) {
                         let sid = *sid;
                         if let Some(s) = self.sessions.get_mut(&sid) {
-                            s.say(&format!("{}\n", crate::text::progress_line(&progress)));
+                            match progress {
+                                Progress::Log { skipped, lines } => s.say_log(skipped, &lines),
+                                p => s.say(&format!("{}\n", crate::text::progress_line(&p))),
+                            }
                         }
                     }
                 }
@@ -1297,6 +1315,7 @@ impl Shell {
                 }
                 let _ = tx.send(Ok(reply));
             }
+            Waiter::Session(_, Show::Silent) => {}
             Waiter::Session(sid, show) => {
                 let Some(s) = self.sessions.get_mut(&sid) else {
                     return;
@@ -1320,6 +1339,6 @@ impl Shell {
 fn builtin_name(name: &str) -> bool {
     matches!(
         name,
-        "help" | ".exit" | "worker" | "reload" | "restart" | "status" | "upgrade"
+        "help" | ".exit" | "worker" | "reload" | "restart" | "status" | "upgrade" | "logs"
     )
 }
