@@ -1071,3 +1071,48 @@ fn logs_in_the_console_prints_the_last_lines() {
     let out = admin.console(&["logs x"]);
     assert!(text(&out).starts_with("error: "), "{}", text(&out));
 }
+
+/// Issue 10: `logs -f` follows across a reload, and any line typed ends it with a prompt.
+#[test]
+fn logs_follow_in_the_console_ends_at_any_line() {
+    if !Openssl::available() {
+        return;
+    }
+    let sandbox = Sandbox::new("console-logs-follow");
+    let file = sandbox.join("app.log");
+    let output = format!("file:{}", file.display());
+    let mut admin = Admin::start_with(
+        &sandbox,
+        2,
+        bins::example("console_commands"),
+        &["--log-output", &output],
+    );
+    let mut s = Openssl::connect(&admin.addr);
+    s.expect("Password: ");
+    s.send(PASSWORD);
+    s.expect("> ");
+    s.send("logs -f 0");
+    let out = output_with_timeout(
+        Command::new(bins::reloadsup())
+            .arg("ctl")
+            .arg("--control")
+            .arg(admin.state.join("control.sock"))
+            .arg("reload"),
+        DEADLINE,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    admin.wait_for_log("generation 2 is serving");
+    // Both new workers say they serve; the follow shows it.
+    s.expect(" gen=2 worker=");
+    s.expect(" gen=2 worker=");
+    s.send("");
+    s.expect("> ");
+    s.send("worker info");
+    let info = s.expect("> ");
+    assert!(
+        info.contains("  Current Workers: 2\n"),
+        "after the follow: {info}"
+    );
+    s.send(".exit");
+    assert!(s.ended_within(DEADLINE));
+}
