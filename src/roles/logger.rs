@@ -60,6 +60,9 @@ const TAIL_QUEUE: usize = 1 << 20;
 /// Tails open at once; the primary bounds them too.
 const MAX_TAILS: usize = 64;
 
+/// Bytes of formatted lines written at once.
+const BATCH: usize = 256 * 1024;
+
 /// Bytes waiting for a slow stdout, past which lines are dropped (counted and reported).
 const STDOUT_BUFFER: usize = 4 << 20;
 
@@ -131,6 +134,7 @@ fn serve() -> io::Result<()> {
     let mut drain_until: Option<Instant> = None;
     let mut events = Events::with_capacity(256);
     let mut chunk = vec![0u8; 64 * 1024];
+    let mut scratch = Scratch::new()?;
     loop {
         if let Some(t) = drain_until {
             if pipes.is_empty() || Instant::now() >= t {
@@ -239,7 +243,8 @@ fn serve() -> io::Result<()> {
                     let Some(pipe) = pipes.get_mut(&t) else {
                         continue;
                     };
-                    let (eof, more) = read_pipe(pipe, &mut chunk, &mut sink, &mut ring);
+                    let (eof, more) =
+                        read_pipe(pipe, &mut chunk, &mut scratch, &mut sink, &mut ring);
                     if more {
                         pending.insert(t);
                     }
@@ -297,7 +302,97 @@ fn read_link(link: &OwnedFd, buf: &mut [u8]) -> io::Result<LinkRead> {
 
 /// Reads what one pipe holds, up to [`READ_PER_TURN`]; writes every whole line. Returns
 /// (end-of-file, more to read).
-fn read_pipe(pipe: &mut Pipe, chunk: &mut [u8], sink: &mut Sink, ring: &mut Ring) -> (bool, bool) {
+/// A pipe of the logger's own: what `tee(2)` copies out of a worker's pipe without taking it.
+pub(crate) struct Scratch {
+    r: File,
+    w: OwnedFd,
+}
+
+impl Scratch {
+    fn new() -> io::Result<Scratch> {
+        let (r, w) = sys::pipe()?;
+        sys::set_nonblocking(r.as_fd(), true)?;
+        sys::set_nonblocking(w.as_fd(), true)?;
+        Ok(Scratch {
+            r: File::from(r),
+            w,
+        })
+    }
+}
+
+/// Reads what one pipe holds, up to [`READ_PER_TURN`], and writes every whole line; returns
+/// (end-of-file, more to read).
+///
+/// The bytes are copied out with `tee(2)` and taken out of the pipe only once their lines are
+/// written, so a logger killed at any moment loses nothing: its replacement reads them again
+/// (a line may then be written twice, never lost). The start of a line stays in the pipe until
+/// its end arrives, or until no writer is left.
+fn read_pipe(
+    pipe: &mut Pipe,
+    chunk: &mut [u8],
+    scratch: &mut Scratch,
+    sink: &mut Sink,
+    ring: &mut Ring,
+) -> (bool, bool) {
+    let mut read = 0;
+    loop {
+        if read >= READ_PER_TURN {
+            return (false, true);
+        }
+        let n = match sys::tee(pipe.file.as_fd(), scratch.w.as_fd(), chunk.len()) {
+            Ok(0) => return (true, false),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Not a pipe (tee refuses it): read it the plain way.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return read_plain(pipe, chunk, sink, ring)
+            }
+            Err(_) => return (true, false),
+        };
+        if read_exactly(&mut scratch.r, &mut chunk[..n]).is_err() {
+            // The scratch pipe holds what tee put there; failing to read it is not expected.
+            return (false, false);
+        }
+        let labels = &pipe.labels;
+        let rest = split_lines(&chunk[..n], |line, continued| {
+            emit(labels, line, continued, sink, ring)
+        });
+        let mut consumed = n - rest;
+        if consumed == 0 {
+            if !sys::hung_up(pipe.file.as_fd()) {
+                // Only the start of a line: it waits in the pipe for the rest.
+                return (false, false);
+            }
+            // The worker is gone: its last line ends here.
+            emit(labels, &chunk[..n], false, sink, ring);
+            consumed = n;
+        }
+        sink.commit();
+        if read_exactly(&mut pipe.file, &mut chunk[..consumed]).is_err() {
+            return (true, false);
+        }
+        read += consumed;
+    }
+}
+
+/// Reads exactly `buf.len()` bytes that are known to wait in the pipe `from`.
+fn read_exactly(from: &mut File, buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match from.read(&mut buf[got..]) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// [`read_pipe`] for an fd that is not a pipe: read, then write (a kill in between loses the
+/// bytes read).
+fn read_plain(pipe: &mut Pipe, chunk: &mut [u8], sink: &mut Sink, ring: &mut Ring) -> (bool, bool) {
     let mut read = 0;
     loop {
         if read >= READ_PER_TURN {
@@ -308,6 +403,7 @@ fn read_pipe(pipe: &mut Pipe, chunk: &mut [u8], sink: &mut Sink, ring: &mut Ring
                 if !pipe.partial.is_empty() {
                     let rest = std::mem::take(&mut pipe.partial);
                     emit(&pipe.labels, &rest, false, sink, ring);
+                    sink.commit();
                 }
                 return (true, false);
             }
@@ -319,6 +415,8 @@ fn read_pipe(pipe: &mut Pipe, chunk: &mut [u8], sink: &mut Sink, ring: &mut Ring
                     emit(labels, line, continued, sink, ring)
                 });
                 pipe.partial.drain(..pipe.partial.len() - rest);
+                // Written before the next read: a logger killed now loses at most this read.
+                sink.commit();
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -648,6 +746,9 @@ struct Sink {
     target: Target,
     /// Lines that could not be written since the last report.
     dropped: u64,
+    /// Formatted lines of the current read, not written yet, and how many.
+    batch: Vec<u8>,
+    batch_lines: u64,
     reported: Option<Instant>,
 }
 
@@ -699,6 +800,8 @@ impl Sink {
             format: spec.format,
             target,
             dropped: 0,
+            batch: Vec::new(),
+            batch_lines: 0,
             reported: None,
         };
         if let Err(e) = sink.open() {
@@ -735,7 +838,30 @@ impl Sink {
         }
     }
 
+    /// Adds `line` to the batch of this read; [`Sink::commit`] writes the batch. A batch that
+    /// takes the file to its rotation size is written at once, so rotation happens at the
+    /// same line as it would line by line.
     fn write(&mut self, line: &str) {
+        self.batch.extend_from_slice(line.as_bytes());
+        self.batch_lines += 1;
+        let rotates = match &self.target {
+            Target::File {
+                size, rotate_size, ..
+            } => *rotate_size > 0 && *size + self.batch.len() as u64 >= *rotate_size,
+            Target::Stdout { .. } => false,
+        };
+        if rotates || self.batch.len() >= BATCH {
+            self.commit();
+        }
+    }
+
+    /// Writes the lines of this read in one write: one system call per read, not per line.
+    fn commit(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let lines = std::mem::take(&mut self.batch_lines);
         if self.dropped > 0 && self.reported.is_some() {
             // The sink works again: say what was lost first (best effort).
             let note = format!(
@@ -748,10 +874,13 @@ impl Sink {
                 self.reported = None;
             }
         }
-        if let Err(e) = self.write_raw(line.as_bytes()) {
-            self.dropped += 1;
+        if let Err(e) = self.write_raw(&batch) {
+            self.dropped += lines;
             self.report(&e);
         }
+        // The allocation is kept for the next batch.
+        self.batch = batch;
+        self.batch.clear();
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -791,8 +920,9 @@ impl Sink {
         }
     }
 
-    /// Writes what waits for stdout, as far as it goes without blocking.
+    /// Writes the batch, and what waits for stdout as far as it goes without blocking.
     fn flush(&mut self) {
+        self.commit();
         if let Target::Stdout { out, waiting } = &mut self.target {
             if let Err(e) = write_waiting(out, waiting) {
                 // Whatever waits is lost with the stdout that broke.

@@ -691,6 +691,36 @@ pub(crate) fn wait_readable(
     }
 }
 
+/// Copies up to `len` bytes from the pipe `from` into the pipe `to` without consuming them
+/// (`tee(2)`, non-blocking): `Ok(0)` when `from` is empty and has no writer left, `WouldBlock`
+/// when it is empty with writers.
+pub(crate) fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: tee only moves pipe buffer references between two fds we borrow for the call;
+    // no memory of ours is touched.
+    let n = unsafe {
+        libc::tee(
+            from.as_raw_fd(),
+            to.as_raw_fd(),
+            len,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Whether the read end `fd` of a pipe has no writer left (`POLLHUP`).
+pub(crate) fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
+}
+
 /// Whether a write to `fd` would not block now (or would fail at once: an error or a hang-up
 /// counts, so that the write reports it). For a pipe this means room for `PIPE_BUF` bytes.
 pub(crate) fn writable_now(fd: BorrowedFd<'_>) -> bool {

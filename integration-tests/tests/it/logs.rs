@@ -110,22 +110,29 @@ fn requests_by_pid(entries: &[Entry]) -> BTreeMap<u32, (u32, u32, Vec<u64>)> {
 }
 
 /// Every pid's numbers are 1..=k in order, and every answer the load saw has its line with
-/// the generation it answered with.
-fn assert_every_answer_logged(entries: &[Entry], report: &LoadReport) {
-    let logged = requests_by_pid(entries);
-    for (pid, (_, _, numbers)) in &logged {
-        let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
-        if numbers != &expected {
-            let gap = numbers
-                .iter()
-                .zip(1..)
-                .find(|(n, i)| **n != *i)
-                .map(|(n, i)| format!("expected {i}, found {n}"));
-            panic!(
-                "pid {pid}: {} lines, not contiguous from 1 ({gap:?})",
-                numbers.len()
-            );
+/// the generation it answered with. With `repeats`, a run of lines may be written again (a
+/// logger killed after it wrote them and before it took them out of the pipe); a gap never.
+fn assert_every_answer_logged(entries: &[Entry], report: &LoadReport, repeats: bool) {
+    let mut logged = requests_by_pid(entries);
+    for (pid, (_, _, numbers)) in logged.iter_mut() {
+        let mut next = 1;
+        let mut again = 0;
+        for &n in numbers.iter() {
+            if n == next {
+                next += 1;
+            } else if n < next && repeats {
+                again += 1;
+            } else {
+                panic!(
+                    "pid {pid}: {} lines, not contiguous from 1 (expected {next}, found {n})",
+                    numbers.len()
+                );
+            }
         }
+        if again > 0 {
+            eprintln!("pid {pid}: {again} lines written twice");
+        }
+        *numbers = (1..next).collect();
     }
     let mut answers = 0;
     for (pid, (generation, count)) in report.answers_by_pid() {
@@ -207,7 +214,7 @@ fn every_answered_request_has_its_line_across_reloads() {
     report.assert_no_failures();
     assert!(report.generations().len() >= 5, "{}", report.summary());
     stop(sup);
-    assert_every_answer_logged(&entries(&[&file], parse_text), &report);
+    assert_every_answer_logged(&entries(&[&file], parse_text), &report, false);
 }
 
 #[test]
@@ -246,7 +253,7 @@ fn a_killed_logger_is_back_soon_and_loses_no_line() {
         assert!(*d < Duration::from_secs(5), "logger restart {i} took {d:?}");
     }
     stop(sup);
-    assert_every_answer_logged(&entries(&[&file], parse_text), &report);
+    assert_every_answer_logged(&entries(&[&file], parse_text), &report, true);
 }
 
 #[test]
@@ -272,7 +279,7 @@ fn json_lines_parse_with_every_field() {
     stop(sup);
     let all = entries(&[&file], parse_json);
     assert!(all.len() >= 40, "{} lines", all.len());
-    assert_every_answer_logged(&all, &report);
+    assert_every_answer_logged(&all, &report, false);
 }
 
 #[test]
