@@ -323,10 +323,11 @@ impl Scratch {
 /// Reads what one pipe holds, up to [`READ_PER_TURN`], and writes every whole line; returns
 /// (end-of-file, more to read).
 ///
-/// The bytes are copied out with `tee(2)` and taken out of the pipe only once their lines are
-/// written, so a logger killed at any moment loses nothing: its replacement reads them again
-/// (a line may then be written twice, never lost). The start of a line stays in the pipe until
-/// its end arrives, or until no writer is left.
+/// The bytes are copied out with `tee(2)` and taken out of the pipe only once their whole lines
+/// are written, so a logger killed at any moment loses no whole line: its replacement reads
+/// them again (a line may then be written twice). Only the start of a line whose end has not
+/// arrived yet (a worker that writes a line in pieces) is held here, and lost with a killed
+/// logger.
 fn read_pipe(
     pipe: &mut Pipe,
     chunk: &mut [u8],
@@ -340,7 +341,14 @@ fn read_pipe(
             return (false, true);
         }
         let n = match sys::tee(pipe.file.as_fd(), scratch.w.as_fd(), chunk.len()) {
-            Ok(0) => return (true, false),
+            Ok(0) => {
+                if !pipe.partial.is_empty() {
+                    let rest = std::mem::take(&mut pipe.partial);
+                    emit(&pipe.labels, &rest, false, sink, ring);
+                    sink.commit();
+                }
+                return (true, false);
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -354,25 +362,19 @@ fn read_pipe(
             // The scratch pipe holds what tee put there; failing to read it is not expected.
             return (false, false);
         }
+        pipe.partial.extend_from_slice(&chunk[..n]);
         let labels = &pipe.labels;
-        let rest = split_lines(&chunk[..n], |line, continued| {
+        let rest = split_lines(&pipe.partial, |line, continued| {
             emit(labels, line, continued, sink, ring)
         });
-        let mut consumed = n - rest;
-        if consumed == 0 {
-            if !sys::hung_up(pipe.file.as_fd()) {
-                // Only the start of a line: it waits in the pipe for the rest.
-                return (false, false);
-            }
-            // The worker is gone: its last line ends here.
-            emit(labels, &chunk[..n], false, sink, ring);
-            consumed = n;
-        }
+        pipe.partial.drain(..pipe.partial.len() - rest);
         sink.commit();
-        if read_exactly(&mut pipe.file, &mut chunk[..consumed]).is_err() {
+        // Everything copied is taken: a pipe write to a pipe that is not empty may not wake an
+        // edge-triggered reader, so nothing may be left waiting in it.
+        if read_exactly(&mut pipe.file, &mut chunk[..n]).is_err() {
             return (true, false);
         }
-        read += consumed;
+        read += n;
     }
 }
 

@@ -711,16 +711,6 @@ pub(crate) fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::R
     Ok(n as usize)
 }
 
-/// Whether the read end `fd` of a pipe has no writer left (`POLLHUP`).
-pub(crate) fn hung_up(fd: BorrowedFd<'_>) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
-        && fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
-}
-
 /// Whether a write to `fd` would not block now (or would fail at once: an error or a hang-up
 /// counts, so that the write reports it). For a pipe this means room for `PIPE_BUF` bytes.
 pub(crate) fn writable_now(fd: BorrowedFd<'_>) -> bool {

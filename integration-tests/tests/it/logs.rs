@@ -543,3 +543,46 @@ fn an_unwritable_log_is_reported_once_and_the_service_goes_on() {
     assert_eq!(reports, 1, "reported {reports} times:\n{}", sup.log());
     stop(sup);
 }
+
+/// Regression (a logger that stalled on a worker writing lines in pieces, found by the bench):
+/// a writer of 500 KB blocks, whose pipe writes cut lines, and every line still arrives.
+#[test]
+fn lines_written_in_pieces_all_arrive_a_logger_stalled_on_them() {
+    let Some(python) = reloadsup_integration_tests::python3() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs python3, and CI=true"
+        );
+        eprintln!("skipped: needs python3");
+        return;
+    };
+    let sandbox = Sandbox::new("logs-pieces");
+    let file = sandbox.join("app.log");
+    let writer = sandbox.write(
+        "pieces.py",
+        "import sys\nout = sys.stdout.buffer\nfor _ in range(40):\n    out.write((b'z' * 99 + b'\\n') * 5000)\n    out.flush()\n",
+    );
+    let script = sandbox.write_script(
+        "pieces.sh",
+        &format!(
+            "#!/bin/sh\n{} {}\nexec sleep 600\n",
+            python.display(),
+            writer.display()
+        ),
+    );
+    let mut flags = capture(1, &file);
+    flags[3] = "immediate".into();
+    let sup = Run::new([script]).args(flags).start(&sandbox);
+    let count = || {
+        std::fs::read(&file)
+            .map(|t| t.iter().filter(|&&b| b == b'\n').count())
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(60), "200000 lines in the log", || {
+        count() >= 200_000
+    });
+    stop(sup);
+    let all = entries(&[&file], parse_text);
+    let line = "z".repeat(99);
+    assert_eq!(all.iter().filter(|e| e.text == line).count(), 200_000);
+}
