@@ -262,6 +262,19 @@ impl Logs {
         Reply::Done("stopped following".into())
     }
 
+    /// Before an upgrade in place: every log reader gets its reply (the tails are not in the
+    /// hand-off), and the logger forgets them, so the new image's tail ids start afresh.
+    pub(crate) fn end_tails(&mut self, poll: &Poll, conns: &mut Connections) {
+        for (id, t) in std::mem::take(&mut self.tails) {
+            self.untail(id);
+            conns.send_reply(
+                poll,
+                t.who,
+                Reply::Error("the supervisor was upgraded in place; ask for the logs again".into()),
+            );
+        }
+    }
+
     /// Lines for `tail`: forwarded to its reader, or counted as skipped while its replies
     /// wait; a reader that went away is forgotten here and in the logger.
     fn forward(

@@ -586,3 +586,42 @@ fn lines_written_in_pieces_all_arrive_a_logger_stalled_on_them() {
     let line = "z".repeat(99);
     assert_eq!(all.iter().filter(|e| e.text == line).count(), 200_000);
 }
+
+#[test]
+fn ctl_logs_follow_ends_with_a_message_at_an_upgrade_in_place() {
+    let sandbox = Sandbox::new("logs-follow-upgrade");
+    let file = sandbox.join("app.log");
+    let (sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"]).args(capture(1, &file)),
+        1,
+    );
+    let followed = sandbox.join("followed");
+    let mut follower = std::process::Command::new(reloadsup_integration_tests::bins::reloadsup())
+        .arg("ctl")
+        .arg("--control")
+        .arg(sup.control_path())
+        .args(["logs", "-f", "-n", "0"])
+        .stdout(std::fs::File::create(&followed).expect("the follower's output"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ctl logs -f");
+    wait_until(DEADLINE, "a followed line", || {
+        get(addr, "/").expect("a request");
+        std::fs::read_to_string(&followed).is_ok_and(|t| t.contains(": request "))
+    });
+    let out = sup.ctl(&["upgrade"]);
+    assert!(out.status.success(), "upgrade: {out:?}");
+    let status = wait_for(DEADLINE, "ctl logs -f to end", || {
+        follower.try_wait().expect("the follower's status")
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().expect("stderr"), &mut err)
+        .expect("the follower's stderr");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("upgraded in place"), "{err}");
+    // A new follow works with the new image.
+    let out = sup.ctl(&["logs", "-n", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    stop(sup);
+}
