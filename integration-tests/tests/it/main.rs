@@ -10,6 +10,7 @@ mod core;
 mod lifecycle;
 mod listen;
 mod listening;
+mod logs;
 mod reconfigure;
 mod servers;
 mod upgrade;
