@@ -37,6 +37,9 @@ use crate::config::ReadyMode;
 /// How often a starting worker is looked at.
 pub(crate) const SCAN_EVERY: Duration = Duration::from_millis(15);
 
+/// At most this many bytes of a process's TCP table are read per scan (about 1700 rows).
+const MAX_TCP_TABLE: u64 = 256 * 1024;
+
 /// At most this many entries of a poll set or fds of a select set are read from a worker.
 const MAX_POLL_FDS: u64 = 65536;
 
@@ -143,9 +146,6 @@ pub(crate) fn process_waits(pid: u32, inodes: &[u64]) -> Option<String> {
     if let Some(how) = epoll_holds(pid, inodes) {
         return Some(how);
     }
-    if let Some(how) = holds_accepted(pid, inodes) {
-        return Some(how);
-    }
     let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut mem: Option<Option<fs::File>> = None;
     for task in tasks.flatten() {
@@ -180,7 +180,8 @@ pub(crate) fn process_waits(pid: u32, inodes: &[u64]) -> Option<String> {
             }
         }
     }
-    None
+    // Last: the TCP table is the costliest look.
+    holds_accepted(pid, inodes)
 }
 
 /// The read fds of a `poll` set in another process's memory.
@@ -249,9 +250,15 @@ fn parse_net_tcp(text: &str) -> Vec<(&str, &str, u64)> {
 /// has the listener's local address; a connection the worker made to it has an ephemeral one.
 fn holds_accepted(pid: u32, inodes: &[u64]) -> Option<String> {
     const LISTEN: &str = "0A";
+    use std::io::Read;
     let mut rows_text = String::new();
     for table in ["tcp", "tcp6"] {
-        if let Ok(t) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+        // Bounded: under load the table holds a row per TIME_WAIT connection (hundreds of
+        // thousands), and the loop must not spend long here. Listeners come first in it; an
+        // accepted connection past the bound is missed this time.
+        if let Ok(f) = fs::File::open(format!("/proc/{pid}/net/{table}")) {
+            let mut t = String::new();
+            let _ = f.take(MAX_TCP_TABLE).read_to_string(&mut t);
             rows_text.push_str(&t);
             rows_text.push('\n');
         }
