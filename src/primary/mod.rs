@@ -14,6 +14,7 @@ mod files;
 pub(crate) mod keeper_link;
 pub(crate) mod listeners;
 pub(crate) mod logs;
+mod manager;
 pub(crate) mod notify;
 mod reconfigure;
 pub(crate) mod shell_link;
@@ -100,6 +101,8 @@ pub(crate) struct Primary {
     upgrade: Option<upgrade::Upgrade>,
     /// The logger worker and the workers' output pipes (`--log-output stdout|file:PATH`).
     logs: Option<logs::Logs>,
+    /// The service manager above, from reloadsup's own `NOTIFY_SOCKET`.
+    manager: Option<manager::Manager>,
 }
 
 /// A worker role that is running and waiting for its [`WorkerSpec`].
@@ -141,6 +144,10 @@ impl Primary {
     ) -> Result<Primary, Fatal> {
         sys::ensure_std_fds().map_err(Fatal::system("open /dev/null"))?;
         let pid = std::process::id();
+        let manager = manager::Manager::from_env(pid);
+        if config.subreaper {
+            sys::set_subreaper().map_err(Fatal::system("become a child subreaper"))?;
+        }
         // Workers or the shell worker of another user must be able to traverse it.
         let other_user = config.uid.is_some()
             || config
@@ -205,6 +212,7 @@ impl Primary {
             control_path.display()
         );
         Ok(Primary {
+            manager,
             logs: logs::Logs::new(&config.log, pid),
             conns: Connections::new(control),
             config,
@@ -260,6 +268,7 @@ impl Primary {
                 self.refill_at,
                 self.keeper.state.restart_at,
                 self.logs.as_ref().and_then(|l| l.restart_at),
+                self.manager.as_ref().and_then(|m| m.watchdog_at),
                 self.upgrade
                     .as_ref()
                     .filter(|u| !u.passed && !u.timed_out)
@@ -344,8 +353,14 @@ impl Primary {
                 up.timed_out = true;
                 let _ = sys::kill_group(up.pid, Signal::SIGKILL);
             }
+            if let Some(m) = &mut self.manager {
+                m.tick(now);
+            }
             if let Some(code) = self.apply(actions) {
                 return Ok(code);
+            }
+            if let Some(m) = &mut self.manager {
+                m.sync(&self.state, self.pid);
             }
             if self.epochs.len() > 1 {
                 self.forget_unused();
@@ -366,6 +381,9 @@ impl Primary {
     fn apply(&mut self, actions: Vec<Action>) -> Option<u8> {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
+            if let Some(m) = &mut self.manager {
+                m.on_action(&action, &self.state);
+            }
             match action {
                 Action::Spawn { generation, slot } => {
                     let event = match self.spawn(generation, slot) {
@@ -802,7 +820,12 @@ impl Primary {
                     actions.extend(self.state.handle(now, Event::Reload(who)));
                     None
                 }
-                Err(refused) => Some(Reply::Reload(refused)),
+                Err(refused) => {
+                    if let Some(m) = &mut self.manager {
+                        m.refused(&self.state);
+                    }
+                    Some(Reply::Reload(refused))
+                }
             },
             Request::Restart => {
                 log::info!("restart: upgrading the primary, then reloading every worker");

@@ -714,6 +714,7 @@ impl Primary {
             start_text: self.config.start_text.clone(),
             epochs: epoch_images(&self.epochs),
             logger: self.logs.as_ref().map(|l| l.image(c)),
+            manager: self.manager.as_ref().map(|m| m.image(c)),
         }
     }
 
@@ -809,6 +810,9 @@ impl Primary {
         };
         let state = state_from(h.state, &clock);
         let mut primary = Primary {
+            manager: h
+                .manager
+                .and_then(|m| super::manager::Manager::resume(m, &clock)),
             logs,
             control_path: config.state_dir.join("control.sock"),
             config,

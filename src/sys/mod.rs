@@ -892,3 +892,9 @@ mod tests {
         );
     }
 }
+
+/// `PR_SET_CHILD_SUBREAPER`: orphaned descendants are re-parented to this process (kept across
+/// an exec, so an upgrade in place keeps it).
+pub(crate) fn set_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
