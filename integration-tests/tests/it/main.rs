@@ -8,6 +8,7 @@ mod console;
 mod control;
 mod core;
 mod lifecycle;
+mod manager;
 mod reconfigure;
 mod servers;
 mod upgrade;
