@@ -363,3 +363,112 @@ fn ctl_status_ready_is_a_readiness_probe() {
     sup.signal(libc::SIGTERM);
     assert!(sup.wait_exit(DEADLINE).success());
 }
+
+/// `examples/FILE` of the repository.
+fn example_file(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `key=value` entries of a unit file, continuation lines joined.
+fn unit_keys(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut line = String::new();
+    for raw in text.lines() {
+        let raw = raw.trim();
+        if raw.starts_with('#') || raw.starts_with('[') || raw.is_empty() {
+            continue;
+        }
+        line.push_str(raw.trim_end_matches('\\'));
+        if raw.ends_with('\\') {
+            line.push(' ');
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            out.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        line.clear();
+    }
+    out
+}
+
+fn seconds(v: &str) -> u64 {
+    v.trim_end_matches('s').parse().expect("seconds")
+}
+
+/// The value after `flag` in `words`.
+fn flag<'a>(words: &[&'a str], flag: &str) -> Option<&'a str> {
+    words
+        .iter()
+        .position(|w| *w == flag)
+        .and_then(|i| words.get(i + 1).copied())
+}
+
+#[test]
+fn systemd_units_have_what_the_readme_promises() {
+    for (file, socket) in [("web.service", true), ("web-nosocket.service", false)] {
+        let keys = unit_keys(&example_file(&format!("systemd/{file}")));
+        let get = |k: &str| {
+            keys.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_else(|| panic!("{file}: no {k}="))
+        };
+        assert_eq!(get("Type"), "notify-reload", "{file}");
+        assert_eq!(get("ReloadSignal"), "SIGHUP", "{file}");
+        assert_eq!(get("KillMode"), "mixed", "{file}");
+        assert_eq!(get("NotifyAccess"), "main", "{file}");
+        let exec: Vec<&str> = get("ExecStart").split_whitespace().collect();
+        assert!(exec[0].ends_with("/reloadsup"), "{file}: {exec:?}");
+        assert_eq!(flag(&exec, "--ready"), Some("notify"), "{file}");
+        let graceful = seconds(flag(&exec, "--graceful-timeout").expect("--graceful-timeout"));
+        let ready = seconds(flag(&exec, "--ready-timeout").expect("--ready-timeout"));
+        assert!(seconds(get("TimeoutStopSec")) > graceful, "{file}");
+        assert!(seconds(get("TimeoutStartSec")) > ready, "{file}");
+        let listen = flag(&exec, "--listen").expect("--listen");
+        if socket {
+            assert_eq!(get("Requires"), "web.socket");
+            let sock = unit_keys(&example_file("systemd/web.socket"));
+            let name = sock
+                .iter()
+                .find(|(k, _)| k == "FileDescriptorName")
+                .map(|(_, v)| v.clone())
+                .expect("FileDescriptorName");
+            assert!(sock.iter().any(|(k, _)| k == "ListenStream"));
+            // The --listen name takes the inherited socket.
+            assert!(
+                listen.starts_with(&format!("{name}=")),
+                "{listen} vs {name}"
+            );
+        } else {
+            assert!(!keys
+                .iter()
+                .any(|(k, v)| k == "Requires" && v.contains("socket")));
+        }
+    }
+}
+
+#[test]
+fn container_example_probes_readiness_and_outlasts_the_drain() {
+    let docker = example_file("container/Dockerfile");
+    assert!(docker.matches("\nFROM ").count() + usize::from(docker.starts_with("FROM ")) >= 2);
+    assert!(docker.contains("ENTRYPOINT [\"/usr/local/bin/reloadsup\""));
+    let graceful = docker
+        .split("\"--graceful-timeout\", \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .map(seconds)
+        .expect("--graceful-timeout in the entrypoint");
+    let k8s = example_file("container/deployment.yaml");
+    let grace: u64 = k8s
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .expect("terminationGracePeriodSeconds")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(grace > graceful, "{grace} <= {graceful}");
+    assert!(k8s.contains(r#"command: ["reloadsup", "ctl", "--name", "web", "status", "--ready"]"#));
+}
