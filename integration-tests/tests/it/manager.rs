@@ -472,3 +472,42 @@ fn container_example_probes_readiness_and_outlasts_the_drain() {
     assert!(grace > graceful, "{grace} <= {graceful}");
     assert!(k8s.contains(r#"command: ["reloadsup", "ctl", "--name", "web", "status", "--ready"]"#));
 }
+
+#[test]
+fn manager_hears_ready_after_a_rolled_back_reload_with_the_outcome() {
+    let sb = Sandbox::new("manager-rollback");
+    let path = sb.join("manager.sock");
+    let mut m = ManagerSocket::at(&path);
+    let flag = sb.join("broken");
+    let script = sb.write_script(
+        "app",
+        &format!(
+            "#!/bin/sh\nif [ -e {} ]; then exit 1; fi\nexec {}\n",
+            flag.display(),
+            bins::example("hello").display()
+        ),
+    );
+    let mut sup = Run::new([script])
+        .args(standard(1))
+        .env("NOTIFY_SOCKET", &path)
+        .start(&sb);
+    sup.wait_ready(1, 1);
+    m.wait("READY=1", 0);
+    std::fs::write(&flag, "").expect("break the app");
+    let from = m.seen.len();
+    assert!(
+        sup.reload(2).is_err(),
+        "the broken release was not rolled back"
+    );
+    let reloading = m.wait("RELOADING=1", from);
+    let done = m.wait("READY=1", reloading + 1);
+    assert!(
+        m.seen[done]
+            .1
+            .contains("generation 1: 1/1 workers ready; last reload: generation 2 rolled back"),
+        "{:?}",
+        m.seen[done].1
+    );
+    sup.signal(libc::SIGTERM);
+    assert!(sup.wait_exit(DEADLINE).success());
+}
