@@ -24,66 +24,19 @@ fn bad<T>(origin: Origin, error: ValueError) -> Result<T, ConfigError> {
     Err(ConfigError::Value { origin, error })
 }
 
-/// Where a listener binds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Address {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Tcp(addr) => write!(f, "tcp://{addr}"),
-            Address::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-impl Address {
-    /// `tcp://HOST:0`: any free port, so no address of its own until bound.
-    pub(crate) fn any_port(&self) -> bool {
-        matches!(self, Address::Tcp(a) if a.port() == 0)
-    }
-
-    /// The kind of socket, for messages and to match an inherited socket by name.
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Address::Tcp(_) => "tcp",
-            Address::Unix(_) => "unix",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Result<Address, ValueError> {
-        if let Some(rest) = s.strip_prefix("tcp://") {
-            let rest = rest.trim_end_matches('/');
-            return rest
-                .parse::<SocketAddr>()
-                .map(Address::Tcp)
-                .map_err(|_| ValueError::NotTcpAddress(s.to_string()));
-        }
-        if let Some(path) = s.strip_prefix("unix:") {
-            let path = path.strip_prefix("//").unwrap_or(path);
-            if path.is_empty() {
-                return Err(ValueError::EmptyUnixPath(s.to_string()));
-            }
-            // sun_path holds 108 bytes including the terminating NUL.
-            if path.len() > 107 {
-                return Err(ValueError::UnixPathTooLong {
-                    path: path.to_string(),
-                    len: path.len(),
-                });
-            }
-            return Ok(Address::Unix(PathBuf::from(path)));
-        }
-        Err(ValueError::NotAddress(s.to_string()))
-    }
-}
+pub(crate) use crate::address::{Address, ListenOptions};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ListenerSpec {
     pub name: String,
     pub address: Address,
+    pub options: ListenOptions,
+}
+
+impl fmt::Display for ListenerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}{}", self.name, self.address, self.options)
+    }
 }
 
 /// When a new worker counts as ready.
@@ -132,6 +85,10 @@ pub(crate) struct Config {
     pub stop_signal_to: StopTarget,
     pub graceful_timeout: Duration,
     pub restart: RestartPolicy,
+    /// Files whose change starts a reload (`--watch`), absolute, and how long they must be
+    /// quiet first (`--watch-delay`).
+    pub watch: Vec<PathBuf>,
+    pub watch_delay: Duration,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub env: Vec<(OsString, OsString)>,
@@ -312,12 +269,19 @@ fn substitute(arg: &OsStr, listeners: &[ListenerSpec]) -> Result<OsString, Value
     after_help = "Signals: HUP reload, TTIN/TTOU one worker more/fewer, TERM/INT graceful shutdown, QUIT fast shutdown.\nCOMMAND may contain {fd} or {fd:NAME}, replaced by the listener's fd number."
 )]
 pub(crate) struct RunArgs {
-    /// Listening socket: [NAME=]tcp://HOST:PORT or [NAME=]unix:PATH (repeatable).
-    #[arg(short = 'l', long = "listen", value_name = "[NAME=]ADDR")]
+    /// Listening socket (repeatable): [NAME=]ADDR[?OPTIONS], ADDR one of tcp://HOST:PORT, HOST:PORT, :PORT, PORT, udp://HOST:PORT, unix:PATH, unix:@NAME; OPTIONS backlog=N, reuseport, v6only=BOOL, defer-accept=DURATION, fastopen=N, freebind, mode=OCTAL, owner=USER, group=GROUP, joined by '&'.
+    #[arg(short = 'l', long = "listen", value_name = "[NAME=]ADDR[?OPTIONS]")]
     pub listen: Vec<String>,
     /// Listen backlog [default: 1024].
     #[arg(long, value_name = "N")]
     pub backlog: Option<i32>,
+    /// Reload when this file changes: written in place, replaced by a rename, or touched
+    /// (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+    /// How long a watched file must be quiet before the reload starts [default: 500ms].
+    #[arg(long, value_name = "D")]
+    pub watch_delay: Option<String>,
     /// Workers per generation [default: 1].
     #[arg(short = 'n', long, value_name = "N")]
     pub workers: Option<u32>,
@@ -427,6 +391,9 @@ pub(crate) struct RunArgs {
 struct FileConfig {
     listen: Option<Vec<String>>,
     backlog: Option<i32>,
+    watch: Option<Vec<PathBuf>>,
+    #[serde(alias = "watch_delay")]
+    watch_delay: Option<String>,
     workers: Option<u32>,
     prespawn: Option<u32>,
     ready: Option<String>,
@@ -593,19 +560,24 @@ fn parse_restart(s: &str) -> Result<RestartPolicy, ValueError> {
 }
 
 pub(crate) fn parse_listener(s: &str, index: usize) -> Result<ListenerSpec, ValueError> {
-    // A NAME= prefix is recognised only before the scheme, so `unix:/a=b` keeps its '='.
+    // A NAME= prefix is recognised only before the scheme and the options, so `unix:/a=b` and
+    // `8080?backlog=5` keep their '='.
     let (name, addr) = match s.split_once('=') {
-        Some((name, addr)) if !name.contains(':') && !name.contains('/') => {
-            (name.to_string(), addr)
-        }
+        Some((name, addr)) if !name.contains([':', '/', '?']) => (name.to_string(), addr),
         _ => (format!("listen{index}"), s),
     };
     if name.is_empty() || name.contains(':') || !name.chars().all(|c| c.is_ascii_graphic()) {
         return Err(ValueError::NotListenerName(name));
     }
+    let (address, options) = crate::address::parse_with_options(
+        addr,
+        |u| resolve_user(u).map(|(uid, _)| uid),
+        resolve_group,
+    )?;
     Ok(ListenerSpec {
         name,
-        address: Address::parse(addr)?,
+        address,
+        options,
     })
 }
 
@@ -755,10 +727,18 @@ impl Config {
             if listeners.iter().any(|o: &ListenerSpec| o.name == spec.name) {
                 return bad(origin(), ValueError::NameTwice(spec.name));
             }
+            // A host name may be given once per address it resolves to, under different names.
             if listeners
                 .iter()
                 .any(|o: &ListenerSpec| o.address == spec.address)
                 && !spec.address.any_port()
+                && !matches!(
+                    spec.address,
+                    Address::Inet {
+                        host: crate::address::Host::Name(_),
+                        ..
+                    }
+                )
             {
                 return bad(origin(), ValueError::AddressTwice(spec.address.to_string()));
             }
@@ -792,6 +772,41 @@ impl Config {
                 },
             );
         }
+
+        let watch_cli = !args.watch.is_empty();
+        let watch: Vec<PathBuf> = if watch_cli {
+            args.watch.clone()
+        } else {
+            file.watch.clone().unwrap_or_default()
+        };
+        let mut watched = Vec::with_capacity(watch.len());
+        for path in watch {
+            if path.file_name().is_none() {
+                return bad(
+                    src("watch", "watch", watch_cli),
+                    ValueError::NotFileName(path.display().to_string()),
+                );
+            }
+            // Absolute, so the watch does not depend on the primary's working directory.
+            let path = std::path::absolute(&path).unwrap_or(path);
+            // The watch is on the directory (the file itself may come and go).
+            if !path.parent().is_some_and(Path::is_dir) {
+                return bad(
+                    src("watch", "watch", watch_cli),
+                    ValueError::NoWatchDirectory(path.display().to_string()),
+                );
+            }
+            watched.push(path);
+        }
+        let watch_delay = match args.watch_delay.as_ref().or(file.watch_delay.as_ref()) {
+            None => Duration::from_millis(500),
+            Some(d) => parse_duration(d).or_else(|e| {
+                bad(
+                    src("watch-delay", "watch-delay", args.watch_delay.is_some()),
+                    e,
+                )
+            })?,
+        };
 
         let prespawn = args.prespawn.or(file.prespawn).unwrap_or(0);
         if prespawn > 4096 {
@@ -1114,6 +1129,8 @@ impl Config {
             stop_signal_to,
             graceful_timeout,
             restart,
+            watch: watched,
+            watch_delay,
             uid,
             gid,
             env,

@@ -243,7 +243,13 @@ impl fmt::Display for Origin {
 /// What is wrong with one value, whatever flag or key it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ValueError {
-    NotTcpAddress(String),
+    NotInetAddress(String),
+    NotFileName(String),
+    NoWatchDirectory(String),
+    ListenOption {
+        option: String,
+        problem: String,
+    },
     EmptyUnixPath(String),
     UnixPathTooLong {
         path: String,
@@ -305,11 +311,14 @@ pub(crate) enum ValueError {
 impl fmt::Display for ValueError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ValueError::NotTcpAddress(s) => write!(f, "'{s}' is not a tcp address: expected tcp://HOST:PORT with an IP host, like tcp://127.0.0.1:8080 or tcp://[::1]:8080"),
+            ValueError::NotFileName(s) => write!(f, "'{s}' does not name a file"),
+            ValueError::NoWatchDirectory(s) => write!(f, "the directory of '{s}' does not exist (the watch is on the directory, so the file may be replaced)"),
+            ValueError::NotInetAddress(s) => write!(f, "'{s}' is not an internet address: expected HOST:PORT with an IP address, a host name or nothing (every interface) as HOST, like 127.0.0.1:8080, [::1]:8080, localhost:8080, :8080 or 8080"),
+            ValueError::ListenOption { option, problem } => write!(f, "listen option '{option}' {problem}"),
             ValueError::EmptyUnixPath(s) => write!(f, "'{s}' has an empty unix socket path"),
             ValueError::StateDirTooLong { path, len, max } => write!(f, "'{path}' is {len} bytes long; the sockets inside it need it to be at most {max} bytes"),
             ValueError::UnixPathTooLong { path, len } => write!(f, "unix socket path '{path}' is {len} bytes long, the limit is 107"),
-            ValueError::NotAddress(s) => write!(f, "'{s}' is not an address: expected tcp://HOST:PORT or unix:PATH"),
+            ValueError::NotAddress(s) => write!(f, "'{s}' is not an address: expected [tcp://]HOST:PORT, :PORT, PORT, udp://HOST:PORT, unix:PATH or unix:@NAME, with options after '?'"),
             ValueError::NotListenerName(name) => write!(f, "'{name}' is not a listener name: use letters, digits and punctuation other than ':'"),
             ValueError::NameTwice(name) => write!(f, "the name '{name}' is used twice"),
             ValueError::AddressTwice(address) => write!(f, "{address} is given twice"),

@@ -6,6 +6,7 @@
 // The public surface is what a supervisor binary built on `main_with` needs, nothing more.
 #![warn(unreachable_pub)]
 
+mod address;
 mod client;
 mod config;
 mod error;

@@ -5,19 +5,20 @@
 //!
 //! It must never block the loop: every message is one small non-blocking send; a keeper that
 //! does not keep up is killed and replaced, since a replacement learns the full set anyway.
-//! What must survive a re-exec of the primary in place lives in [`KeeperState`], plain data.
+//! What must survive a re-exec of the primary in place lives in [`KeeperState`], plain data;
+//! its restart timer lives in `state::roles`.
 
 use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use reloadsup_protocol::{self as proto, KeeperMessage, KeeperSpec, PROTOCOL_VERSION};
 
-use super::state::{BACKOFF_MAX, BACKOFF_MIN, HEALTHY_AFTER};
+use super::state::roles::RoleTimer;
 use crate::error::lower;
 use crate::sys::{self, cgroup};
 
@@ -33,9 +34,6 @@ pub(crate) struct KeeperState {
     pub tracked: BTreeSet<u32>,
     /// The base of the per-worker cgroups, when they are used.
     pub cgroup: Option<PathBuf>,
-    pub started: Option<Instant>,
-    pub backoff: Duration,
-    pub restart_at: Option<Instant>,
 }
 
 pub(crate) struct Keeper {
@@ -74,9 +72,6 @@ impl Keeper {
                 pid: None,
                 tracked: BTreeSet::new(),
                 cgroup,
-                started: None,
-                backoff: BACKOFF_MIN,
-                restart_at: None,
             },
             link: None,
             primary_pid,
@@ -88,18 +83,17 @@ impl Keeper {
         self.state.cgroup.as_deref().and_then(Path::to_str)
     }
 
-    /// Spawns the keeper and tells it the whole live set.
-    pub(crate) fn start(&mut self, now: Instant) {
-        self.state.restart_at = None;
+    /// Spawns the keeper and tells it the whole live set; false (logged) if it could not.
+    pub(crate) fn start(&mut self) -> bool {
         match self.spawn() {
             Ok(pid) => {
                 log::info!("keeper started as pid {pid}");
                 self.state.pid = Some(pid);
-                self.state.started = Some(now);
+                true
             }
             Err(e) => {
                 log::error!("unable to start the keeper: {}", lower(&e));
-                self.schedule(now);
+                false
             }
         }
     }
@@ -197,35 +191,16 @@ impl Keeper {
         self.state.pid == Some(pid)
     }
 
-    /// The keeper was reaped: start another, at once if it was healthy for a while.
-    pub(crate) fn exited(&mut self, now: Instant, status: sys::ExitStatus) {
+    /// The keeper was reaped; the roles' timer starts another.
+    pub(crate) fn exited(&mut self, status: sys::ExitStatus) {
         self.state.pid = None;
         self.link = None;
         log::warn!("the keeper {status}");
-        if self
-            .state
-            .started
-            .is_some_and(|t| now.saturating_duration_since(t) >= HEALTHY_AFTER)
-        {
-            self.state.backoff = BACKOFF_MIN;
-        }
-        self.schedule(now);
-    }
-
-    fn schedule(&mut self, now: Instant) {
-        log::info!("restarting the keeper in {:?}", self.state.backoff);
-        self.state.restart_at = Some(now + self.state.backoff);
-        self.state.backoff = (self.state.backoff * 2).min(BACKOFF_MAX);
-    }
-
-    pub(crate) fn due(&self, now: Instant) -> bool {
-        self.state.restart_at.is_some_and(|t| t <= now)
     }
 
     /// At a normal exit, every worker is reaped: closing the link makes the keeper remove the
     /// cgroups and exit. Without a keeper, try to remove them here.
     pub(crate) fn close(&mut self) {
-        self.state.restart_at = None;
         if self.link.take().is_none() {
             if let Some(base) = &self.state.cgroup {
                 let _ = cgroup::remove_tree(base);
@@ -239,6 +214,7 @@ impl Keeper {
     /// or the keeper would see EOF and kill every worker.
     pub(crate) fn image(
         &self,
+        timer: &RoleTimer,
         clock: &super::upgrade::Clock,
     ) -> reloadsup_protocol::upgrade::KeeperImage {
         use std::os::fd::AsRawFd;
@@ -251,9 +227,9 @@ impl Keeper {
                 .cgroup
                 .as_ref()
                 .map(|p| p.as_os_str().as_bytes().to_vec()),
-            started: clock.opt_ns(self.state.started),
-            backoff: self.state.backoff.as_nanos() as u64,
-            restart_at: clock.opt_ns(self.state.restart_at),
+            started: clock.opt_ns(timer.started),
+            backoff: timer.backoff.as_nanos() as u64,
+            restart_at: clock.opt_ns(timer.restart_at),
         }
     }
 
@@ -262,21 +238,27 @@ impl Keeper {
         image: reloadsup_protocol::upgrade::KeeperImage,
         link: Option<OwnedFd>,
         clock: &super::upgrade::Clock,
-    ) -> Keeper {
+    ) -> (Keeper, RoleTimer) {
         use std::os::unix::ffi::OsStringExt;
-        Keeper {
+        let timer = RoleTimer {
+            running: image.pid.is_some(),
+            started: clock.opt_instant(image.started),
+            backoff: Duration::from_nanos(image.backoff),
+            restart_at: clock.opt_instant(image.restart_at),
+            replacing: false,
+            stopping: false,
+        };
+        let keeper = Keeper {
             state: KeeperState {
                 pid: image.pid,
                 tracked: image.tracked.into_iter().collect(),
                 cgroup: image
                     .cgroup
                     .map(|c| PathBuf::from(std::ffi::OsString::from_vec(c))),
-                started: clock.opt_instant(image.started),
-                backoff: Duration::from_nanos(image.backoff),
-                restart_at: clock.opt_instant(image.restart_at),
             },
             link,
             primary_pid,
-        }
+        };
+        (keeper, timer)
     }
 }

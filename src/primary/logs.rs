@@ -1,8 +1,8 @@
 //! The primary's side of the logger worker (see `roles/logger.rs`), with
 //! `--log-output stdout|file:PATH`: it makes each worker's stdout and stderr pipes, keeps a
 //! copy of every read end that is still open, sends each one to the logger over its link with
-//! the pipe's labels, and restarts a logger that died with back-off, sending the new one every
-//! open pipe again.
+//! the pipe's labels, and starts a logger again (when `state::roles` says so) after one died,
+//! sending the new one every open pipe again.
 //!
 //! It never reads a worker's output and never blocks the loop: each message is one small
 //! non-blocking send, and a logger that cannot take one is killed and replaced, since a
@@ -17,7 +17,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
@@ -28,7 +28,7 @@ use reloadsup_protocol::{
     PROTOCOL_VERSION,
 };
 
-use super::state::{BACKOFF_MAX, BACKOFF_MIN, SHORT_LIFE};
+use super::state::roles::RoleTimer;
 use crate::config::{LogConfig, LogOutput};
 use crate::error::lower;
 use crate::sys;
@@ -51,9 +51,6 @@ pub(crate) struct Logs {
     next_id: u64,
     pub pid: Option<u32>,
     link: Option<OwnedFd>,
-    started: Option<Instant>,
-    backoff: Duration,
-    pub restart_at: Option<Instant>,
 }
 
 impl Logs {
@@ -82,15 +79,11 @@ impl Logs {
             next_id: 1,
             pid: None,
             link: None,
-            started: None,
-            backoff: BACKOFF_MIN,
-            restart_at: None,
         })
     }
 
-    /// Spawns the logger and sends it every open pipe.
-    pub(crate) fn start(&mut self, poll: &Poll, now: Instant) {
-        self.restart_at = None;
+    /// Spawns the logger and sends it every open pipe; false (logged) if it could not.
+    pub(crate) fn start(&mut self, poll: &Poll) -> bool {
         match self.spawn(poll) {
             Ok(pid) => {
                 log::info!(
@@ -98,11 +91,11 @@ impl Logs {
                     self.pipes.len()
                 );
                 self.pid = Some(pid);
-                self.started = Some(now);
+                true
             }
             Err(e) => {
                 log::error!("unable to start the logger worker: {}", lower(&e));
-                self.schedule(now);
+                false
             }
         }
     }
@@ -243,37 +236,19 @@ impl Logs {
         self.pid == Some(pid)
     }
 
-    /// The logger was reaped: start another, at once if it had lived a while.
-    pub(crate) fn exited(&mut self, poll: &Poll, now: Instant, status: sys::ExitStatus) {
+    /// The logger was reaped; the roles' timer starts another.
+    pub(crate) fn exited(&mut self, poll: &Poll, status: sys::ExitStatus) {
         self.pid = None;
         // What it sent before it died is read first: those pipes need not be sent again.
         while self.link.is_some() && self.on_link(poll) {}
         self.close_link(poll);
         log::warn!("the logger worker {status}");
-        if self
-            .started
-            .is_some_and(|t| now.saturating_duration_since(t) >= SHORT_LIFE)
-        {
-            self.backoff = BACKOFF_MIN;
-        }
-        self.schedule(now);
-    }
-
-    fn schedule(&mut self, now: Instant) {
-        log::info!("restarting the logger worker in {:?}", self.backoff);
-        self.restart_at = Some(now + self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-    }
-
-    pub(crate) fn due(&self, now: Instant) -> bool {
-        self.restart_at.is_some_and(|t| t <= now)
     }
 
     /// At exit, every worker is gone: the logger reads what is left in the pipes and exits
     /// once its link closes. Waits for it (a bounded wait, the loop is over), so that every
     /// line is written before the primary's own exit is seen.
     pub(crate) fn finish(&mut self, poll: &Poll) {
-        self.restart_at = None;
         self.close_link(poll);
         self.pipes.clear();
         if let Some(pid) = self.pid.take() {
@@ -286,7 +261,7 @@ impl Logs {
 
     /// The plain-data image, for an upgrade in place: the link and every pipe stay open
     /// across the exec, so the logger carries on as if nothing happened.
-    pub(crate) fn image(&self, clock: &super::upgrade::Clock) -> LoggerImage {
+    pub(crate) fn image(&self, timer: &RoleTimer, clock: &super::upgrade::Clock) -> LoggerImage {
         LoggerImage {
             spec: self.spec.clone(),
             pipes: self
@@ -304,9 +279,9 @@ impl Logs {
             next_id: self.next_id,
             pid: self.pid,
             link_fd: self.link.as_ref().map(|l| l.as_raw_fd()),
-            started: clock.opt_ns(self.started),
-            backoff: self.backoff.as_nanos() as u64,
-            restart_at: clock.opt_ns(self.restart_at),
+            started: clock.opt_ns(timer.started),
+            backoff: timer.backoff.as_nanos() as u64,
+            restart_at: clock.opt_ns(timer.restart_at),
         }
     }
 
@@ -326,7 +301,15 @@ impl Logs {
         mut take: impl FnMut(i32) -> io::Result<OwnedFd>,
         poll: &Poll,
         clock: &super::upgrade::Clock,
-    ) -> io::Result<Logs> {
+    ) -> io::Result<(Logs, RoleTimer)> {
+        let timer = RoleTimer {
+            running: image.pid.is_some(),
+            started: clock.opt_instant(image.started),
+            backoff: Duration::from_nanos(image.backoff),
+            restart_at: clock.opt_instant(image.restart_at),
+            replacing: false,
+            stopping: false,
+        };
         let mut pipes = BTreeMap::new();
         for p in image.pipes {
             pipes.insert(
@@ -352,16 +335,14 @@ impl Logs {
             }
             None => None,
         };
-        Ok(Logs {
+        let logs = Logs {
             spec: image.spec,
             pipes,
             next_id: image.next_id,
             pid: image.pid,
             link,
-            started: clock.opt_instant(image.started),
-            backoff: Duration::from_nanos(image.backoff),
-            restart_at: clock.opt_instant(image.restart_at),
-        })
+        };
+        Ok((logs, timer))
     }
 }
 

@@ -18,9 +18,9 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::{Duration, Instant};
 
 use reloadsup_protocol::upgrade::ManagerImage;
-use reloadsup_protocol::{Outcome, Progress};
+use reloadsup_protocol::{Outcome, Progress, ReloadOutcome};
 
-use super::state::{Action, Phase, State};
+use super::state::{Phase, State};
 use super::upgrade::Clock;
 
 pub(crate) struct Manager {
@@ -107,21 +107,23 @@ impl Manager {
         }
     }
 
-    /// Called for every action the state machine gives, before it is carried out.
-    pub(crate) fn on_action(&mut self, action: &Action, state: &State) {
-        match action {
-            Action::Progress {
-                progress: Progress::GenerationStarted { .. },
-                ..
-            } if self.ready && !self.stopping => self.reloading(state),
-            Action::ReloadDone { outcome, .. }
-                if outcome.outcome != Outcome::Cancelled && !self.stopping =>
-            {
-                self.reload_done(state)
-            }
-            Action::Exit { .. } => self.stop(),
-            _ => {}
+    /// The state machine reported progress: a generation that starts is a reload.
+    pub(crate) fn on_progress(&mut self, progress: &Progress, state: &State) {
+        if matches!(progress, Progress::GenerationStarted { .. }) && self.ready && !self.stopping {
+            self.reloading(state);
         }
+    }
+
+    /// A reload committed or rolled back (a cancelled one ends in `STOPPING=1` instead).
+    pub(crate) fn on_reload_done(&mut self, outcome: &ReloadOutcome, state: &State) {
+        if outcome.outcome != Outcome::Cancelled && !self.stopping {
+            self.reload_done(state);
+        }
+    }
+
+    /// Every worker is gone after a shutdown.
+    pub(crate) fn on_exit(&mut self) {
+        self.stop();
     }
 
     /// A reload that was refused before any generation started (a bad config file): the

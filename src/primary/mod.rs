@@ -2,15 +2,19 @@
 //! life and runs generations of workers.
 //!
 //! It owns the poll, the signal pipe, the workers' notify sockets, the control socket and its
-//! connections, and the pure [`state::State`]. Raw readiness becomes a [`state::Event`], the
-//! state machine answers with [`state::Action`]s, and this module carries them out. It must never
-//! block and never panic on input: every peer (worker, `ctl` client, shell worker) is treated as
-//! hostile, every error from one is logged and contained. When idle it sleeps in `poll` with no
-//! timeout: the only timer is the earliest deadline in the state.
+//! connections, and the pure [`state::State`] and [`state::roles::Roles`]. Raw readiness,
+//! signals, reaped children and due deadlines become [`input::Input`]s handled by
+//! [`Primary::handle`]; the state machines answer with actions, which [`executor::carry_out`]
+//! carries out through this module's [`Executor`]. It must never block and never panic on
+//! input: every peer (worker, `ctl` client, shell worker) is treated as hostile, every error
+//! from one is logged and contained. When idle it sleeps in `poll` with no timeout: the only
+//! timers are the earliest deadlines of the state machines.
 
 pub(crate) mod activation;
 pub(crate) mod control;
+pub(crate) mod executor;
 mod files;
+pub(crate) mod input;
 pub(crate) mod keeper_link;
 pub(crate) mod listeners;
 pub(crate) mod logs;
@@ -21,8 +25,9 @@ pub(crate) mod shell_link;
 pub(crate) mod state;
 mod stop;
 pub(crate) mod upgrade;
+mod watch;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -42,7 +47,10 @@ use crate::error::lower;
 use crate::error::{BindError, Fatal, SetupError};
 use crate::sys;
 use control::{ConnId, Connections};
+use executor::Executor;
+use input::{Input, Link, Timer};
 use listeners::Listener;
+use state::roles::{Role, RoleAction, RoleEvent, Roles};
 use state::{Action, Event, Exit, Requester, State};
 
 const SIGNALS: Token = Token(0);
@@ -82,9 +90,14 @@ pub(crate) struct Primary {
     shell: Option<shell_link::Shell>,
     /// Worker roles exec'd ahead of time (`--prespawn`), waiting on their link for a spec.
     spares: Vec<Spare>,
-    /// When to top the spares up again: a little after they were used, so that starting them
-    /// does not compete with the reload that used them.
-    refill_at: Option<Instant>,
+    /// The restart timers of the shell worker, the keeper and the logger, and the spares'
+    /// refill: plain data, decided in [`state::roles`].
+    roles: Roles,
+    /// The actions of the loop's turn so far, carried out at its end: always empty between
+    /// turns, so never part of a hand-off.
+    turn: Vec<Action>,
+    /// The same for the roles' actions.
+    role_actions: Vec<RoleAction>,
     /// Kills every worker's process group and cgroup if the primary dies (promise 4).
     keeper: keeper_link::Keeper,
     /// The hand-off link of each worker role that may not have exec'd yet, by pid: a role that
@@ -103,6 +116,9 @@ pub(crate) struct Primary {
     logs: Option<logs::Logs>,
     /// The service manager above, from reloadsup's own `NOTIFY_SOCKET`.
     manager: Option<manager::Manager>,
+    /// The watched files (`--watch`), set up when the loop starts and again when a reload
+    /// changes them; never carried across an upgrade (the new image watches again).
+    watch: Option<watch::Watch>,
 }
 
 /// A worker role that is running and waiting for its [`WorkerSpec`].
@@ -110,9 +126,6 @@ struct Spare {
     pid: u32,
     link: OwnedFd,
 }
-
-/// How long after spares were used (or one died) they are topped up again.
-const REFILL_DELAY: Duration = Duration::from_millis(200);
 
 /// Runs the primary until it is asked to stop. Returns the exit code.
 pub(crate) fn run(
@@ -211,9 +224,13 @@ impl Primary {
             config.name,
             control_path.display()
         );
+        let logs = logs::Logs::new(&config.log, pid);
         Ok(Primary {
             manager,
-            logs: logs::Logs::new(&config.log, pid),
+            roles: Roles::new(shell.is_some(), logs.is_some(), config.prespawn),
+            turn: Vec::new(),
+            role_actions: Vec::new(),
+            logs,
             conns: Connections::new(control),
             config,
             poll,
@@ -229,28 +246,19 @@ impl Primary {
             restarting: Vec::new(),
             shell,
             spares: Vec::new(),
-            refill_at: None,
             keeper: keeper_link::Keeper::new(pid),
             links: HashMap::new(),
             binary: upgrade::start_binary(own.first()),
             own_args: own.into_iter().skip(1).collect(),
             upgrades: 0,
             upgrade: None,
+            watch: None,
         })
     }
 
     fn main_loop(&mut self) -> Result<u8, Fatal> {
-        self.keeper.start(Instant::now());
-        if let Some(logs) = &mut self.logs {
-            logs.start(&self.poll, Instant::now());
-        }
-        if let Some(shell) = &mut self.shell {
-            shell.start(&self.poll, &mut self.conns, Instant::now());
-        }
+        self.role(RoleEvent::Begin);
         let first = self.state.handle(Instant::now(), Event::Start);
-        if self.config.prespawn > 0 {
-            self.refill_at = Some(Instant::now() + REFILL_DELAY);
-        }
         if let Some(code) = self.apply(first) {
             return Ok(code);
         }
@@ -260,19 +268,17 @@ impl Primary {
     /// The loop itself, after a start or an upgrade in place.
     fn serve(&mut self) -> Result<u8, Fatal> {
         let mut events = Events::with_capacity(256);
+        if self.watch.is_none() && !self.config.watch.is_empty() {
+            self.watch_files();
+        }
         loop {
-            let shell_deadline = self.shell.as_ref().and_then(|s| s.restart_at);
+            // No wake-ups at rest: with nothing pending every deadline is None.
             let timeout = [
                 self.state.next_deadline(),
-                shell_deadline,
-                self.refill_at,
-                self.keeper.state.restart_at,
-                self.logs.as_ref().and_then(|l| l.restart_at),
+                self.roles.next_deadline(),
+                self.preflight_deadline(),
+                self.watch.as_ref().and_then(|w| w.next_deadline()),
                 self.manager.as_ref().and_then(|m| m.watchdog_at),
-                self.upgrade
-                    .as_ref()
-                    .filter(|u| !u.passed && !u.timed_out)
-                    .map(|u| u.deadline),
             ]
             .into_iter()
             .flatten()
@@ -294,7 +300,6 @@ impl Primary {
                     source: e,
                 });
             }
-            let mut actions = Vec::new();
             // Each source once per turn: what the poll reported, then what was left pending.
             let mut ready: Vec<(usize, bool, bool)> = events
                 .iter()
@@ -310,17 +315,22 @@ impl Primary {
             for (token, readable, writable) in ready {
                 let more = match Token(token) {
                     SIGNALS => {
-                        self.on_signals(&mut actions);
+                        self.on_signals();
                         false
                     }
-                    CONTROL => self.on_accept(),
-                    logs::LOGGER => self.logs.as_mut().is_some_and(|l| l.on_link(&self.poll)),
-                    Token(t) if t >= FIRST_LINK => {
-                        self.on_link(t - FIRST_LINK);
-                        false
-                    }
-                    Token(t) if t >= notify::FIRST_NOTIFY => self.on_notify(t, &mut actions),
-                    Token(t) => self.on_conn(ConnId(t), readable, writable, &mut actions),
+                    CONTROL => self.handle(Input::Accept),
+                    logs::LOGGER => self.handle(Input::Link(Link::Logger)),
+                    watch::WATCH => self.handle(Input::FileChanged),
+                    Token(t) if t >= FIRST_LINK => match u32::try_from(t - FIRST_LINK) {
+                        Ok(pid) => self.handle(Input::Link(Link::Worker(pid))),
+                        Err(_) => false,
+                    },
+                    Token(t) if t >= notify::FIRST_NOTIFY => self.handle(Input::Notify(t)),
+                    Token(t) => self.handle(Input::Control {
+                        conn: ConnId(t),
+                        readable,
+                        writable,
+                    }),
                 };
                 if more {
                     self.pending.insert(token);
@@ -328,34 +338,26 @@ impl Primary {
             }
             let now = Instant::now();
             if self.state.next_deadline().is_some_and(|t| t <= now) {
-                actions.extend(self.state.handle(now, Event::Tick));
+                self.handle(Input::Deadline(Timer::Generations));
             }
-            if let Some(shell) = &mut self.shell {
-                if shell.due(now) {
-                    shell.start(&self.poll, &mut self.conns, now);
-                }
+            if self.roles.next_deadline().is_some_and(|t| t <= now) {
+                self.handle(Input::Deadline(Timer::Roles));
             }
-            if self.refill_at.is_some_and(|t| t <= now) {
-                self.refill_spares();
+            if self.preflight_deadline().is_some_and(|t| t <= now) {
+                self.handle(Input::Deadline(Timer::Preflight));
             }
-            if self.keeper.due(now) {
-                self.keeper.start(now);
-            }
-            if let Some(logs) = self.logs.as_mut().filter(|l| l.due(now)) {
-                logs.start(&self.poll, now);
-            }
-            if let Some(up) = self
-                .upgrade
-                .as_mut()
-                .filter(|u| !u.passed && !u.timed_out && u.deadline <= now)
+            if self
+                .watch
+                .as_ref()
+                .and_then(|w| w.next_deadline())
+                .is_some_and(|t| t <= now)
             {
-                // Reaped like any child; the reap refuses the upgrade.
-                up.timed_out = true;
-                let _ = sys::kill_group(up.pid, Signal::SIGKILL);
+                self.handle(Input::Deadline(Timer::Watch));
             }
             if let Some(m) = &mut self.manager {
                 m.tick(now);
             }
+            let actions = std::mem::take(&mut self.turn);
             if let Some(code) = self.apply(actions) {
                 return Ok(code);
             }
@@ -376,83 +378,36 @@ impl Primary {
         }
     }
 
-    /// Carries out actions, feeding the results of spawns back to the state machine.
-    /// Returns an exit code once the primary is done.
+    /// Carries out the turn's actions through the [`Executor`], feeding the results of
+    /// spawns back to the state machines. Returns an exit code once the primary is done.
     fn apply(&mut self, actions: Vec<Action>) -> Option<u8> {
-        let mut queue: VecDeque<Action> = actions.into();
-        while let Some(action) = queue.pop_front() {
-            if let Some(m) = &mut self.manager {
-                m.on_action(&action, &self.state);
-            }
-            match action {
-                Action::Spawn { generation, slot } => {
-                    let event = match self.spawn(generation, slot) {
-                        Ok(pid) => Event::Spawned {
-                            generation,
-                            slot,
-                            pid,
-                        },
-                        Err(e) => Event::SpawnFailed {
-                            generation,
-                            slot,
-                            reason: lower(&e),
-                        },
-                    };
-                    queue.extend(self.state.handle(Instant::now(), event));
-                }
-                Action::Signal { pid, signal } => {
-                    let sig = Signal::try_from(signal).unwrap_or(Signal::SIGKILL);
-                    if let Err(e) = stop::send(&self.config, pid, sig) {
-                        log::warn!(
-                            "unable to send {} to worker pid {pid}: {}",
-                            sig.as_str(),
-                            lower(&e)
-                        );
-                    }
-                }
-                Action::Progress { waiters, progress } => {
-                    for who in waiters {
-                        self.conns.send_progress(&self.poll, who, progress.clone());
-                    }
-                }
-                Action::ReloadDone { waiters, outcome } => {
-                    let mut replace_shell = false;
-                    for who in waiters {
-                        self.conns
-                            .send_reply(&self.poll, who, Reply::Reload(outcome.clone()));
-                        if self.restarting.contains(&who) {
-                            self.restarting.retain(|&r| r != who);
-                            replace_shell = true;
-                        }
-                    }
-                    // A restart replaces the shell worker whatever became of the reload, and
-                    // only after its reply is queued, so the console can show the outcome.
-                    if let Some(shell) = self.shell.as_mut().filter(|_| replace_shell) {
-                        log::info!("restart: replacing the shell worker");
-                        shell.replace(&self.poll, &mut self.conns, Instant::now());
-                    }
-                }
-                Action::Exit { waiters } => {
-                    if let Some(shell) = &mut self.shell {
-                        // It got SIGTERM when the shutdown began; it has no work to finish.
-                        shell.kill();
-                    }
-                    for who in waiters {
-                        self.conns
-                            .send_reply(&self.poll, who, Reply::Done("stopped".into()));
-                    }
-                    self.conns.flush_all();
-                    self.cleanup();
-                    if let Some(logs) = &mut self.logs {
-                        logs.finish(&self.poll);
-                    }
-                    self.keeper.close();
-                    log::info!("all workers are gone; exiting");
-                    return Some(0);
-                }
-            }
+        let roles = std::mem::take(&mut self.role_actions);
+        executor::carry_out(self, roles, actions)
+    }
+
+    /// Feeds an event to the roles' timers; their actions are carried out with the turn's.
+    fn role(&mut self, event: RoleEvent) {
+        let actions = self.roles.handle(Instant::now(), event);
+        self.role_actions.extend(actions);
+    }
+
+    /// Shutdown: the console is not restarted, the spares retire (they exit when their link
+    /// closes) and none is started again.
+    fn retire(&mut self) {
+        self.role(RoleEvent::Stop(Role::Shell));
+        if let Some(shell) = &mut self.shell {
+            shell.terminate();
         }
-        None
+        self.spares.clear();
+        self.role(RoleEvent::Shutdown);
+    }
+
+    /// The running pre-flight's timeout, if it may still fire.
+    fn preflight_deadline(&self) -> Option<Instant> {
+        self.upgrade
+            .as_ref()
+            .filter(|u| !u.passed && !u.timed_out)
+            .map(|u| u.deadline)
     }
 
     fn spawn(&mut self, generation: u64, slot: u32) -> io::Result<u32> {
@@ -511,9 +466,7 @@ impl Primary {
         let body = proto::encode(&spec).map_err(io::Error::other)?;
         // A spare that died since it was started fails the send: try the next, then a new one.
         while let Some(spare) = self.spares.pop() {
-            if self.config.prespawn > 0 && self.refill_at.is_none() {
-                self.refill_at = Some(Instant::now() + REFILL_DELAY);
-            }
+            self.role(RoleEvent::SpareTaken);
             let sent = send_handoff(&spare.link, &body, &self.listeners, &handoff)
                 .and_then(|()| self.send_outputs(&spare.link, generation, slot, spare.pid));
             match sent {
@@ -581,123 +534,25 @@ impl Primary {
         Ok((pid, ours))
     }
 
-    /// Tops the spares up to `--prespawn`.
-    fn refill_spares(&mut self) {
-        self.refill_at = None;
-        if self.state.is_shutting_down() {
-            return;
-        }
-        while self.spares.len() < self.config.prespawn as usize {
-            match self.spawn_role() {
-                Ok((pid, link)) => self.spares.push(Spare { pid, link }),
-                Err(e) => {
-                    log::warn!("unable to start a spare worker: {}", lower(&e));
-                    self.refill_at = Some(Instant::now() + Duration::from_secs(1));
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_signals(&mut self, actions: &mut Vec<Action>) {
+    /// The signal pipe is readable: every pending signal becomes an input, SIGCHLD one
+    /// [`Input::ChildExited`] per reaped child.
+    fn on_signals(&mut self) {
         let pending: Vec<i32> = self.signals.pending().collect();
         for sig in pending {
-            match sig {
-                SIGCHLD => self.reap(actions),
-                SIGHUP => {
-                    log::info!("SIGHUP: reloading");
-                    self.request(FROM_SIGNAL, Request::Reload, actions);
-                }
-                SIGTTIN => self.request(FROM_SIGNAL, Request::Add { workers: 1 }, actions),
-                SIGTTOU => self.request(FROM_SIGNAL, Request::Remove { workers: 1 }, actions),
-                SIGTERM | SIGINT => {
-                    log::info!(
-                        "{}: graceful shutdown",
-                        if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
-                    );
-                    self.request(FROM_SIGNAL, Request::Stop, actions);
-                }
-                SIGQUIT => {
-                    log::info!("SIGQUIT: fast shutdown");
-                    if let Some(shell) = &mut self.shell {
-                        shell.stop();
-                    }
-                    self.spares.clear();
-                    self.refill_at = None;
-                    let now = Instant::now();
-                    actions.extend(self.state.handle(
-                        now,
-                        Event::Shutdown {
-                            graceful: false,
-                            requester: None,
-                        },
-                    ));
-                }
-                SIGUSR1 => match &mut self.logs {
-                    Some(logs) => {
-                        log::info!("SIGUSR1: reopening the log file");
-                        logs.reopen(&self.poll);
-                    }
-                    None => log::info!("SIGUSR1: no log file to reopen (--log-output inherit)"),
-                },
-                SIGUSR2 => {
-                    log::info!("SIGUSR2: upgrade in place");
-                    self.request(FROM_SIGNAL, Request::Upgrade { binary: None }, actions);
-                }
-                _ => {}
+            if sig == SIGCHLD {
+                self.reap();
+            } else {
+                self.handle(Input::Signal(sig));
             }
         }
     }
 
-    fn reap(&mut self, actions: &mut Vec<Action>) {
+    fn reap(&mut self) {
         loop {
             let keeper = &mut self.keeper;
             match sys::reap_one(|pid| keeper.forget(pid)) {
                 Ok(Some((pid, status))) => {
-                    if self
-                        .upgrade
-                        .as_ref()
-                        .is_some_and(|u| !u.passed && u.pid == pid)
-                    {
-                        self.preflight_done(status, actions);
-                        continue;
-                    }
-                    if self.keeper.is(pid) {
-                        self.keeper.exited(Instant::now(), status);
-                        continue;
-                    }
-                    if let Some(logs) = self.logs.as_mut().filter(|l| l.is(pid)) {
-                        logs.exited(&self.poll, Instant::now(), status);
-                        continue;
-                    }
-                    if let Some(i) = self.spares.iter().position(|s| s.pid == pid) {
-                        let spare = self.spares.remove(i);
-                        if !self.state.is_shutting_down() {
-                            let why = match self.failure_on(&spare.link) {
-                                Some(reason) => format!("could not start: {reason}"),
-                                None => status.to_string(),
-                            };
-                            log::warn!("spare worker pid {pid} {why}; starting another in 1s");
-                            self.refill_at = Some(Instant::now() + Duration::from_secs(1));
-                        }
-                        continue;
-                    }
-                    if let Some(shell) = self.shell.as_mut().filter(|s| s.pid == Some(pid)) {
-                        shell.exited(&self.poll, &mut self.conns, Instant::now(), status);
-                        continue;
-                    }
-                    if let Some(sockets) = &mut self.notify {
-                        sockets.remove_pid(&self.poll, pid);
-                    }
-                    let exit = match (self.setup_failure(pid), status) {
-                        (Some(reason), _) => Exit::Setup(reason),
-                        (None, sys::ExitStatus::Exited(c)) => Exit::Code(c),
-                        (None, sys::ExitStatus::Signaled(s)) => Exit::Signal(s),
-                    };
-                    actions.extend(
-                        self.state
-                            .handle(Instant::now(), Event::Exited { pid, exit }),
-                    );
+                    self.handle(Input::ChildExited { pid, status });
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -706,6 +561,65 @@ impl Primary {
                 }
             }
         }
+    }
+
+    /// A child was reaped: whichever it was learns of it.
+    fn on_exit(&mut self, pid: u32, status: sys::ExitStatus, actions: &mut Vec<Action>) {
+        if self
+            .upgrade
+            .as_ref()
+            .is_some_and(|u| !u.passed && u.pid == pid)
+        {
+            self.preflight_done(status, actions);
+            return;
+        }
+        if self.keeper.is(pid) {
+            self.keeper.exited(status);
+            self.role(RoleEvent::Exited(Role::Keeper));
+            return;
+        }
+        if let Some(logs) = self.logs.as_mut().filter(|l| l.is(pid)) {
+            logs.exited(&self.poll, status);
+            self.role(RoleEvent::Exited(Role::Logger));
+            return;
+        }
+        if let Some(i) = self.spares.iter().position(|s| s.pid == pid) {
+            let spare = self.spares.remove(i);
+            if !self.roles.retired {
+                let why = match self.failure_on(&spare.link) {
+                    Some(reason) => format!("could not start: {reason}"),
+                    None => status.to_string(),
+                };
+                log::warn!("spare worker pid {pid} {why}; starting another in 1s");
+                self.role(RoleEvent::SpareDied);
+            }
+            return;
+        }
+        if let Some(shell) = self.shell.as_mut().filter(|s| s.pid == Some(pid)) {
+            shell.exited(&self.poll, &mut self.conns);
+            if self
+                .roles
+                .shell
+                .as_ref()
+                .is_some_and(|t| !t.stopping && !t.replacing)
+            {
+                log::warn!("admin console: the shell worker {status}");
+            }
+            self.role(RoleEvent::Exited(Role::Shell));
+            return;
+        }
+        if let Some(sockets) = &mut self.notify {
+            sockets.remove_pid(&self.poll, pid);
+        }
+        let exit = match (self.setup_failure(pid), status) {
+            (Some(reason), _) => Exit::Setup(reason),
+            (None, sys::ExitStatus::Exited(c)) => Exit::Code(c),
+            (None, sys::ExitStatus::Signaled(s)) => Exit::Signal(s),
+        };
+        actions.extend(
+            self.state
+                .handle(Instant::now(), Event::Exited { pid, exit }),
+        );
     }
 
     /// What a reaped worker role said about its setup failure, if it said anything: the
@@ -747,8 +661,7 @@ impl Primary {
     /// A worker role's link became readable: closed once the role exec'd its command, so the
     /// primary holds a link only while a worker may still report a failure. A failure report
     /// stays in the link's buffer until the role is reaped.
-    fn on_link(&mut self, pid: usize) {
-        let Ok(pid) = u32::try_from(pid) else { return };
+    fn on_link(&mut self, pid: u32) {
         if self.links.get(&pid).is_some_and(|l| sys::at_eof(l.as_fd())) {
             // Closing the fd takes it out of the poll as well.
             self.links.remove(&pid);
@@ -856,12 +769,8 @@ impl Primary {
                 }))
             }
             Request::Stop => {
-                if let Some(shell) = &mut self.shell {
-                    shell.stop();
-                }
                 // Closing their links retires the spares: they exit on EOF.
-                self.spares.clear();
-                self.refill_at = None;
+                self.retire();
                 actions.extend(self.state.handle(
                     now,
                     Event::Shutdown {
@@ -931,6 +840,123 @@ impl Primary {
     }
 }
 
+/// The real world: processes, signals and sockets.
+impl Executor for Primary {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn machines(&mut self) -> (&mut State, &mut Roles) {
+        (&mut self.state, &mut self.roles)
+    }
+
+    fn take_role_actions(&mut self) -> Vec<RoleAction> {
+        std::mem::take(&mut self.role_actions)
+    }
+
+    fn spawn(&mut self, generation: u64, slot: u32) -> Result<u32, String> {
+        Primary::spawn(self, generation, slot).map_err(|e| lower(&e))
+    }
+
+    fn signal(&mut self, pid: u32, signal: i32) {
+        let sig = Signal::try_from(signal).unwrap_or(Signal::SIGKILL);
+        if let Err(e) = stop::send(&self.config, pid, sig) {
+            log::warn!(
+                "unable to send {} to worker pid {pid}: {}",
+                sig.as_str(),
+                lower(&e)
+            );
+        }
+    }
+
+    fn progress(&mut self, waiters: Vec<Requester>, progress: proto::Progress) {
+        if let Some(m) = &mut self.manager {
+            m.on_progress(&progress, &self.state);
+        }
+        for who in waiters {
+            self.conns.send_progress(&self.poll, who, progress.clone());
+        }
+    }
+
+    fn reload_done(&mut self, waiters: Vec<Requester>, outcome: proto::ReloadOutcome) -> bool {
+        if let Some(m) = &mut self.manager {
+            m.on_reload_done(&outcome, &self.state);
+        }
+        let mut replace_shell = false;
+        for who in waiters {
+            self.conns
+                .send_reply(&self.poll, who, Reply::Reload(outcome.clone()));
+            if self.restarting.contains(&who) {
+                self.restarting.retain(|&r| r != who);
+                replace_shell = true;
+            }
+        }
+        replace_shell
+    }
+
+    fn exit(&mut self, waiters: Vec<Requester>) -> u8 {
+        if let Some(m) = &mut self.manager {
+            m.on_exit();
+        }
+        self.role(RoleEvent::Stop(Role::Shell));
+        if let Some(shell) = &mut self.shell {
+            // It got SIGTERM when the shutdown began; it has no work to finish.
+            shell.kill();
+        }
+        for who in waiters {
+            self.conns
+                .send_reply(&self.poll, who, Reply::Done("stopped".into()));
+        }
+        self.conns.flush_all();
+        self.cleanup();
+        if let Some(logs) = &mut self.logs {
+            self.roles
+                .handle(Instant::now(), RoleEvent::Stop(Role::Logger));
+            logs.finish(&self.poll);
+        }
+        self.roles
+            .handle(Instant::now(), RoleEvent::Stop(Role::Keeper));
+        self.keeper.close();
+        log::info!("all workers are gone; exiting");
+        0
+    }
+
+    fn start_role(&mut self, role: Role) -> bool {
+        match role {
+            Role::Shell => match &mut self.shell {
+                Some(shell) => shell.start(&self.poll, &mut self.conns),
+                None => false,
+            },
+            Role::Keeper => self.keeper.start(),
+            Role::Logger => match &mut self.logs {
+                Some(logs) => logs.start(&self.poll),
+                None => false,
+            },
+        }
+    }
+
+    fn terminate_role(&mut self, role: Role) {
+        // Only the shell worker is ever replaced on purpose.
+        if let (Role::Shell, Some(shell)) = (role, &mut self.shell) {
+            shell.terminate();
+        }
+    }
+
+    /// Tops the spares up to `--prespawn`.
+    fn refill_spares(&mut self) -> bool {
+        while self.spares.len() < self.config.prespawn as usize {
+            match self.spawn_role() {
+                Ok((pid, link)) => self.spares.push(Spare { pid, link }),
+                Err(e) => {
+                    log::warn!("unable to start a spare worker: {}", lower(&e));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
 /// Sends the worker spec and the listener fds: the spec with the first batch of fds, then
 /// further batches when there are more listeners than fit in one SCM_RIGHTS message.
 fn send_handoff(
@@ -984,7 +1010,8 @@ fn admin_console(
 ) -> Result<shell_link::Shell, Fatal> {
     let spec = crate::config::ListenerSpec {
         name: "admin".into(),
-        address: crate::config::Address::Tcp(admin.address),
+        address: crate::config::Address::tcp(admin.address),
+        options: Default::default(),
     };
     let mut bound = listeners::bind_all(std::slice::from_ref(&spec), 128).map_err(|e| {
         Fatal::Bind(BindError {
@@ -1033,4 +1060,33 @@ fn admin_console(
     let mut shell = shell_link::Shell::new(spec, listener.fd, drop_to);
     shell.proxy_dir = proxy_dir;
     Ok(shell)
+}
+
+impl Primary {
+    /// Watches the configured files again (`--watch`), replacing the watches there were.
+    fn watch_files(&mut self) {
+        if let Some(old) = self.watch.take() {
+            old.deregister(&self.poll);
+        }
+        if self.config.watch.is_empty() {
+            return;
+        }
+        match watch::Watch::new(&self.config.watch, self.config.watch_delay, &self.poll) {
+            Ok(w) => {
+                let shown: Vec<String> = self
+                    .config
+                    .watch
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                log::info!(
+                    "watching {} (a reload once quiet for {:?})",
+                    shown.join(", "),
+                    self.config.watch_delay
+                );
+                self.watch = Some(w);
+            }
+            Err(e) => log::warn!("{}; no file is watched", crate::error::lower(&e)),
+        }
+    }
 }

@@ -105,6 +105,16 @@ pub(crate) fn unused<'a>(pool: &'a [String], epochs: &[Epoch]) -> Vec<&'a str> {
         .collect()
 }
 
+/// Listen options as written after `?`, or "none".
+fn shown(o: &crate::config::ListenOptions) -> String {
+    let s = o.to_string();
+    if s.is_empty() {
+        "none".into()
+    } else {
+        s
+    }
+}
+
 /// How the new listener set maps onto the sockets of the current one.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct ListenerPlan {
@@ -190,6 +200,8 @@ pub(crate) fn changes(old: &Config, new: &Config) -> Changes {
         true,
     );
     check("restart", old.restart != new.restart, true);
+    check("watch", old.watch != new.watch, true);
+    check("watch-delay", old.watch_delay != new.watch_delay, true);
     // Only listeners bound from now on get it; a kept socket keeps its queue length.
     check("backlog", old.backlog != new.backlog, true);
     let (old_admin, new_admin) = (old.admin.as_ref(), new.admin.as_ref());
@@ -252,6 +264,10 @@ pub(crate) fn merge(old: &Config, mut new: Config) -> Config {
         new.commands = old.commands.clone();
     }
     new
+}
+
+fn old_watch_differs(old: &Config, new: &Config) -> bool {
+    old.watch != new.watch || old.watch_delay != new.watch_delay
 }
 
 /// `text` with its lines joined by "; ".
@@ -341,6 +357,19 @@ impl Primary {
             .filter(|(_, s)| s.is_none())
             .map(|(spec, _)| spec.clone())
             .collect();
+        if let Some(spec) = wanted.iter().find(|s| {
+            matches!(
+                s.address,
+                Address::Inet {
+                    host: crate::address::Host::Name(_),
+                    ..
+                }
+            )
+        }) {
+            return Err(refuse(format!(
+                "config key 'listen': {spec}: a host name is resolved only when reloadsup starts, never by the running primary, which does not wait on DNS; write the IP address"
+            )));
+        }
         let mut fresh = listeners::bind_all(&wanted, new.backlog)
             .map_err(|e| {
                 // "--listen NAME: unable to bind ..." at start; here the name is the file's.
@@ -367,6 +396,24 @@ impl Primary {
             .ok_or_else(|| refuse("a new listener was not bound".into()))?;
 
         // From here on the reload goes ahead.
+        for spec in &new.listeners {
+            let kept = self.config.listeners.iter().find(|o| {
+                o.address == spec.address && (!o.address.any_port() || o.name == spec.name)
+            });
+            if let Some(old) = kept.filter(|o| o.options != spec.options) {
+                let text = format!(
+                    "listener {} keeps its socket, so its options stay '{}' (a new socket would get '{}'): rebind it under another address, or restart reloadsup",
+                    spec.name,
+                    shown(&old.options),
+                    shown(&spec.options)
+                );
+                log::warn!("reload: {text}");
+                actions.push(Action::Progress {
+                    waiters: vec![who],
+                    progress: Progress::Text(text),
+                });
+            }
+        }
         for key in &changes.fixed {
             let text = format!(
                 "config key '{key}' cannot change at run time; keeping the running value until reloadsup is restarted"
@@ -413,18 +460,22 @@ impl Primary {
         if config.prespawn != old_prespawn {
             // Closing a spare's link retires it; missing ones are started a little later.
             self.spares.truncate(config.prespawn as usize);
-            if config.prespawn > 0 && self.refill_at.is_none() {
-                self.refill_at = Some(now + super::REFILL_DELAY);
-            }
+            self.role(super::state::roles::RoleEvent::Prespawn(config.prespawn));
         }
         if changes.shell {
             if let (Some(shell), Some(admin)) = (self.shell.as_mut(), config.admin.as_ref()) {
                 log::info!("reload: new console commands or password; replacing the shell worker");
                 shell.reconfigure(config.commands.clone(), admin.password_hash.clone());
-                shell.replace(&self.poll, &mut self.conns, now);
+                self.role(super::state::roles::RoleEvent::Replace(
+                    super::state::roles::Role::Shell,
+                ));
             }
         }
+        let rewatch = old_watch_differs(&self.config, &config);
         self.config = config;
+        if rewatch {
+            self.watch_files();
+        }
         self.forget_unused();
         Ok(())
     }
@@ -473,6 +524,7 @@ mod tests {
         ListenerSpec {
             name: name.into(),
             address: Address::parse(addr).unwrap(),
+            options: Default::default(),
         }
     }
 

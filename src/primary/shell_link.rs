@@ -3,20 +3,22 @@
 //! `restart`. The link is adopted as one more control connection, so console commands take the
 //! same code path as `reloadsup ctl` and signals.
 //!
+//! When it is started again is decided in `state::roles`, from plain data.
+//!
 //! Nothing the shell worker does can stall the primary: the link is non-blocking like every
 //! control connection, and the shell's process is reaped like a worker's.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::Poll;
 use nix::sys::signal::Signal;
 use reloadsup_protocol::{self as proto, ShellSpec, PROTOCOL_VERSION};
 
 use super::control::{ConnId, Connections};
-use super::state::{BACKOFF_MAX, BACKOFF_MIN, SHORT_LIFE};
+use super::state::roles::RoleTimer;
 use crate::sys;
 
 pub(crate) struct Shell {
@@ -28,12 +30,6 @@ pub(crate) struct Shell {
     pub proxy_dir: Option<PathBuf>,
     pub pid: Option<u32>,
     conn: Option<ConnId>,
-    started: Option<Instant>,
-    backoff: Duration,
-    pub restart_at: Option<Instant>,
-    /// The shell is being replaced on purpose: respawn at once when it is reaped.
-    replacing: bool,
-    stopping: bool,
 }
 
 impl Shell {
@@ -54,28 +50,23 @@ impl Shell {
             proxy_dir: None,
             pid: None,
             conn: None,
-            started: None,
-            backoff: BACKOFF_MIN,
-            restart_at: None,
-            replacing: false,
-            stopping: false,
         }
     }
 
-    pub(crate) fn start(&mut self, poll: &Poll, conns: &mut Connections, now: Instant) {
-        self.restart_at = None;
+    /// Spawns the shell worker; false (logged) if it could not be started.
+    pub(crate) fn start(&mut self, poll: &Poll, conns: &mut Connections) -> bool {
         match self.spawn(poll, conns) {
             Ok(pid) => {
                 log::info!("admin console: shell worker started as pid {pid}");
                 self.pid = Some(pid);
-                self.started = Some(now);
+                true
             }
             Err(e) => {
                 log::error!(
                     "admin console: unable to start the shell worker: {}",
                     crate::error::lower(&e)
                 );
-                self.schedule(now);
+                false
             }
         }
     }
@@ -104,59 +95,18 @@ impl Shell {
         Ok(pid.as_raw() as u32)
     }
 
-    fn schedule(&mut self, now: Instant) {
-        if self.stopping {
-            return;
-        }
-        log::info!(
-            "admin console: restarting the shell worker in {:?}",
-            self.backoff
-        );
-        self.restart_at = Some(now + self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-    }
-
-    /// The shell worker was reaped.
-    pub(crate) fn exited(
-        &mut self,
-        poll: &Poll,
-        conns: &mut Connections,
-        now: Instant,
-        status: sys::ExitStatus,
-    ) {
+    /// The shell worker was reaped: its link is closed.
+    pub(crate) fn exited(&mut self, poll: &Poll, conns: &mut Connections) {
         self.pid = None;
         if let Some(id) = self.conn.take() {
             conns.close(poll, id, "the shell worker exited");
         }
-        if self.stopping {
-            return;
-        }
-        if self.replacing {
-            self.replacing = false;
-            self.backoff = BACKOFF_MIN;
-            self.start(poll, conns, now);
-            return;
-        }
-        log::warn!("admin console: the shell worker {status}");
-        // The console is the operator's way in: a shell worker that lived a while (killed, or
-        // crashed by a client) is back at once; only one that dies young backs off.
-        if self
-            .started
-            .is_some_and(|t| now.saturating_duration_since(t) >= SHORT_LIFE)
-        {
-            self.backoff = BACKOFF_MIN;
-        }
-        self.schedule(now);
     }
 
-    /// Replaces the shell worker (the `restart` command): sessions end and clients reconnect.
-    pub(crate) fn replace(&mut self, poll: &Poll, conns: &mut Connections, now: Instant) {
-        match self.pid {
-            Some(pid) => {
-                self.replacing = true;
-                let _ = sys::kill_group(pid, Signal::SIGTERM);
-            }
-            None => self.start(poll, conns, now),
+    /// SIGTERM to the shell worker (a replacement, a shutdown); it is reaped like any child.
+    pub(crate) fn terminate(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = sys::kill_group(pid, Signal::SIGTERM);
         }
     }
 
@@ -166,7 +116,7 @@ impl Shell {
     }
 
     /// A reload changed the console's custom commands or password hash: the next shell worker
-    /// gets them (see [`Shell::replace`]).
+    /// gets them (see `RoleEvent::Replace`).
     pub(crate) fn reconfigure(
         &mut self,
         commands: Vec<proto::CustomCommand>,
@@ -176,21 +126,9 @@ impl Shell {
         self.spec.password_hash = password_hash;
     }
 
-    pub(crate) fn due(&self, now: Instant) -> bool {
-        self.restart_at.is_some_and(|t| t <= now)
-    }
-
-    pub(crate) fn stop(&mut self) {
-        self.stopping = true;
-        self.restart_at = None;
-        if let Some(pid) = self.pid {
-            let _ = sys::kill_group(pid, Signal::SIGTERM);
-        }
-    }
-
     /// At exit: nothing the shell worker does matters any more.
     pub(crate) fn kill(&mut self) {
-        self.stop();
+        self.terminate();
         if let Some(pid) = self.pid {
             let _ = sys::kill_group(pid, Signal::SIGKILL);
         }
@@ -257,9 +195,11 @@ pub(crate) fn spec(
 }
 
 impl Shell {
-    /// The plain-data image, for an upgrade in place (its back-off deadline included).
+    /// The plain-data image, for an upgrade in place (its back-off deadline included, from
+    /// the roles' `timer`).
     pub(crate) fn image(
         &self,
+        timer: &RoleTimer,
         clock: &super::upgrade::Clock,
     ) -> reloadsup_protocol::upgrade::ShellImage {
         use std::os::fd::AsRawFd;
@@ -274,11 +214,11 @@ impl Shell {
                 .map(|p| p.as_os_str().as_bytes().to_vec()),
             pid: self.pid,
             conn: self.conn.map(|c| c.0 as u64),
-            started: clock.opt_ns(self.started),
-            backoff: self.backoff.as_nanos() as u64,
-            restart_at: clock.opt_ns(self.restart_at),
-            replacing: self.replacing,
-            stopping: self.stopping,
+            started: clock.opt_ns(timer.started),
+            backoff: timer.backoff.as_nanos() as u64,
+            restart_at: clock.opt_ns(timer.restart_at),
+            replacing: timer.replacing,
+            stopping: timer.stopping,
         }
     }
 
@@ -286,9 +226,17 @@ impl Shell {
         image: reloadsup_protocol::upgrade::ShellImage,
         listener: OwnedFd,
         clock: &super::upgrade::Clock,
-    ) -> Shell {
+    ) -> (Shell, RoleTimer) {
         use std::os::unix::ffi::OsStringExt;
-        Shell {
+        let timer = RoleTimer {
+            running: image.pid.is_some(),
+            started: clock.opt_instant(image.started),
+            backoff: Duration::from_nanos(image.backoff),
+            restart_at: clock.opt_instant(image.restart_at),
+            replacing: image.replacing,
+            stopping: image.stopping,
+        };
+        let shell = Shell {
             spec: image.spec,
             listener,
             role_args: image.role_args,
@@ -297,11 +245,7 @@ impl Shell {
                 .map(|p| PathBuf::from(std::ffi::OsString::from_vec(p))),
             pid: image.pid,
             conn: image.conn.map(|c| ConnId(c as usize)),
-            started: clock.opt_instant(image.started),
-            backoff: Duration::from_nanos(image.backoff),
-            restart_at: clock.opt_instant(image.restart_at),
-            replacing: image.replacing,
-            stopping: image.stopping,
-        }
+        };
+        (shell, timer)
     }
 }

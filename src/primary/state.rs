@@ -952,5 +952,7 @@ pub(crate) fn human(d: Duration) -> String {
     }
 }
 
+pub(crate) mod roles;
+
 #[cfg(test)]
 mod tests;

@@ -380,9 +380,31 @@ pub(crate) fn config_of(
         .chain(h.args.iter().map(|a| OsString::from_vec(a.clone())));
     let parsed = crate::config::RunArgs::try_parse_from(args)
         .map_err(|e| format!("the command line does not parse: {}", e.kind()))?;
+    // The console's password hash file may be gone since it was read (moved away, on a tmpfs
+    // that was cleaned): the hash the console runs with travels in the hand-off, and the new
+    // image keeps it rather than refusing the upgrade.
+    let carried = h.shell.as_ref().map(|s| s.spec.password_hash.clone());
     let build = |text: &Option<String>| {
-        crate::config::Config::from_text(parsed.clone(), text.clone())
-            .map_err(|e| format!("the configuration: {e}"))
+        let first = crate::config::Config::from_text(parsed.clone(), text.clone());
+        let first = match (first, &carried) {
+            (Err(crate::config::ConfigError::HashFile { what, reason }), Some(hash)) => {
+                log::warn!(
+                    "upgrade: {what}: unable to read ({reason}); the console keeps the password hash it runs with"
+                );
+                let mut args = parsed.clone();
+                args.admin_password_hash_file = None;
+                args.admin_password_hash = Some(hash.clone());
+                crate::config::Config::from_text(args, text.clone()).map(|mut c| {
+                    // That hash never was on the command line.
+                    if let Some(a) = c.admin.as_mut() {
+                        a.warnings.retain(|w| !w.contains("command line"));
+                    }
+                    c
+                })
+            }
+            (other, _) => other,
+        };
+        first.map_err(|e| format!("the configuration: {e}"))
     };
     let start = build(&h.start_text)?;
     let config = if h.config_text == h.start_text {
@@ -429,10 +451,18 @@ pub(crate) fn fds_of(h: &Handoff) -> Vec<RawFd> {
     fds
 }
 
+/// A role's timer for its image; a role the primary runs always has one.
+fn timer(t: &Option<RoleTimer>) -> &RoleTimer {
+    static IDLE: std::sync::OnceLock<RoleTimer> = std::sync::OnceLock::new();
+    t.as_ref()
+        .unwrap_or_else(|| IDLE.get_or_init(RoleTimer::new))
+}
+
 pub(crate) fn raw(fd: &impl AsRawFd) -> i32 {
     fd.as_raw_fd()
 }
 
+use super::state::roles::{RoleTimer, Roles};
 use super::{listeners::Listener, Primary, Spare};
 use super::{CONTROL, FIRST_LINK, SIGNALS};
 use crate::error::lower;
@@ -706,14 +736,20 @@ impl Primary {
                     fd: raw(fd),
                 })
                 .collect(),
-            keeper: self.keeper.image(c),
-            shell: self.shell.as_ref().map(|s| s.image(c)),
+            keeper: self.keeper.image(&self.roles.keeper, c),
+            shell: self
+                .shell
+                .as_ref()
+                .map(|s| s.image(timer(&self.roles.shell), c)),
             restarting: self.restarting.clone(),
-            refill_at: c.opt_ns(self.refill_at),
+            refill_at: c.opt_ns(self.roles.refill_at),
             config_text: self.config.file_text.clone(),
             start_text: self.config.start_text.clone(),
             epochs: epoch_images(&self.epochs),
-            logger: self.logs.as_ref().map(|l| l.image(c)),
+            logger: self
+                .logs
+                .as_ref()
+                .map(|l| l.image(timer(&self.roles.logger), c)),
             manager: self.manager.as_ref().map(|m| m.image(c)),
         }
     }
@@ -788,31 +824,46 @@ impl Primary {
             Some(fd) => Some(take(fd, "the keeper's link")?),
             None => None,
         };
-        let keeper = super::keeper_link::Keeper::resume(pid, h.keeper, keeper_link, &clock);
-        let shell = match h.shell {
+        let (keeper, keeper_timer) =
+            super::keeper_link::Keeper::resume(pid, h.keeper, keeper_link, &clock);
+        let (shell, shell_timer) = match h.shell {
             Some(image) => {
                 let listener = take(image.listener_fd, "the console's listener")?;
-                Some(super::shell_link::Shell::resume(image, listener, &clock))
+                let (shell, timer) = super::shell_link::Shell::resume(image, listener, &clock);
+                (Some(shell), Some(timer))
             }
-            None => None,
+            None => (None, None),
         };
-        let logs = match h.logger {
-            Some(image) => Some(
-                super::logs::Logs::resume(
+        let (logs, logger_timer) = match h.logger {
+            Some(image) => {
+                let (logs, timer) = super::logs::Logs::resume(
                     image,
                     |fd| take(fd, "a log pipe or the logger's link").map_err(std::io::Error::other),
                     &poll,
                     &clock,
                 )
-                .map_err(|e| format!("the logger worker: {}", lower(&e)))?,
-            ),
-            None => None,
+                .map_err(|e| format!("the logger worker: {}", lower(&e)))?;
+                (Some(logs), Some(timer))
+            }
+            None => (None, None),
         };
         let state = state_from(h.state, &clock);
+        let roles = Roles {
+            shell: shell_timer,
+            keeper: keeper_timer,
+            logger: logger_timer,
+            prespawn: config.prespawn,
+            refill_at: clock.opt_instant(h.refill_at),
+            // Not in the hand-off: a shutdown retired the spares, and the state says so.
+            retired: state.is_shutting_down(),
+        };
         let mut primary = Primary {
             manager: h
                 .manager
                 .and_then(|m| super::manager::Manager::resume(m, &clock)),
+            roles,
+            turn: Vec::new(),
+            role_actions: Vec::new(),
             logs,
             control_path: config.state_dir.join("control.sock"),
             config,
@@ -829,9 +880,9 @@ impl Primary {
             restarting: h.restarting,
             shell,
             spares,
-            refill_at: clock.opt_instant(h.refill_at),
             keeper,
             links: Default::default(),
+            watch: None,
             own_args: h.args.into_iter().map(OsString::from_vec).collect(),
             binary: PathBuf::from(OsString::from_vec(h.binary)),
             upgrades: h.upgrades,
@@ -862,9 +913,9 @@ impl Primary {
             h.from_version,
             primary.upgrades
         );
-        let mut actions = Vec::new();
         // Children that exited during the exec window.
-        primary.reap(&mut actions);
+        primary.reap();
+        let mut actions = std::mem::take(&mut primary.turn);
         // Every upgrade re-reads the config (issue 8, item 5), now that the new image runs: as
         // a reload would, but without starting a generation, so no worker is restarted; what
         // only a new generation gets (command, env, listeners) waits for the next reload. A
@@ -980,6 +1031,66 @@ mod tests {
         // An instant in the past stays in the past.
         let past = new.instant(old.ns(old.instant - Duration::from_secs(3)));
         assert!(past < Instant::now() - Duration::from_secs(2));
+    }
+
+    #[test]
+    fn role_timers_cross_the_hand_off_unchanged() {
+        use super::super::keeper_link::Keeper;
+        use super::super::shell_link::Shell;
+        use reloadsup_protocol::upgrade::{KeeperImage, ShellImage};
+        let clock = Clock::now();
+        let now = clock.instant;
+        let shell_timer = RoleTimer {
+            running: true,
+            started: Some(now - Duration::from_secs(5)),
+            backoff: Duration::from_millis(400),
+            restart_at: None,
+            replacing: true,
+            stopping: false,
+        };
+        let spec = reloadsup_protocol::ShellSpec {
+            version: reloadsup_protocol::PROTOCOL_VERSION,
+            primary_pid: 1,
+            name: "web".into(),
+            cert_pem: b"cert".to_vec(),
+            key_pem: b"key".to_vec(),
+            password_hash: "h".into(),
+            control_path: b"/run/control.sock".to_vec(),
+            commands: Vec::new(),
+            fd_count: 1,
+        };
+        let fd = || OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
+        let mut shell = Shell::new(spec, fd(), None);
+        shell.pid = Some(4242);
+        let bytes = proto::encode(&shell.image(&shell_timer, &clock)).expect("encode");
+        let back: ShellImage = proto::decode(&bytes).expect("decode");
+        let (shell, timer) = Shell::resume(back, fd(), &clock);
+        assert_eq!(timer, shell_timer);
+        assert_eq!(shell.pid, Some(4242));
+
+        let keeper_timer = RoleTimer {
+            running: false,
+            started: Some(now - Duration::from_secs(1)),
+            backoff: Duration::from_millis(800),
+            restart_at: Some(now + Duration::from_millis(400)),
+            replacing: false,
+            stopping: false,
+        };
+        let image = KeeperImage {
+            link_fd: None,
+            pid: None,
+            tracked: vec![7, 9],
+            cgroup: None,
+            started: None,
+            backoff: 0,
+            restart_at: None,
+        };
+        let (keeper, _) = Keeper::resume(1, image, None, &clock);
+        let bytes = proto::encode(&keeper.image(&keeper_timer, &clock)).expect("encode");
+        let back: KeeperImage = proto::decode(&bytes).expect("decode");
+        let (keeper, timer) = Keeper::resume(1, back, None, &clock);
+        assert_eq!(timer, keeper_timer);
+        assert_eq!(keeper.state.tracked.len(), 2);
     }
 
     fn thread_sleep_a_little() {

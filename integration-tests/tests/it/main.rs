@@ -8,10 +8,12 @@ mod console;
 mod control;
 mod core;
 mod lifecycle;
+mod listen;
 mod manager;
 mod reconfigure;
 mod servers;
 mod upgrade;
+mod watch;
 
 use std::net::SocketAddr;
 

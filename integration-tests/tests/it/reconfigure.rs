@@ -561,3 +561,39 @@ fn an_upgrade_after_a_reload_keeps_the_reloaded_listeners_workers_and_specs() {
         "{new:?} still in {now:?}"
     );
 }
+
+#[test]
+fn an_upgrade_keeps_the_console_password_when_its_hash_file_is_gone() {
+    let sandbox = Sandbox::new("upgrade-hash-file-gone");
+    let hash_file = sandbox.write("hash", &hash_password("kept pw"));
+    std::fs::set_permissions(
+        &hash_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let body = config(&["tcp://127.0.0.1:0"], 1, "");
+    let admin = format!(
+        "admin = \"127.0.0.1:0\"\nadmin-password-hash-file = {:?}\n[commands.greet]\nrun = [\"/bin/echo\", \"hello-kept\"]\n",
+        hash_file.to_string_lossy()
+    );
+    let (mut sup, _) = start(&sandbox, &format!("{body}{admin}"), 1);
+    let line = sup.wait_for_log("admin console on ", DEADLINE);
+    let rest = &line[line.find("admin console on ").unwrap() + "admin console on ".len()..];
+    let addr = rest.split_whitespace().next().unwrap().to_string();
+    let fp = &line[line.find("fingerprint ").unwrap() + "fingerprint ".len()..];
+    let fp = fp
+        .trim_end_matches(|c: char| c == ')' || c.is_whitespace())
+        .to_string();
+    sup.wait_for_log("shell worker listening on", DEADLINE);
+    let workers = live_workers(&sup.status_json(), 1);
+    std::fs::remove_file(&hash_file).unwrap();
+
+    let out = sup.ctl(&["upgrade"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = sup.status_json();
+    assert_eq!(status["upgrades"], 1, "{status}");
+    assert_eq!(live_workers(&status, 1), workers, "no worker restarted");
+    sup.wait_for_log("the console keeps the password hash it runs with", DEADLINE);
+    let out = console(&addr, &fp, "kept pw", "greet");
+    assert!(text(&out).contains("hello-kept"), "{}", text(&out));
+}
