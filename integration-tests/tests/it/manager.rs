@@ -511,3 +511,28 @@ fn manager_hears_ready_after_a_rolled_back_reload_with_the_outcome() {
     sup.signal(libc::SIGTERM);
     assert!(sup.wait_exit(DEADLINE).success());
 }
+
+#[test]
+fn a_manager_that_never_reads_never_blocks_the_loop() {
+    let sb = Sandbox::new("manager-full");
+    let path = sb.join("manager.sock");
+    // Bound, never read: its queue fills within a few hundred watchdog pings at 1 ms.
+    let _unread = UnixDatagram::bind(&path).expect("bind the manager socket");
+    let mut sup = Run::hello(&[])
+        .args(standard(1))
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "2000")
+        .start(&sb);
+    sup.wait_ready(1, 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    for generation in 2..=3 {
+        let started = Instant::now();
+        let status = sup.status_json();
+        assert_eq!(status["generation"], generation - 1, "{status}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        sup.reload(generation)
+            .expect("reload with a full manager socket");
+    }
+    sup.signal(libc::SIGTERM);
+    assert!(sup.wait_exit(DEADLINE).success());
+}
