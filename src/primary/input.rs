@@ -87,7 +87,10 @@ impl Primary {
                 self.on_link(pid);
                 false
             }
-            Input::Link(Link::Logger) => self.logs.as_mut().is_some_and(|l| l.on_link(&self.poll)),
+            Input::Link(Link::Logger) => self
+                .logs
+                .as_mut()
+                .is_some_and(|l| l.on_link(&self.poll, &mut self.conns)),
             Input::Notify(token) => self.on_notify(token, &mut actions),
             Input::Deadline(Timer::Generations) => {
                 actions.extend(self.state.handle(Instant::now(), Event::Tick));
