@@ -1416,11 +1416,18 @@ fn small_handoff() -> upgrade::Handoff {
             backoff: 3,
             restart_at: None,
         }),
+        manager: Some(ManagerImage {
+            socket: b"@m".to_vec(),
+            watchdog_usec: Some(2),
+            watchdog_at: Some(3),
+            ready: true,
+            status: "s".into(),
+        }),
     }
 }
 
 const SMALL_HANDOFF: &str = "
-    03 01 76 01 01 61 02 2f62 01 01 02 00   (version 3, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
+    04 01 76 01 01 61 02 2f62 01 01 02 00   (version 4, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
     01 05 06 07 01 1e                       (settings: delay 5ns, timeouts 6 7, always, TERM 15 zigzag)
     01 01 01 02 01 03 00 03                 (target, serving, starting gen 2 [3], pending none, next 3)
     01 ac02 01 00 01 08 00 01 09 01 73      (processes: [pid 300 gen 1 slot 0 ready, started 8, deadline 9, s])
@@ -1438,6 +1445,12 @@ const SMALL_HANDOFF: &str = "
     01 01 02 00 01 00 00 00                 (version 3: logger: spec [1, pid 2, stdout, json, 0 0 0],)
     01 01 01 00 ac02 01 12                  ( pipes [id 1, gen 1, slot 0, pid 300, stderr, fd 9],)
     02 01 ae02 01 14 00 03 00               ( next 2, pid 302, link fd 10, started none, backoff 3, restart none)
+    01 02 406d 01 02 01 03 01 01 73         (version 4: manager: socket @m, watchdog 2us, due 3, ready, status s)
+";
+
+/// The part of [`SMALL_HANDOFF`] that version 4 appended.
+const SMALL_HANDOFF_V4_TAIL: &str = "
+    01 02 406d 01 02 01 03 01 01 73
 ";
 
 /// The part of [`SMALL_HANDOFF`] that version 3 appended.
@@ -1457,13 +1470,14 @@ fn handoff_golden() {
 /// today upgrades from it.
 #[test]
 fn handoff_of_version_2_is_read_without_a_logger() {
-    let v3 = unhex(&golden(SMALL_HANDOFF));
-    let end = v3.len() - unhex(SMALL_HANDOFF_V3_TAIL).len();
-    let mut v2 = v3[..end].to_vec();
+    let v4 = unhex(&golden(SMALL_HANDOFF));
+    let end = v4.len() - unhex(SMALL_HANDOFF_V4_TAIL).len() - unhex(SMALL_HANDOFF_V3_TAIL).len();
+    let mut v2 = v4[..end].to_vec();
     v2[0] = 2;
     let mut want = small_handoff();
     want.version = 2;
     want.logger = None;
+    want.manager = None;
     assert_eq!(upgrade::decode_handoff(&v2).unwrap(), want);
     // Version 1 (before the config and epochs) is not read: its fields are not at the end.
     v2[0] = 1;
@@ -1503,6 +1517,19 @@ fn ready_image_variants_are_pinned() {
     h.state.settings.ready = ReadyImage::Listening;
     let bytes = encode(&h).unwrap();
     assert_eq!(upgrade::decode_handoff(&bytes).unwrap(), h);
+}
+
+/// What a version-3 image (before the service manager's notify socket) wrote: read as if
+/// reloadsup had no `NOTIFY_SOCKET`.
+#[test]
+fn handoff_of_version_3_is_read_without_a_manager() {
+    let v4 = unhex(&golden(SMALL_HANDOFF));
+    let mut v3 = v4[..v4.len() - unhex(SMALL_HANDOFF_V4_TAIL).len()].to_vec();
+    v3[0] = 3;
+    let mut want = small_handoff();
+    want.version = 3;
+    want.manager = None;
+    assert_eq!(upgrade::decode_handoff(&v3).unwrap(), want);
 }
 
 #[test]

@@ -19,6 +19,7 @@ pub(crate) mod keeper_link;
 pub(crate) mod listeners;
 mod listening;
 pub(crate) mod logs;
+mod manager;
 pub(crate) mod notify;
 mod reconfigure;
 pub(crate) mod shell_link;
@@ -116,6 +117,8 @@ pub(crate) struct Primary {
     upgrade: Option<upgrade::Upgrade>,
     /// The logger worker and the workers' output pipes (`--log-output stdout|file:PATH`).
     logs: Option<logs::Logs>,
+    /// The service manager above, from reloadsup's own `NOTIFY_SOCKET`.
+    manager: Option<manager::Manager>,
     /// The watched files (`--watch`), set up when the loop starts and again when a reload
     /// changes them; never carried across an upgrade (the new image watches again).
     watch: Option<watch::Watch>,
@@ -157,6 +160,10 @@ impl Primary {
     ) -> Result<Primary, Fatal> {
         sys::ensure_std_fds().map_err(Fatal::system("open /dev/null"))?;
         let pid = std::process::id();
+        let manager = manager::Manager::from_env(pid);
+        if config.subreaper {
+            sys::set_subreaper().map_err(Fatal::system("become a child subreaper"))?;
+        }
         // Workers or the shell worker of another user must be able to traverse it.
         let other_user = config.uid.is_some()
             || config
@@ -222,6 +229,7 @@ impl Primary {
         );
         let logs = logs::Logs::new(&config.log, pid);
         Ok(Primary {
+            manager,
             roles: Roles::new(shell.is_some(), logs.is_some(), config.prespawn),
             turn: Vec::new(),
             role_actions: Vec::new(),
@@ -276,6 +284,7 @@ impl Primary {
                 self.roles.next_deadline(),
                 self.preflight_deadline(),
                 self.watch.as_ref().and_then(|w| w.next_deadline()),
+                self.manager.as_ref().and_then(|m| m.watchdog_at),
             ]
             .into_iter()
             .flatten()
@@ -354,9 +363,15 @@ impl Primary {
             {
                 self.handle(Input::Deadline(Timer::Watch));
             }
+            if let Some(m) = &mut self.manager {
+                m.tick(now);
+            }
             let actions = std::mem::take(&mut self.turn);
             if let Some(code) = self.apply(actions) {
                 return Ok(code);
+            }
+            if let Some(m) = &mut self.manager {
+                m.sync(&self.state, self.pid);
             }
             if self.epochs.len() > 1 {
                 self.forget_unused();
@@ -727,7 +742,12 @@ impl Primary {
                     actions.extend(self.state.handle(now, Event::Reload(who)));
                     None
                 }
-                Err(refused) => Some(Reply::Reload(refused)),
+                Err(refused) => {
+                    if let Some(m) = &mut self.manager {
+                        m.refused(&self.state);
+                    }
+                    Some(Reply::Reload(refused))
+                }
             },
             Request::Restart => {
                 log::info!("restart: upgrading the primary, then reloading every worker");
@@ -870,12 +890,18 @@ impl Executor for Primary {
     }
 
     fn progress(&mut self, waiters: Vec<Requester>, progress: proto::Progress) {
+        if let Some(m) = &mut self.manager {
+            m.on_progress(&progress, &self.state);
+        }
         for who in waiters {
             self.conns.send_progress(&self.poll, who, progress.clone());
         }
     }
 
     fn reload_done(&mut self, waiters: Vec<Requester>, outcome: proto::ReloadOutcome) -> bool {
+        if let Some(m) = &mut self.manager {
+            m.on_reload_done(&outcome, &self.state);
+        }
         let mut replace_shell = false;
         for who in waiters {
             self.conns
@@ -889,6 +915,9 @@ impl Executor for Primary {
     }
 
     fn exit(&mut self, waiters: Vec<Requester>) -> u8 {
+        if let Some(m) = &mut self.manager {
+            m.on_exit();
+        }
         self.role(RoleEvent::Stop(Role::Shell));
         if let Some(shell) = &mut self.shell {
             // It got SIGTERM when the shutdown began; it has no work to finish.

@@ -755,6 +755,7 @@ impl Primary {
                 .logs
                 .as_ref()
                 .map(|l| l.image(timer(&self.roles.logger), c)),
+            manager: self.manager.as_ref().map(|m| m.image(c)),
         }
     }
 
@@ -862,6 +863,9 @@ impl Primary {
             retired: state.is_shutting_down(),
         };
         let mut primary = Primary {
+            manager: h
+                .manager
+                .and_then(|m| super::manager::Manager::resume(m, &clock)),
             roles,
             turn: Vec::new(),
             role_actions: Vec::new(),

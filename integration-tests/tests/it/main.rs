@@ -11,6 +11,7 @@ mod lifecycle;
 mod listen;
 mod listening;
 mod logs;
+mod manager;
 mod reconfigure;
 mod servers;
 mod upgrade;
