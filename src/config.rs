@@ -48,6 +48,9 @@ pub(crate) enum ReadyMode {
     Delay(Duration),
     /// As soon as it is spawned.
     Immediate,
+    /// Once it, or a process of its group, waits for connections on one of its listeners
+    /// (see `primary::listening`).
+    Listening,
 }
 
 /// Who gets the stop signal of a draining worker: the process reloadsup started, or its whole
@@ -289,7 +292,7 @@ pub(crate) struct RunArgs {
     /// start [default: 0].
     #[arg(long, value_name = "N")]
     pub prespawn: Option<u32>,
-    /// Readiness: notify | delay:DURATION | immediate [default: delay:1s].
+    /// Readiness: notify | listening | delay:DURATION | immediate [default: delay:1s].
     #[arg(long, value_name = "MODE")]
     pub ready: Option<String>,
     /// How long a new worker may take to become ready [default: 60s].
@@ -535,6 +538,7 @@ fn parse_ready(s: &str) -> Result<ReadyMode, ValueError> {
     match s {
         "notify" => Ok(ReadyMode::Notify),
         "immediate" => Ok(ReadyMode::Immediate),
+        "listening" => Ok(ReadyMode::Listening),
         _ => match s.strip_prefix("delay:") {
             Some(d) => parse_duration(d).map(ReadyMode::Delay),
             None => Err(ValueError::NotReadyMode(s.to_string())),
@@ -1177,6 +1181,27 @@ mod tests {
         assert!(parse_duration("5parsecs").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn ready_modes() {
+        assert_eq!(parse_ready("listening"), Ok(ReadyMode::Listening));
+        assert_eq!(parse_ready("notify"), Ok(ReadyMode::Notify));
+        assert_eq!(
+            parse_ready("delay:250ms"),
+            Ok(ReadyMode::Delay(Duration::from_millis(250)))
+        );
+        let e = parse_ready("listen").unwrap_err().to_string();
+        assert!(e.contains("listening"), "{e}");
+        let c = parse(&["--ready", "listening", "--", "/bin/sh"]).unwrap();
+        assert_eq!(c.ready, ReadyMode::Listening);
+        let dir = std::env::temp_dir().join(format!("reloadsup-ready-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ready.toml");
+        std::fs::write(&file, "ready = \"listening\"\ncommand = [\"/bin/sh\"]\n").unwrap();
+        let c = parse(&["-c", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.ready, ReadyMode::Listening, "the config key");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

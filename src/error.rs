@@ -327,7 +327,7 @@ impl fmt::Display for ValueError {
             ValueError::DurationRange(s) => write!(f, "'{s}' is out of range"),
             ValueError::NotSignalNumber(s) => write!(f, "'{s}' is not a signal number"),
             ValueError::NotSignalName(s) => write!(f, "'{s}' is not a signal name: use TERM, INT, QUIT, USR1, ..."),
-            ValueError::NotReadyMode(s) => write!(f, "'{s}' is not a readiness mode: use notify, delay:DURATION or immediate"),
+            ValueError::NotReadyMode(s) => write!(f, "'{s}' is not a readiness mode: use notify, listening, delay:DURATION or immediate"),
             ValueError::NotRestartPolicy(s) => write!(f, "'{s}' is not a restart policy: use on-failure, always or never"),
             ValueError::NotStopTarget(s) => write!(f, "'{s}' is not a stop signal target: use worker or group"),
             ValueError::NoUser(s) => write!(f, "no such user '{s}'"),

@@ -1490,6 +1490,35 @@ fn handoff_of_version_2_is_read_without_a_logger() {
     );
 }
 
+fn ready_image_index(ready: &upgrade::ReadyImage) -> u8 {
+    use upgrade::ReadyImage;
+    match ready {
+        ReadyImage::Notify => 0,
+        ReadyImage::Delay { .. } => 1,
+        ReadyImage::Immediate => 2,
+        ReadyImage::Listening => 3,
+    }
+}
+
+/// The readiness mode crosses an upgrade in place; `Listening` was appended without a version
+/// bump: an older image never writes it.
+#[test]
+fn ready_image_variants_are_pinned() {
+    use upgrade::ReadyImage;
+    let rows = vec![
+        (ReadyImage::Notify, "00"),
+        (ReadyImage::Delay { ns: 5 }, "01 05"),
+        (ReadyImage::Immediate, "02"),
+        (ReadyImage::Listening, "03"),
+    ];
+    assert_variant_goldens(&rows, ready_image_index);
+    // In place in a hand-off: only the settings' first byte differs from a delay's.
+    let mut h = small_handoff();
+    h.state.settings.ready = ReadyImage::Listening;
+    let bytes = encode(&h).unwrap();
+    assert_eq!(upgrade::decode_handoff(&bytes).unwrap(), h);
+}
+
 /// What a version-3 image (before the service manager's notify socket) wrote: read as if
 /// reloadsup had no `NOTIFY_SOCKET`.
 #[test]

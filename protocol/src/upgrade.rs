@@ -217,8 +217,12 @@ pub struct StateImage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadyImage {
     Notify,
-    Delay { ns: u64 },
+    Delay {
+        ns: u64,
+    },
     Immediate,
+    /// Appended: `--ready listening` (no version bump: an older image never writes it).
+    Listening,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

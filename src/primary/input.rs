@@ -62,6 +62,8 @@ pub(crate) enum Timer {
     Preflight,
     /// The end of a watched file's quiet period: a reload.
     Watch,
+    /// A look at the starting workers (`--ready listening`).
+    Listening,
 }
 
 impl Primary {
@@ -94,6 +96,10 @@ impl Primary {
             Input::Notify(token) => self.on_notify(token, &mut actions),
             Input::Deadline(Timer::Generations) => {
                 actions.extend(self.state.handle(Instant::now(), Event::Tick));
+                false
+            }
+            Input::Deadline(Timer::Listening) => {
+                self.scan_listening(Instant::now(), &mut actions);
                 false
             }
             Input::Deadline(Timer::Roles) => {

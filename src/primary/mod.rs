@@ -17,6 +17,7 @@ mod files;
 pub(crate) mod input;
 pub(crate) mod keeper_link;
 pub(crate) mod listeners;
+mod listening;
 pub(crate) mod logs;
 mod manager;
 pub(crate) mod notify;
@@ -98,6 +99,8 @@ pub(crate) struct Primary {
     turn: Vec<Action>,
     /// The same for the roles' actions.
     role_actions: Vec<RoleAction>,
+    /// The next look for starting workers that listen (`--ready listening`; see [`listening`]).
+    listening_at: Option<Instant>,
     /// Kills every worker's process group and cgroup if the primary dies (promise 4).
     keeper: keeper_link::Keeper,
     /// The hand-off link of each worker role that may not have exec'd yet, by pid: a role that
@@ -246,6 +249,7 @@ impl Primary {
             restarting: Vec::new(),
             shell,
             spares: Vec::new(),
+            listening_at: None,
             keeper: keeper_link::Keeper::new(pid),
             links: HashMap::new(),
             binary: upgrade::start_binary(own.first()),
@@ -272,9 +276,11 @@ impl Primary {
             self.watch_files();
         }
         loop {
+            self.arm_listening(Instant::now());
             // No wake-ups at rest: with nothing pending every deadline is None.
             let timeout = [
                 self.state.next_deadline(),
+                self.listening_at,
                 self.roles.next_deadline(),
                 self.preflight_deadline(),
                 self.watch.as_ref().and_then(|w| w.next_deadline()),
@@ -339,6 +345,9 @@ impl Primary {
             let now = Instant::now();
             if self.state.next_deadline().is_some_and(|t| t <= now) {
                 self.handle(Input::Deadline(Timer::Generations));
+            }
+            if self.listening_at.is_some_and(|t| t <= now) {
+                self.handle(Input::Deadline(Timer::Listening));
             }
             if self.roles.next_deadline().is_some_and(|t| t <= now) {
                 self.handle(Input::Deadline(Timer::Roles));

@@ -89,6 +89,11 @@ pub(crate) enum Event {
         pid: u32,
         exit: Exit,
     },
+    /// A worker (or a process of its group) was seen waiting for connections on one of its
+    /// listeners (`--ready listening`).
+    Listening {
+        pid: u32,
+    },
     /// Time passed; deadlines up to `now` are due.
     Tick,
     Scale(u32),
@@ -248,6 +253,12 @@ impl State {
             } => self.spawn_failed(now, generation, slot, reason, &mut out),
             Event::Notify { pid, ready, status } => self.notify(now, pid, ready, status, &mut out),
             Event::Exited { pid, exit } => self.exited(now, pid, exit, &mut out),
+            Event::Listening { pid } => {
+                // Only in that mode: a scan that raced a reload to another mode is ignored.
+                if self.settings.ready == ReadyMode::Listening {
+                    self.mark_ready(now, pid, &mut out);
+                }
+            }
             Event::Tick => self.tick(now, &mut out),
             Event::Scale(n) => self.scale(now, n, &mut out),
             Event::Revive => {

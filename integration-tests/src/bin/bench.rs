@@ -22,13 +22,16 @@
 //!    lost (a worker that writes as fast as it can into its pipe); reload time, `Status` round
 //!    trip, failed requests and the primary's CPU with a worker writing 50 MB/s of log lines
 //!    beside the same run without it.
+//! 9. Readiness (issue 11): the Node example under reloads with `--ready listening` beside
+//!    `delay:300ms` and `delay:1s`: the longest pause after a reload and how long reloads take.
 //!
 //! Every loop is bounded in count and time; all traffic goes to 127.0.0.1; only processes this
 //! program started are signalled.
 //!
 //! ```text
 //! reloadsup-bench [--duration 15s] [--reloads 10] [--clients 8] [--workers 4] [--delay 200ms]
-//!                 [--soak 1000] [--chaos 150s] [--only load,costs,control,soak,console,chaos,upgrade,logs]
+//!                 [--soak 1000] [--chaos 150s]
+//!                 [--only load,costs,control,soak,console,chaos,upgrade,logs,ready]
 //! ```
 
 use std::collections::HashSet;
@@ -59,11 +62,11 @@ const USAGE: &str = "usage: reloadsup-bench [--duration D] [--reloads N] [--clie
   --soak N       reloads in the soak run (default 1000)
   --chaos D      how long the chaos run issues actions (default 150s); CHAOS_SEED=N replays
   --only LIST    comma-separated sections to run: load, costs, control, soak, console, chaos,
-                 upgrade, logs
+                 upgrade, logs, ready
                  (default: all)";
 
-const SECTIONS: [&str; 8] = [
-    "load", "costs", "control", "soak", "console", "chaos", "upgrade", "logs",
+const SECTIONS: [&str; 9] = [
+    "load", "costs", "control", "soak", "console", "chaos", "upgrade", "logs", "ready",
 ];
 /// In-place upgrades under load in the upgrade section.
 const UPGRADES: u32 = 20;
@@ -273,6 +276,9 @@ fn main() -> ExitCode {
     }
     if o.runs("logs") {
         logs_section(&mut checks);
+    }
+    if o.runs("ready") {
+        ready_section(&o, &mut checks);
     }
 
     println!("\n## Every target\n");
@@ -772,6 +778,95 @@ fn supervised(o: &Options, delay: &str) -> Row {
         .collect();
     shut_down(sup);
     Row::new("hello under reloadsup", &report, &reloads, switch)
+}
+
+/// The Node example (which cannot send READY=1) under reloads with `ready`: the longest pause
+/// after each reload and how long each reload took (SIGHUP to "is serving").
+fn node_ready_row(o: &Options, ready: &str) -> (Row, Vec<Duration>) {
+    let sb = Sandbox::new("bench-ready");
+    let server = bins::workspace_root().join("examples/node/server.js");
+    let mut sup = Run::new([std::ffi::OsStr::new("node"), server.as_os_str()])
+        .args(["-n", &o.workers.to_string(), "--ready", ready])
+        .args(["--ready-timeout", "30s", "--graceful-timeout", "30s"])
+        .env("RUST_LOG", "info,reloadsup=debug")
+        .start(&sb);
+    let addr = sup.addr();
+    sup.wait_ready(1, o.workers);
+    let load_start = Instant::now();
+    let load = Load::start(addr, o.clients, Limits::duration(o.duration));
+    load.wait_for_generation(1, DEADLINE);
+    let mut reloads = Vec::new();
+    let mut took = Vec::new();
+    for (i, at) in schedule(o).into_iter().enumerate() {
+        let generation = i as u32 + 2;
+        if let Some(wait) = at.checked_sub(load_start.elapsed()) {
+            thread::sleep(wait);
+        }
+        let begun = Instant::now();
+        reloads.push(begun);
+        match sup.reload(generation) {
+            Ok(()) => took.push(begun.elapsed()),
+            Err(reason) => eprintln!("reload to generation {generation} failed: {reason}"),
+        }
+    }
+    let report = load.finish();
+    let switch = reloads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &t)| {
+            let first = report.first_answer_from_generation(i as u32 + 2)?;
+            Some(first.saturating_duration_since(t))
+        })
+        .collect();
+    shut_down(sup);
+    let name = format!("node, --ready {ready}");
+    (Row::new(&name, &report, &reloads, switch), took)
+}
+
+/// Issue 11, item 1: `--ready listening` against guessed delays, with the Node example.
+fn ready_section(o: &Options, checks: &mut Checks) {
+    let mark = checks.0.len();
+    if !reloadsup_integration_tests::have_command("node", &["--version"]) {
+        println!("\n## Readiness without code changes (issue 11)\n\nskipped: no node on PATH");
+        return;
+    }
+    let mut rows = Vec::new();
+    for ready in ["listening", "delay:300ms", "delay:1s"] {
+        eprintln!("ready: node with --ready {ready}, {} reloads", o.reloads);
+        rows.push((ready, node_ready_row(o, ready)));
+    }
+    println!(
+        "\n## Readiness without code changes (issue 11)\n\nexamples/node/server.js, {} workers, {} clients, {} reloads, {:?} per run; 'reload' = SIGHUP to the new generation serving.\n",
+        o.workers, o.clients, o.reloads, o.duration
+    );
+    println!("| run | requests | failures | req/s | p50 steady | p99 steady | p50 after reload | p99 after reload | longest pause steady | longest pause after reload | switch time median / max | reload median / max |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (_, (row, took)) in &rows {
+        let line = row.markdown();
+        println!(
+            "{line} {} / {} |",
+            ms(median(took)),
+            ms(took.iter().max().copied())
+        );
+    }
+    for (ready, (row, took)) in &rows {
+        checks.info(
+            11,
+            &format!("node --ready {ready}: longest pause after a reload / reload median"),
+            format!("{} / {}", ms(row.pause), ms(median(took))),
+        );
+        if *ready == "listening" {
+            checks.add(
+                11,
+                "node --ready listening: failed requests over the reloads",
+                row.failed.to_string(),
+                "0",
+                row.failed == 0,
+            );
+        }
+    }
+    println!();
+    checks.print(mark);
 }
 
 fn kill_and_restart(o: &Options, delay: &str) -> Row {

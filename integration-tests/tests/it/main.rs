@@ -9,6 +9,7 @@ mod control;
 mod core;
 mod lifecycle;
 mod listen;
+mod listening;
 mod logs;
 mod manager;
 mod reconfigure;

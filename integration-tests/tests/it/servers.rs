@@ -47,19 +47,19 @@ fn servers_dir() -> PathBuf {
 }
 
 /// A program of the servers' venv, or `None` (after `require` said why) when it is missing.
-fn venv_program(name: &str) -> Option<PathBuf> {
+pub(crate) fn venv_program(name: &str) -> Option<PathBuf> {
     let path = servers_dir().join("venv/bin").join(name);
     let what = format!("{} (run `make servers`)", path.display());
     require(&what, path.is_file()).then_some(path)
 }
 
-fn example(path: &str) -> PathBuf {
+pub(crate) fn example(path: &str) -> PathBuf {
     bins::workspace_root().join("examples").join(path)
 }
 
 /// What a server's row says about reloads under load.
 #[derive(Clone, Copy, Debug)]
-enum Expect {
+pub(crate) enum Expect {
     /// 0 failed requests.
     Nothing,
     /// A known server-side defect: it closes connections it accepted but had not read yet when
@@ -68,7 +68,12 @@ enum Expect {
 }
 
 /// Runs `command` under reloadsup with `flags`, reloads it under load and checks `expect`.
-fn reload_server(name: &str, command: Vec<OsString>, flags: &[&str], expect: Expect) -> LoadReport {
+pub(crate) fn reload_server(
+    name: &str,
+    command: Vec<OsString>,
+    flags: &[&str],
+    expect: Expect,
+) -> LoadReport {
     let sb = Sandbox::new(name);
     let mut run = Run::new(command)
         .args(flags)
@@ -129,7 +134,7 @@ fn reload_server(name: &str, command: Vec<OsString>, flags: &[&str], expect: Exp
     report
 }
 
-fn os(args: &[&str]) -> Vec<OsString> {
+pub(crate) fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 

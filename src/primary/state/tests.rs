@@ -604,3 +604,59 @@ fn rollback_drains_ready_new_workers_and_kills_the_rest() {
         signal: SIGKILL
     }));
 }
+
+#[test]
+fn listening_mode_commits_when_every_new_worker_is_seen_listening() {
+    let mut h = Harness::new(ReadyMode::Listening, 2);
+    for pid in h.pids(1) {
+        h.feed(Event::Listening { pid });
+    }
+    assert!(h.state.first_ready);
+    h.feed(Event::Reload(1));
+    let new = h.pids(2);
+    // Time alone makes nobody ready in this mode.
+    h.advance(Duration::from_millis(1500));
+    assert_eq!(h.state.serving, 1);
+    h.feed(Event::Listening { pid: new[0] });
+    assert_eq!(h.state.serving, 1, "one of two listening is not enough");
+    // Seen again (the scan runs until every worker is ready): no double count.
+    h.feed(Event::Listening { pid: new[0] });
+    assert_eq!(h.state.serving, 1);
+    let acts = h.feed(Event::Listening { pid: new[1] });
+    assert_eq!(
+        Harness::outcome(&acts).map(|o| o.outcome),
+        Some(Outcome::Succeeded)
+    );
+    assert_eq!(h.state.serving, 2);
+}
+
+#[test]
+fn listening_mode_worker_never_listening_is_rolled_back_at_the_ready_timeout() {
+    let mut h = Harness::new(ReadyMode::Listening, 1);
+    for pid in h.pids(1) {
+        h.feed(Event::Listening { pid });
+    }
+    h.feed(Event::Reload(1));
+    h.advance(Duration::from_millis(2001));
+    let outcome = Harness::outcome(&h.log).unwrap();
+    assert_eq!(outcome.outcome, Outcome::RolledBack);
+    assert!(
+        outcome.reason.contains("not ready within 2s"),
+        "{}",
+        outcome.reason
+    );
+    assert_eq!(h.state.serving, 1);
+}
+
+#[test]
+fn listening_event_in_another_mode_is_ignored() {
+    let mut h = Harness::new(ReadyMode::Notify, 1);
+    h.ready_all(1);
+    h.feed(Event::Reload(1));
+    let new = h.pids(2);
+    h.feed(Event::Listening { pid: new[0] });
+    assert_eq!(h.state.serving, 1);
+    // And an unknown pid changes nothing.
+    h.feed(Event::Listening { pid: 1 });
+    assert_eq!(h.state.serving, 1);
+}
