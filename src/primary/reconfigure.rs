@@ -220,6 +220,7 @@ pub(crate) fn changes(old: &Config, new: &Config) -> Changes {
     check("user", old.uid != new.uid, false);
     check("group", old.gid != new.gid, false);
     check("pidfile", old.pidfile != new.pidfile, false);
+    check("metrics", old.metrics != new.metrics, false);
     // The logger worker and the pipes are set up at start: a restart of the supervisor
     // (not an upgrade in place, which keeps them) changes them.
     check("log-output", old.log.output != new.log.output, false);
@@ -251,6 +252,7 @@ pub(crate) fn merge(old: &Config, mut new: Config) -> Config {
     new.uid = old.uid;
     new.gid = old.gid;
     new.pidfile = old.pidfile.clone();
+    new.metrics = old.metrics;
     new.log = old.log.clone();
     new.start_text = old.start_text.clone();
     new.admin = match (&old.admin, new.admin) {

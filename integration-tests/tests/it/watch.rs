@@ -36,7 +36,12 @@ fn a_watched_file_replaced_written_or_touched_reloads_once_under_load() {
     sup.wait_reload(3).expect("the burst reloads");
     // Well past another quiet period: no second reload came of the burst.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(sup.count_in_log("starting generation 4"), 0, "{}", sup.log());
+    assert_eq!(
+        sup.count_in_log("starting generation 4"),
+        0,
+        "{}",
+        sup.log()
+    );
     assert_eq!(sup.count_in_log("changed: reloading"), 2, "{}", sup.log());
 
     // Touched: only its times change.
@@ -50,7 +55,12 @@ fn a_watched_file_replaced_written_or_touched_reloads_once_under_load() {
     // Another file in the same directory changes nothing.
     sb.write("unrelated", "x\n");
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(sup.count_in_log("starting generation 5"), 0, "{}", sup.log());
+    assert_eq!(
+        sup.count_in_log("starting generation 5"),
+        0,
+        "{}",
+        sup.log()
+    );
     sup.signal(libc::SIGTERM);
     assert!(sup.wait_exit(DEADLINE).success());
 }
@@ -66,10 +76,15 @@ fn a_watch_survives_an_upgrade_in_place() {
         .args(["--watch-delay", "100ms"]);
     let (mut sup, _) = start(&sb, run, 1);
     let out = sup.ctl(&["upgrade"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     sup.wait_for_nth_log("watching ", 2, DEADLINE);
     std::fs::write(&file, "v2\n").unwrap();
-    sup.wait_reload(2).expect("a change after the upgrade reloads");
+    sup.wait_reload(2)
+        .expect("a change after the upgrade reloads");
 }
 
 #[test]
