@@ -168,7 +168,7 @@ fn metrics_count_reloads_rollbacks_crashes_and_upgrades_and_survive_the_upgrade(
     let worker: i32 = log
         .lines()
         .filter_map(|l| l.split("metrics worker started as pid ").nth(1))
-        .last()
+        .next_back()
         .and_then(|p| p.trim().parse().ok())
         .expect(&log);
     // SAFETY: a plain kill(2) of the metrics worker this test's supervisor started.
