@@ -239,6 +239,24 @@ fn a_silent_or_flooding_scraper_stops_neither_another_scrape_nor_ctl_status() {
     scrape(addr);
     drop(silent);
 
+    // The connection limit: 16 silent clients hold every slot; one more is told at once.
+    let held: Vec<TcpStream> = (0..16).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    wait_for(DEADLINE, "a scrape over the limit to be refused", || {
+        get(addr)
+            .ok()
+            .filter(|(st, _)| st.starts_with("HTTP/1.1 503"))
+    });
+    drop(held);
+    wait_for(DEADLINE, "a scrape once the silent clients left", || {
+        get(addr).ok().filter(|(st, _)| st.ends_with("200 OK"))
+    });
+    let out = sup.ctl(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     sup.signal(libc::SIGTERM);
     assert!(sup.wait_exit(DEADLINE).success());
 }
@@ -290,4 +308,15 @@ fn console_logins_are_counted_by_result() {
         );
         (ok == 1.0 && failed >= 1.0 && failed == failed_in_log).then_some(())
     });
+}
+
+#[test]
+fn a_bad_metrics_address_exits_2_naming_the_flag() {
+    let sb = Sandbox::new("metrics_bad");
+    let out = Run::hello(&[])
+        .args(["--metrics", "localhost"])
+        .output(&sb, DEADLINE);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--metrics"), "{err}");
 }
