@@ -37,6 +37,24 @@ pub(crate) fn progress_line(p: &Progress) -> String {
             workers,
         } => format!("draining {workers} workers of generation {generation}"),
         Progress::Text(t) => t.clone(),
+        Progress::Log { skipped, lines } => {
+            let mut text = skipped_marker(*skipped);
+            for l in lines {
+                text.push_str(l);
+            }
+            text.truncate(text.trim_end_matches('\n').len());
+            text
+        }
+    }
+}
+
+/// `... N lines skipped` with its newline, or nothing for 0: what a log reader that did not
+/// keep up is told in place of the lines it lost.
+pub(crate) fn skipped_marker(skipped: u64) -> String {
+    match skipped {
+        0 => String::new(),
+        1 => "... 1 line skipped\n".to_string(),
+        n => format!("... {n} lines skipped\n"),
     }
 }
 

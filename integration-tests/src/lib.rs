@@ -174,6 +174,7 @@ pub struct Run {
     bare: bool,
     program: Option<PathBuf>,
     activator: Vec<OsString>,
+    stdout: Option<std::os::fd::OwnedFd>,
 }
 
 impl Run {
@@ -189,6 +190,7 @@ impl Run {
             bare: false,
             program: None,
             activator: Vec::new(),
+            stdout: None,
         }
     }
 
@@ -248,6 +250,13 @@ impl Run {
         self
     }
 
+    /// Gives the supervisor `fd` as its stdout (a pipe nobody reads, for the logger's tests)
+    /// instead of a file of the sandbox; [`Supervisor::stdout`] is empty then.
+    pub fn stdout(mut self, fd: std::os::fd::OwnedFd) -> Run {
+        self.stdout = Some(fd);
+        self
+    }
+
     /// Passes the flags exactly as given: no state dir, pidfile, name or default listener.
     pub fn bare(mut self) -> Run {
         self.bare = true;
@@ -303,7 +312,7 @@ impl Run {
     }
 
     /// Starts the supervisor with stdout and stderr captured in files of the sandbox.
-    pub fn start(self, sandbox: &Sandbox) -> Supervisor {
+    pub fn start(mut self, sandbox: &Sandbox) -> Supervisor {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let stdout = sandbox.join(format!("reloadsup-{n}.stdout"));
@@ -314,7 +323,10 @@ impl Run {
         let child = self
             .command(sandbox)
             .stdin(Stdio::null())
-            .stdout(open(&stdout))
+            .stdout(match self.stdout.take() {
+                Some(fd) => Stdio::from(fd),
+                None => Stdio::from(open(&stdout)),
+            })
             .stderr(open(&stderr))
             .spawn()
             .unwrap_or_else(|e| panic!("unable to start {}: {e}", bins::reloadsup().display()));

@@ -491,6 +491,15 @@ impl LoadReport {
         map
     }
 
+    /// Correct answers by the pid that gave them: (its generation, how many).
+    pub fn answers_by_pid(&self) -> BTreeMap<u32, (u32, u64)> {
+        let mut map: BTreeMap<u32, (u32, u64)> = BTreeMap::new();
+        for r in &self.records {
+            map.entry(r.pid).or_insert((r.generation, 0)).1 += 1;
+        }
+        map
+    }
+
     pub fn answers_by_generation(&self) -> BTreeMap<u32, u64> {
         let mut map = BTreeMap::new();
         for r in &self.records {

@@ -220,9 +220,28 @@ pub enum Request {
     /// Re-exec the primary in place (same pid) from `binary`, or from the path it was started
     /// from; the reply comes from the new image, or says why the upgrade was refused.
     Upgrade { binary: Option<Vec<u8>> },
+    /// Recent lines of the workers' output from the logger's ring, then (with `follow`) every
+    /// new line, as [`Progress::Log`]; a follow ends when the connection closes.
+    Logs(LogQuery),
+    /// End the follow of `request` (a [`Request::Logs`] with `follow` on this connection):
+    /// it gets its reply, and so does this one.
+    StopLogs { request: u32 },
     /// From the shell worker only: a console password check ended, `ok` or not; counted for
     /// `reloadsup_console_logins_total`. Answered `Done`; refused from any other connection.
     Login { ok: bool },
+}
+
+/// Which log lines a [`Request::Logs`] wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// How many of the most recent lines (that match) to send first.
+    pub lines: u32,
+    /// Keep sending new lines until the client goes away.
+    pub follow: bool,
+    /// Only this slot's lines.
+    pub worker: Option<u32>,
+    /// Only this generation's lines.
+    pub generation: Option<u64>,
 }
 
 /// Intermediate news about a request in flight (a reload, a stop).
@@ -248,6 +267,9 @@ pub enum Progress {
     Draining { generation: u64, workers: u32 },
     /// Free text (shutdown progress and the like).
     Text(String),
+    /// Log lines (each with its newline) for [`Request::Logs`]; `skipped` lines were dropped
+    /// just before these because the reader did not keep up.
+    Log { skipped: u64, lines: Vec<String> },
 }
 
 /// The final answer to a request.
@@ -560,6 +582,11 @@ pub enum LoggerMessage {
     },
     /// Reopen the log file (SIGUSR1 to the primary, after logrotate moved it away).
     Reopen,
+    /// Send the ring's lines for `query` as [`LoggerEvent::Lines`] tagged `tail`, then
+    /// [`LoggerEvent::TailEnd`], or with `follow` every new matching line until [`LoggerMessage::Untail`].
+    Tail { tail: u64, query: LogQuery },
+    /// Stop following `tail` (its client went away).
+    Untail { tail: u64 },
 }
 
 /// Every message from the logger to the primary.
@@ -568,6 +595,15 @@ pub enum LoggerEvent {
     /// The pipe `id` reached end-of-file and every line of it was written: no writer is left,
     /// so the primary closes its copy.
     Drained { id: u64 },
+    /// Lines for `tail`, each with its newline; `skipped` lines were dropped just before
+    /// these because the link was full.
+    Lines {
+        tail: u64,
+        skipped: u64,
+        lines: Vec<String>,
+    },
+    /// Every ring line of `tail` (not following) was sent.
+    TailEnd { tail: u64 },
 }
 
 // ---------------------------------------------------------------------------------------------

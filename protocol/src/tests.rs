@@ -175,7 +175,9 @@ fn request_index(request: &Request) -> u8 {
         Request::Restart => 6,
         Request::Stop => 7,
         Request::Upgrade { .. } => 8,
-        Request::Login { .. } => 9,
+        Request::Logs(_) => 9,
+        Request::StopLogs { .. } => 10,
+        Request::Login { .. } => 11,
     }
 }
 
@@ -187,6 +189,7 @@ fn progress_index(progress: &Progress) -> u8 {
         Progress::Queued => 3,
         Progress::Draining { .. } => 4,
         Progress::Text(_) => 5,
+        Progress::Log { .. } => 6,
     }
 }
 
@@ -356,7 +359,17 @@ fn request_goldens() -> Vec<(Request, &'static str)> {
             },
             "08 01 02 2f62",
         ),
-        (Request::Login { ok: true }, "09 01"),
+        (
+            Request::Logs(LogQuery {
+                lines: 5,
+                follow: true,
+                worker: Some(2),
+                generation: None,
+            }),
+            "09 05 01 0102 00",
+        ),
+        (Request::StopLogs { request: 5 }, "0a 05"),
+        (Request::Login { ok: true }, "0b 01"),
     ]
 }
 
@@ -394,6 +407,13 @@ fn progress_goldens() -> Vec<(Progress, &'static str)> {
             "04 01 04",
         ),
         (Progress::Text("hi".into()), "05 02 6869"),
+        (
+            Progress::Log {
+                skipped: 3,
+                lines: vec!["a\n".into()],
+            },
+            "06 03 01 02 610a",
+        ),
     ]
 }
 
@@ -1569,6 +1589,8 @@ fn logger_message_index(msg: &LoggerMessage) -> u8 {
     match msg {
         LoggerMessage::Pipe { .. } => 0,
         LoggerMessage::Reopen => 1,
+        LoggerMessage::Tail { .. } => 2,
+        LoggerMessage::Untail { .. } => 3,
     }
 }
 
@@ -1585,17 +1607,43 @@ fn logger_message_goldens() -> Vec<(LoggerMessage, &'static str)> {
             "00 ac02 02 01 e807 01",
         ),
         (LoggerMessage::Reopen, "01"),
+        (
+            LoggerMessage::Tail {
+                tail: 4,
+                query: LogQuery {
+                    lines: 300,
+                    follow: false,
+                    worker: None,
+                    generation: Some(3),
+                },
+            },
+            "02 04 ac02 00 00 0103",
+        ),
+        (LoggerMessage::Untail { tail: 4 }, "03 04"),
     ]
 }
 
 fn logger_event_index(msg: &LoggerEvent) -> u8 {
     match msg {
         LoggerEvent::Drained { .. } => 0,
+        LoggerEvent::Lines { .. } => 1,
+        LoggerEvent::TailEnd { .. } => 2,
     }
 }
 
 fn logger_event_goldens() -> Vec<(LoggerEvent, &'static str)> {
-    vec![(LoggerEvent::Drained { id: 7 }, "00 07")]
+    vec![
+        (LoggerEvent::Drained { id: 7 }, "00 07"),
+        (
+            LoggerEvent::Lines {
+                tail: 1,
+                skipped: 0,
+                lines: vec!["x\n".into(), String::new()],
+            },
+            "01 01 00 02 02 780a 00",
+        ),
+        (LoggerEvent::TailEnd { tail: 1 }, "02 01"),
+    ]
 }
 
 #[test]

@@ -17,13 +17,26 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use reloadsup_protocol::{
-    self as proto, FrameReader, Message, Outcome, Progress, Reply, Request, Status,
+    self as proto, FrameReader, LogQuery, Message, Outcome, Progress, Reply, Request, Status,
 };
 
 use crate::error::{CtlError, Error};
 // The text forms moved to `crate::text` so that the shell need not depend on this client; the
 // shell still names them here until it imports them from there.
-use crate::text::{progress_line, status_table};
+use crate::text::{progress_line, skipped_marker, status_table};
+
+/// Log lines as they came (each has its newline), after the skipped marker. A closed stdout
+/// (`ctl logs -f | head`) ends the program quietly, as it does for `tail -f`.
+fn print_lines(skipped: u64, lines: &[String]) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_all(skipped_marker(skipped).as_bytes())
+        .and_then(|()| lines.iter().try_for_each(|l| out.write_all(l.as_bytes())))
+        .and_then(|()| out.flush());
+    if written.is_err() {
+        std::process::exit(0);
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +86,21 @@ pub(crate) enum CtlCommand {
         /// The reloadsup executable to run (default: the path the primary was started from).
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
+    },
+    /// The workers' recent output lines (with --log-output stdout or file:PATH), labelled.
+    Logs {
+        /// How many recent lines.
+        #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 10)]
+        lines: u32,
+        /// Keep printing new lines until interrupted.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only this slot's lines (across its restarts and generations).
+        #[arg(long, value_name = "SLOT")]
+        worker: Option<u32>,
+        /// Only this generation's lines.
+        #[arg(long, value_name = "G")]
+        generation: Option<u64>,
     },
 }
 
@@ -283,6 +311,7 @@ fn run(args: CtlArgs) -> Result<u8, CtlError> {
                 | CtlCommand::Restart
                 | CtlCommand::Stop
                 | CtlCommand::Upgrade { .. }
+                | CtlCommand::Logs { follow: true, .. }
         )
     {
         // The outcome of a generation comes after up to its --ready-timeout, which only the
@@ -298,6 +327,17 @@ fn run(args: CtlArgs) -> Result<u8, CtlError> {
         CtlCommand::Revive => Request::Revive,
         CtlCommand::Restart => Request::Restart,
         CtlCommand::Stop => Request::Stop,
+        CtlCommand::Logs {
+            lines,
+            follow,
+            worker,
+            generation,
+        } => Request::Logs(LogQuery {
+            lines: *lines,
+            follow: *follow,
+            worker: *worker,
+            generation: *generation,
+        }),
         CtlCommand::Upgrade { binary } => Request::Upgrade {
             // Relative to where `ctl` runs, not to the primary's working directory.
             binary: binary.as_ref().map(|b| {
@@ -308,8 +348,12 @@ fn run(args: CtlArgs) -> Result<u8, CtlError> {
             }),
         },
     };
-    let reply = client.request(request, |p| println!("{}", progress_line(p)))?;
+    let reply = client.request(request, |p| match p {
+        Progress::Log { skipped, lines } => print_lines(*skipped, lines),
+        p => println!("{}", progress_line(p)),
+    })?;
     match (&args.command, reply) {
+        (CtlCommand::Logs { .. }, Reply::Done(_)) => Ok(0),
         (CtlCommand::Status { json }, Reply::Status(status)) => {
             if *json {
                 println!("{}", status_json(&status));

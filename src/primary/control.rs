@@ -308,6 +308,11 @@ impl Connections {
         (requests, more)
     }
 
+    /// Bytes of replies waiting to be written to `who`'s connection; `None` once it closed.
+    pub(crate) fn queued(&self, who: Requester) -> Option<usize> {
+        self.conns.get(&split(who).0).map(|c| c.out.len())
+    }
+
     pub(crate) fn send_progress(&mut self, poll: &Poll, who: Requester, progress: Progress) {
         let (conn, id) = split(who);
         self.send(poll, conn, &Message::Progress { id, progress }, false);

@@ -89,7 +89,10 @@ impl Primary {
                 self.on_link(pid);
                 false
             }
-            Input::Link(Link::Logger) => self.logs.as_mut().is_some_and(|l| l.on_link(&self.poll)),
+            Input::Link(Link::Logger) => self
+                .logs
+                .as_mut()
+                .is_some_and(|l| l.on_link(&self.poll, &mut self.conns)),
             Input::Link(Link::Metrics) => {
                 let now = Instant::now();
                 let figures = super::metrics::figures(

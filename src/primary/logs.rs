@@ -24,17 +24,36 @@ use mio::{Interest, Poll, Token};
 use nix::sys::signal::Signal;
 use reloadsup_protocol::upgrade::{LoggerImage, PipeImage};
 use reloadsup_protocol::{
-    self as proto, LogFormat, LogSink, LogStream, LoggerEvent, LoggerMessage, LoggerSpec,
-    PROTOCOL_VERSION,
+    self as proto, LogFormat, LogQuery, LogSink, LogStream, LoggerEvent, LoggerMessage, LoggerSpec,
+    Progress, Reply, PROTOCOL_VERSION,
 };
 
+use super::control::{conn_of, requester, Connections};
 use super::state::roles::RoleTimer;
+use super::state::Requester;
 use crate::config::{LogConfig, LogOutput};
 use crate::error::lower;
 use crate::sys;
 
 /// The poll token of the logger's link.
 pub(crate) const LOGGER: Token = Token(3);
+
+/// Tails (`ctl logs`, the console's `logs`) open at once.
+const MAX_TAILS: usize = 64;
+
+/// Bytes of replies waiting for a follower past which its new lines are skipped (and counted)
+/// here, rather than queued: a reader that does not keep up costs lines, never memory.
+const FOLLOWER_BACKLOG: usize = 256 * 1024;
+
+/// The largest message the logger sends (a chunk of lines is at most 32 KiB and one line).
+const LINK_MESSAGE: usize = 256 * 1024;
+
+/// One `Request::Logs` in flight: who asked, what, and the lines skipped since the last sent.
+struct Tail {
+    who: Requester,
+    query: LogQuery,
+    skipped: u64,
+}
 
 /// One open worker output pipe: the primary's copy of its read end and its labels.
 struct Pipe {
@@ -51,6 +70,10 @@ pub(crate) struct Logs {
     next_id: u64,
     pub pid: Option<u32>,
     link: Option<OwnedFd>,
+    /// Not part of the upgrade image: a tail in flight ends when the primary re-execs.
+    tails: BTreeMap<u64, Tail>,
+    next_tail: u64,
+    buf: Vec<u8>,
 }
 
 impl Logs {
@@ -79,6 +102,9 @@ impl Logs {
             next_id: 1,
             pid: None,
             link: None,
+            tails: BTreeMap::new(),
+            next_tail: 1,
+            buf: Vec::new(),
         })
     }
 
@@ -115,6 +141,16 @@ impl Logs {
             sys::send_nonblocking(ours.as_fd(), &body)?;
             for (&id, pipe) in &self.pipes {
                 send_pipe(&ours, id, pipe)?;
+            }
+            // Followers carry on with the new logger's lines (its ring starts empty).
+            for (&tail, t) in &self.tails {
+                let query = LogQuery {
+                    lines: 0,
+                    ..t.query.clone()
+                };
+                let body = proto::encode(&LoggerMessage::Tail { tail, query })
+                    .map_err(io::Error::other)?;
+                sys::send_nonblocking(ours.as_fd(), &body)?;
             }
             poll.registry()
                 .register(&mut SourceFd(&ours.as_raw_fd()), LOGGER, Interest::READABLE)
@@ -165,6 +201,117 @@ impl Logs {
         self.pipes.insert(id, pipe);
     }
 
+    /// `Request::Logs`: asks the logger for the lines; they come back through
+    /// [`Logs::on_link`] as progress of `who`'s request. `Some` is the reply at once (refused).
+    pub(crate) fn tail(&mut self, poll: &Poll, who: Requester, query: LogQuery) -> Option<Reply> {
+        if self.tails.len() >= MAX_TAILS {
+            return Some(Reply::Error(format!(
+                "{MAX_TAILS} log readers already; try again later"
+            )));
+        }
+        let Some(link) = &self.link else {
+            return Some(Reply::Error(
+                "the logger worker is restarting; try again in a moment".into(),
+            ));
+        };
+        let tail = self.next_tail;
+        self.next_tail += 1;
+        let sent = proto::encode(&LoggerMessage::Tail {
+            tail,
+            query: query.clone(),
+        })
+        .map_err(io::Error::other)
+        .and_then(|body| sys::send_nonblocking(link.as_fd(), &body));
+        if let Err(e) = sent {
+            self.replace(poll, &e);
+            return Some(Reply::Error(
+                "the logger worker is restarting; try again in a moment".into(),
+            ));
+        }
+        self.tails.insert(
+            tail,
+            Tail {
+                who,
+                query,
+                skipped: 0,
+            },
+        );
+        None
+    }
+
+    /// `Request::StopLogs`: the follow `request` of `who`'s connection ends with its reply.
+    pub(crate) fn stop_tail(
+        &mut self,
+        poll: &Poll,
+        conns: &mut Connections,
+        who: Requester,
+        request: u32,
+    ) -> Reply {
+        let follow = requester(conn_of(who), request);
+        let found = self
+            .tails
+            .iter()
+            .find(|(_, t)| t.who == follow)
+            .map(|(&id, _)| id);
+        let Some(id) = found else {
+            return Reply::Done("not following".into());
+        };
+        self.tails.remove(&id);
+        self.untail(id);
+        conns.send_reply(poll, follow, Reply::Done(String::new()));
+        Reply::Done("stopped following".into())
+    }
+
+    /// Before an upgrade in place: every log reader gets its reply (the tails are not in the
+    /// hand-off), and the logger forgets them, so the new image's tail ids start afresh.
+    pub(crate) fn end_tails(&mut self, poll: &Poll, conns: &mut Connections) {
+        for (id, t) in std::mem::take(&mut self.tails) {
+            self.untail(id);
+            conns.send_reply(
+                poll,
+                t.who,
+                Reply::Error("the supervisor was upgraded in place; ask for the logs again".into()),
+            );
+        }
+    }
+
+    /// Lines for `tail`: forwarded to its reader, or counted as skipped while its replies
+    /// wait; a reader that went away is forgotten here and in the logger.
+    fn forward(
+        &mut self,
+        poll: &Poll,
+        conns: &mut Connections,
+        tail: u64,
+        skipped: u64,
+        lines: Vec<String>,
+    ) {
+        let Some(t) = self.tails.get_mut(&tail) else {
+            self.untail(tail);
+            return;
+        };
+        match conns.queued(t.who) {
+            None => {
+                self.tails.remove(&tail);
+                self.untail(tail);
+            }
+            Some(n) if n > FOLLOWER_BACKLOG => t.skipped += skipped + lines.len() as u64,
+            Some(_) => {
+                let skipped = std::mem::take(&mut t.skipped) + skipped;
+                conns.send_progress(poll, t.who, Progress::Log { skipped, lines });
+            }
+        }
+    }
+
+    /// Tells the logger to stop following `tail` (best effort: a full link means it is stuck,
+    /// and a replacement starts without the tail).
+    fn untail(&self, tail: u64) {
+        if let Some(link) = &self.link {
+            if let Ok(body) = proto::encode(&LoggerMessage::Untail { tail }) {
+                let _ = sys::send_nonblocking(link.as_fd(), &body);
+            }
+        }
+    }
+
     /// USR1: the log file is reopened (after logrotate moved it away).
     pub(crate) fn reopen(&mut self, poll: &Poll) {
         let Some(link) = &self.link else {
@@ -201,11 +348,18 @@ impl Logs {
 
     /// The link is readable: the logger says which pipes it drained. Bounded per turn;
     /// returns whether more may wait.
-    pub(crate) fn on_link(&mut self, poll: &Poll) -> bool {
-        let mut buf = [0u8; 256];
+    pub(crate) fn on_link(&mut self, poll: &Poll, conns: &mut Connections) -> bool {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(LINK_MESSAGE, 0);
+        let more = self.read_link(poll, conns, &mut buf);
+        self.buf = buf;
+        more
+    }
+
+    fn read_link(&mut self, poll: &Poll, conns: &mut Connections, buf: &mut [u8]) -> bool {
         for _ in 0..256 {
             let Some(link) = &self.link else { return false };
-            match sys::recv_nowait(link.as_fd(), &mut buf) {
+            match sys::recv_nowait(link.as_fd(), buf) {
                 Ok(0) => {
                     // The logger is gone; it is reaped like any child.
                     self.close_link(poll);
@@ -214,6 +368,16 @@ impl Logs {
                 Ok(n) => match proto::decode::<LoggerEvent>(&buf[..n]) {
                     Ok(LoggerEvent::Drained { id }) => {
                         self.pipes.remove(&id);
+                    }
+                    Ok(LoggerEvent::Lines {
+                        tail,
+                        skipped,
+                        lines,
+                    }) => self.forward(poll, conns, tail, skipped, lines),
+                    Ok(LoggerEvent::TailEnd { tail }) => {
+                        if let Some(t) = self.tails.remove(&tail) {
+                            conns.send_reply(poll, t.who, Reply::Done(String::new()));
+                        }
                     }
                     Err(e) => {
                         let e = io::Error::other(e);
@@ -237,11 +401,27 @@ impl Logs {
     }
 
     /// The logger was reaped; the roles' timer starts another.
-    pub(crate) fn exited(&mut self, poll: &Poll, status: sys::ExitStatus) {
+    pub(crate) fn exited(&mut self, poll: &Poll, conns: &mut Connections, status: sys::ExitStatus) {
         self.pid = None;
         // What it sent before it died is read first: those pipes need not be sent again.
-        while self.link.is_some() && self.on_link(poll) {}
+        while self.link.is_some() && self.on_link(poll, conns) {}
         self.close_link(poll);
+        // A reader of the ring has lost it; a follower gets the next logger's lines.
+        let ended: Vec<u64> = self
+            .tails
+            .iter()
+            .filter(|(_, t)| !t.query.follow)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ended {
+            if let Some(t) = self.tails.remove(&id) {
+                conns.send_reply(
+                    poll,
+                    t.who,
+                    Reply::Error("the logger worker exited; try again".into()),
+                );
+            }
+        }
         log::warn!("the logger worker {status}");
     }
 
@@ -341,6 +521,9 @@ impl Logs {
             next_id: image.next_id,
             pid: image.pid,
             link,
+            tails: BTreeMap::new(),
+            next_tail: 1,
+            buf: Vec::new(),
         };
         Ok((logs, timer))
     }

@@ -578,7 +578,7 @@ impl Primary {
             return;
         }
         if let Some(logs) = self.logs.as_mut().filter(|l| l.is(pid)) {
-            logs.exited(&self.poll, status);
+            logs.exited(&self.poll, &mut self.conns, status);
             self.role(RoleEvent::Exited(Role::Logger));
             return;
         }
@@ -748,6 +748,17 @@ impl Primary {
                 self.begin_upgrade(who, binary, false, actions);
                 None
             }
+            Request::StopLogs { request } => Some(match &mut self.logs {
+                Some(logs) => logs.stop_tail(&self.poll, &mut self.conns, who, request),
+                None => Reply::Done(String::new()),
+            }),
+            Request::Logs(query) => match &mut self.logs {
+                Some(logs) => logs.tail(&self.poll, who, query),
+                None => Some(Reply::Error(
+                    "worker output is not captured: start with --log-output stdout or file:PATH"
+                        .into(),
+                )),
+            },
             Request::Scale { workers } => Some(self.scale(now, workers, actions)),
             Request::Add { workers } => {
                 let n = self.state.target.saturating_add(workers);

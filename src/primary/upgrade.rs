@@ -628,6 +628,9 @@ impl Primary {
 
     /// Hands everything over to the new image. Returns only if `execve` failed.
     pub(super) fn exec_upgrade(&mut self, up: Upgrade, actions: &mut Vec<super::Action>) {
+        if let Some(logs) = &mut self.logs {
+            logs.end_tails(&self.poll, &mut self.conns);
+        }
         let clock = Clock::now();
         let handoff = self.handoff(up.waiters.clone(), up.restarters.clone(), &clock);
         let made = proto::encode(&handoff)

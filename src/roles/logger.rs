@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use reloadsup_protocol::{
-    self as proto, LogFormat, LogSink, LogStream, LoggerEvent, LoggerMessage, LoggerSpec,
+    self as proto, LogFormat, LogQuery, LogSink, LogStream, LoggerEvent, LoggerMessage, LoggerSpec,
     PROTOCOL_VERSION,
 };
 use signal_hook::consts::signal::{SIGTERM, SIGUSR1};
@@ -49,6 +49,28 @@ const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Bytes read from one pipe per turn, so that a flooding worker cannot starve the others.
 const READ_PER_TURN: usize = 256 * 1024;
+
+/// Bytes of lines in one [`LoggerEvent::Lines`] message (a longer line goes alone).
+const TAIL_CHUNK: usize = 32 * 1024;
+
+/// Bytes of lines waiting for one tail's link sends; past it, new lines are skipped (and
+/// counted), so a reader that does not keep up never holds the logger back.
+const TAIL_QUEUE: usize = 1 << 20;
+
+/// Tails open at once; the primary bounds them too.
+const MAX_TAILS: usize = 64;
+
+/// Bytes of formatted lines written at once.
+const BATCH: usize = 256 * 1024;
+
+/// Bytes waiting for a slow stdout, past which lines are dropped (counted and reported).
+const STDOUT_BUFFER: usize = 4 << 20;
+
+/// Bytes written to stdout at once: a pipe that polls writable takes this without blocking.
+const STDOUT_WRITE: usize = 4096;
+
+/// How often waiting tail messages (and stdout bytes) are retried while the link is full.
+const TAIL_RETRY: Duration = Duration::from_millis(10);
 
 const LINK: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -112,6 +134,7 @@ fn serve() -> io::Result<()> {
     let mut drain_until: Option<Instant> = None;
     let mut events = Events::with_capacity(256);
     let mut chunk = vec![0u8; 64 * 1024];
+    let mut scratch = Scratch::new()?;
     loop {
         if let Some(t) = drain_until {
             if pipes.is_empty() || Instant::now() >= t {
@@ -121,7 +144,12 @@ fn serve() -> io::Result<()> {
         let timeout = if !pending.is_empty() {
             Some(Duration::ZERO)
         } else {
-            drain_until.map(|t| t.saturating_duration_since(Instant::now()))
+            let drain = drain_until.map(|t| t.saturating_duration_since(Instant::now()));
+            match (drain, ring.tails.waiting() || sink.waiting()) {
+                (Some(d), true) => Some(d.min(TAIL_RETRY)),
+                (None, true) => Some(TAIL_RETRY),
+                (d, false) => d,
+            }
         };
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
@@ -178,6 +206,10 @@ fn serve() -> io::Result<()> {
                                         );
                                     }
                                     (LoggerMessage::Reopen, _) => sink.reopen(),
+                                    (LoggerMessage::Tail { tail, query }, _) => {
+                                        ring.tail(tail, query)
+                                    }
+                                    (LoggerMessage::Untail { tail }, _) => ring.tails.remove(tail),
                                     (LoggerMessage::Pipe { .. }, None) => {
                                         return Err(io::Error::other(
                                             "a pipe message arrived without its fd",
@@ -190,6 +222,7 @@ fn serve() -> io::Result<()> {
                             poll.registry()
                                 .deregister(&mut SourceFd(&link.as_raw_fd()))?;
                             drain_until = Some(Instant::now() + DRAIN_FOR);
+                            ring.tails.clear();
                         }
                         Err(e) => return Err(e),
                     }
@@ -210,7 +243,8 @@ fn serve() -> io::Result<()> {
                     let Some(pipe) = pipes.get_mut(&t) else {
                         continue;
                     };
-                    let (eof, more) = read_pipe(pipe, &mut chunk, &mut sink, &mut ring);
+                    let (eof, more) =
+                        read_pipe(pipe, &mut chunk, &mut scratch, &mut sink, &mut ring);
                     if more {
                         pending.insert(t);
                     }
@@ -231,6 +265,9 @@ fn serve() -> io::Result<()> {
             }
         }
         sink.flush();
+        if drain_until.is_none() {
+            ring.tails.send(&link);
+        }
     }
 }
 
@@ -265,7 +302,99 @@ fn read_link(link: &OwnedFd, buf: &mut [u8]) -> io::Result<LinkRead> {
 
 /// Reads what one pipe holds, up to [`READ_PER_TURN`]; writes every whole line. Returns
 /// (end-of-file, more to read).
-fn read_pipe(pipe: &mut Pipe, chunk: &mut [u8], sink: &mut Sink, ring: &mut Ring) -> (bool, bool) {
+/// A pipe of the logger's own: what `tee(2)` copies out of a worker's pipe without taking it.
+pub(crate) struct Scratch {
+    r: File,
+    w: OwnedFd,
+}
+
+impl Scratch {
+    fn new() -> io::Result<Scratch> {
+        let (r, w) = sys::pipe()?;
+        sys::set_nonblocking(r.as_fd(), true)?;
+        sys::set_nonblocking(w.as_fd(), true)?;
+        Ok(Scratch {
+            r: File::from(r),
+            w,
+        })
+    }
+}
+
+/// Reads what one pipe holds, up to [`READ_PER_TURN`], and writes every whole line; returns
+/// (end-of-file, more to read).
+///
+/// The bytes are copied out with `tee(2)` and taken out of the pipe only once their whole lines
+/// are written, so a logger killed at any moment loses no whole line: its replacement reads
+/// them again (a line may then be written twice). Only the start of a line whose end has not
+/// arrived yet (a worker that writes a line in pieces) is held here, and lost with a killed
+/// logger.
+fn read_pipe(
+    pipe: &mut Pipe,
+    chunk: &mut [u8],
+    scratch: &mut Scratch,
+    sink: &mut Sink,
+    ring: &mut Ring,
+) -> (bool, bool) {
+    let mut read = 0;
+    loop {
+        if read >= READ_PER_TURN {
+            return (false, true);
+        }
+        let n = match sys::tee(pipe.file.as_fd(), scratch.w.as_fd(), chunk.len()) {
+            Ok(0) => {
+                if !pipe.partial.is_empty() {
+                    let rest = std::mem::take(&mut pipe.partial);
+                    emit(&pipe.labels, &rest, false, sink, ring);
+                    sink.commit();
+                }
+                return (true, false);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Not a pipe (tee refuses it): read it the plain way.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return read_plain(pipe, chunk, sink, ring)
+            }
+            Err(_) => return (true, false),
+        };
+        if read_exactly(&mut scratch.r, &mut chunk[..n]).is_err() {
+            // The scratch pipe holds what tee put there; failing to read it is not expected.
+            return (false, false);
+        }
+        pipe.partial.extend_from_slice(&chunk[..n]);
+        let labels = &pipe.labels;
+        let rest = split_lines(&pipe.partial, |line, continued| {
+            emit(labels, line, continued, sink, ring)
+        });
+        pipe.partial.drain(..pipe.partial.len() - rest);
+        sink.commit();
+        // Everything copied is taken: a pipe write to a pipe that is not empty may not wake an
+        // edge-triggered reader, so nothing may be left waiting in it.
+        if read_exactly(&mut pipe.file, &mut chunk[..n]).is_err() {
+            return (true, false);
+        }
+        read += n;
+    }
+}
+
+/// Reads exactly `buf.len()` bytes that are known to wait in the pipe `from`.
+fn read_exactly(from: &mut File, buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match from.read(&mut buf[got..]) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// [`read_pipe`] for an fd that is not a pipe: read, then write (a kill in between loses the
+/// bytes read).
+fn read_plain(pipe: &mut Pipe, chunk: &mut [u8], sink: &mut Sink, ring: &mut Ring) -> (bool, bool) {
     let mut read = 0;
     loop {
         if read >= READ_PER_TURN {
@@ -276,6 +405,7 @@ fn read_pipe(pipe: &mut Pipe, chunk: &mut [u8], sink: &mut Sink, ring: &mut Ring
                 if !pipe.partial.is_empty() {
                     let rest = std::mem::take(&mut pipe.partial);
                     emit(&pipe.labels, &rest, false, sink, ring);
+                    sink.commit();
                 }
                 return (true, false);
             }
@@ -287,6 +417,8 @@ fn read_pipe(pipe: &mut Pipe, chunk: &mut [u8], sink: &mut Sink, ring: &mut Ring
                     emit(labels, line, continued, sink, ring)
                 });
                 pipe.partial.drain(..pipe.partial.len() - rest);
+                // Written before the next read: a logger killed now loses at most this read.
+                sink.commit();
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -401,11 +533,12 @@ pub(crate) fn rfc3339_millis(t: SystemTime) -> String {
     )
 }
 
-/// Recent lines, bounded in bytes.
+/// Recent lines, bounded in bytes, and the tails that read them.
 pub(crate) struct Ring {
     lines: VecDeque<(u64, u32, String)>,
     bytes: usize,
     max: usize,
+    tails: Tails,
 }
 
 impl Ring {
@@ -414,10 +547,52 @@ impl Ring {
             lines: VecDeque::new(),
             bytes: 0,
             max,
+            tails: Tails::default(),
         }
     }
 
+    /// A new tail: the last `query.lines` matching lines are queued for it at once.
+    fn tail(&mut self, tail: u64, query: LogQuery) {
+        if self.tails.open.len() >= MAX_TAILS {
+            self.tails.open.insert(
+                tail,
+                Tail {
+                    query: LogQuery {
+                        follow: false,
+                        ..query
+                    },
+                    queue: VecDeque::new(),
+                    queued: 0,
+                },
+            );
+            return;
+        }
+        let mut recent: Vec<&String> = self
+            .lines
+            .iter()
+            .rev()
+            .filter(|(g, s, _)| query.matches(*g, *s))
+            .take(query.lines as usize)
+            .map(|(_, _, l)| l)
+            .collect();
+        recent.reverse();
+        let mut t = Tail {
+            query,
+            queue: VecDeque::new(),
+            queued: 0,
+        };
+        for line in recent {
+            t.push(line);
+        }
+        self.tails.open.insert(tail, t);
+    }
+
     fn push(&mut self, labels: &Labels, line: String) {
+        for t in self.tails.open.values_mut() {
+            if t.query.follow && t.query.matches(labels.generation, labels.slot) {
+                t.push(&line);
+            }
+        }
         if line.len() > self.max {
             return;
         }
@@ -432,17 +607,158 @@ impl Ring {
     }
 }
 
+trait Matches {
+    fn matches(&self, generation: u64, slot: u32) -> bool;
+}
+
+impl Matches for LogQuery {
+    fn matches(&self, generation: u64, slot: u32) -> bool {
+        self.worker.is_none_or(|w| w == slot) && self.generation.is_none_or(|g| g == generation)
+    }
+}
+
+/// What waits for one tail: lines, and counts of lines skipped between them.
+enum Item {
+    Line(String),
+    Skipped(u64),
+}
+
+struct Tail {
+    query: LogQuery,
+    queue: VecDeque<Item>,
+    /// Bytes of the lines in `queue`.
+    queued: usize,
+}
+
+impl Tail {
+    /// Queues `line`, or counts it as skipped when the queue is full.
+    fn push(&mut self, line: &str) {
+        if self.queued + line.len() > TAIL_QUEUE {
+            match self.queue.back_mut() {
+                Some(Item::Skipped(n)) => *n += 1,
+                _ => self.queue.push_back(Item::Skipped(1)),
+            }
+            return;
+        }
+        self.queued += line.len();
+        self.queue.push_back(Item::Line(line.to_owned()));
+    }
+
+    /// The next message: a count of skipped lines, then lines up to [`TAIL_CHUNK`] bytes.
+    /// Taken off the queue only once sent.
+    fn next_chunk(&self) -> (u64, usize, Vec<String>) {
+        let mut skipped = 0;
+        let mut items = 0;
+        let mut lines = Vec::new();
+        let mut bytes = 0;
+        for item in &self.queue {
+            match item {
+                Item::Skipped(n) if lines.is_empty() => skipped += n,
+                Item::Skipped(_) => break,
+                Item::Line(l) => {
+                    if !lines.is_empty() && bytes + l.len() > TAIL_CHUNK {
+                        break;
+                    }
+                    bytes += l.len();
+                    lines.push(l.clone());
+                }
+            }
+            items += 1;
+        }
+        (skipped, items, lines)
+    }
+}
+
+/// The open tails, by the primary's id.
+#[derive(Default)]
+struct Tails {
+    open: HashMap<u64, Tail>,
+}
+
+impl Tails {
+    /// Whether a message waits for room on the link.
+    fn waiting(&self) -> bool {
+        self.open
+            .values()
+            .any(|t| !t.queue.is_empty() || !t.query.follow)
+    }
+
+    fn remove(&mut self, tail: u64) {
+        self.open.remove(&tail);
+    }
+
+    fn clear(&mut self) {
+        self.open.clear();
+    }
+
+    /// Sends what waits, without ever blocking: what does not fit stays queued (and new lines
+    /// are skipped once a queue is full); a tail that is not following ends once sent.
+    fn send(&mut self, link: &OwnedFd) {
+        let mut ended = Vec::new();
+        'tails: for (&id, t) in self.open.iter_mut() {
+            while !t.queue.is_empty() {
+                let (skipped, items, lines) = t.next_chunk();
+                let event = LoggerEvent::Lines {
+                    tail: id,
+                    skipped,
+                    lines,
+                };
+                let Ok(body) = proto::encode(&event) else {
+                    break 'tails;
+                };
+                match sys::send_nonblocking(link.as_fd(), &body) {
+                    Ok(()) => {
+                        for item in t.queue.drain(..items) {
+                            if let Item::Line(l) = item {
+                                t.queued -= l.len();
+                            }
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                        // One line too large for a message: skipped, and said so.
+                        if let Some(Item::Line(l)) = t.queue.get(items - 1) {
+                            t.queued -= l.len();
+                        }
+                        t.queue.remove(items - 1);
+                        t.queue.insert(items - 1, Item::Skipped(1));
+                    }
+                    // Full (or gone): retried at the next turn.
+                    Err(_) => break 'tails,
+                }
+            }
+            if !t.query.follow {
+                let Ok(body) = proto::encode(&LoggerEvent::TailEnd { tail: id }) else {
+                    break;
+                };
+                if sys::send_nonblocking(link.as_fd(), &body).is_err() {
+                    break;
+                }
+                ended.push(id);
+            }
+        }
+        for id in ended {
+            self.open.remove(&id);
+        }
+    }
+}
+
 /// Where lines go: stdout, or a file appended to and rotated.
 struct Sink {
     format: LogFormat,
     target: Target,
     /// Lines that could not be written since the last report.
     dropped: u64,
+    /// Formatted lines of the current read, not written yet, and how many.
+    batch: Vec<u8>,
+    batch_lines: u64,
     reported: Option<Instant>,
 }
 
 enum Target {
-    Stdout(io::Stdout),
+    /// A duplicate of fd 1 and what waits for it: stdout is never set non-blocking (the open
+    /// file is shared with the primary and whoever started it), so it is written only in
+    /// pieces that fit when it polls writable.
+    Stdout { out: File, waiting: VecDeque<u8> },
     File {
         path: PathBuf,
         file: Option<File>,
@@ -455,7 +771,25 @@ enum Target {
 impl Sink {
     fn new(spec: &LoggerSpec) -> Sink {
         let target = match &spec.sink {
-            LogSink::Stdout => Target::Stdout(io::stdout()),
+            LogSink::Stdout => match io::stdout().as_fd().try_clone_to_owned() {
+                Ok(fd) => Target::Stdout {
+                    out: File::from(fd),
+                    waiting: VecDeque::new(),
+                },
+                Err(e) => {
+                    eprintln!(
+                        "reloadsup: logger: unable to use stdout: {}; lines are dropped",
+                        lower(&e)
+                    );
+                    Target::File {
+                        path: PathBuf::from("/dev/null"),
+                        file: None,
+                        size: 0,
+                        rotate_size: 0,
+                        keep: 0,
+                    }
+                }
+            },
             LogSink::File(p) => Target::File {
                 path: PathBuf::from(OsString::from_vec(p.clone())),
                 file: None,
@@ -468,6 +802,8 @@ impl Sink {
             format: spec.format,
             target,
             dropped: 0,
+            batch: Vec::new(),
+            batch_lines: 0,
             reported: None,
         };
         if let Err(e) = sink.open() {
@@ -504,7 +840,30 @@ impl Sink {
         }
     }
 
+    /// Adds `line` to the batch of this read; [`Sink::commit`] writes the batch. A batch that
+    /// takes the file to its rotation size is written at once, so rotation happens at the
+    /// same line as it would line by line.
     fn write(&mut self, line: &str) {
+        self.batch.extend_from_slice(line.as_bytes());
+        self.batch_lines += 1;
+        let rotates = match &self.target {
+            Target::File {
+                size, rotate_size, ..
+            } => *rotate_size > 0 && *size + self.batch.len() as u64 >= *rotate_size,
+            Target::Stdout { .. } => false,
+        };
+        if rotates || self.batch.len() >= BATCH {
+            self.commit();
+        }
+    }
+
+    /// Writes the lines of this read in one write: one system call per read, not per line.
+    fn commit(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let lines = std::mem::take(&mut self.batch_lines);
         if self.dropped > 0 && self.reported.is_some() {
             // The sink works again: say what was lost first (best effort).
             let note = format!(
@@ -517,16 +876,28 @@ impl Sink {
                 self.reported = None;
             }
         }
-        if let Err(e) = self.write_raw(line.as_bytes()) {
-            self.dropped += 1;
+        if let Err(e) = self.write_raw(&batch) {
+            self.dropped += lines;
             self.report(&e);
         }
+        // The allocation is kept for the next batch.
+        self.batch = batch;
+        self.batch.clear();
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.open()?;
         match &mut self.target {
-            Target::Stdout(out) => out.write_all(bytes),
+            Target::Stdout { out, waiting } => {
+                if waiting.len() + bytes.len() > STDOUT_BUFFER {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!("{} MiB wait for it", STDOUT_BUFFER >> 20),
+                    ));
+                }
+                waiting.extend(bytes);
+                write_waiting(out, waiting)
+            }
             Target::File {
                 path,
                 file,
@@ -551,10 +922,22 @@ impl Sink {
         }
     }
 
+    /// Writes the batch, and what waits for stdout as far as it goes without blocking.
     fn flush(&mut self) {
-        if let Target::Stdout(out) = &mut self.target {
-            let _ = out.flush();
+        self.commit();
+        if let Target::Stdout { out, waiting } = &mut self.target {
+            if let Err(e) = write_waiting(out, waiting) {
+                // Whatever waits is lost with the stdout that broke.
+                self.dropped += 1;
+                waiting.clear();
+                self.report(&e);
+            }
         }
+    }
+
+    /// Whether bytes wait for stdout.
+    fn waiting(&self) -> bool {
+        matches!(&self.target, Target::Stdout { waiting, .. } if !waiting.is_empty())
     }
 
     /// Says why lines are lost, once a minute at most.
@@ -568,7 +951,7 @@ impl Sink {
         }
         self.reported = Some(now);
         let what = match &self.target {
-            Target::Stdout(_) => "stdout".to_string(),
+            Target::Stdout { .. } => "stdout".to_string(),
             Target::File { path, .. } => path.display().to_string(),
         };
         eprintln!(
@@ -577,6 +960,24 @@ impl Sink {
             self.dropped
         );
     }
+}
+
+/// Writes `waiting` to `out` in pieces of [`STDOUT_WRITE`] while it polls writable.
+fn write_waiting(out: &mut File, waiting: &mut VecDeque<u8>) -> io::Result<()> {
+    while !waiting.is_empty() && sys::writable_now(out.as_fd()) {
+        let (front, _) = waiting.as_slices();
+        let n = front.len().min(STDOUT_WRITE);
+        match out.write(&front[..n]) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0")),
+            Ok(n) => {
+                waiting.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `PATH` becomes `PATH.1`, `PATH.1` becomes `PATH.2`, ... keeping `keep` of them; with
@@ -717,5 +1118,64 @@ mod tests {
         }
         let kept: Vec<&str> = ring.lines.iter().map(|l| l.2.as_str()).collect();
         assert_eq!(kept, vec!["bbbb", "cccc"]);
+    }
+
+    #[test]
+    fn a_tail_that_is_not_read_skips_lines_and_says_how_many() {
+        let mut t = Tail {
+            query: LogQuery {
+                lines: 0,
+                follow: true,
+                worker: None,
+                generation: None,
+            },
+            queue: VecDeque::new(),
+            queued: 0,
+        };
+        let line = "x".repeat(1000);
+        // A full queue, then 50 lines skipped, then (once room was made) more lines.
+        for _ in 0..TAIL_QUEUE / 1000 + 50 {
+            t.push(&line);
+        }
+        assert_eq!(t.queued, TAIL_QUEUE / 1000 * 1000);
+        assert!(matches!(t.queue.back(), Some(Item::Skipped(50))));
+        let (skipped, items, lines) = t.next_chunk();
+        assert_eq!(
+            (skipped, items, lines.len()),
+            (0, TAIL_CHUNK / 1000, TAIL_CHUNK / 1000)
+        );
+        // Everything but the marker is sent: the next chunk is the marker and what follows.
+        let n = t.queue.len() - 1;
+        for item in t.queue.drain(..n) {
+            if let Item::Line(l) = item {
+                t.queued -= l.len();
+            }
+        }
+        t.push("after");
+        let (skipped, items, lines) = t.next_chunk();
+        assert_eq!((skipped, items, lines), (50, 2, vec!["after".to_string()]));
+    }
+
+    #[test]
+    fn a_tail_starts_with_the_newest_matching_lines() {
+        let mut ring = Ring::new(1 << 20);
+        for (slot, text) in [(0, "a"), (1, "b"), (0, "c"), (1, "d"), (0, "e")] {
+            let labels = Labels {
+                generation: 1,
+                slot,
+                pid: 1,
+                stream: LogStream::Stdout,
+            };
+            ring.push(&labels, text.to_string());
+        }
+        let query = LogQuery {
+            lines: 2,
+            follow: false,
+            worker: Some(0),
+            generation: Some(1),
+        };
+        ring.tail(9, query);
+        let (_, _, lines) = ring.tails.open[&9].next_chunk();
+        assert_eq!(lines, vec!["c".to_string(), "e".to_string()]);
     }
 }

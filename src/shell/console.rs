@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use reloadsup_protocol::{Outcome, Reply, Request, Status};
+use reloadsup_protocol::{LogQuery, Outcome, Reply, Request, Status};
 
 pub(crate) use crate::text::{ACCESS_DENIED, ERROR_PREFIX, PASSWORD_PROMPT, PROMPT};
 
@@ -19,6 +19,12 @@ pub(crate) enum Show {
     Done,
     Reload,
     Restart,
+    /// `logs [N]`: the lines come as progress; the reply shows nothing.
+    Logs,
+    /// `logs -f`: like `Logs`, until any line typed ends it.
+    Follow,
+    /// Shows nothing and leaves the session as it is (the reply to ending a follow).
+    Silent,
 }
 
 /// What a line asks for.
@@ -70,6 +76,32 @@ pub(crate) fn parse(line: &str) -> Result<Line, String> {
         ["status", ..] => {
             extra(1)?;
             Line::Ask(Request::Status, Show::Status)
+        }
+        ["logs", args @ ..] => {
+            let mut follow = false;
+            let mut lines = None;
+            for a in args {
+                match *a {
+                    "-f" | "--follow" => follow = true,
+                    n if lines.is_none() => {
+                        lines = Some(
+                            n.parse::<u32>()
+                                .map_err(|_| format!("'{n}' is not a number of lines"))?,
+                        )
+                    }
+                    other => return Err(format!("unexpected argument '{other}'")),
+                }
+            }
+            let query = LogQuery {
+                lines: lines.unwrap_or(10),
+                follow,
+                worker: None,
+                generation: None,
+            };
+            Line::Ask(
+                Request::Logs(query),
+                if follow { Show::Follow } else { Show::Logs },
+            )
         }
         ["upgrade", ..] => {
             extra(1)?;
@@ -150,6 +182,8 @@ pub(crate) const BUILTIN_HELP: &[(&str, &str)] = &[
         "re-exec the supervisor in place from its binary on disk (same pid, workers kept)",
     ),
     ("status", "the whole state"),
+    ("logs [N]", "the workers' last N (default 10) output lines"),
+    ("logs -f [N]", "then every new line, until you type a line"),
     (".exit", "leave"),
 ];
 
@@ -178,6 +212,7 @@ pub(crate) fn show(kind: Show, reply: &Reply) -> String {
         (Show::Info, Reply::Status(s)) => worker_info(s),
         (Show::List, Reply::Status(s)) => worker_list(s),
         (Show::Status, Reply::Status(s)) => crate::text::status_table(s),
+        (Show::Logs | Show::Follow | Show::Silent, Reply::Done(_)) => String::new(),
         (_, Reply::Done(text)) => format!("{text}\n"),
         (_, Reply::Reload(o)) => match o.outcome {
             Outcome::Succeeded => format!("generation {} is serving\n", o.generation),
@@ -274,6 +309,32 @@ mod tests {
                 Ok(Line::Ask(Request::Upgrade { binary: None }, Show::Done)),
             ),
             ("upgrade now", Err(())),
+            (
+                "logs",
+                Ok(Line::Ask(
+                    Request::Logs(LogQuery {
+                        lines: 10,
+                        follow: false,
+                        worker: None,
+                        generation: None,
+                    }),
+                    Show::Logs,
+                )),
+            ),
+            (
+                "logs -f 3",
+                Ok(Line::Ask(
+                    Request::Logs(LogQuery {
+                        lines: 3,
+                        follow: true,
+                        worker: None,
+                        generation: None,
+                    }),
+                    Show::Follow,
+                )),
+            ),
+            ("logs 3 4", Err(())),
+            ("logs many", Err(())),
             ("foo 1 2 3", Ok(Line::Other(words(&["foo", "1", "2", "3"])))),
             (
                 "foo 'a b' \"c d\" e\\ f # x",

@@ -246,6 +246,8 @@ enum Waiter {
     Job(Sender<Result<Reply, String>>, Option<SessionId>),
     /// A request of a connection to the proxy socket, under the id the client gave it.
     Client(usize, u32),
+    /// Nobody waits for the reply (ending the log follow of a client that went away).
+    Nobody,
 }
 
 /// The control socket the shell serves its programs after dropping privileges ([`proxy`]).
@@ -286,6 +288,8 @@ struct Shell {
     proxy: Option<Proxy>,
     /// Requests of the proxy's clients on the link, waiting for the primary's reply.
     forwarded: usize,
+    /// The link ids of the `logs -f` requests of each proxy client, ended when it goes away.
+    follows: BTreeMap<usize, Vec<u32>>,
     /// The last accept batch stopped at its bound with connections possibly still queued:
     /// mio reports only new edges, so the loop polls without waiting and accepts again.
     accept_pending: bool,
@@ -420,6 +424,7 @@ impl Shell {
             proxy: None,
             accept_pending: false,
             forwarded: 0,
+            follows: BTreeMap::new(),
         })
     }
 
@@ -529,7 +534,11 @@ impl Shell {
                         self.answer(Waiter::Client(id, cid), no);
                         continue;
                     }
-                    self.ask(Waiter::Client(id, cid), request);
+                    let follow = matches!(&request, Request::Logs(q) if q.follow);
+                    let link_id = self.ask(Waiter::Client(id, cid), request);
+                    if follow {
+                        self.follows.entry(id).or_default().push(link_id);
+                    }
                 }
                 if eof {
                     self.drop_client(id, None);
@@ -569,6 +578,12 @@ impl Shell {
             return;
         };
         let _ = self.poll.registry().deregister(&mut client.stream);
+        // Its follows would go on in the primary and the logger for nobody.
+        for request in self.follows.remove(&id).unwrap_or_default() {
+            if self.link.waiting.contains_key(&request) {
+                self.ask(Waiter::Nobody, Request::StopLogs { request });
+            }
+        }
         if let Some(why) = why {
             log::debug!("admin console: control socket: closed a connection: {why}");
         }
@@ -819,6 +834,21 @@ impl Shell {
                         // The answer to a read_line prompt ends that prompt's line.
                     }
                     let _ = input.send(ToJob::Line(line));
+                }
+                Phase::Waiting => {
+                    // Any line typed ends a follow (and is not taken as a command).
+                    let follow = self.link.waiting.iter().find_map(|(&id, w)| {
+                        matches!(w, Waiter::Session(x, Show::Follow) if *x == sid).then_some(id)
+                    });
+                    let Some(request) = follow else { return };
+                    if s.lines.pop_front().is_none() {
+                        return;
+                    }
+                    self.ask(
+                        Waiter::Session(sid, Show::Silent),
+                        Request::StopLogs { request },
+                    );
+                    return;
                 }
                 _ => return,
             }
@@ -1197,7 +1227,8 @@ impl Shell {
         }
     }
 
-    fn ask(&mut self, waiter: Waiter, request: Request) {
+    /// Sends `request` over the link; returns its id there.
+    fn ask(&mut self, waiter: Waiter, request: Request) -> u32 {
         let mut id = self.link.next_id;
         while self.link.waiting.contains_key(&id) || id == 0 {
             id = id.wrapping_add(1);
@@ -1211,6 +1242,7 @@ impl Shell {
             }
             Err(e) => self.answer(waiter, Reply::Error(format!("unable to encode: {e}"))),
         }
+        id
     }
 
     fn on_link(&mut self, readable: bool, writable: bool) {
@@ -1259,7 +1291,10 @@ impl Shell {
                     } else if let Some(Waiter::Session(sid, _)) = self.link.waiting.get(&id) {
                         let sid = *sid;
                         if let Some(s) = self.sessions.get_mut(&sid) {
-                            s.say(&format!("{}\n", crate::text::progress_line(&progress)));
+                            match progress {
+                                Progress::Log { skipped, lines } => s.say_log(skipped, &lines),
+                                p => s.say(&format!("{}\n", crate::text::progress_line(&p))),
+                            }
                         }
                     }
                 }
@@ -1307,6 +1342,7 @@ impl Shell {
 
     fn answer(&mut self, waiter: Waiter, reply: Reply) {
         match waiter {
+            Waiter::Nobody => {}
             Waiter::Client(client, cid) => {
                 self.forwarded = self.forwarded.saturating_sub(1);
                 if let Some(c) = self.proxy.as_mut().and_then(|p| p.clients.get_mut(&client)) {
@@ -1323,6 +1359,7 @@ impl Shell {
                 }
                 let _ = tx.send(Ok(reply));
             }
+            Waiter::Session(_, Show::Silent) => {}
             Waiter::Session(sid, show) => {
                 let Some(s) = self.sessions.get_mut(&sid) else {
                     return;
@@ -1346,6 +1383,6 @@ impl Shell {
 fn builtin_name(name: &str) -> bool {
     matches!(
         name,
-        "help" | ".exit" | "worker" | "reload" | "restart" | "status" | "upgrade"
+        "help" | ".exit" | "worker" | "reload" | "restart" | "status" | "upgrade" | "logs"
     )
 }

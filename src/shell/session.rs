@@ -67,6 +67,8 @@ pub(super) struct Session {
     partial: Vec<u8>,
     out: Vec<u8>,
     at_line_start: bool,
+    /// Log lines not shown because the client did not read its output.
+    log_skipped: u64,
     writable: bool,
 }
 
@@ -96,6 +98,7 @@ impl Session {
             partial: Vec::new(),
             out: Vec::new(),
             at_line_start: true,
+            log_skipped: 0,
             writable: false,
         }
     }
@@ -134,6 +137,22 @@ impl Session {
         }
         self.out.extend_from_slice(bytes);
         self.at_line_start = bytes.ends_with(b"\n");
+    }
+
+    /// Log lines of `logs` / `logs -f`: while half the output limit waits unread, lines are
+    /// counted as skipped instead (and said before the next ones), so a slow client loses
+    /// lines, not its session.
+    pub(super) fn say_log(&mut self, skipped: u64, lines: &[String]) {
+        self.log_skipped += skipped;
+        if self.out.len() > MAX_OUTPUT / 2 {
+            self.log_skipped += lines.len() as u64;
+            return;
+        }
+        let mut text = crate::text::skipped_marker(std::mem::take(&mut self.log_skipped));
+        for l in lines {
+            text.push_str(l);
+        }
+        self.say(&text);
     }
 
     /// Shows `> ` on a line of its own.

@@ -744,6 +744,34 @@ pub(crate) fn wait_readable(
     }
 }
 
+/// Copies up to `len` bytes from the pipe `from` into the pipe `to` without consuming them
+/// (`tee(2)`, non-blocking): `Ok(0)` when `from` is empty and has no writer left, `WouldBlock`
+/// when it is empty with writers.
+pub(crate) fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: tee only moves pipe buffer references between two fds we borrow for the call;
+    // no memory of ours is touched.
+    let n = unsafe {
+        libc::tee(
+            from.as_raw_fd(),
+            to.as_raw_fd(),
+            len,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Whether a write to `fd` would not block now (or would fail at once: an error or a hang-up
+/// counts, so that the write reports it). For a pipe this means room for `PIPE_BUF` bytes.
+pub(crate) fn writable_now(fd: BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
 /// Ignores `signals` and unblocks every other one (role processes start with all blocked).
 /// Ignored dispositions survive exec; only the keeper uses this, and it execs nothing.
 pub(crate) fn ignore_signals(signals: &[Signal]) {

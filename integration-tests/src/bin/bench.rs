@@ -18,13 +18,17 @@
 //! 7. Upgrade in place (issue 8): the pause from SIGUSR2 to the new image's answer to `Status`,
 //!    failed requests over the upgrades, and the p99 in the second after an upgrade beside the
 //!    steady p99.
+//! 8. Worker logs (issue 10): the logger's CPU per MB of log and the rate it held with no line
+//!    lost (a worker that writes as fast as it can into its pipe); reload time, `Status` round
+//!    trip, failed requests and the primary's CPU with a worker writing 50 MB/s of log lines
+//!    beside the same run without it.
 //!
 //! Every loop is bounded in count and time; all traffic goes to 127.0.0.1; only processes this
 //! program started are signalled.
 //!
 //! ```text
 //! reloadsup-bench [--duration 15s] [--reloads 10] [--clients 8] [--workers 4] [--delay 200ms]
-//!                 [--soak 1000] [--chaos 150s] [--only load,costs,control,soak,console,chaos,upgrade]
+//!                 [--soak 1000] [--chaos 150s] [--only load,costs,control,soak,console,chaos,upgrade,logs]
 //! ```
 
 use std::collections::HashSet;
@@ -55,11 +59,11 @@ const USAGE: &str = "usage: reloadsup-bench [--duration D] [--reloads N] [--clie
   --soak N       reloads in the soak run (default 1000)
   --chaos D      how long the chaos run issues actions (default 150s); CHAOS_SEED=N replays
   --only LIST    comma-separated sections to run: load, costs, control, soak, console, chaos,
-                 upgrade
+                 upgrade, logs
                  (default: all)";
 
-const SECTIONS: [&str; 7] = [
-    "load", "costs", "control", "soak", "console", "chaos", "upgrade",
+const SECTIONS: [&str; 8] = [
+    "load", "costs", "control", "soak", "console", "chaos", "upgrade", "logs",
 ];
 /// In-place upgrades under load in the upgrade section.
 const UPGRADES: u32 = 20;
@@ -266,6 +270,9 @@ fn main() -> ExitCode {
     }
     if o.runs("upgrade") {
         upgrade_section(&o, &mut checks);
+    }
+    if o.runs("logs") {
+        logs_section(&mut checks);
     }
 
     println!("\n## Every target\n");
@@ -2049,5 +2056,313 @@ fn upgrade_section(o: &Options, checks: &mut Checks) {
         "≤ 1.5x",
         ratio.is_some_and(|r| r <= 1.5),
     );
+    checks.print(mark);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Worker logs (issue 10)
+// ---------------------------------------------------------------------------------------------
+
+/// Lines the flood worker writes in the throughput run (100 bytes each with the newline).
+const FLOOD_LINES: u64 = 500_000;
+/// `Status` round trips and reloads in each run beside a 50 MB/s logger.
+const LOG_STATUS: usize = 300;
+const LOG_RELOADS: usize = 5;
+
+/// The logger worker's pid: the primary's child whose argv[0] is `reloadsup-logger`.
+fn logger_of(sup: &Supervisor) -> Option<u32> {
+    sup.workers().into_iter().find(|&p| {
+        fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| c.split(|&b| b == 0).next() == Some(b"reloadsup-logger"))
+    })
+}
+
+struct Throughput {
+    mb: f64,
+    secs: f64,
+    logger_cpu_ms: f64,
+    lost: u64,
+}
+
+/// One worker writes [`FLOOD_LINES`] lines into its pipe as fast as the logger takes them.
+fn log_throughput() -> Result<Throughput, String> {
+    let sb = Sandbox::new("bench-log-rate");
+    let file = sb.join("app.log");
+    let line = "x".repeat(99);
+    let script = sb.write_script(
+        "flood.sh",
+        &format!("#!/bin/sh\nyes '{line}' | head -n {FLOOD_LINES}\nexec sleep 600\n"),
+    );
+    let t0 = Instant::now();
+    let sup = Run::new([script])
+        .args(["-n", "1", "--ready", "immediate", "--log-output"])
+        .arg(format!("file:{}", file.display()))
+        .env("RUST_LOG", "info")
+        .start(&sb);
+    let result = (|| {
+        let logger = wait_for(DEADLINE, "the logger worker", || logger_of(&sup));
+        let first = wait_for(DEADLINE, "the first log line", || {
+            let text = fs::read(&file).ok()?;
+            let end = text.iter().position(|&b| b == b'\n')?;
+            Some(end + 1)
+        });
+        let expected = first as u64 * FLOOD_LINES;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut done = None;
+        while Instant::now() < deadline {
+            if fs::metadata(&file).map(|m| m.len()).unwrap_or(0) >= expected {
+                done = Some(t0.elapsed());
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let cpu = proc::cpu_time_ns(logger).unwrap_or(0);
+        let text = fs::read(&file).map_err(|e| e.to_string())?;
+        let written = text.iter().filter(|&&b| b == b'\n').count() as u64;
+        let secs = done
+            .ok_or("the log did not reach its size in 120 s")?
+            .as_secs_f64();
+        Ok(Throughput {
+            mb: (FLOOD_LINES * 100) as f64 / 1e6,
+            secs,
+            logger_cpu_ms: cpu as f64 / 1e6,
+            lost: FLOOD_LINES.saturating_sub(written),
+        })
+    })();
+    shut_down(sup);
+    result
+}
+
+struct BesideFlood {
+    reload: Vec<Duration>,
+    status: Vec<Duration>,
+    failed: u64,
+    requests: u64,
+    primary_cpu_ms_per_s: f64,
+    log_mb_per_s: f64,
+}
+
+/// Four `hello` workers; with `flood`, worker 0 also runs a writer of 50 MB/s of log lines
+/// (in its process group, so it is stopped with it). Status round trips and reloads under a
+/// light load.
+fn beside_flood(python: &Path, flood: bool) -> Result<BesideFlood, String> {
+    let sb = Sandbox::new(if flood {
+        "bench-log-flood"
+    } else {
+        "bench-log-quiet"
+    });
+    let file = sb.join("app.log");
+    let writer = sb.write(
+        "flood.py",
+        "import sys, time\nline = b'y' * 99 + b'\\n'\nchunk = line * 5000\nout = sys.stdout.buffer\nt = time.monotonic()\nwhile True:\n    out.write(chunk)\n    out.flush()\n    t += 0.01\n    d = t - time.monotonic()\n    if d > 0:\n        time.sleep(d)\n",
+    );
+    let script = sb.write_script(
+        "worker.sh",
+        &format!(
+            "#!/bin/sh\nif [ \"$FLOOD\" = 1 ] && [ \"$RELOADSUP_WORKER\" = 0 ]; then {} {} & fi\nexec {}\n",
+            python.display(),
+            writer.display(),
+            bins::example("hello").display()
+        ),
+    );
+    let mut sup = Run::new([script])
+        .args([
+            "-n",
+            "4",
+            "--ready",
+            "immediate",
+            "--stop-signal-to",
+            "group",
+        ])
+        .args(["--graceful-timeout", "5s", "--env"])
+        .arg(format!("FLOOD={}", u8::from(flood)))
+        .arg("--log-output")
+        .arg(format!("file:{}", file.display()))
+        .env("RUST_LOG", "info")
+        .start(&sb);
+    let addr = sup.addr();
+    let result = (|| {
+        settle(&sup, 5);
+        thread::sleep(Duration::from_millis(500));
+        let mut c = Control::connect(&sup.control_path())?;
+        let load = Load::start(addr, 4, Limits::duration(Duration::from_secs(120)));
+        let cpu0 = proc::cpu_time_ns(sup.pid()).unwrap_or(0);
+        let size0 = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let t0 = Instant::now();
+        let mut status = Vec::with_capacity(LOG_STATUS);
+        let mut reload = Vec::with_capacity(LOG_RELOADS);
+        for r in 0..LOG_RELOADS {
+            for _ in 0..LOG_STATUS / LOG_RELOADS {
+                let t = Instant::now();
+                c.request(Request::Status)?;
+                status.push(t.elapsed());
+            }
+            let t = Instant::now();
+            match c.request(Request::Reload)? {
+                Reply::Reload(o) if o.outcome == Outcome::Succeeded => reload.push(t.elapsed()),
+                other => return Err(format!("reload {r}: {other:?}")),
+            }
+            thread::sleep(Duration::from_millis(300));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = proc::cpu_time_ns(sup.pid())
+            .unwrap_or(0)
+            .saturating_sub(cpu0);
+        let size = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let report = load.stop();
+        Ok(BesideFlood {
+            reload,
+            status,
+            failed: report.failed(),
+            requests: report.total(),
+            primary_cpu_ms_per_s: cpu as f64 / 1e6 / secs,
+            log_mb_per_s: size.saturating_sub(size0) as f64 / 1e6 / secs,
+        })
+    })();
+    shut_down(sup);
+    result
+}
+
+fn ratio(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
+    Some(a?.as_secs_f64() / b?.as_secs_f64().max(1e-9))
+}
+
+fn logs_section(checks: &mut Checks) {
+    let mark = checks.0.len();
+    eprintln!("logs: logger throughput, then a 50 MB/s logging worker beside none");
+    println!("\n## 8. Worker logs (issue 10)\n");
+    match log_throughput() {
+        Ok(t) => {
+            println!(
+                "One worker writes {FLOOD_LINES} lines of 100 bytes ({:.0} MB) into its pipe as fast as the logger takes them; `--log-output file:`, text format (about 160 bytes a line written):\n",
+                t.mb
+            );
+            println!(
+                "| MB in | seconds | MB/s held | lines lost | logger CPU | logger CPU per MB |"
+            );
+            println!("|---:|---:|---:|---:|---:|---:|");
+            let per_mb = t.logger_cpu_ms / t.mb;
+            println!(
+                "| {:.0} | {:.2} | {:.1} | {} | {:.0} ms | {:.2} ms |",
+                t.mb,
+                t.secs,
+                t.mb / t.secs,
+                t.lost,
+                t.logger_cpu_ms,
+                per_mb
+            );
+            checks.add(
+                10,
+                "lines lost by the logger at full rate",
+                t.lost.to_string(),
+                "0",
+                t.lost == 0,
+            );
+            checks.info(
+                10,
+                "largest log rate held with no line lost",
+                format!("{:.1} MB/s", t.mb / t.secs),
+            );
+            checks.info(10, "logger CPU per MB of log", format!("{per_mb:.2} ms"));
+        }
+        Err(e) => {
+            println!("logger throughput: not measured: {e}");
+            checks.add(
+                10,
+                "lines lost by the logger at full rate",
+                format!("error: {e}"),
+                "0",
+                false,
+            );
+        }
+    }
+    let Some(python) = reloadsup_integration_tests::python3() else {
+        println!("\nThe 50 MB/s writer needs python3: not measured.");
+        checks.add(
+            10,
+            "reload time beside a 50 MB/s logging worker",
+            "no python3".into(),
+            "≤ 1.5× without",
+            false,
+        );
+        checks.print(mark);
+        return;
+    };
+    let runs = (beside_flood(&python, false), beside_flood(&python, true));
+    match runs {
+        (Ok(quiet), Ok(flood)) => {
+            println!(
+                "\nFour `hello` workers, `--log-output file:`, 4 clients of load, {LOG_STATUS} `Status` round trips and {LOG_RELOADS} reloads (`Request::Reload` to its reply); with the flood, worker 0 also runs a writer of 50 MB/s of log lines:\n"
+            );
+            println!("| run | log MB/s | reload p50 | reload max | `Status` p50 | `Status` p99 | failed / requests | primary CPU |");
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+            for (name, r) in [
+                ("quiet workers", &quiet),
+                ("one worker logging 50 MB/s", &flood),
+            ] {
+                println!(
+                    "| {name} | {:.1} | {} | {} | {} | {} | {} / {} | {:.1} ms/s |",
+                    r.log_mb_per_s,
+                    ms(median(&r.reload)),
+                    ms(r.reload.iter().max().copied()),
+                    us(quantile(&r.status, 0.5)),
+                    us(quantile(&r.status, 0.99)),
+                    r.failed,
+                    r.requests,
+                    r.primary_cpu_ms_per_s
+                );
+            }
+            let reload = ratio(median(&flood.reload), median(&quiet.reload));
+            let status = ratio(quantile(&flood.status, 0.5), quantile(&quiet.status, 0.5));
+            let show = |r: Option<f64>| r.map_or("—".to_string(), |r| format!("{r:.2}×"));
+            checks.add(
+                10,
+                "reload time with a 50 MB/s logging worker / without (median)",
+                show(reload),
+                "≤ 1.5×",
+                reload.is_some_and(|r| r <= 1.5),
+            );
+            checks.add(
+                10,
+                "`Status` round trip with a 50 MB/s logging worker / without (p50)",
+                show(status),
+                "≤ 1.5×",
+                status.is_some_and(|r| r <= 1.5),
+            );
+            checks.add(
+                10,
+                "failed requests beside a 50 MB/s logging worker",
+                flood.failed.to_string(),
+                "0",
+                flood.failed == 0 && quiet.failed == 0,
+            );
+            checks.add(
+                10,
+                "primary CPU with a 50 MB/s logging worker",
+                format!(
+                    "{:.1} ms/s (without: {:.1} ms/s)",
+                    flood.primary_cpu_ms_per_s, quiet.primary_cpu_ms_per_s
+                ),
+                "≤ without + 5 ms/s",
+                flood.primary_cpu_ms_per_s <= quiet.primary_cpu_ms_per_s + 5.0,
+            );
+            checks.info(
+                10,
+                "log rate the flood run wrote",
+                format!("{:.1} MB/s", flood.log_mb_per_s),
+            );
+        }
+        (a, b) => {
+            let e = a.err().or(b.err()).unwrap_or_default();
+            println!("\nBeside a 50 MB/s logging worker: not measured: {e}");
+            checks.add(
+                10,
+                "reload time beside a 50 MB/s logging worker",
+                format!("error: {e}"),
+                "≤ 1.5× without",
+                false,
+            );
+        }
+    }
     checks.print(mark);
 }

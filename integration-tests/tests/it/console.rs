@@ -1041,3 +1041,83 @@ fn admin_user_gives_the_shell_worker_a_user_apart_from_the_workers() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("generation: 1"), "{}", text(&out));
 }
+
+/// Issue 10: `logs N` in the console prints the logger's last N lines, labelled.
+#[test]
+fn logs_in_the_console_prints_the_last_lines() {
+    let sandbox = Sandbox::new("console-logs");
+    let file = sandbox.join("app.log");
+    let output = format!("file:{}", file.display());
+    let admin = Admin::start_with(
+        &sandbox,
+        3,
+        bins::example("console_commands"),
+        &["--log-output", &output],
+    );
+    // Each worker says `serving on fd 3` on stderr when it starts.
+    wait_until(DEADLINE, "three lines in the log", || {
+        std::fs::read_to_string(&file).is_ok_and(|t| t.lines().count() >= 3)
+    });
+    let out = admin.console(&["logs 3", "worker info"]);
+    let stdout = text(&out);
+    assert!(out.status.success(), "{stdout}");
+    let (logs, rest) = stdout
+        .split_once("  Current Workers: ")
+        .unwrap_or_else(|| panic!("no worker info after the logs: {stdout}"));
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" gen=1 worker=") && l.contains(" stderr: ")),
+        "{stdout}"
+    );
+    assert!(rest.starts_with("3\n"), "{stdout}");
+    let out = admin.console(&["logs x"]);
+    assert!(text(&out).starts_with("error: "), "{}", text(&out));
+}
+
+/// Issue 10: `logs -f` follows across a reload, and any line typed ends it with a prompt.
+#[test]
+fn logs_follow_in_the_console_ends_at_any_line() {
+    if !Openssl::available() {
+        return;
+    }
+    let sandbox = Sandbox::new("console-logs-follow");
+    let file = sandbox.join("app.log");
+    let output = format!("file:{}", file.display());
+    let mut admin = Admin::start_with(
+        &sandbox,
+        2,
+        bins::example("console_commands"),
+        &["--log-output", &output],
+    );
+    let mut s = Openssl::connect(&admin.addr);
+    s.expect("Password: ");
+    s.send(PASSWORD);
+    s.expect("> ");
+    s.send("logs -f 0");
+    let out = output_with_timeout(
+        Command::new(bins::reloadsup())
+            .arg("ctl")
+            .arg("--control")
+            .arg(admin.state.join("control.sock"))
+            .arg("reload"),
+        DEADLINE,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    admin.wait_for_log("generation 2 is serving");
+    // Both new workers say they serve; the follow shows it.
+    s.expect(" gen=2 worker=");
+    s.expect(" gen=2 worker=");
+    s.send("");
+    s.expect("> ");
+    s.send("worker info");
+    let info = s.expect("> ");
+    assert!(
+        info.contains("  Current Workers: 2\n"),
+        "after the follow: {info}"
+    );
+    s.send(".exit");
+    assert!(s.ended_within(DEADLINE));
+}

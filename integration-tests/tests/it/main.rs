@@ -9,6 +9,7 @@ mod control;
 mod core;
 mod lifecycle;
 mod listen;
+mod logs;
 mod metrics;
 mod reconfigure;
 mod servers;

@@ -1,0 +1,627 @@
+//! The logger worker (`--log-output`): every answered request has its line, in order, with the
+//! right labels, under reloads and across a killed logger; JSON lines parse; rotation keeps
+//! the configured number of files; SIGUSR1 reopens a file that was moved away.
+//!
+//! The server is `hello --log-requests`, which prints `request N` (N counting from 1 in each
+//! process) before it answers request N: so every answer the load saw from pid P means a line
+//! `request N` from P, and P's numbers must run 1, 2, 3, ... with no gap.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use reloadsup_integration_tests::{
+    get, proc, wait_for, wait_until, Limits, Load, LoadReport, Run, Sandbox, Supervisor, DEADLINE,
+};
+
+use crate::{standard, start};
+
+/// One labelled line of the log file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    generation: u32,
+    worker: u32,
+    pid: u32,
+    stream: String,
+    text: String,
+}
+
+/// `TS gen=G worker=W pid=P STREAM: TEXT`.
+fn parse_text(line: &str) -> Option<Entry> {
+    let mut parts = line.splitn(5, ' ');
+    let ts = parts.next()?;
+    if !(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T') {
+        return None;
+    }
+    let field = |part: Option<&str>, name: &str| -> Option<u32> {
+        part?.strip_prefix(name)?.strip_prefix('=')?.parse().ok()
+    };
+    let generation = field(parts.next(), "gen")?;
+    let worker = field(parts.next(), "worker")?;
+    let pid = field(parts.next(), "pid")?;
+    let (stream, text) = parts.next()?.split_once(": ")?;
+    Some(Entry {
+        generation,
+        worker,
+        pid,
+        stream: stream.to_owned(),
+        text: text.to_owned(),
+    })
+}
+
+/// One JSON object per line, with every field.
+fn parse_json(line: &str) -> Option<Entry> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let ts = v["ts"].as_str()?;
+    if !(ts.len() == 24 && ts.ends_with('Z')) {
+        return None;
+    }
+    Some(Entry {
+        generation: u32::try_from(v["generation"].as_u64()?).ok()?,
+        worker: u32::try_from(v["worker"].as_u64()?).ok()?,
+        pid: u32::try_from(v["pid"].as_u64()?).ok()?,
+        stream: v["stream"].as_str()?.to_owned(),
+        text: v["line"].as_str()?.to_owned(),
+    })
+}
+
+/// Every line of `files` (in that order), parsed; panics on a line that does not parse.
+fn entries(files: &[&Path], parse: fn(&str) -> Option<Entry>) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+        for line in text.lines() {
+            out.push(
+                parse(line).unwrap_or_else(|| {
+                    panic!("unparsable log line in {}: {line:?}", file.display())
+                }),
+            );
+        }
+    }
+    out
+}
+
+/// The numbers of the `request N` lines, by pid, in the order written; every line of one pid
+/// carries the same generation and slot. Lines that are not `request N` are ignored.
+fn requests_by_pid(entries: &[Entry]) -> BTreeMap<u32, (u32, u32, Vec<u64>)> {
+    let mut by_pid: BTreeMap<u32, (u32, u32, Vec<u64>)> = BTreeMap::new();
+    for e in entries {
+        let Some(n) = e.text.strip_prefix("request ") else {
+            continue;
+        };
+        let n: u64 = n
+            .parse()
+            .unwrap_or_else(|_| panic!("not a request number: {e:?}"));
+        assert_eq!(e.stream, "stdout", "{e:?}");
+        let slot = by_pid
+            .entry(e.pid)
+            .or_insert((e.generation, e.worker, Vec::new()));
+        assert_eq!(
+            (slot.0, slot.1),
+            (e.generation, e.worker),
+            "pid {} changed labels: {e:?}",
+            e.pid
+        );
+        slot.2.push(n);
+    }
+    by_pid
+}
+
+/// Every pid's numbers are 1..=k in order, and every answer the load saw has its line with
+/// the generation it answered with. With `repeats`, a run of lines may be written again (a
+/// logger killed after it wrote them and before it took them out of the pipe); a gap never.
+fn assert_every_answer_logged(entries: &[Entry], report: &LoadReport, repeats: bool) {
+    let mut logged = requests_by_pid(entries);
+    for (pid, (_, _, numbers)) in logged.iter_mut() {
+        let mut next = 1;
+        let mut again = 0;
+        for &n in numbers.iter() {
+            if n == next {
+                next += 1;
+            } else if n < next && repeats {
+                again += 1;
+            } else {
+                panic!(
+                    "pid {pid}: {} lines, not contiguous from 1 (expected {next}, found {n})",
+                    numbers.len()
+                );
+            }
+        }
+        if again > 0 {
+            eprintln!("pid {pid}: {again} lines written twice");
+        }
+        *numbers = (1..next).collect();
+    }
+    let mut answers = 0;
+    for (pid, (generation, count)) in report.answers_by_pid() {
+        answers += count;
+        let Some((gen_logged, _, numbers)) = logged.get(&pid) else {
+            panic!("pid {pid} (generation {generation}) answered {count} requests and logged none");
+        };
+        assert_eq!(*gen_logged, generation, "pid {pid}: generation label");
+        assert!(
+            numbers.len() as u64 >= count,
+            "pid {pid} answered {count} requests but logged {} lines",
+            numbers.len()
+        );
+    }
+    eprintln!(
+        "{answers} answers from {} pids; {} lines logged by {} pids",
+        report.answers_by_pid().len(),
+        logged.values().map(|l| l.2.len()).sum::<usize>(),
+        logged.len()
+    );
+}
+
+/// The flags of a captured run writing to `file`.
+fn capture(workers: usize, file: &Path) -> Vec<String> {
+    let mut flags = standard(workers);
+    flags.push("--log-output".into());
+    flags.push(format!("file:{}", file.display()));
+    flags
+}
+
+/// The logger worker's pid: the primary's live child whose argv[0] is `reloadsup-logger`.
+fn logger_pid(sup: &Supervisor) -> Option<u32> {
+    sup.workers().into_iter().find(|&p| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| c.split(|&b| b == 0).next() == Some(b"reloadsup-logger"))
+    })
+}
+
+/// Stops the primary gracefully and waits for it: the logger has written every line then.
+fn stop(mut sup: Supervisor) {
+    sup.signal(libc::SIGTERM);
+    let status = sup.wait_exit(DEADLINE);
+    assert!(status.success(), "the primary exited with {status}");
+}
+
+/// Reloads every second, `reloads` times, while `load` runs; `during` is called after each.
+fn reload_every_second(
+    sup: &mut Supervisor,
+    load: &Load,
+    reloads: u32,
+    mut during: impl FnMut(&mut Supervisor, u32),
+) {
+    for generation in 2..=reloads + 1 {
+        let next = Instant::now() + Duration::from_secs(1);
+        if let Err(reason) = sup.reload(generation) {
+            panic!("reload to generation {generation} failed: {reason}");
+        }
+        load.wait_for_generation(generation, DEADLINE);
+        during(sup, generation);
+        thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+}
+
+#[test]
+fn every_answered_request_has_its_line_across_reloads() {
+    let sandbox = Sandbox::new("logs-reloads");
+    let file = sandbox.join("app.log");
+    let (mut sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"]).args(capture(4, &file)),
+        4,
+    );
+    let load = Load::start(addr, 8, Limits::default());
+    load.wait_for_more_answers(50, DEADLINE);
+    reload_every_second(&mut sup, &load, 4, |_, _| {});
+    load.wait_for_more_answers(50, DEADLINE);
+    let report = load.stop();
+    eprintln!("{}", report.summary());
+    report.assert_no_failures();
+    assert!(report.generations().len() >= 5, "{}", report.summary());
+    stop(sup);
+    assert_every_answer_logged(&entries(&[&file], parse_text), &report, false);
+}
+
+#[test]
+fn a_killed_logger_is_back_soon_and_loses_no_line() {
+    let sandbox = Sandbox::new("logs-kill");
+    let file = sandbox.join("app.log");
+    let (mut sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"]).args(capture(4, &file)),
+        4,
+    );
+    let first = wait_for(DEADLINE, "the logger worker", || logger_pid(&sup));
+    let load = Load::start(addr, 8, Limits::default());
+    load.wait_for_more_answers(50, DEADLINE);
+    let mut killed = vec![first];
+    let mut back_after = Vec::new();
+    reload_every_second(&mut sup, &load, 3, |sup, _| {
+        let old = *killed.last().expect("one logger at least");
+        proc::kill(old, libc::SIGKILL).expect("kill the logger");
+        let t = Instant::now();
+        let new = wait_for(DEADLINE, "a new logger worker", || {
+            logger_pid(sup).filter(|&p| p != old && !killed.contains(&p))
+        });
+        back_after.push(t.elapsed());
+        killed.push(new);
+    });
+    load.wait_for_more_answers(50, DEADLINE);
+    let report = load.stop();
+    eprintln!(
+        "{}\nthe logger was back after {back_after:?}",
+        report.summary()
+    );
+    report.assert_no_failures();
+    // Restarts in a row back off (100 ms doubling); each is well within this.
+    for (i, d) in back_after.iter().enumerate() {
+        assert!(*d < Duration::from_secs(5), "logger restart {i} took {d:?}");
+    }
+    stop(sup);
+    assert_every_answer_logged(&entries(&[&file], parse_text), &report, true);
+}
+
+#[test]
+fn json_lines_parse_with_every_field() {
+    let sandbox = Sandbox::new("logs-json");
+    let file = sandbox.join("app.json");
+    let (mut sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"])
+            .args(capture(2, &file))
+            .args(["--log-format", "json"]),
+        2,
+    );
+    let load = Load::start(addr, 2, Limits::default());
+    load.wait_for_more_answers(20, DEADLINE);
+    if let Err(reason) = sup.reload(2) {
+        panic!("reload failed: {reason}");
+    }
+    load.wait_for_generation(2, DEADLINE);
+    load.wait_for_more_answers(20, DEADLINE);
+    let report = load.stop();
+    report.assert_no_failures();
+    stop(sup);
+    let all = entries(&[&file], parse_json);
+    assert!(all.len() >= 40, "{} lines", all.len());
+    assert_every_answer_logged(&all, &report, false);
+}
+
+#[test]
+fn rotation_keeps_the_configured_number_of_files() {
+    let sandbox = Sandbox::new("logs-rotate");
+    let file = sandbox.join("app.log");
+    let (sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"])
+            .args(capture(1, &file))
+            .args(["--log-rotate-size", "2k", "--log-rotate-keep", "2"]),
+        1,
+    );
+    let numbered = |n: u32| sandbox.join(format!("app.log.{n}"));
+    // About 60 bytes a line: 2 KiB is 35 lines, so 200 requests rotate five times or more.
+    for i in 0..200 {
+        get(addr, "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
+    }
+    wait_until(DEADLINE, "two rotated files", || {
+        numbered(1).exists() && numbered(2).exists()
+    });
+    stop(sup);
+    assert!(!numbered(3).exists(), "a third rotated file was kept");
+    let files: Vec<_> = [numbered(2), numbered(1), file.clone()]
+        .into_iter()
+        .filter(|p| p.exists())
+        .collect();
+    for f in &files {
+        let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        assert!(len <= 2048 + 200, "{} is {len} bytes", f.display());
+    }
+    // The kept files are the newest lines, contiguous up to the last request.
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let logged = requests_by_pid(&entries(&paths, parse_text));
+    let (_, _, numbers) = logged.values().next().expect("one worker's lines");
+    let first = numbers[0];
+    let expected: Vec<u64> = (first..=200).collect();
+    assert_eq!(numbers, &expected, "the kept lines");
+    assert!(first > 1, "nothing was rotated away");
+}
+
+#[test]
+fn usr1_reopens_the_file_after_it_was_moved_away() {
+    let sandbox = Sandbox::new("logs-reopen");
+    let file = sandbox.join("app.log");
+    let moved = sandbox.join("app.log.old");
+    let (sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"]).args(capture(1, &file)),
+        1,
+    );
+    for _ in 0..10 {
+        get(addr, "/").expect("a request before the move");
+    }
+    let has_lines = |p: &Path, n: usize| {
+        std::fs::read_to_string(p)
+            .is_ok_and(|t| t.lines().filter(|l| l.contains(": request ")).count() >= n)
+    };
+    wait_until(DEADLINE, "10 lines in the file", || has_lines(&file, 10));
+    std::fs::rename(&file, &moved).expect("move the log away");
+    sup.signal(libc::SIGUSR1);
+    wait_until(DEADLINE, "the file reopened at its path", || file.exists());
+    for _ in 0..10 {
+        get(addr, "/").expect("a request after the move");
+    }
+    wait_until(DEADLINE, "10 lines in the new file", || {
+        has_lines(&file, 10)
+    });
+    stop(sup);
+    assert!(has_lines(&moved, 10), "the moved file lost its lines");
+    let logged = requests_by_pid(&entries(&[&moved, &file], parse_text));
+    let (_, _, numbers) = logged.values().next().expect("one worker's lines");
+    assert_eq!(numbers, &(1..=20).collect::<Vec<u64>>());
+    let in_new = requests_by_pid(&entries(&[&file], parse_text));
+    assert_eq!(
+        in_new.values().next().map(|l| l.2.clone()),
+        Some((11..=20).collect::<Vec<u64>>()),
+        "the lines after the reopen are in the new file"
+    );
+}
+
+#[test]
+fn ctl_logs_prints_the_last_lines_and_filters_by_worker() {
+    let sandbox = Sandbox::new("logs-ctl");
+    let file = sandbox.join("app.log");
+    let (sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"]).args(capture(2, &file)),
+        2,
+    );
+    for i in 0..20 {
+        get(addr, "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
+    }
+    let requests = |text: &str| text.lines().filter(|l| l.contains(": request ")).count();
+    wait_until(DEADLINE, "20 lines in the file", || {
+        std::fs::read_to_string(&file).is_ok_and(|t| requests(&t) >= 20)
+    });
+    let out = sup.ctl(&["logs", "-n", "5"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ctl logs failed: {out:?}");
+    assert_eq!(text.lines().count(), 5, "{text}");
+    let printed: Vec<Entry> = text.lines().map(|l| parse_text(l).expect(l)).collect();
+    // The last five lines of the file, exactly.
+    let all = std::fs::read_to_string(&file).expect("the log");
+    let last: Vec<&str> = all
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), last);
+    assert!(printed.iter().all(|e| e.generation == 1));
+    let out = sup.ctl(&["logs", "-n", "3", "--worker", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ctl logs --worker failed: {out:?}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.lines()
+            .all(|l| parse_text(l).is_some_and(|e| e.worker == 1)),
+        "{text}"
+    );
+    let out = sup.ctl(&["logs", "--generation", "7"]);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    stop(sup);
+}
+
+#[test]
+fn ctl_logs_refuses_without_capture() {
+    let sandbox = Sandbox::new("logs-ctl-inherit");
+    let (sup, _) = start(&sandbox, Run::hello(&[]).args(standard(1)), 1);
+    let out = sup.ctl(&["logs", "-n", "5"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--log-output"), "{err}");
+    stop(sup);
+}
+
+#[test]
+fn ctl_logs_follow_carries_on_across_a_reload() {
+    let sandbox = Sandbox::new("logs-follow");
+    let file = sandbox.join("app.log");
+    let (mut sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"]).args(capture(1, &file)),
+        1,
+    );
+    let followed = sandbox.join("followed");
+    let mut follower = std::process::Command::new(reloadsup_integration_tests::bins::reloadsup())
+        .arg("ctl")
+        .arg("--control")
+        .arg(sup.control_path())
+        .args(["logs", "-f", "-n", "0"])
+        .stdout(std::fs::File::create(&followed).expect("the follower's output"))
+        .spawn()
+        .expect("start ctl logs -f");
+    let lines_of = |generation: u32| {
+        let text = std::fs::read_to_string(&followed).unwrap_or_default();
+        text.lines()
+            .filter_map(parse_text)
+            .filter(|e| e.generation == generation && e.text.starts_with("request "))
+            .count()
+    };
+    // The follow may start after the first requests: ask until one is printed.
+    wait_until(DEADLINE, "a followed line of generation 1", || {
+        get(addr, "/").expect("a request");
+        lines_of(1) > 0
+    });
+    if let Err(reason) = sup.reload(2) {
+        panic!("reload failed: {reason}");
+    }
+    for _ in 0..5 {
+        get(addr, "/").expect("a request to generation 2");
+    }
+    wait_until(DEADLINE, "5 followed lines of generation 2", || {
+        lines_of(2) >= 5
+    });
+    assert!(
+        follower
+            .try_wait()
+            .expect("the follower's status")
+            .is_none(),
+        "ctl logs -f ended by itself"
+    );
+    let _ = follower.kill();
+    let _ = follower.wait();
+    // The follower's lines of generation 2 are the file's, in order.
+    let text = std::fs::read_to_string(&followed).unwrap_or_default();
+    let logged = requests_by_pid(&text.lines().filter_map(parse_text).collect::<Vec<_>>());
+    let gen2: Vec<_> = logged.values().filter(|l| l.0 == 2).collect();
+    assert_eq!(gen2.len(), 1, "{text}");
+    assert_eq!(gen2[0].2, (1..=5).collect::<Vec<u64>>(), "{text}");
+    stop(sup);
+}
+
+#[test]
+fn a_stdout_nobody_reads_never_stops_the_logger() {
+    let sandbox = Sandbox::new("logs-stdout-stuck");
+    // The read end is held and never read: the pipe fills after 64 KiB.
+    let (_unread, write) = std::io::pipe().expect("a pipe");
+    let (sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"])
+            .args(standard(2))
+            .args(["--log-output", "stdout"])
+            .stdout(write.into()),
+        2,
+    );
+    // About 70 bytes a line: 3000 requests are three times what the pipe holds.
+    let load = Load::start(
+        addr,
+        4,
+        Limits {
+            max_duration: Duration::from_secs(60),
+            max_requests: 3000,
+        },
+    );
+    let report = load.finish();
+    report.assert_no_failures();
+    // The logger still reads every pipe and keeps its ring: the last request is there.
+    let last = wait_for(DEADLINE, "the last lines in ctl logs", || {
+        let out = sup.ctl(&["logs", "-n", "1"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.contains(": request ")).then_some(text)
+    });
+    eprintln!("{}\nlast line: {last}", report.summary());
+    let t = Instant::now();
+    sup.status_json();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "ctl status took {:?}",
+        t.elapsed()
+    );
+    stop(sup);
+}
+
+#[test]
+fn an_unwritable_log_is_reported_once_and_the_service_goes_on() {
+    let sandbox = Sandbox::new("logs-full");
+    // Every write to /dev/full fails with ENOSPC: a full disk.
+    let (sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"]).args(capture(2, Path::new("/dev/full"))),
+        2,
+    );
+    let load = Load::start(
+        addr,
+        4,
+        Limits {
+            max_duration: Duration::from_secs(60),
+            max_requests: 500,
+        },
+    );
+    let report = load.finish();
+    report.assert_no_failures();
+    let out = sup.ctl(&["logs", "-n", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let reports = sup.count_in_log("unable to write /dev/full");
+    assert_eq!(reports, 1, "reported {reports} times:\n{}", sup.log());
+    stop(sup);
+}
+
+/// Regression (a logger that stalled on a worker writing lines in pieces, found by the bench):
+/// a writer of 500 KB blocks, whose pipe writes cut lines, and every line still arrives.
+#[test]
+fn lines_written_in_pieces_all_arrive_a_logger_stalled_on_them() {
+    let Some(python) = reloadsup_integration_tests::python3() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs python3, and CI=true"
+        );
+        eprintln!("skipped: needs python3");
+        return;
+    };
+    let sandbox = Sandbox::new("logs-pieces");
+    let file = sandbox.join("app.log");
+    let writer = sandbox.write(
+        "pieces.py",
+        "import sys\nout = sys.stdout.buffer\nfor _ in range(40):\n    out.write((b'z' * 99 + b'\\n') * 5000)\n    out.flush()\n",
+    );
+    let script = sandbox.write_script(
+        "pieces.sh",
+        &format!(
+            "#!/bin/sh\n{} {}\nexec sleep 600\n",
+            python.display(),
+            writer.display()
+        ),
+    );
+    let mut flags = capture(1, &file);
+    flags[3] = "immediate".into();
+    let sup = Run::new([script]).args(flags).start(&sandbox);
+    let count = || {
+        std::fs::read(&file)
+            .map(|t| t.iter().filter(|&&b| b == b'\n').count())
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(60), "200000 lines in the log", || {
+        count() >= 200_000
+    });
+    stop(sup);
+    let all = entries(&[&file], parse_text);
+    let line = "z".repeat(99);
+    assert_eq!(all.iter().filter(|e| e.text == line).count(), 200_000);
+}
+
+#[test]
+fn ctl_logs_follow_ends_with_a_message_at_an_upgrade_in_place() {
+    let sandbox = Sandbox::new("logs-follow-upgrade");
+    let file = sandbox.join("app.log");
+    let (sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"]).args(capture(1, &file)),
+        1,
+    );
+    let followed = sandbox.join("followed");
+    let mut follower = std::process::Command::new(reloadsup_integration_tests::bins::reloadsup())
+        .arg("ctl")
+        .arg("--control")
+        .arg(sup.control_path())
+        .args(["logs", "-f", "-n", "0"])
+        .stdout(std::fs::File::create(&followed).expect("the follower's output"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ctl logs -f");
+    wait_until(DEADLINE, "a followed line", || {
+        get(addr, "/").expect("a request");
+        std::fs::read_to_string(&followed).is_ok_and(|t| t.contains(": request "))
+    });
+    let out = sup.ctl(&["upgrade"]);
+    assert!(out.status.success(), "upgrade: {out:?}");
+    let status = wait_for(DEADLINE, "ctl logs -f to end", || {
+        follower.try_wait().expect("the follower's status")
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().expect("stderr"), &mut err)
+        .expect("the follower's stderr");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("upgraded in place"), "{err}");
+    // A new follow works with the new image.
+    let out = sup.ctl(&["logs", "-n", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    stop(sup);
+}
