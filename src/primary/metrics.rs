@@ -471,6 +471,36 @@ mod tests {
     }
 
     #[test]
+    fn counters_cross_the_hand_off_unchanged() {
+        let mut m = Metrics::new(None, "web", 1);
+        let t = Instant::now();
+        m.counters.generation_started(t);
+        m.counters
+            .reload_done(&outcome(Outcome::Succeeded), t + Duration::from_secs(3));
+        m.counters.generation_started(t);
+        m.counters.login(false);
+        let clock = crate::primary::upgrade::Clock::now();
+        let image = m.image(None, 7, &clock);
+        let poll = Poll::new().unwrap();
+        let (back, timer, restarts) = Metrics::resume(
+            Some(image),
+            "web",
+            1,
+            |_| panic!("no fd without --metrics"),
+            &poll,
+            &clock,
+        )
+        .unwrap();
+        assert_eq!(back.counters, m.counters);
+        assert_eq!(restarts, 7);
+        assert!(timer.is_none() && !back.enabled());
+        // A hand-off from before version 4: the counters start over, the start time is now.
+        let (fresh, _, restarts) =
+            Metrics::resume(None, "web", 1, |_| panic!(), &poll, &clock).unwrap();
+        assert_eq!((fresh.counters.reloads_succeeded, restarts), (0, 0));
+    }
+
+    #[test]
     fn logins_are_counted_by_result() {
         let mut c = Counters::new();
         c.login(true);
