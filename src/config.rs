@@ -97,6 +97,9 @@ pub(crate) struct Config {
     pub einhorn_env: bool,
     /// Set `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` (not with `--no-listen-env`).
     pub listen_env: bool,
+    /// Become a child subreaper (`--subreaper`): orphans of workers are re-parented to the
+    /// primary and reaped.
+    pub subreaper: bool,
     pub state_dir: PathBuf,
     pub pidfile: Option<PathBuf>,
     /// argv with `{fd:NAME}` templates still in place; see [`Config::argv`].
@@ -326,6 +329,10 @@ pub(crate) struct RunArgs {
     /// ({fd}) that would also take it from LISTEN_FDS (gunicorn --bind fd://{fd}).
     #[arg(long)]
     pub no_listen_env: bool,
+    /// Become a child subreaper (PR_SET_CHILD_SUBREAPER): processes that workers daemonise are
+    /// re-parented to reloadsup and reaped, as they are when it runs as PID 1.
+    #[arg(long)]
+    pub subreaper: bool,
     /// Instance name [default: COMMAND's file name].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -412,6 +419,7 @@ struct FileConfig {
     einhorn_env: Option<bool>,
     #[serde(alias = "no_listen_env")]
     no_listen_env: Option<bool>,
+    subreaper: Option<bool>,
     name: Option<String>,
     #[serde(alias = "state_dir")]
     state_dir: Option<PathBuf>,
@@ -1145,6 +1153,7 @@ impl Config {
             env,
             einhorn_env: args.einhorn_env || file.einhorn_env.unwrap_or(false),
             listen_env: !(args.no_listen_env || file.no_listen_env.unwrap_or(false)),
+            subreaper: args.subreaper || file.subreaper.unwrap_or(false),
             state_dir,
             pidfile,
             command,

@@ -1418,6 +1418,13 @@ fn small_handoff() -> upgrade::Handoff {
             backoff: 3,
             restart_at: None,
         }),
+        manager: Some(ManagerImage {
+            socket: b"@m".to_vec(),
+            watchdog_usec: Some(2),
+            watchdog_at: Some(3),
+            ready: true,
+            status: "s".into(),
+        }),
         metrics: Some(MetricsImage {
             reloads_succeeded: 1,
             reloads_rolled_back: 2,
@@ -1442,7 +1449,7 @@ fn small_handoff() -> upgrade::Handoff {
 }
 
 const SMALL_HANDOFF: &str = "
-    04 01 76 01 01 61 02 2f62 01 01 02 00   (version 4, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
+    05 01 76 01 01 61 02 2f62 01 01 02 00   (version 5, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
     01 05 06 07 01 1e                       (settings: delay 5ns, timeouts 6 7, always, TERM 15 zigzag)
     01 01 01 02 01 03 00 03                 (target, serving, starting gen 2 [3], pending none, next 3)
     01 ac02 01 00 01 08 00 01 09 01 73      (processes: [pid 300 gen 1 slot 0 ready, started 8, deadline 9, s])
@@ -1460,14 +1467,20 @@ const SMALL_HANDOFF: &str = "
     01 01 02 00 01 00 00 00                 (version 3: logger: spec [1, pid 2, stdout, json, 0 0 0],)
     01 01 01 00 ac02 01 12                  ( pipes [id 1, gen 1, slot 0, pid 300, stderr, fd 9],)
     02 01 ae02 01 14 00 03 00               ( next 2, pid 302, link fd 10, started none, backoff 3, restart none)
-    01 01 02 00 00 02 01 00 03 01 04        (version 4: metrics: reloads 1 2 0 0, buckets [1 0], sum 3, began 4,)
+    01 02 406d 01 02 01 03 01 01 73         (version 4: manager: socket @m, watchdog 2us, due 3, ready, status s)
+    01 01 02 00 00 02 01 00 03 01 04        (version 5: metrics: reloads 1 2 0 0, buckets [1 0], sum 3, began 4,)
     05 06 07 08                             ( restarts 5, logins 6 7, start 8,)
     01 16 01 6d 01 af02 01 18 00 09 00      ( listener fd 11, bound m, pid 303, link fd 12, started none, backoff 9, restart none)
 ";
 
+/// The part of [`SMALL_HANDOFF`] that version 5 appended.
+const SMALL_HANDOFF_V5_TAIL: &str = "
+    01 01 02 00 00 02 01 00 03 01 04 05 06 07 08 01 16 01 6d 01 af02 01 18 00 09 00
+";
+
 /// The part of [`SMALL_HANDOFF`] that version 4 appended.
 const SMALL_HANDOFF_V4_TAIL: &str = "
-    01 01 02 00 00 02 01 00 03 01 04 05 06 07 08 01 16 01 6d 01 af02 01 18 00 09 00
+    01 02 406d 01 02 01 03 01 01 73
 ";
 
 /// The part of [`SMALL_HANDOFF`] that version 3 appended.
@@ -1487,14 +1500,17 @@ fn handoff_golden() {
 /// today upgrades from it.
 #[test]
 fn handoff_of_version_2_is_read_without_a_logger() {
-    let v4 = unhex(&golden(SMALL_HANDOFF));
-    let end = v4.len() - unhex(SMALL_HANDOFF_V4_TAIL).len() - unhex(SMALL_HANDOFF_V3_TAIL).len();
-    let v3 = v4;
-    let mut v2 = v3[..end].to_vec();
+    let v5 = unhex(&golden(SMALL_HANDOFF));
+    let end = v5.len()
+        - unhex(SMALL_HANDOFF_V5_TAIL).len()
+        - unhex(SMALL_HANDOFF_V4_TAIL).len()
+        - unhex(SMALL_HANDOFF_V3_TAIL).len();
+    let mut v2 = v5[..end].to_vec();
     v2[0] = 2;
     let mut want = small_handoff();
     want.version = 2;
     want.logger = None;
+    want.manager = None;
     want.metrics = None;
     assert_eq!(upgrade::decode_handoff(&v2).unwrap(), want);
     // Version 1 (before the config and epochs) is not read: its fields are not at the end.
@@ -1508,17 +1524,32 @@ fn handoff_of_version_2_is_read_without_a_logger() {
     );
 }
 
-/// What a version-3 image (before the metrics) wrote: read with no metrics image, so the
-/// counters start from zero.
+/// What a version-3 image (before the service manager's notify socket) wrote: read as if
+/// reloadsup had no `NOTIFY_SOCKET`.
 #[test]
-fn handoff_of_version_3_is_read_without_metrics() {
-    let v4 = unhex(&golden(SMALL_HANDOFF));
-    let mut v3 = v4[..v4.len() - unhex(SMALL_HANDOFF_V4_TAIL).len()].to_vec();
+fn handoff_of_version_3_is_read_without_a_manager() {
+    let v5 = unhex(&golden(SMALL_HANDOFF));
+    let cut = unhex(SMALL_HANDOFF_V5_TAIL).len() + unhex(SMALL_HANDOFF_V4_TAIL).len();
+    let mut v3 = v5[..v5.len() - cut].to_vec();
     v3[0] = 3;
     let mut want = small_handoff();
     want.version = 3;
+    want.manager = None;
     want.metrics = None;
     assert_eq!(upgrade::decode_handoff(&v3).unwrap(), want);
+}
+
+/// What a version-4 image (before the metrics) wrote: read with no metrics image, so the
+/// counters start from zero.
+#[test]
+fn handoff_of_version_4_is_read_without_metrics() {
+    let v5 = unhex(&golden(SMALL_HANDOFF));
+    let mut v4 = v5[..v5.len() - unhex(SMALL_HANDOFF_V5_TAIL).len()].to_vec();
+    v4[0] = 4;
+    let mut want = small_handoff();
+    want.version = 4;
+    want.metrics = None;
+    assert_eq!(upgrade::decode_handoff(&v4).unwrap(), want);
 }
 
 #[test]

@@ -21,14 +21,14 @@ use crate::ReloadOutcome;
 use crate::ShellSpec;
 
 /// Bumped on any change of the hand-off that is not an append.
-pub const HANDOFF_VERSION: u32 = 4;
+pub const HANDOFF_VERSION: u32 = 5;
 
 /// The oldest hand-off this image still reads: an upgrade from a binary that wrote it works.
 pub const MIN_HANDOFF_VERSION: u32 = 2;
 
 /// `(version, fields)`: how many fields version `version` appended at the end of [`Handoff`],
 /// each `None` or empty in a hand-off of an older version.
-const APPENDED: &[(u32, usize)] = &[(3, 1), (4, 1)];
+const APPENDED: &[(u32, usize)] = &[(3, 1), (4, 1), (5, 1)];
 
 /// Everything the primary holds, as plain data and fd numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,8 +67,23 @@ pub struct Handoff {
     /// Version 3: the logger worker and every open worker output pipe
     /// (`--log-output stdout|file:PATH`).
     pub logger: Option<LoggerImage>,
-    /// Version 4: the counters behind `/metrics` and the metrics worker (`--metrics`).
+    /// Version 4: what the service manager above (reloadsup's own `NOTIFY_SOCKET`) was told,
+    /// and when its watchdog is due.
+    pub manager: Option<ManagerImage>,
+    /// Version 5: the counters behind `/metrics` and the metrics worker (`--metrics`).
     pub metrics: Option<MetricsImage>,
+}
+
+/// The service manager's notify socket as the primary uses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerImage {
+    /// `NOTIFY_SOCKET` as given (`@` for an abstract name).
+    pub socket: Vec<u8>,
+    pub watchdog_usec: Option<u64>,
+    pub watchdog_at: Option<u64>,
+    /// `READY=1` was sent (it is not sent again).
+    pub ready: bool,
+    pub status: String,
 }
 
 /// The figures the primary counts (they survive upgrades in place) and the metrics worker as

@@ -65,6 +65,10 @@ pub(crate) enum CtlCommand {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// A readiness probe: exit 0 only while a generation is serving with every slot
+        /// ready, 1 otherwise (one line says why).
+        #[arg(long)]
+        ready: bool,
     },
     /// Start a new generation; exit 1 if it was rolled back.
     Reload,
@@ -354,7 +358,12 @@ fn run(args: CtlArgs) -> Result<u8, CtlError> {
     })?;
     match (&args.command, reply) {
         (CtlCommand::Logs { .. }, Reply::Done(_)) => Ok(0),
-        (CtlCommand::Status { json }, Reply::Status(status)) => {
+        (CtlCommand::Status { json, ready }, Reply::Status(status)) => {
+            if *ready {
+                let (ok, line) = readiness(&status);
+                println!("{line}");
+                return Ok(if ok { 0 } else { 1 });
+            }
             if *json {
                 println!("{}", status_json(&status));
             } else {
@@ -392,6 +401,34 @@ fn run(args: CtlArgs) -> Result<u8, CtlError> {
 }
 
 /// The JSON object of DESIGN.md section 6.
+/// Whether a generation is serving with every slot ready, and a line that says so.
+pub(crate) fn readiness(s: &Status) -> (bool, String) {
+    if s.generation == 0 {
+        return (false, "not ready: no generation is serving yet".into());
+    }
+    if s.target_workers == 0 {
+        return (false, "not ready: scaled to 0 workers".into());
+    }
+    let ready = (0..s.target_workers)
+        .filter(|slot| {
+            s.workers.iter().any(|w| {
+                w.slot == *slot
+                    && w.generation == s.generation
+                    && w.state == proto::WorkerState::Ready
+            })
+        })
+        .count() as u32;
+    let line = format!(
+        "generation {}: {ready}/{} workers ready",
+        s.generation, s.target_workers
+    );
+    if ready == s.target_workers {
+        (true, format!("ready: {line}"))
+    } else {
+        (false, format!("not ready: {line}"))
+    }
+}
+
 pub(crate) fn status_json(s: &Status) -> serde_json::Value {
     serde_json::json!({
         "pid": s.pid,

@@ -18,6 +18,7 @@ pub(crate) mod input;
 pub(crate) mod keeper_link;
 pub(crate) mod listeners;
 pub(crate) mod logs;
+mod manager;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 mod reconfigure;
@@ -114,6 +115,8 @@ pub(crate) struct Primary {
     upgrade: Option<upgrade::Upgrade>,
     /// The logger worker and the workers' output pipes (`--log-output stdout|file:PATH`).
     logs: Option<logs::Logs>,
+    /// The service manager above, from reloadsup's own `NOTIFY_SOCKET`.
+    manager: Option<manager::Manager>,
     /// The watched files (`--watch`), set up when the loop starts and again when a reload
     /// changes them; never carried across an upgrade (the new image watches again).
     watch: Option<watch::Watch>,
@@ -157,6 +160,10 @@ impl Primary {
     ) -> Result<Primary, Fatal> {
         sys::ensure_std_fds().map_err(Fatal::system("open /dev/null"))?;
         let pid = std::process::id();
+        let manager = manager::Manager::from_env(pid);
+        if config.subreaper {
+            sys::set_subreaper().map_err(Fatal::system("become a child subreaper"))?;
+        }
         // Workers or the shell worker of another user must be able to traverse it.
         let other_user = config.uid.is_some()
             || config
@@ -225,6 +232,7 @@ impl Primary {
         let mut roles = Roles::new(shell.is_some(), logs.is_some(), config.prespawn);
         roles.metrics = metrics.enabled().then(state::roles::RoleTimer::new);
         Ok(Primary {
+            manager,
             roles,
             metrics,
             turn: Vec::new(),
@@ -277,6 +285,7 @@ impl Primary {
                 self.roles.next_deadline(),
                 self.preflight_deadline(),
                 self.watch.as_ref().and_then(|w| w.next_deadline()),
+                self.manager.as_ref().and_then(|m| m.watchdog_at),
             ]
             .into_iter()
             .flatten()
@@ -353,9 +362,15 @@ impl Primary {
             {
                 self.handle(Input::Deadline(Timer::Watch));
             }
+            if let Some(m) = &mut self.manager {
+                m.tick(now);
+            }
             let actions = std::mem::take(&mut self.turn);
             if let Some(code) = self.apply(actions) {
                 return Ok(code);
+            }
+            if let Some(m) = &mut self.manager {
+                m.sync(&self.state, self.pid);
             }
             if self.epochs.len() > 1 {
                 self.forget_unused();
@@ -733,6 +748,9 @@ impl Primary {
                     None
                 }
                 Err(refused) => {
+                    if let Some(m) = &mut self.manager {
+                        m.refused(&self.state);
+                    }
                     self.metrics.counters.reload_done(&refused, now);
                     Some(Reply::Reload(refused))
                 }
@@ -892,6 +910,9 @@ impl Executor for Primary {
     }
 
     fn progress(&mut self, waiters: Vec<Requester>, progress: proto::Progress) {
+        if let Some(m) = &mut self.manager {
+            m.on_progress(&progress, &self.state);
+        }
         if let proto::Progress::GenerationStarted { .. } = progress {
             self.metrics.counters.generation_started(Instant::now());
         }
@@ -901,6 +922,9 @@ impl Executor for Primary {
     }
 
     fn reload_done(&mut self, waiters: Vec<Requester>, outcome: proto::ReloadOutcome) -> bool {
+        if let Some(m) = &mut self.manager {
+            m.on_reload_done(&outcome, &self.state);
+        }
         self.metrics.counters.reload_done(&outcome, Instant::now());
         let mut replace_shell = false;
         for who in waiters {
@@ -915,6 +939,9 @@ impl Executor for Primary {
     }
 
     fn exit(&mut self, waiters: Vec<Requester>) -> u8 {
+        if let Some(m) = &mut self.manager {
+            m.on_exit();
+        }
         self.role(RoleEvent::Stop(Role::Shell));
         if let Some(shell) = &mut self.shell {
             // It got SIGTERM when the shutdown began; it has no work to finish.

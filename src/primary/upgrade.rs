@@ -758,6 +758,7 @@ impl Primary {
                 .logs
                 .as_ref()
                 .map(|l| l.image(timer(&self.roles.logger), c)),
+            manager: self.manager.as_ref().map(|m| m.image(c)),
             metrics: Some(self.metrics.image(
                 self.roles.metrics.as_ref(),
                 self.state.restarts_total,
@@ -881,6 +882,9 @@ impl Primary {
             retired: state.is_shutting_down(),
         };
         let mut primary = Primary {
+            manager: h
+                .manager
+                .and_then(|m| super::manager::Manager::resume(m, &clock)),
             roles,
             turn: Vec::new(),
             role_actions: Vec::new(),

@@ -895,6 +895,12 @@ pub(crate) fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(owned)
 }
 
+/// `PR_SET_CHILD_SUBREAPER`: orphaned descendants are re-parented to this process (kept across
+/// an exec, so an upgrade in place keeps it).
+pub(crate) fn set_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ mod core;
 mod lifecycle;
 mod listen;
 mod logs;
+mod manager;
 mod metrics;
 mod reconfigure;
 mod servers;
