@@ -321,7 +321,7 @@ impl Metrics {
     }
 
     /// The new image's metrics; `take` adopts an fd number of the hand-off (once each). An
-    /// image from before version 4 (`None`) starts the counters from zero.
+    /// image from before version 5 (`None`) starts the counters from zero.
     pub(crate) fn resume(
         image: Option<MetricsImage>,
         name: &str,
@@ -494,7 +494,7 @@ mod tests {
         assert_eq!(back.counters, m.counters);
         assert_eq!(restarts, 7);
         assert!(timer.is_none() && !back.enabled());
-        // A hand-off from before version 4: the counters start over, the start time is now.
+        // A hand-off from before version 5: the counters start over, the start time is now.
         let (fresh, _, restarts) =
             Metrics::resume(None, "web", 1, |_| panic!(), &poll, &clock).unwrap();
         assert_eq!((fresh.counters.reloads_succeeded, restarts), (0, 0));

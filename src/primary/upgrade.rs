@@ -235,7 +235,7 @@ pub(crate) fn state_from(i: StateImage, c: &Clock) -> State {
         last_reload: i.last_reload,
         shutdown: i.shutdown,
         first_ready: i.first_ready,
-        // Carried in the metrics image (hand-off version 4), set by `resume`.
+        // Carried in the metrics image (hand-off version 5), set by `resume`.
         restarts_total: 0,
     }
 }
