@@ -98,6 +98,8 @@ fn metrics_count_reloads_rollbacks_crashes_and_upgrades_and_survive_the_upgrade(
         value(&s, "reloadsup_workers", Some(("state", "ready"))),
         2.0
     );
+    // The metrics worker is a child of the primary, but no worker.
+    assert_eq!(sup.wait_workers(2).len(), 2);
     let started = value(&s, "reloadsup_start_time_seconds", None);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
