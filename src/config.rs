@@ -92,6 +92,8 @@ pub(crate) struct Config {
     /// quiet first (`--watch-delay`).
     pub watch: Vec<PathBuf>,
     pub watch_delay: Duration,
+    /// Serve `GET /metrics` (Prometheus text format) on this address (`--metrics`).
+    pub metrics: Option<SocketAddr>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub env: Vec<(OsString, OsString)>,
@@ -285,6 +287,9 @@ pub(crate) struct RunArgs {
     /// How long a watched file must be quiet before the reload starts [default: 500ms].
     #[arg(long, value_name = "D")]
     pub watch_delay: Option<String>,
+    /// Serve GET /metrics in the Prometheus text format on HOST:PORT (off unless given).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
     /// Workers per generation [default: 1].
     #[arg(short = 'n', long, value_name = "N")]
     pub workers: Option<u32>,
@@ -397,6 +402,7 @@ struct FileConfig {
     watch: Option<Vec<PathBuf>>,
     #[serde(alias = "watch_delay")]
     watch_delay: Option<String>,
+    metrics: Option<String>,
     workers: Option<u32>,
     prespawn: Option<u32>,
     ready: Option<String>,
@@ -1032,6 +1038,16 @@ impl Config {
         }
         let pidfile = args.pidfile.or(file.pidfile);
 
+        let metrics_cli = args.metrics.is_some();
+        let metrics = match args.metrics.as_ref().or(file.metrics.as_ref()) {
+            None => None,
+            Some(m) => Some(m.parse::<SocketAddr>().or_else(|_| {
+                bad(
+                    src("metrics", "metrics", metrics_cli),
+                    ValueError::NotAdminAddress(m.clone()),
+                )
+            })?),
+        };
         let admin_cli = args.admin.is_some();
         let admin = match args.admin.or(file.admin) {
             None if args.admin_user.is_some() => {
@@ -1135,6 +1151,7 @@ impl Config {
             restart,
             watch: watched,
             watch_delay,
+            metrics,
             uid,
             gid,
             env,

@@ -538,11 +538,12 @@ impl Supervisor {
             .collect()
     }
 
-    /// The primary's children (zombies included), but the keeper, which every primary has.
+    /// The primary's children (zombies included), but the keeper, which every primary has,
+    /// and the metrics worker (`--metrics`).
     pub fn children(&self) -> Vec<u32> {
         proc::children_of(self.pid())
             .into_iter()
-            .filter(|&p| !proc::is_keeper(p))
+            .filter(|&p| !proc::is_keeper(p) && !proc::is_metrics(p))
             .collect()
     }
 

@@ -110,6 +110,12 @@ pub fn is_keeper(pid: u32) -> bool {
         .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"__keeper"))
 }
 
+/// Whether `pid` runs reloadsup's metrics worker role (`__metrics`, with `--metrics`).
+pub fn is_metrics(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"__metrics"))
+}
+
 /// Every descendant of `pid` (zombies included), sorted.
 pub fn descendants_of(pid: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = all_pids()

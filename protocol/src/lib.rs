@@ -226,6 +226,9 @@ pub enum Request {
     /// End the follow of `request` (a [`Request::Logs`] with `follow` on this connection):
     /// it gets its reply, and so does this one.
     StopLogs { request: u32 },
+    /// From the shell worker only: a console password check ended, `ok` or not; counted for
+    /// `reloadsup_console_logins_total`. Answered `Done`; refused from any other connection.
+    Login { ok: bool },
 }
 
 /// Which log lines a [`Request::Logs`] wants.
@@ -601,6 +604,62 @@ pub enum LoggerEvent {
     },
     /// Every ring line of `tail` (not following) was sent.
     TailEnd { tail: u64 },
+}
+
+// ---------------------------------------------------------------------------------------------
+// The metrics worker: serves `GET /metrics` on the listener the primary bound, asking the
+// primary for its figures over its link.
+// ---------------------------------------------------------------------------------------------
+
+/// The upper bounds of `reloadsup_reload_duration_seconds`' buckets, in milliseconds; the
+/// `+Inf` bucket follows. [`Figures::reload_buckets`] has one count more than this.
+pub const RELOAD_BUCKETS_MS: &[u64] = &[
+    100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000,
+];
+
+/// The first message on the metrics worker's link (SOCK_SEQPACKET, bare postcard), with the
+/// metrics listener attached (exactly one fd).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsSpec {
+    pub version: u32,
+    pub primary_pid: u32,
+    /// The instance name (`--name`), a label of every figure's `reloadsup_info`.
+    pub name: String,
+}
+
+/// Every later message on the metrics link, either way: the worker sends `Ask`, the primary
+/// answers each with `Figures`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetricsMessage {
+    Ask,
+    Figures(Figures),
+}
+
+/// The primary's figures at one moment: plain counters and gauges.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Figures {
+    pub reloads_succeeded: u64,
+    pub reloads_rolled_back: u64,
+    pub reloads_refused: u64,
+    pub reloads_cancelled: u64,
+    /// Per bucket of [`RELOAD_BUCKETS_MS`] and `+Inf` (not cumulative): finished reloads whose
+    /// duration fell in it.
+    pub reload_buckets: Vec<u64>,
+    pub reload_seconds_sum_ns: u64,
+    pub generation: u64,
+    pub target_workers: u32,
+    pub starting: u32,
+    pub ready: u32,
+    pub draining: u32,
+    pub backoff: u32,
+    pub dead: u32,
+    pub stopped: u32,
+    pub worker_restarts: u64,
+    pub upgrades: u64,
+    pub logins_ok: u64,
+    pub logins_failed: u64,
+    /// When this primary (pid) started, in nanoseconds since the Unix epoch.
+    pub start_time_ns: u64,
 }
 
 #[cfg(test)]

@@ -177,6 +177,7 @@ fn request_index(request: &Request) -> u8 {
         Request::Upgrade { .. } => 8,
         Request::Logs(_) => 9,
         Request::StopLogs { .. } => 10,
+        Request::Login { .. } => 11,
     }
 }
 
@@ -368,6 +369,7 @@ fn request_goldens() -> Vec<(Request, &'static str)> {
             "09 05 01 0102 00",
         ),
         (Request::StopLogs { request: 5 }, "0a 05"),
+        (Request::Login { ok: true }, "0b 01"),
     ]
 }
 
@@ -1423,11 +1425,31 @@ fn small_handoff() -> upgrade::Handoff {
             ready: true,
             status: "s".into(),
         }),
+        metrics: Some(MetricsImage {
+            reloads_succeeded: 1,
+            reloads_rolled_back: 2,
+            reloads_refused: 0,
+            reloads_cancelled: 0,
+            reload_buckets: vec![1, 0],
+            reload_seconds_sum_ns: 3,
+            reload_began: Some(4),
+            worker_restarts: 5,
+            logins_ok: 6,
+            logins_failed: 7,
+            start_time_ns: 8,
+            listener_fd: Some(11),
+            bound: "m".into(),
+            pid: Some(303),
+            link_fd: Some(12),
+            started: None,
+            backoff: 9,
+            restart_at: None,
+        }),
     }
 }
 
 const SMALL_HANDOFF: &str = "
-    04 01 76 01 01 61 02 2f62 01 01 02 00   (version 4, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
+    05 01 76 01 01 61 02 2f62 01 01 02 00   (version 5, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
     01 05 06 07 01 1e                       (settings: delay 5ns, timeouts 6 7, always, TERM 15 zigzag)
     01 01 01 02 01 03 00 03                 (target, serving, starting gen 2 [3], pending none, next 3)
     01 ac02 01 00 01 08 00 01 09 01 73      (processes: [pid 300 gen 1 slot 0 ready, started 8, deadline 9, s])
@@ -1446,6 +1468,14 @@ const SMALL_HANDOFF: &str = "
     01 01 01 00 ac02 01 12                  ( pipes [id 1, gen 1, slot 0, pid 300, stderr, fd 9],)
     02 01 ae02 01 14 00 03 00               ( next 2, pid 302, link fd 10, started none, backoff 3, restart none)
     01 02 406d 01 02 01 03 01 01 73         (version 4: manager: socket @m, watchdog 2us, due 3, ready, status s)
+    01 01 02 00 00 02 01 00 03 01 04        (version 5: metrics: reloads 1 2 0 0, buckets [1 0], sum 3, began 4,)
+    05 06 07 08                             ( restarts 5, logins 6 7, start 8,)
+    01 16 01 6d 01 af02 01 18 00 09 00      ( listener fd 11, bound m, pid 303, link fd 12, started none, backoff 9, restart none)
+";
+
+/// The part of [`SMALL_HANDOFF`] that version 5 appended.
+const SMALL_HANDOFF_V5_TAIL: &str = "
+    01 01 02 00 00 02 01 00 03 01 04 05 06 07 08 01 16 01 6d 01 af02 01 18 00 09 00
 ";
 
 /// The part of [`SMALL_HANDOFF`] that version 4 appended.
@@ -1470,14 +1500,18 @@ fn handoff_golden() {
 /// today upgrades from it.
 #[test]
 fn handoff_of_version_2_is_read_without_a_logger() {
-    let v4 = unhex(&golden(SMALL_HANDOFF));
-    let end = v4.len() - unhex(SMALL_HANDOFF_V4_TAIL).len() - unhex(SMALL_HANDOFF_V3_TAIL).len();
-    let mut v2 = v4[..end].to_vec();
+    let v5 = unhex(&golden(SMALL_HANDOFF));
+    let end = v5.len()
+        - unhex(SMALL_HANDOFF_V5_TAIL).len()
+        - unhex(SMALL_HANDOFF_V4_TAIL).len()
+        - unhex(SMALL_HANDOFF_V3_TAIL).len();
+    let mut v2 = v5[..end].to_vec();
     v2[0] = 2;
     let mut want = small_handoff();
     want.version = 2;
     want.logger = None;
     want.manager = None;
+    want.metrics = None;
     assert_eq!(upgrade::decode_handoff(&v2).unwrap(), want);
     // Version 1 (before the config and epochs) is not read: its fields are not at the end.
     v2[0] = 1;
@@ -1523,13 +1557,57 @@ fn ready_image_variants_are_pinned() {
 /// reloadsup had no `NOTIFY_SOCKET`.
 #[test]
 fn handoff_of_version_3_is_read_without_a_manager() {
-    let v4 = unhex(&golden(SMALL_HANDOFF));
-    let mut v3 = v4[..v4.len() - unhex(SMALL_HANDOFF_V4_TAIL).len()].to_vec();
+    let v5 = unhex(&golden(SMALL_HANDOFF));
+    let cut = unhex(SMALL_HANDOFF_V5_TAIL).len() + unhex(SMALL_HANDOFF_V4_TAIL).len();
+    let mut v3 = v5[..v5.len() - cut].to_vec();
     v3[0] = 3;
     let mut want = small_handoff();
     want.version = 3;
     want.manager = None;
+    want.metrics = None;
     assert_eq!(upgrade::decode_handoff(&v3).unwrap(), want);
+}
+
+/// What a version-4 image (before the metrics) wrote: read with no metrics image, so the
+/// counters start from zero.
+#[test]
+fn handoff_of_version_4_is_read_without_metrics() {
+    let v5 = unhex(&golden(SMALL_HANDOFF));
+    let mut v4 = v5[..v5.len() - unhex(SMALL_HANDOFF_V5_TAIL).len()].to_vec();
+    v4[0] = 4;
+    let mut want = small_handoff();
+    want.version = 4;
+    want.metrics = None;
+    assert_eq!(upgrade::decode_handoff(&v4).unwrap(), want);
+}
+
+#[test]
+fn metrics_messages_are_pinned() {
+    assert_golden(&MetricsMessage::Ask, "00");
+    let figures = Figures {
+        reloads_succeeded: 1,
+        reload_buckets: vec![0, 1],
+        generation: 2,
+        ready: 3,
+        start_time_ns: 4,
+        ..Figures::default()
+    };
+    assert_golden(
+        &MetricsMessage::Figures(figures),
+        "01 01 00 00 00 02 00 01 00 02 00 00 03 00 00 00 00 00 00 00 00 04",
+    );
+    assert_golden(
+        &MetricsSpec {
+            version: 1,
+            primary_pid: 2,
+            name: "n".into(),
+        },
+        "01 02 01 6e",
+    );
+    // Garbage never panics.
+    for cut in 0..8 {
+        let _ = decode::<MetricsMessage>(&[1, 0xff, 0xff, 0xff][..cut.min(4)]);
+    }
 }
 
 #[test]

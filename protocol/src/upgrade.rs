@@ -21,14 +21,14 @@ use crate::ReloadOutcome;
 use crate::ShellSpec;
 
 /// Bumped on any change of the hand-off that is not an append.
-pub const HANDOFF_VERSION: u32 = 4;
+pub const HANDOFF_VERSION: u32 = 5;
 
 /// The oldest hand-off this image still reads: an upgrade from a binary that wrote it works.
 pub const MIN_HANDOFF_VERSION: u32 = 2;
 
 /// `(version, fields)`: how many fields version `version` appended at the end of [`Handoff`],
 /// each `None` or empty in a hand-off of an older version.
-const APPENDED: &[(u32, usize)] = &[(3, 1), (4, 1)];
+const APPENDED: &[(u32, usize)] = &[(3, 1), (4, 1), (5, 1)];
 
 /// Everything the primary holds, as plain data and fd numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +70,8 @@ pub struct Handoff {
     /// Version 4: what the service manager above (reloadsup's own `NOTIFY_SOCKET`) was told,
     /// and when its watchdog is due.
     pub manager: Option<ManagerImage>,
+    /// Version 5: the counters behind `/metrics` and the metrics worker (`--metrics`).
+    pub metrics: Option<MetricsImage>,
 }
 
 /// The service manager's notify socket as the primary uses it.
@@ -82,6 +84,33 @@ pub struct ManagerImage {
     /// `READY=1` was sent (it is not sent again).
     pub ready: bool,
     pub status: String,
+}
+
+/// The figures the primary counts (they survive upgrades in place) and the metrics worker as
+/// the primary knows it: listener, link and back-off.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MetricsImage {
+    pub reloads_succeeded: u64,
+    pub reloads_rolled_back: u64,
+    pub reloads_refused: u64,
+    pub reloads_cancelled: u64,
+    pub reload_buckets: Vec<u64>,
+    pub reload_seconds_sum_ns: u64,
+    /// When the reload in flight began, if one is.
+    pub reload_began: Option<u64>,
+    pub worker_restarts: u64,
+    pub logins_ok: u64,
+    pub logins_failed: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub start_time_ns: u64,
+    /// With `--metrics`: the listener the primary bound, its bound address, the worker.
+    pub listener_fd: Option<i32>,
+    pub bound: String,
+    pub pid: Option<u32>,
+    pub link_fd: Option<i32>,
+    pub started: Option<u64>,
+    pub backoff: u64,
+    pub restart_at: Option<u64>,
 }
 
 /// The logger worker as the primary knows it: its spec, link and back-off, and the read end

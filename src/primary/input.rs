@@ -50,6 +50,8 @@ pub(crate) enum Link {
     Worker(u32),
     /// The logger worker's link: drained pipes.
     Logger,
+    /// The metrics worker's link: asks for figures.
+    Metrics,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,16 @@ impl Primary {
                 .logs
                 .as_mut()
                 .is_some_and(|l| l.on_link(&self.poll, &mut self.conns)),
+            Input::Link(Link::Metrics) => {
+                let now = Instant::now();
+                let figures = super::metrics::figures(
+                    &self.metrics.counters,
+                    &self.state,
+                    self.upgrades,
+                    now,
+                );
+                self.metrics.on_link(&self.poll, &figures)
+            }
             Input::Notify(token) => self.on_notify(token, &mut actions),
             Input::Deadline(Timer::Generations) => {
                 actions.extend(self.state.handle(Instant::now(), Event::Tick));

@@ -20,6 +20,7 @@ pub(crate) mod listeners;
 mod listening;
 pub(crate) mod logs;
 mod manager;
+pub(crate) mod metrics;
 pub(crate) mod notify;
 mod reconfigure;
 pub(crate) mod shell_link;
@@ -122,6 +123,8 @@ pub(crate) struct Primary {
     /// The watched files (`--watch`), set up when the loop starts and again when a reload
     /// changes them; never carried across an upgrade (the new image watches again).
     watch: Option<watch::Watch>,
+    /// The counters behind `/metrics` and the metrics worker (`--metrics`).
+    metrics: metrics::Metrics,
 }
 
 /// A worker role that is running and waiting for its [`WorkerSpec`].
@@ -228,9 +231,13 @@ impl Primary {
             control_path.display()
         );
         let logs = logs::Logs::new(&config.log, pid);
+        let metrics = metrics_listener(&config, pid)?;
+        let mut roles = Roles::new(shell.is_some(), logs.is_some(), config.prespawn);
+        roles.metrics = metrics.enabled().then(state::roles::RoleTimer::new);
         Ok(Primary {
             manager,
-            roles: Roles::new(shell.is_some(), logs.is_some(), config.prespawn),
+            roles,
+            metrics,
             turn: Vec::new(),
             role_actions: Vec::new(),
             logs,
@@ -326,6 +333,7 @@ impl Primary {
                     }
                     CONTROL => self.handle(Input::Accept),
                     logs::LOGGER => self.handle(Input::Link(Link::Logger)),
+                    metrics::METRICS => self.handle(Input::Link(Link::Metrics)),
                     watch::WATCH => self.handle(Input::FileChanged),
                     Token(t) if t >= FIRST_LINK => match u32::try_from(t - FIRST_LINK) {
                         Ok(pid) => self.handle(Input::Link(Link::Worker(pid))),
@@ -587,6 +595,12 @@ impl Primary {
             self.role(RoleEvent::Exited(Role::Keeper));
             return;
         }
+        if self.metrics.is(pid) {
+            let stopping = self.roles.metrics.as_ref().is_some_and(|t| t.stopping);
+            self.metrics.exited(&self.poll, status, stopping);
+            self.role(RoleEvent::Exited(Role::Metrics));
+            return;
+        }
         if let Some(logs) = self.logs.as_mut().filter(|l| l.is(pid)) {
             logs.exited(&self.poll, &mut self.conns, status);
             self.role(RoleEvent::Exited(Role::Logger));
@@ -746,9 +760,11 @@ impl Primary {
                     if let Some(m) = &mut self.manager {
                         m.refused(&self.state);
                     }
+                    self.metrics.counters.reload_done(&refused, now);
                     Some(Reply::Reload(refused))
                 }
             },
+            Request::Login { ok } => Some(self.login(who, ok)),
             Request::Restart => {
                 log::info!("restart: upgrading the primary, then reloading every worker");
                 self.begin_upgrade(who, None, true, actions);
@@ -804,6 +820,19 @@ impl Primary {
         if let Some(reply) = reply {
             self.conns.send_reply(&self.poll, who, reply);
         }
+    }
+
+    /// A console login's result, from the shell worker's link only.
+    fn login(&mut self, who: Requester, ok: bool) -> Reply {
+        let from_shell = self
+            .shell
+            .as_ref()
+            .is_some_and(|s| s.is_link(control::conn_of(who)));
+        if !from_shell {
+            return Reply::Error("login results come from the shell worker only".into());
+        }
+        self.metrics.counters.login(ok);
+        Reply::Done(String::new())
     }
 
     fn scale(&mut self, now: Instant, workers: u32, actions: &mut Vec<Action>) -> Reply {
@@ -893,6 +922,9 @@ impl Executor for Primary {
         if let Some(m) = &mut self.manager {
             m.on_progress(&progress, &self.state);
         }
+        if let proto::Progress::GenerationStarted { .. } = progress {
+            self.metrics.counters.generation_started(Instant::now());
+        }
         for who in waiters {
             self.conns.send_progress(&self.poll, who, progress.clone());
         }
@@ -902,6 +934,7 @@ impl Executor for Primary {
         if let Some(m) = &mut self.manager {
             m.on_reload_done(&outcome, &self.state);
         }
+        self.metrics.counters.reload_done(&outcome, Instant::now());
         let mut replace_shell = false;
         for who in waiters {
             self.conns
@@ -935,6 +968,9 @@ impl Executor for Primary {
             logs.finish(&self.poll);
         }
         self.roles
+            .handle(Instant::now(), RoleEvent::Stop(Role::Metrics));
+        self.metrics.kill(&self.poll);
+        self.roles
             .handle(Instant::now(), RoleEvent::Stop(Role::Keeper));
         self.keeper.close();
         log::info!("all workers are gone; exiting");
@@ -948,6 +984,7 @@ impl Executor for Primary {
                 None => false,
             },
             Role::Keeper => self.keeper.start(),
+            Role::Metrics => self.metrics.start(&self.poll),
             Role::Logger => match &mut self.logs {
                 Some(logs) => logs.start(&self.poll),
                 None => false,
@@ -1021,6 +1058,33 @@ fn prepare_state_dir(dir: &Path, name: &str, other_user: bool) -> Result<(), Fat
         });
     }
     Ok(())
+}
+
+/// Binds the metrics listener (`--metrics`): a port that is taken is fatal at start, like
+/// the console's.
+fn metrics_listener(config: &Config, pid: u32) -> Result<metrics::Metrics, Fatal> {
+    let Some(address) = config.metrics else {
+        return Ok(metrics::Metrics::new(None, &config.name, pid));
+    };
+    let spec = crate::config::ListenerSpec {
+        name: "metrics".into(),
+        address: crate::config::Address::tcp(address),
+        options: Default::default(),
+    };
+    let mut bound = listeners::bind_all(std::slice::from_ref(&spec), 128).map_err(|e| {
+        Fatal::Bind(BindError {
+            flag: "--metrics".into(),
+            ..e
+        })
+    })?;
+    let listener = bound.remove(0);
+    let shown = listener.bound.trim_start_matches("tcp://").to_string();
+    log::info!("metrics on http://{shown}/metrics");
+    Ok(metrics::Metrics::new(
+        Some((listener.fd, shown)),
+        &config.name,
+        pid,
+    ))
 }
 
 fn admin_console(

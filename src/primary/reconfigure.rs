@@ -222,6 +222,7 @@ pub(crate) fn changes(old: &Config, new: &Config) -> Changes {
     check("pidfile", old.pidfile != new.pidfile, false);
     // A process attribute set once at start (kept across an upgrade's exec).
     check("subreaper", old.subreaper != new.subreaper, false);
+    check("metrics", old.metrics != new.metrics, false);
     // The logger worker and the pipes are set up at start: a restart of the supervisor
     // (not an upgrade in place, which keeps them) changes them.
     check("log-output", old.log.output != new.log.output, false);
@@ -254,6 +255,7 @@ pub(crate) fn merge(old: &Config, mut new: Config) -> Config {
     new.gid = old.gid;
     new.pidfile = old.pidfile.clone();
     new.subreaper = old.subreaper;
+    new.metrics = old.metrics;
     new.log = old.log.clone();
     new.start_text = old.start_text.clone();
     new.admin = match (&old.admin, new.admin) {

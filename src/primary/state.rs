@@ -206,6 +206,9 @@ pub(crate) struct State {
     pub shutdown: Option<Vec<Requester>>,
     /// The first generation had every worker ready once (it is logged as serving then).
     pub first_ready: bool,
+    /// Workers restarted after they died (back-off restarts), for `/metrics`: never reset,
+    /// carried across an upgrade in the metrics image.
+    pub restarts_total: u64,
 }
 
 impl State {
@@ -222,6 +225,7 @@ impl State {
             last_reload: None,
             shutdown: None,
             first_ready: false,
+            restarts_total: 0,
         }
     }
 
@@ -759,6 +763,7 @@ impl State {
                 if self.slots[slot].restart_at.is_some_and(|t| t <= now) {
                     self.slots[slot].restart_at = None;
                     self.slots[slot].restarts += 1;
+                    self.restarts_total += 1;
                     out.push(Action::Spawn {
                         generation: self.serving,
                         slot: slot as u32,

@@ -237,6 +237,8 @@ pub(crate) fn state_from(i: StateImage, c: &Clock) -> State {
         last_reload: i.last_reload,
         shutdown: i.shutdown,
         first_ready: i.first_ready,
+        // Carried in the metrics image (hand-off version 5), set by `resume`.
+        restarts_total: 0,
     }
 }
 
@@ -449,6 +451,9 @@ pub(crate) fn fds_of(h: &Handoff) -> Vec<RawFd> {
     }
     if let Some(l) = &h.logger {
         fds.extend(super::logs::Logs::image_fds(l));
+    }
+    if let Some(m) = &h.metrics {
+        fds.extend(super::metrics::Metrics::image_fds(m));
     }
     fds
 }
@@ -756,6 +761,11 @@ impl Primary {
                 .as_ref()
                 .map(|l| l.image(timer(&self.roles.logger), c)),
             manager: self.manager.as_ref().map(|m| m.image(c)),
+            metrics: Some(self.metrics.image(
+                self.roles.metrics.as_ref(),
+                self.state.restarts_total,
+                c,
+            )),
         }
     }
 
@@ -852,11 +862,22 @@ impl Primary {
             }
             None => (None, None),
         };
-        let state = state_from(h.state, &clock);
+        let (metrics, metrics_timer, restarts_total) = super::metrics::Metrics::resume(
+            h.metrics,
+            &config.name,
+            pid,
+            |fd| take(fd, "the metrics listener or link").map_err(std::io::Error::other),
+            &poll,
+            &clock,
+        )
+        .map_err(|e| format!("the metrics worker: {}", lower(&e)))?;
+        let mut state = state_from(h.state, &clock);
+        state.restarts_total = restarts_total;
         let roles = Roles {
             shell: shell_timer,
             keeper: keeper_timer,
             logger: logger_timer,
+            metrics: metrics_timer,
             prespawn: config.prespawn,
             refill_at: clock.opt_instant(h.refill_at),
             // Not in the hand-off: a shutdown retired the spares, and the state says so.
@@ -894,6 +915,7 @@ impl Primary {
             binary: PathBuf::from(OsString::from_vec(h.binary)),
             upgrades: h.upgrades,
             upgrade: None,
+            metrics,
         };
         for (pid, link) in links {
             primary.keep_link(pid, link);
@@ -904,6 +926,9 @@ impl Primary {
         primary.pending.insert(CONTROL.0);
         if primary.logs.is_some() {
             primary.pending.insert(super::logs::LOGGER.0);
+        }
+        if primary.metrics.enabled() {
+            primary.pending.insert(super::metrics::METRICS.0);
         }
         primary.pending.extend(primary.conns.ids());
         if let Some(n) = &primary.notify {

@@ -5,4 +5,5 @@
 
 pub(crate) mod keeper;
 pub(crate) mod logger;
+pub(crate) mod metrics;
 pub(crate) mod worker;

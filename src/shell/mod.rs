@@ -528,6 +528,12 @@ impl Shell {
                         continue;
                     }
                     self.forwarded += 1;
+                    if matches!(request, Request::Login { .. }) {
+                        // Only the shell itself reports logins: a program cannot count one.
+                        let no = Reply::Error("login results come from the shell only".into());
+                        self.answer(Waiter::Client(id, cid), no);
+                        continue;
+                    }
                     let follow = matches!(&request, Request::Logs(q) if q.follow);
                     let link_id = self.ask(Waiter::Client(id, cid), request);
                     if follow {
@@ -901,6 +907,7 @@ impl Shell {
         let now = Instant::now();
         self.checks.done(sid);
         self.dispatch_checks();
+        self.report_login(ok);
         let logged_in = self.sessions.values().filter(|s| s.logged_in).count();
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
@@ -1171,6 +1178,10 @@ impl Shell {
                         let _ = reply.send(Err("the session has ended".into()));
                         continue;
                     };
+                    if matches!(request, Request::Login { .. }) {
+                        let _ = reply.send(Err("login results come from the shell only".into()));
+                        continue;
+                    }
                     let restart = request == Request::Restart;
                     if restart {
                         s.restart_requested = true;
@@ -1200,6 +1211,21 @@ impl Shell {
     // -----------------------------------------------------------------------------------------
     // The link to the primary
     // -----------------------------------------------------------------------------------------
+
+    /// Tells the primary a password check's result (`reloadsup_console_logins_total`); its
+    /// answer has no waiter and is dropped.
+    fn report_login(&mut self, ok: bool) {
+        let mut id = self.link.next_id;
+        while self.link.waiting.contains_key(&id) || id == 0 {
+            id = id.wrapping_add(1);
+        }
+        self.link.next_id = id.wrapping_add(1);
+        let request = Request::Login { ok };
+        if let Ok(frame) = proto::encode_frame(&Message::Request { id, request }) {
+            self.link.out.extend_from_slice(&frame);
+            self.on_link(false, true);
+        }
+    }
 
     /// Sends `request` over the link; returns its id there.
     fn ask(&mut self, waiter: Waiter, request: Request) -> u32 {

@@ -39,11 +39,11 @@ fn hash_password(password: &str) -> String {
 }
 
 /// A running `console_commands` supervisor with the admin console on.
-struct Admin {
+pub(crate) struct Admin {
     child: Child,
     log: PathBuf,
-    addr: String,
-    fingerprint: String,
+    pub(crate) addr: String,
+    pub(crate) fingerprint: String,
     state: PathBuf,
 }
 
@@ -60,7 +60,12 @@ impl Admin {
     }
 
     /// Like [`Admin::start_binary`], with `extra` arguments before the command.
-    fn start_with(sandbox: &Sandbox, workers: usize, binary: PathBuf, extra: &[&str]) -> Admin {
+    pub(crate) fn start_with(
+        sandbox: &Sandbox,
+        workers: usize,
+        binary: PathBuf,
+        extra: &[&str],
+    ) -> Admin {
         let crash = sandbox.join("crash");
         // Workers of another user need a copy they can reach (the build tree may be 0700).
         let hello = if extra.contains(&"--user") {
@@ -115,7 +120,7 @@ impl Admin {
         admin
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
@@ -174,7 +179,7 @@ impl Admin {
 
     /// `reloadsup console --fingerprint FP -c LINE... ADDR` with the password in the
     /// environment.
-    fn console(&self, lines: &[&str]) -> Output {
+    pub(crate) fn console(&self, lines: &[&str]) -> Output {
         let mut cmd = Command::new(bins::reloadsup());
         cmd.args(["console", "--fingerprint", &self.fingerprint]);
         for l in lines {

@@ -12,6 +12,7 @@ mod listen;
 mod listening;
 mod logs;
 mod manager;
+mod metrics;
 mod reconfigure;
 mod servers;
 mod upgrade;

@@ -442,3 +442,34 @@ fn spawn_results_are_fed_back_and_exit_ends_the_turn() {
     assert_eq!(code, Some(0));
     assert_eq!(f.take_calls(), [Call::Terminate(Role::Shell), Call::Exit]);
 }
+
+#[test]
+fn a_metrics_worker_starts_last_and_backs_off_when_it_dies_young() {
+    let mut f = Fake::new(true, false, 0, 1);
+    f.roles.metrics = Some(crate::primary::state::roles::RoleTimer::new());
+    f.role(RoleEvent::Begin);
+    assert_eq!(
+        f.take_calls(),
+        [
+            Call::StartRole(Role::Keeper),
+            Call::StartRole(Role::Shell),
+            Call::StartRole(Role::Metrics)
+        ]
+    );
+    assert_eq!(f.roles.next_deadline(), None);
+    f.set_ms(1_000);
+    f.role(RoleEvent::Exited(Role::Metrics));
+    assert!(f.take_calls().is_empty(), "not before its back-off");
+    assert_eq!(f.roles.next_deadline(), Some(f.at(1_100)));
+    f.set_ms(1_100);
+    f.tick();
+    assert_eq!(f.take_calls(), [Call::StartRole(Role::Metrics)]);
+    f.set_ms(1_200);
+    f.role(RoleEvent::Stop(Role::Metrics));
+    f.role(RoleEvent::Exited(Role::Metrics));
+    assert_eq!(
+        f.roles.next_deadline(),
+        None,
+        "a stopped worker stays stopped"
+    );
+}

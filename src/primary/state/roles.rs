@@ -1,5 +1,5 @@
 //! The restart timers of the primary's helper roles (the shell worker, the keeper, the logger
-//! worker) and of the spares (`--prespawn`): when each is started again after it died or
+//! worker, the metrics worker) and of the spares (`--prespawn`): when each is started again after it died or
 //! could not start, and when the spares are topped up.
 //!
 //! Pure, like the generation state machine: plain data, [`RoleEvent`]s in, [`RoleAction`]s out,
@@ -27,6 +27,7 @@ pub(crate) enum Role {
     Shell,
     Keeper,
     Logger,
+    Metrics,
 }
 
 impl Role {
@@ -35,7 +36,7 @@ impl Role {
     /// is back at once; only one that dies young backs off.
     fn healthy_after(self) -> Duration {
         match self {
-            Role::Shell | Role::Logger => SHORT_LIFE,
+            Role::Shell | Role::Logger | Role::Metrics => SHORT_LIFE,
             Role::Keeper => HEALTHY_AFTER,
         }
     }
@@ -47,6 +48,7 @@ impl Role {
             }
             Role::Keeper => log::info!("restarting the keeper in {backoff:?}"),
             Role::Logger => log::info!("restarting the logger worker in {backoff:?}"),
+            Role::Metrics => log::info!("restarting the metrics worker in {backoff:?}"),
         }
     }
 }
@@ -96,6 +98,8 @@ pub(crate) struct Roles {
     pub keeper: RoleTimer,
     /// With `--log-output stdout|file:PATH` only.
     pub logger: Option<RoleTimer>,
+    /// With `--metrics` only.
+    pub metrics: Option<RoleTimer>,
     /// `--prespawn`: how many spares to keep.
     pub prespawn: u32,
     /// When to top the spares up again.
@@ -148,6 +152,7 @@ impl Roles {
             shell: shell.then(RoleTimer::new),
             keeper: RoleTimer::new(),
             logger: logger.then(RoleTimer::new),
+            metrics: None,
             prespawn,
             refill_at: None,
             retired: false,
@@ -159,6 +164,7 @@ impl Roles {
             Role::Shell => self.shell.as_ref(),
             Role::Keeper => Some(&self.keeper),
             Role::Logger => self.logger.as_ref(),
+            Role::Metrics => self.metrics.as_ref(),
         }
     }
 
@@ -167,6 +173,7 @@ impl Roles {
             Role::Shell => self.shell.as_mut(),
             Role::Keeper => Some(&mut self.keeper),
             Role::Logger => self.logger.as_mut(),
+            Role::Metrics => self.metrics.as_mut(),
         }
     }
 
@@ -177,6 +184,7 @@ impl Roles {
             self.shell.as_ref(),
             Some(&self.keeper),
             self.logger.as_ref(),
+            self.metrics.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -190,7 +198,7 @@ impl Roles {
         match event {
             RoleEvent::Begin => {
                 // The keeper first: every worker is guarded from its first moment.
-                for role in [Role::Keeper, Role::Logger, Role::Shell] {
+                for role in [Role::Keeper, Role::Logger, Role::Shell, Role::Metrics] {
                     if self.timer(role).is_some() {
                         out.push(RoleAction::Start(role));
                     }
@@ -265,7 +273,7 @@ impl Roles {
             }
             RoleEvent::Tick => {
                 // The order the loop always used: the console first, the keeper, the logger.
-                for role in [Role::Shell, Role::Keeper, Role::Logger] {
+                for role in [Role::Shell, Role::Keeper, Role::Logger, Role::Metrics] {
                     if let Some(t) = self
                         .timer_mut(role)
                         .filter(|t| t.restart_at.is_some_and(|at| at <= now))

@@ -1,0 +1,502 @@
+//! The metrics worker role (`__metrics`, with `--metrics HOST:PORT`): serves `GET /metrics` in
+//! the Prometheus text exposition format (version 0.0.4) on the listener the primary bound.
+//!
+//! It answers HTTP itself, with plain std and a thread per connection, so that a slow or
+//! hostile scraper costs this process at most one of [`MAX_CONNECTIONS`] threads for at most
+//! [`REQUEST_DEADLINE`], and never touches the primary: a request is read up to
+//! [`MAX_REQUEST`] bytes, then answered and closed. For each scrape it asks the primary for its
+//! figures on its link (one ask at a time, with a timeout) and renders them here; the primary
+//! only answers a small message. It dies with the primary (`PR_SET_PDEATHSIG`) and exits when
+//! its link closes.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reloadsup_protocol::{
+    self as proto, Figures, MetricsMessage, MetricsSpec, PROTOCOL_VERSION, RELOAD_BUCKETS_MS,
+};
+
+use crate::error::lower;
+use crate::sys;
+
+/// Connections served at once; one more is closed at once.
+pub(crate) const MAX_CONNECTIONS: usize = 16;
+/// The most bytes of a request (its line and headers) read.
+pub(crate) const MAX_REQUEST: usize = 8 * 1024;
+/// How long a client has to send its request, and to read the answer.
+pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the primary has to answer an ask.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs the metrics role; `_args` are the words after `__metrics` (none).
+pub(crate) fn run(_args: &[OsString]) -> u8 {
+    sys::reset_signals();
+    match serve() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("reloadsup: metrics: {}", lower(&e));
+            1
+        }
+    }
+}
+
+struct Shared {
+    spec: MetricsSpec,
+    link: Mutex<OwnedFd>,
+    connections: AtomicUsize,
+}
+
+fn serve() -> io::Result<()> {
+    let link = sys::take_role_link()?;
+    let mut buf = vec![0u8; 4096];
+    let (n, mut fds) = sys::recv_with_fds(link.as_fd(), &mut buf, 1)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let spec: MetricsSpec = proto::decode(&buf[..n]).map_err(io::Error::other)?;
+    if spec.version != PROTOCOL_VERSION {
+        return Err(io::Error::other(proto::Error::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: spec.version,
+        }));
+    }
+    sys::die_with_parent(spec.primary_pid)?;
+    if fds.len() != 1 {
+        return Err(io::Error::other(proto::Error::FdCount {
+            expected: 1,
+            received: fds.len(),
+        }));
+    }
+    let listener = TcpListener::from(fds.remove(0));
+    // The primary's copy may be non-blocking; this process blocks in accept.
+    listener.set_nonblocking(false)?;
+    let shared = Arc::new(Shared {
+        spec,
+        link: Mutex::new(link),
+        connections: AtomicUsize::new(0),
+    });
+    loop {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A client that reset before it was accepted, or no fd left: serve the next one.
+            Err(e) => {
+                eprintln!("reloadsup: metrics: accept: {}", lower(&e));
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            busy(stream);
+            continue;
+        }
+        let s = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("scrape".into())
+            .spawn(move || {
+                let _ = answer(&s, stream);
+                s.connections.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Over the connection limit: a best-effort 503 that never waits for the client.
+fn busy(stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let _ = (&stream).write_all(&response("503 Service Unavailable", "too many scrapes\n"));
+}
+
+fn answer(shared: &Shared, mut stream: TcpStream) -> io::Result<()> {
+    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
+    let until = Instant::now() + REQUEST_DEADLINE;
+    let head = match read_head(&mut stream, until)? {
+        Some(head) => head,
+        None => {
+            return stream.write_all(&response(
+                "431 Request Header Fields Too Large",
+                "request too large\n",
+            ))
+        }
+    };
+    let line = head.lines().next().unwrap_or_default();
+    let mut words = line.split(' ');
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let reply = if path != "/metrics" {
+        response("404 Not Found", "only /metrics is served here\n")
+    } else if method != "GET" && method != "HEAD" {
+        response("405 Method Not Allowed", "GET /metrics\n")
+    } else {
+        match ask(shared) {
+            Ok(f) => {
+                let mut r = response("200 OK", &render(&shared.spec.name, &f));
+                if method == "HEAD" {
+                    if let Some(end) = r.windows(4).position(|w| w == b"\r\n\r\n") {
+                        r.truncate(end + 4);
+                    }
+                }
+                r
+            }
+            Err(e) => response(
+                "503 Service Unavailable",
+                &format!("no figures from the primary: {}\n", lower(&e)),
+            ),
+        }
+    };
+    stream.write_all(&reply)
+}
+
+/// Reads the request line and headers; `None` if they pass [`MAX_REQUEST`] bytes.
+fn read_head(stream: &mut TcpStream, until: Instant) -> io::Result<Option<String>> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        head.extend_from_slice(&buf[..n]);
+        let end = head
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .or_else(|| head.windows(2).position(|w| w == b"\n\n"));
+        if let Some(end) = end.filter(|&e| e <= MAX_REQUEST) {
+            head.truncate(end);
+            return Ok(Some(String::from_utf8_lossy(&head).into_owned()));
+        }
+        if head.len() > MAX_REQUEST {
+            return Ok(None);
+        }
+    }
+}
+
+fn response(status: &str, body: &str) -> Vec<u8> {
+    let kind = if status.starts_with("200") {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// One ask at a time: an answer that came too late for an earlier ask is dropped first.
+fn ask(shared: &Shared) -> io::Result<Figures> {
+    let link = shared
+        .link
+        .lock()
+        .map_err(|_| io::Error::other("a scrape thread panicked"))?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match sys::recv_nowait(link.as_fd(), &mut buf) {
+            Ok(0) => gone(),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let body = proto::encode(&MetricsMessage::Ask).map_err(io::Error::other)?;
+    sys::send_nonblocking(link.as_fd(), &body)?;
+    let until = Instant::now() + ASK_TIMEOUT;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if !sys::wait_readable(link.as_fd(), Some(left))? {
+            return Err(io::Error::other("the primary did not answer in time"));
+        }
+        match sys::recv_nowait(link.as_fd(), &mut buf) {
+            Ok(0) => gone(),
+            Ok(n) => {
+                return match proto::decode::<MetricsMessage>(&buf[..n]) {
+                    Ok(MetricsMessage::Figures(f)) => Ok(f),
+                    Ok(MetricsMessage::Ask) => Err(io::Error::other("unexpected message")),
+                    Err(e) => Err(io::Error::other(e)),
+                }
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The primary closed the link: it replaced this worker, or it is exiting.
+fn gone() -> ! {
+    std::process::exit(0)
+}
+
+/// A label value, escaped as the text format wants.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Nanoseconds as decimal seconds, exactly (a float would round the start time).
+fn seconds(ns: u64) -> String {
+    let (whole, frac) = (ns / 1_000_000_000, ns % 1_000_000_000);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:09}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
+/// The figures in the Prometheus text exposition format.
+pub(crate) fn render(name: &str, f: &Figures) -> String {
+    let mut out = String::with_capacity(4096);
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+    };
+    family(
+        &mut out,
+        "reloadsup_info",
+        "gauge",
+        "The instance and version of reloadsup; always 1.",
+    );
+    let _ = writeln!(
+        out,
+        "reloadsup_info{{name=\"{}\",version=\"{}\"}} 1",
+        label(name),
+        env!("CARGO_PKG_VERSION")
+    );
+    family(
+        &mut out,
+        "reloadsup_reloads_total",
+        "counter",
+        "Reloads by outcome: succeeded, rolled_back (the new generation failed), refused (the re-read config was refused), cancelled (by a shutdown).",
+    );
+    for (outcome, n) in [
+        ("succeeded", f.reloads_succeeded),
+        ("rolled_back", f.reloads_rolled_back),
+        ("refused", f.reloads_refused),
+        ("cancelled", f.reloads_cancelled),
+    ] {
+        let _ = writeln!(out, "reloadsup_reloads_total{{outcome=\"{outcome}\"}} {n}");
+    }
+    family(
+        &mut out,
+        "reloadsup_reload_duration_seconds",
+        "histogram",
+        "Time from a new generation's start to the reload's outcome.",
+    );
+    let mut cumulative = 0u64;
+    for (i, bound) in RELOAD_BUCKETS_MS.iter().enumerate() {
+        cumulative += f.reload_buckets.get(i).copied().unwrap_or(0);
+        let le = *bound as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "reloadsup_reload_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    cumulative += f
+        .reload_buckets
+        .get(RELOAD_BUCKETS_MS.len())
+        .copied()
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "reloadsup_reload_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
+    let _ = writeln!(
+        out,
+        "reloadsup_reload_duration_seconds_sum {}",
+        seconds(f.reload_seconds_sum_ns)
+    );
+    let _ = writeln!(out, "reloadsup_reload_duration_seconds_count {cumulative}");
+    family(
+        &mut out,
+        "reloadsup_generation",
+        "gauge",
+        "The generation serving now.",
+    );
+    let _ = writeln!(out, "reloadsup_generation {}", f.generation);
+    family(
+        &mut out,
+        "reloadsup_target_workers",
+        "gauge",
+        "Workers per generation asked for.",
+    );
+    let _ = writeln!(out, "reloadsup_target_workers {}", f.target_workers);
+    family(
+        &mut out,
+        "reloadsup_workers",
+        "gauge",
+        "Worker processes and slots by state.",
+    );
+    for (state, n) in [
+        ("starting", f.starting),
+        ("ready", f.ready),
+        ("draining", f.draining),
+        ("backoff", f.backoff),
+        ("dead", f.dead),
+        ("stopped", f.stopped),
+    ] {
+        let _ = writeln!(out, "reloadsup_workers{{state=\"{state}\"}} {n}");
+    }
+    family(
+        &mut out,
+        "reloadsup_worker_restarts_total",
+        "counter",
+        "Workers restarted after they died.",
+    );
+    let _ = writeln!(out, "reloadsup_worker_restarts_total {}", f.worker_restarts);
+    family(
+        &mut out,
+        "reloadsup_upgrades_total",
+        "counter",
+        "In-place upgrades of reloadsup itself under this pid.",
+    );
+    let _ = writeln!(out, "reloadsup_upgrades_total {}", f.upgrades);
+    family(
+        &mut out,
+        "reloadsup_console_logins_total",
+        "counter",
+        "Admin console password checks by result.",
+    );
+    let _ = writeln!(
+        out,
+        "reloadsup_console_logins_total{{result=\"ok\"}} {}",
+        f.logins_ok
+    );
+    let _ = writeln!(
+        out,
+        "reloadsup_console_logins_total{{result=\"failed\"}} {}",
+        f.logins_failed
+    );
+    family(
+        &mut out,
+        "reloadsup_start_time_seconds",
+        "gauge",
+        "When the supervisor started, in seconds since the Unix epoch.",
+    );
+    let _ = writeln!(
+        out,
+        "reloadsup_start_time_seconds {}",
+        seconds(f.start_time_ns)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures() -> Figures {
+        let mut buckets = vec![0; RELOAD_BUCKETS_MS.len() + 1];
+        buckets[2] = 2;
+        buckets[RELOAD_BUCKETS_MS.len()] = 1;
+        Figures {
+            reloads_succeeded: 2,
+            reloads_rolled_back: 1,
+            reload_buckets: buckets,
+            reload_seconds_sum_ns: 1_500_000_000,
+            generation: 3,
+            target_workers: 2,
+            ready: 2,
+            dead: 1,
+            worker_restarts: 4,
+            upgrades: 1,
+            logins_ok: 5,
+            logins_failed: 6,
+            start_time_ns: 1_700_000_000_250_000_000,
+            ..Figures::default()
+        }
+    }
+
+    #[test]
+    fn counters_and_gauges_are_rendered_with_their_labels() {
+        let text = render("web", &figures());
+        for line in [
+            "reloadsup_info{name=\"web\",version=\"",
+            "reloadsup_reloads_total{outcome=\"succeeded\"} 2\n",
+            "reloadsup_reloads_total{outcome=\"rolled_back\"} 1\n",
+            "reloadsup_reloads_total{outcome=\"refused\"} 0\n",
+            "reloadsup_generation 3\n",
+            "reloadsup_workers{state=\"ready\"} 2\n",
+            "reloadsup_workers{state=\"dead\"} 1\n",
+            "reloadsup_workers{state=\"starting\"} 0\n",
+            "reloadsup_worker_restarts_total 4\n",
+            "reloadsup_upgrades_total 1\n",
+            "reloadsup_console_logins_total{result=\"ok\"} 5\n",
+            "reloadsup_console_logins_total{result=\"failed\"} 6\n",
+            "reloadsup_start_time_seconds 1700000000.25\n",
+            "# TYPE reloadsup_reloads_total counter\n",
+            "# TYPE reloadsup_reload_duration_seconds histogram\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_with_inf_sum_and_count() {
+        let text = render("web", &figures());
+        let buckets: Vec<(&str, u64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("reloadsup_reload_duration_seconds_bucket{le=\""))
+            .map(|l| {
+                let (le, n) = l.split_once("\"} ").unwrap();
+                (le, n.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(buckets.len(), RELOAD_BUCKETS_MS.len() + 1);
+        assert_eq!(buckets[0], ("0.1", 0));
+        assert_eq!(buckets[2], ("0.5", 2));
+        assert_eq!(buckets[3], ("1", 2));
+        assert_eq!(buckets.last(), Some(&("+Inf", 3)));
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!(text.contains("reloadsup_reload_duration_seconds_sum 1.5\n"));
+        assert!(text.contains("reloadsup_reload_duration_seconds_count 3\n"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let text = render("a\"b\\c\nd", &Figures::default());
+        assert!(text.contains("name=\"a\\\"b\\\\c\\nd\""), "{text}");
+        // An empty figure set still renders every bucket.
+        assert!(text.contains("reloadsup_reload_duration_seconds_bucket{le=\"+Inf\"} 0\n"));
+    }
+
+    #[test]
+    fn every_sample_line_belongs_to_a_declared_family() {
+        let text = render("web", &figures());
+        let declared: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let metric = line.split(['{', ' ']).next().unwrap();
+            assert!(
+                declared.iter().any(|d| metric == *d
+                    || metric
+                        .strip_prefix(d)
+                        .is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))),
+                "{line}"
+            );
+        }
+    }
+}
