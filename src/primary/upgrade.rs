@@ -185,6 +185,8 @@ pub(crate) fn state_from(i: StateImage, c: &Clock) -> State {
             },
             ready_timeout: Duration::from_nanos(st.ready_timeout),
             graceful_timeout: Duration::from_nanos(st.graceful_timeout),
+            // Set from the config by `resume`.
+            stable_for: Duration::ZERO,
             restart: match st.restart {
                 RestartImage::OnFailure => RestartPolicy::OnFailure,
                 RestartImage::Always => RestartPolicy::Always,
@@ -873,6 +875,9 @@ impl Primary {
         .map_err(|e| format!("the metrics worker: {}", lower(&e)))?;
         let mut state = state_from(h.state, &clock);
         state.restarts_total = restarts_total;
+        // Not in the state image: the config rebuilt from the hand-off holds it. The window's
+        // deadline itself is in the image, on the new generation's ready processes.
+        state.settings.stable_for = config.stable_for;
         let roles = Roles {
             shell: shell_timer,
             keeper: keeper_timer,
@@ -986,6 +991,7 @@ mod tests {
             ready: ReadyMode::Delay(Duration::from_millis(250)),
             ready_timeout: Duration::from_secs(60),
             graceful_timeout: Duration::from_secs(30),
+            stable_for: Duration::ZERO,
             restart: RestartPolicy::Always,
             stop_signal: 15,
         };
