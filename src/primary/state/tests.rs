@@ -689,12 +689,19 @@ fn stability_window_keeps_the_old_generation_serving_until_it_ends() {
     assert!(Harness::outcome(&h.log).is_none());
     assert_eq!(h.state.serving, 1);
     // The window's end is the only deadline: one wake-up, none before.
-    assert_eq!(h.state.next_deadline(), Some(h.at() + Duration::from_secs(3)));
+    assert_eq!(
+        h.state.next_deadline(),
+        Some(h.at() + Duration::from_secs(3))
+    );
     h.advance(Duration::from_millis(2999));
     assert!(stop_signals(&h.log).is_empty());
     assert_eq!(h.pids(1), old);
     h.advance(Duration::from_millis(1));
-    assert_eq!(stop_signals(&h.log), old, "the old generation drains after the window");
+    assert_eq!(
+        stop_signals(&h.log),
+        old,
+        "the old generation drains after the window"
+    );
     let outcome = Harness::outcome(&h.log).unwrap();
     assert_eq!(
         (outcome.generation, outcome.outcome, outcome.reason.as_str()),
@@ -702,8 +709,15 @@ fn stability_window_keeps_the_old_generation_serving_until_it_ends() {
     );
     assert_eq!(h.state.serving, 2);
     // Only the graceful timeouts of the draining workers remain.
-    assert_eq!(h.state.next_deadline(), Some(h.at() + Duration::from_secs(5)));
-    assert!(h.state.processes.iter().all(|p| p.phase != Phase::Ready || p.deadline.is_none()));
+    assert_eq!(
+        h.state.next_deadline(),
+        Some(h.at() + Duration::from_secs(5))
+    );
+    assert!(h
+        .state
+        .processes
+        .iter()
+        .all(|p| p.phase != Phase::Ready || p.deadline.is_none()));
 }
 
 #[test]
@@ -737,7 +751,10 @@ fn worker_exit_in_the_stability_window_rolls_back_at_once() {
     assert_eq!(h.pids(1), old);
     assert!(h.state.starting.is_none());
     // The window is gone: the next deadline is the drain's graceful timeout, not its end.
-    assert_eq!(h.state.next_deadline(), Some(h.at() + Duration::from_secs(5)));
+    assert_eq!(
+        h.state.next_deadline(),
+        Some(h.at() + Duration::from_secs(5))
+    );
     h.advance(Duration::from_secs(3));
     assert!(!stop_signals(&h.log).iter().any(|p| old.contains(p)));
 }
@@ -771,7 +788,10 @@ fn scale_up_in_the_stability_window_restarts_it_once_every_worker_is_ready() {
     h.advance(Duration::from_millis(2999));
     assert!(Harness::outcome(&h.log).is_none());
     h.advance(Duration::from_millis(1));
-    assert_eq!(Harness::outcome(&h.log).unwrap().outcome, Outcome::Succeeded);
+    assert_eq!(
+        Harness::outcome(&h.log).unwrap().outcome,
+        Outcome::Succeeded
+    );
     assert_eq!(h.state.serving, 2);
 }
 
