@@ -1430,4 +1430,30 @@ mod tests {
         assert!(e.to_string().contains("config key 'stop-signal'"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
+
+    #[test]
+    fn stable_for_from_the_flag_and_the_config_key() {
+        let c = parse(&["--", "/bin/sh"]).unwrap();
+        assert_eq!(c.stable_for, Duration::ZERO, "off unless asked for");
+        let c = parse(&["--stable-for", "3s", "--", "/bin/sh"]).unwrap();
+        assert_eq!(c.stable_for, Duration::from_secs(3));
+        let e = parse(&["--stable-for", "soon", "--", "/bin/sh"]).unwrap_err();
+        assert!(e.to_string().contains("stable-for"), "{e}");
+        let dir = std::env::temp_dir().join(format!(
+            "reloadsup-config-stable-test-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("stable.toml");
+        std::fs::write(&file, "stable-for = \"1m\"\ncommand = [\"/bin/sh\"]\n").unwrap();
+        let c = parse(&["-c", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.stable_for, Duration::from_secs(60));
+        let c = parse(&["-c", file.to_str().unwrap(), "--stable-for", "250ms"]).unwrap();
+        assert_eq!(
+            c.stable_for,
+            Duration::from_millis(250),
+            "the command line wins"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
