@@ -53,7 +53,7 @@ fn start_stable(sb: &Sandbox) -> (Supervisor, std::net::SocketAddr, Vec<u32>) {
 #[test]
 fn worker_exit_in_the_stability_window_rolls_back_and_old_keeps_serving() {
     let sb = Sandbox::new("worker_exit_in_the_stability_window_rolls_back");
-    let (mut sup, addr, old) = start_stable(&sb);
+    let (sup, addr, old) = start_stable(&sb);
     let load = Load::start(addr, 4, Limits::default());
     load.wait_for_more_answers(20, DEADLINE);
 
