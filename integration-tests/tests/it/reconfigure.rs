@@ -310,6 +310,19 @@ fn shell_pid(primary: u32) -> Option<u32> {
     })
 }
 
+/// The console's address and certificate fingerprint, from the log, once the shell listens.
+fn console_address(sup: &mut Supervisor) -> (String, String) {
+    let line = sup.wait_for_log("admin console on ", DEADLINE);
+    let rest = &line[line.find("admin console on ").unwrap() + "admin console on ".len()..];
+    let addr = rest.split_whitespace().next().unwrap().to_string();
+    let fp = &line[line.find("fingerprint ").unwrap() + "fingerprint ".len()..];
+    let fp = fp
+        .trim_end_matches(|c: char| c == ')' || c.is_whitespace())
+        .to_string();
+    sup.wait_for_log("shell worker listening on", DEADLINE);
+    (addr, fp)
+}
+
 fn console(addr: &str, fingerprint: &str, password: &str, line: &str) -> Output {
     output_with_timeout(
         Command::new(bins::reloadsup())
@@ -330,14 +343,7 @@ fn new_console_commands_and_password_replace_the_shell_worker() {
     let (one, two) = (hash_password("first pw"), hash_password("second pw"));
     let body = config(&["tcp://127.0.0.1:0"], 1, "");
     let (mut sup, _) = start(&sandbox, &format!("{body}{}", admin(&one, "hello-one")), 1);
-    let line = sup.wait_for_log("admin console on ", DEADLINE);
-    let rest = &line[line.find("admin console on ").unwrap() + "admin console on ".len()..];
-    let addr = rest.split_whitespace().next().unwrap().to_string();
-    let fp = &line[line.find("fingerprint ").unwrap() + "fingerprint ".len()..];
-    let fp = fp
-        .trim_end_matches(|c: char| c == ')' || c.is_whitespace())
-        .to_string();
-    sup.wait_for_log("shell worker listening on", DEADLINE);
+    let (addr, fp) = console_address(&mut sup);
     let first = shell_pid(sup.pid()).expect("a shell worker");
     let out = console(&addr, &fp, "first pw", "greet");
     assert!(text(&out).contains("hello-one"), "{}", text(&out));
@@ -577,14 +583,7 @@ fn an_upgrade_keeps_the_console_password_when_its_hash_file_is_gone() {
         hash_file.to_string_lossy()
     );
     let (mut sup, _) = start(&sandbox, &format!("{body}{admin}"), 1);
-    let line = sup.wait_for_log("admin console on ", DEADLINE);
-    let rest = &line[line.find("admin console on ").unwrap() + "admin console on ".len()..];
-    let addr = rest.split_whitespace().next().unwrap().to_string();
-    let fp = &line[line.find("fingerprint ").unwrap() + "fingerprint ".len()..];
-    let fp = fp
-        .trim_end_matches(|c: char| c == ')' || c.is_whitespace())
-        .to_string();
-    sup.wait_for_log("shell worker listening on", DEADLINE);
+    let (addr, fp) = console_address(&mut sup);
     let workers = live_workers(&sup.status_json(), 1);
     std::fs::remove_file(&hash_file).unwrap();
 
