@@ -109,7 +109,18 @@ fn worker_exit_in_the_stability_window_rolls_back_and_old_keeps_serving() {
 
 #[test]
 fn good_release_drains_the_old_generation_only_after_the_window() {
-    let sb = Sandbox::new("good_release_drains_only_after_the_window");
+    drains_after_the_window("good_release_drains_only_after_the_window", false);
+}
+
+/// The window is in the state handed to the new image: it still ends on time, and the new
+/// image answers the waiting `ctl reload` with the same window.
+#[test]
+fn stability_window_survives_an_upgrade_in_place() {
+    drains_after_the_window("stability_window_survives_an_upgrade", true);
+}
+
+fn drains_after_the_window(name: &str, upgrade_in_window: bool) {
+    let sb = Sandbox::new(name);
     let (mut sup, addr, old) = start_stable(&sb);
     let load = Load::start(addr, 4, Limits::default());
     load.wait_for_more_answers(20, DEADLINE);
@@ -123,6 +134,22 @@ fn good_release_drains_the_old_generation_only_after_the_window() {
     let window_opened = sup.wait_for_log("keeps serving for the 3s stability window", DEADLINE);
     eprintln!("{window_opened}");
     let opened = Instant::now();
+    if upgrade_in_window {
+        let pid = sup.pid();
+        let out = sup.ctl(&["upgrade"]);
+        assert!(
+            out.status.success(),
+            "ctl upgrade: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(sup.pid(), pid);
+        assert_eq!(sup.status_json()["upgrades"], 1);
+        assert!(
+            opened.elapsed() < Duration::from_secs(2),
+            "the upgrade took too long to land inside the window"
+        );
+    }
     // For 2 s into the window every old worker is alive (checked all along, a bounded loop).
     while opened.elapsed() < Duration::from_secs(2) {
         for &pid in &old {
@@ -134,6 +161,7 @@ fn good_release_drains_the_old_generation_only_after_the_window() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(sup.status_json()["generation"], 1, "still in the window");
     let (out, took) = reload.join().expect("the ctl thread");
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("ctl reload ({took:?}): {stdout}");
