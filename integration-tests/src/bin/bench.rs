@@ -2164,7 +2164,7 @@ const FLOOD_LINES: u64 = 500_000;
 const LOG_STATUS: usize = 300;
 const LOG_RELOADS: usize = 5;
 
-/// The logger worker's pid: the primary's child whose argv[0] is `reloadsup-logger`.
+/// The logger worker's pid: the primary's child whose `argv[0]` is `reloadsup-logger`.
 fn logger_of(sup: &Supervisor) -> Option<u32> {
     sup.workers().into_iter().find(|&p| {
         fs::read(format!("/proc/{p}/cmdline"))
