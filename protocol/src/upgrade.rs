@@ -13,7 +13,7 @@
 //! append-only, fields never change type. A version that only appends fields at the end of
 //! [`Handoff`] keeps the older versions readable: each appended field is an `Option` or a `Vec`,
 //! whose empty value postcard writes as the one byte 0, so an older hand-off is read as if it
-//! ended with those bytes ([`APPENDED`]).
+//! ended with those bytes (the `APPENDED` table).
 
 use serde::{Deserialize, Serialize};
 

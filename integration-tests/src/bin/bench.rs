@@ -31,13 +31,13 @@
 //! ```text
 //! reloadsup-bench [--duration 15s] [--reloads 10] [--clients 8] [--workers 4] [--delay 200ms]
 //!                 [--soak 1000] [--chaos 150s]
-//!                 [--only load,costs,control,soak,console,chaos,upgrade,logs,ready]
+//!                 [--only load,costs,control,soak,console,chaos,upgrade,logs,ready,metrics]
 //! ```
 
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
@@ -62,11 +62,11 @@ const USAGE: &str = "usage: reloadsup-bench [--duration D] [--reloads N] [--clie
   --soak N       reloads in the soak run (default 1000)
   --chaos D      how long the chaos run issues actions (default 150s); CHAOS_SEED=N replays
   --only LIST    comma-separated sections to run: load, costs, control, soak, console, chaos,
-                 upgrade, logs, ready
+                 upgrade, logs, ready, metrics
                  (default: all)";
 
-const SECTIONS: [&str; 9] = [
-    "load", "costs", "control", "soak", "console", "chaos", "upgrade", "logs", "ready",
+const SECTIONS: [&str; 10] = [
+    "load", "costs", "control", "soak", "console", "chaos", "upgrade", "logs", "ready", "metrics",
 ];
 /// In-place upgrades under load in the upgrade section.
 const UPGRADES: u32 = 20;
@@ -279,6 +279,9 @@ fn main() -> ExitCode {
     }
     if o.runs("ready") {
         ready_section(&o, &mut checks);
+    }
+    if o.runs("metrics") {
+        metrics_section(&o, &mut checks);
     }
 
     println!("\n## Every target\n");
@@ -2045,6 +2048,155 @@ fn chaos_section(o: &Options, checks: &mut Checks) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Metrics (issue 11, item 5)
+// ---------------------------------------------------------------------------------------------
+
+/// One `GET /metrics` on a new connection: its wall time, or why it failed.
+fn scrape(addr: SocketAddr) -> Result<Duration, String> {
+    use std::io::{Read, Write};
+    let t0 = Instant::now();
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&body);
+    if !text.starts_with("HTTP/1.1 200") || !text.contains("reloadsup_generation") {
+        return Err(format!(
+            "unexpected answer: {}",
+            text.lines().next().unwrap_or("")
+        ));
+    }
+    Ok(t0.elapsed())
+}
+
+/// Scrape round trips of the metrics worker beside a loaded service, and the `Status` round
+/// trip of the primary while 8 clients scrape as fast as they can.
+fn metrics_section(o: &Options, checks: &mut Checks) {
+    let mark = checks.0.len();
+    const SCRAPES: usize = 500;
+    eprintln!("metrics: {SCRAPES} scrapes under load; Status round trips while scrapers flood");
+    let sb = Sandbox::new("bench-metrics");
+    let mut sup = Run::hello(&[])
+        .args([
+            "-n",
+            &o.workers.to_string(),
+            "--ready",
+            "notify",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .start(&sb);
+    let addr = sup.addr();
+    settle(&sup, o.workers);
+    let line = sup.wait_for_log("metrics on http://", DEADLINE);
+    let shown = line
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default()
+        .to_string();
+    let Ok(metrics) = shown.parse::<SocketAddr>() else {
+        println!("\n## Metrics (issue 11)\n\nnot measured: no address in {line:?}");
+        return;
+    };
+    let control = sup.control_path();
+    let status = |n: usize| -> Vec<Duration> {
+        let Ok(mut c) = Control::connect(&control) else {
+            return Vec::new();
+        };
+        (0..n)
+            .filter_map(|_| {
+                let t0 = Instant::now();
+                matches!(c.request(Request::Status), Ok(Reply::Status(_))).then(|| t0.elapsed())
+            })
+            .collect()
+    };
+    let quiet = status(2000);
+    let load = Load::start(addr, o.clients, Limits::default());
+    load.wait_for_more_answers(200, DEADLINE);
+    let mut took = Vec::new();
+    let mut errors = 0usize;
+    for _ in 0..SCRAPES {
+        match scrape(metrics) {
+            Ok(d) => took.push(d),
+            Err(_) => errors += 1,
+        }
+    }
+    // Eight scrapers flood the worker while the primary answers Status.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scrapers: Vec<_> = (0..8)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            thread::spawn(move || {
+                let until = Instant::now() + Duration::from_secs(30);
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < until {
+                    if scrape(metrics).is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let flooded = status(2000);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let flood_scrapes: u64 = scrapers.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+    let report = load.stop();
+    sup.signal(libc::SIGTERM);
+    let _ = sup.wait_exit(DEADLINE);
+    let p99 = |v: &[Duration]| quantile(v, 0.99);
+    println!(
+        "\n## Metrics (issue 11)\n\n{} workers, {} clients of hello; {SCRAPES} sequential scrapes (a new connection each), then 8 scrapers flooding the metrics worker ({flood_scrapes} scrapes) while `Status` round trips are timed.\n",
+        o.workers, o.clients
+    );
+    println!("| figure | p50 | p99 | max |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| scrape round trip ({errors} failed) | {} | {} | {} |",
+        ms(median(&took)),
+        ms(p99(&took)),
+        ms(took.iter().max().copied())
+    );
+    println!(
+        "| `Status` round trip, quiet | {} | {} | {} |",
+        ms(median(&quiet)),
+        ms(p99(&quiet)),
+        ms(quiet.iter().max().copied())
+    );
+    println!(
+        "| `Status` round trip, scrapers flooding | {} | {} | {} |",
+        ms(median(&flooded)),
+        ms(p99(&flooded)),
+        ms(flooded.iter().max().copied())
+    );
+    checks.info(
+        11,
+        "metrics scrape round trip p50 / p99",
+        format!("{} / {}", ms(median(&took)), ms(p99(&took))),
+    );
+    checks.add(
+        11,
+        "failed requests of the service while scraped",
+        report.failed().to_string(),
+        "0",
+        report.failed() == 0 && errors == 0,
+    );
+    checks.info(
+        11,
+        "`Status` p99 with scrapers flooding / quiet",
+        format!("{} / {}", ms(p99(&flooded)), ms(p99(&quiet))),
+    );
+    println!();
+    checks.print(mark);
+}
+
+// ---------------------------------------------------------------------------------------------
 // 7. Upgrade in place
 // ---------------------------------------------------------------------------------------------
 
@@ -2164,7 +2316,7 @@ const FLOOD_LINES: u64 = 500_000;
 const LOG_STATUS: usize = 300;
 const LOG_RELOADS: usize = 5;
 
-/// The logger worker's pid: the primary's child whose argv[0] is `reloadsup-logger`.
+/// The logger worker's pid: the primary's child whose `argv[0]` is `reloadsup-logger`.
 fn logger_of(sup: &Supervisor) -> Option<u32> {
     sup.workers().into_iter().find(|&p| {
         fs::read(format!("/proc/{p}/cmdline"))
