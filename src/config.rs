@@ -87,6 +87,9 @@ pub(crate) struct Config {
     pub stop_signal: Signal,
     pub stop_signal_to: StopTarget,
     pub graceful_timeout: Duration,
+    /// How long a new generation must stay up beside the old one before the old one drains
+    /// (`--stable-for`); zero commits a reload as soon as every new worker is ready.
+    pub stable_for: Duration,
     pub restart: RestartPolicy,
     /// Files whose change starts a reload (`--watch`), absolute, and how long they must be
     /// quiet first (`--watch-delay`).
@@ -313,6 +316,10 @@ pub(crate) struct RunArgs {
     /// How long a draining worker may take before SIGKILL [default: 30s].
     #[arg(long, value_name = "D")]
     pub graceful_timeout: Option<String>,
+    /// Keep the old generation serving this long after every new worker is ready; a new
+    /// worker that exits meanwhile rolls the reload back [default: 0s].
+    #[arg(long, value_name = "D")]
+    pub stable_for: Option<String>,
     /// on-failure | always | never [default: on-failure].
     #[arg(long, value_name = "POLICY")]
     pub restart: Option<String>,
@@ -414,6 +421,8 @@ struct FileConfig {
     stop_signal_to: Option<String>,
     #[serde(alias = "graceful_timeout")]
     graceful_timeout: Option<String>,
+    #[serde(alias = "stable_for")]
+    stable_for: Option<String>,
     restart: Option<String>,
     user: Option<String>,
     group: Option<String>,
@@ -878,6 +887,14 @@ impl Config {
             Duration::from_secs(30),
             parse_duration
         );
+        let stable_for = pick!(
+            args.stable_for,
+            file.stable_for,
+            "stable-for",
+            "stable-for",
+            Duration::ZERO,
+            parse_duration
+        );
         let restart = pick!(
             args.restart,
             file.restart,
@@ -1148,6 +1165,7 @@ impl Config {
             stop_signal,
             stop_signal_to,
             graceful_timeout,
+            stable_for,
             restart,
             watch: watched,
             watch_delay,
@@ -1410,6 +1428,32 @@ mod tests {
         std::fs::write(&bad_value, "stop-signal = \"SIGFOO\"\n").unwrap();
         let e = parse(&["-c", bad_value.to_str().unwrap(), "--", "/bin/sh"]).unwrap_err();
         assert!(e.to_string().contains("config key 'stop-signal'"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn stable_for_from_the_flag_and_the_config_key() {
+        let c = parse(&["--", "/bin/sh"]).unwrap();
+        assert_eq!(c.stable_for, Duration::ZERO, "off unless asked for");
+        let c = parse(&["--stable-for", "3s", "--", "/bin/sh"]).unwrap();
+        assert_eq!(c.stable_for, Duration::from_secs(3));
+        let e = parse(&["--stable-for", "soon", "--", "/bin/sh"]).unwrap_err();
+        assert!(e.to_string().contains("stable-for"), "{e}");
+        let dir = std::env::temp_dir().join(format!(
+            "reloadsup-config-stable-test-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("stable.toml");
+        std::fs::write(&file, "stable-for = \"1m\"\ncommand = [\"/bin/sh\"]\n").unwrap();
+        let c = parse(&["-c", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.stable_for, Duration::from_secs(60));
+        let c = parse(&["-c", file.to_str().unwrap(), "--stable-for", "250ms"]).unwrap();
+        assert_eq!(
+            c.stable_for,
+            Duration::from_millis(250),
+            "the command line wins"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -372,6 +372,13 @@ fn run(args: CtlArgs) -> Result<u8, CtlError> {
             Ok(0)
         }
         (_, Reply::Reload(outcome)) => match outcome.outcome {
+            Outcome::Succeeded if !outcome.reason.is_empty() => {
+                println!(
+                    "generation {} is serving ({})",
+                    outcome.generation, outcome.reason
+                );
+                Ok(0)
+            }
             Outcome::Succeeded => {
                 println!("generation {} is serving", outcome.generation);
                 Ok(0)

@@ -199,6 +199,7 @@ pub(crate) fn changes(old: &Config, new: &Config) -> Changes {
         old.graceful_timeout != new.graceful_timeout,
         true,
     );
+    check("stable-for", old.stable_for != new.stable_for, true);
     check("restart", old.restart != new.restart, true);
     check("watch", old.watch != new.watch, true);
     check("watch-delay", old.watch_delay != new.watch_delay, true);
@@ -291,6 +292,7 @@ pub(crate) fn settings(config: &Config) -> Settings {
         ready: config.ready,
         ready_timeout: config.ready_timeout,
         graceful_timeout: config.graceful_timeout,
+        stable_for: config.stable_for,
         restart: config.restart,
         stop_signal: config.stop_signal as i32,
     }

@@ -35,6 +35,8 @@ pub(crate) struct Settings {
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
     pub graceful_timeout: Duration,
+    /// The stability window (`--stable-for`): zero commits a generation once it is ready.
+    pub stable_for: Duration,
     pub restart: RestartPolicy,
     pub stop_signal: i32,
 }
@@ -147,6 +149,9 @@ pub(crate) struct Process {
     /// Starting: when it counts as ready (delay mode). Unused otherwise.
     pub ready_at: Option<Instant>,
     /// Starting: the ready deadline. Draining: when SIGKILL follows. None once killed.
+    /// Ready, in the starting generation: the end of its stability window (`--stable-for`),
+    /// the same instant on each of them, so the window survives an upgrade in the state image
+    /// without a field of its own.
     pub deadline: Option<Instant>,
     pub status: String,
 }
@@ -508,8 +513,19 @@ impl State {
                 .any(|p| p.generation == generation && p.slot == slot && p.phase == Phase::Ready)
         });
         if !all_ready {
+            // A slot added meanwhile (a scale up) has to be ready too: the window starts again
+            // once it is, and no overdue deadline is left to wake the loop until then.
+            self.clear_window(generation);
             return;
         }
+        if !self.window_over(now, generation, out) {
+            return;
+        }
+        let reason = match self.window_end(generation) {
+            Some(_) => format!("stable for {}", human(self.settings.stable_for)),
+            None => String::new(),
+        };
+        self.clear_window(generation);
         let Some(starting) = self.starting.take() else {
             return;
         };
@@ -543,7 +559,7 @@ impl State {
         let outcome = ReloadOutcome {
             generation,
             outcome: Outcome::Succeeded,
-            reason: String::new(),
+            reason,
         };
         self.last_reload = Some(outcome.clone());
         out.push(Action::ReloadDone {
@@ -551,6 +567,55 @@ impl State {
             outcome,
         });
         self.run_pending(now, out);
+    }
+
+    /// The end of the starting generation's stability window, if it is open.
+    fn window_end(&self, generation: u64) -> Option<Instant> {
+        self.processes
+            .iter()
+            .filter(|p| p.generation == generation && p.phase == Phase::Ready)
+            .find_map(|p| p.deadline)
+    }
+
+    /// With every worker of `generation` ready: whether its stability window is over (or there
+    /// is none); opens the window when it is not open yet.
+    fn window_over(&mut self, now: Instant, generation: u64, out: &mut Vec<Action>) -> bool {
+        let stable_for = self.settings.stable_for;
+        let end = match self.window_end(generation) {
+            Some(end) => end,
+            None if stable_for.is_zero() => return true,
+            None => {
+                let end = now + stable_for;
+                for p in &mut self.processes {
+                    if p.generation == generation && p.phase == Phase::Ready {
+                        p.deadline = Some(end);
+                    }
+                }
+                log::info!(
+                    "generation {generation} is ready; generation {} keeps serving for the {} stability window",
+                    self.serving,
+                    human(stable_for)
+                );
+                out.push(Action::Progress {
+                    waiters: self.waiters(),
+                    progress: Progress::Text(format!(
+                        "generation {generation} is ready; generation {} keeps serving for the {} stability window",
+                        self.serving,
+                        human(stable_for)
+                    )),
+                });
+                end
+            }
+        };
+        end <= now
+    }
+
+    fn clear_window(&mut self, generation: u64) {
+        for p in &mut self.processes {
+            if p.generation == generation && p.phase == Phase::Ready {
+                p.deadline = None;
+            }
+        }
     }
 
     fn run_pending(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -631,9 +696,21 @@ impl State {
             return;
         }
         if Some(p.generation) == self.starting_generation() {
-            let reason = match exit {
-                Exit::Setup(_) => format!("worker {} (pid {pid}) {exit}", p.slot),
-                _ => format!("worker {} (pid {pid}) {exit} before it was ready", p.slot),
+            let window = match (p.phase, p.deadline) {
+                (Phase::Ready, Some(end)) => Some(end),
+                _ => None,
+            };
+            let reason = match (window, &exit) {
+                (Some(end), exit) => {
+                    let opened = end.checked_sub(self.settings.stable_for).unwrap_or(end);
+                    format!(
+                        "{:.1} s into the stability window: worker {} (pid {pid}) {exit}",
+                        now.saturating_duration_since(opened).as_secs_f64(),
+                        p.slot
+                    )
+                }
+                (None, Exit::Setup(_)) => format!("worker {} (pid {pid}) {exit}", p.slot),
+                (None, _) => format!("worker {} (pid {pid}) {exit} before it was ready", p.slot),
             };
             self.rollback(now, reason, out);
             self.run_pending(now, out);
@@ -756,6 +833,13 @@ impl State {
                 self.kill(i, out);
             }
             i += 1;
+        }
+        // The end of the stability window: the generation is committed (or, if a slot was
+        // added meanwhile, the window waits for it).
+        if let Some(generation) = self.starting_generation() {
+            if self.window_end(generation).is_some_and(|t| t <= now) {
+                self.check_complete(now, out);
+            }
         }
         // Back-off restarts.
         if self.shutdown.is_none() {

@@ -185,6 +185,8 @@ pub(crate) fn state_from(i: StateImage, c: &Clock) -> State {
             },
             ready_timeout: Duration::from_nanos(st.ready_timeout),
             graceful_timeout: Duration::from_nanos(st.graceful_timeout),
+            // Set from the config by `resume`.
+            stable_for: Duration::ZERO,
             restart: match st.restart {
                 RestartImage::OnFailure => RestartPolicy::OnFailure,
                 RestartImage::Always => RestartPolicy::Always,
@@ -873,6 +875,9 @@ impl Primary {
         .map_err(|e| format!("the metrics worker: {}", lower(&e)))?;
         let mut state = state_from(h.state, &clock);
         state.restarts_total = restarts_total;
+        // Not in the state image: the config rebuilt from the hand-off holds it. The window's
+        // deadline itself is in the image, on the new generation's ready processes.
+        state.settings.stable_for = config.stable_for;
         let roles = Roles {
             shell: shell_timer,
             keeper: keeper_timer,
@@ -978,6 +983,7 @@ impl Primary {
 
 #[cfg(test)]
 mod tests {
+    use super::super::state::{Action, Event};
     use super::*;
     use reloadsup_protocol::{Outcome, ReloadOutcome};
 
@@ -986,6 +992,7 @@ mod tests {
             ready: ReadyMode::Delay(Duration::from_millis(250)),
             ready_timeout: Duration::from_secs(60),
             graceful_timeout: Duration::from_secs(30),
+            stable_for: Duration::ZERO,
             restart: RestartPolicy::Always,
             stop_signal: 15,
         };
@@ -1047,6 +1054,37 @@ mod tests {
         let bytes = proto::encode(&image).expect("encode");
         let back: StateImage = proto::decode(&bytes).expect("decode");
         assert_eq!(state_from(back, &clock), state);
+    }
+
+    #[test]
+    fn a_stability_window_crosses_the_hand_off() {
+        let clock = Clock::now();
+        let now = clock.instant;
+        let mut state = busy_state(now);
+        state.pending = None;
+        state.settings.stable_for = Duration::from_secs(3);
+        // Generation 4 is ready and 1 s into its window.
+        let end = now + Duration::from_secs(2);
+        state.processes[1].phase = Phase::Ready;
+        state.processes[1].ready_at = None;
+        state.processes[1].deadline = Some(end);
+        state.slots = vec![Slot::default()];
+        state.target = 1;
+        let bytes = proto::encode(&state_image(&state, &clock)).expect("encode");
+        let mut back = state_from(proto::decode(&bytes).expect("decode"), &clock);
+        // What `resume` sets from the config rebuilt from the hand-off.
+        back.settings.stable_for = Duration::from_secs(3);
+        assert_eq!(back, state);
+        assert_eq!(back.next_deadline(), Some(end));
+        // The window still ends then: before, nothing; at its end, the commit.
+        let acts = back.handle(end - Duration::from_millis(1), Event::Tick);
+        assert!(acts.is_empty(), "{acts:?}");
+        let acts = back.handle(end, Event::Tick);
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::ReloadDone { outcome, .. } if outcome.outcome == Outcome::Succeeded
+        )));
+        assert_eq!(back.serving, 4);
     }
 
     #[test]

@@ -215,6 +215,10 @@ pub(crate) fn show(kind: Show, reply: &Reply) -> String {
         (Show::Logs | Show::Follow | Show::Silent, Reply::Done(_)) => String::new(),
         (_, Reply::Done(text)) => format!("{text}\n"),
         (_, Reply::Reload(o)) => match o.outcome {
+            // The reason of a success is how long it was stable (`--stable-for`), if at all.
+            Outcome::Succeeded if !o.reason.is_empty() => {
+                format!("generation {} is serving ({})\n", o.generation, o.reason)
+            }
             Outcome::Succeeded => format!("generation {} is serving\n", o.generation),
             other => {
                 let reason = if o.reason.is_empty() {

@@ -15,6 +15,7 @@ mod manager;
 mod metrics;
 mod reconfigure;
 mod servers;
+mod stable;
 mod upgrade;
 mod watch;
 

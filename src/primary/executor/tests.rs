@@ -46,6 +46,7 @@ impl Fake {
             ready: ReadyMode::Immediate,
             ready_timeout: Duration::from_secs(2),
             graceful_timeout: Duration::from_secs(5),
+            stable_for: Duration::ZERO,
             restart: RestartPolicy::OnFailure,
             stop_signal: 15,
         };

@@ -7,6 +7,7 @@ fn settings(ready: ReadyMode) -> Settings {
         ready,
         ready_timeout: Duration::from_secs(2),
         graceful_timeout: Duration::from_secs(5),
+        stable_for: Duration::ZERO,
         restart: RestartPolicy::OnFailure,
         stop_signal: 15,
     }
@@ -659,4 +660,155 @@ fn listening_event_in_another_mode_is_ignored() {
     // And an unknown pid changes nothing.
     h.feed(Event::Listening { pid: 1 });
     assert_eq!(h.state.serving, 1);
+}
+
+fn stable(workers: u32, window: Duration) -> Harness {
+    let mut h = Harness::new(ReadyMode::Notify, workers);
+    h.state.settings.stable_for = window;
+    h.ready_all(1);
+    h
+}
+
+fn stop_signals(actions: &[Action]) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Signal { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn stability_window_keeps_the_old_generation_serving_until_it_ends() {
+    let mut h = stable(2, Duration::from_secs(3));
+    let old = h.pids(1);
+    h.feed(Event::Reload(7));
+    h.ready_all(2);
+    assert!(stop_signals(&h.log).is_empty(), "{:?}", h.log);
+    assert!(Harness::outcome(&h.log).is_none());
+    assert_eq!(h.state.serving, 1);
+    // The window's end is the only deadline: one wake-up, none before.
+    assert_eq!(
+        h.state.next_deadline(),
+        Some(h.at() + Duration::from_secs(3))
+    );
+    h.advance(Duration::from_millis(2999));
+    assert!(stop_signals(&h.log).is_empty());
+    assert_eq!(h.pids(1), old);
+    h.advance(Duration::from_millis(1));
+    assert_eq!(
+        stop_signals(&h.log),
+        old,
+        "the old generation drains after the window"
+    );
+    let outcome = Harness::outcome(&h.log).unwrap();
+    assert_eq!(
+        (outcome.generation, outcome.outcome, outcome.reason.as_str()),
+        (2, Outcome::Succeeded, "stable for 3s")
+    );
+    assert_eq!(h.state.serving, 2);
+    // Only the graceful timeouts of the draining workers remain.
+    assert_eq!(
+        h.state.next_deadline(),
+        Some(h.at() + Duration::from_secs(5))
+    );
+    assert!(h
+        .state
+        .processes
+        .iter()
+        .all(|p| p.phase != Phase::Ready || p.deadline.is_none()));
+}
+
+#[test]
+fn worker_exit_in_the_stability_window_rolls_back_at_once() {
+    let mut h = stable(2, Duration::from_secs(3));
+    let old = h.pids(1);
+    h.feed(Event::Reload(7));
+    let new = h.pids(2);
+    h.ready_all(2);
+    h.advance(Duration::from_millis(1000));
+    let acts = h.feed(Event::Exited {
+        pid: new[1],
+        exit: Exit::Code(1),
+    });
+    let outcome = Harness::outcome(&acts).unwrap();
+    assert_eq!(outcome.outcome, Outcome::RolledBack);
+    assert_eq!(
+        outcome.reason,
+        format!(
+            "1.0 s into the stability window: worker 1 (pid {}) exited with status 1",
+            new[1]
+        )
+    );
+    // The surviving new worker drains; the old generation is never signalled.
+    assert_eq!(stop_signals(&acts), vec![new[0]]);
+    assert!(acts.contains(&Action::Signal {
+        pid: new[0],
+        signal: 15
+    }));
+    assert_eq!(h.state.serving, 1);
+    assert_eq!(h.pids(1), old);
+    assert!(h.state.starting.is_none());
+    // The window is gone: the next deadline is the drain's graceful timeout, not its end.
+    assert_eq!(
+        h.state.next_deadline(),
+        Some(h.at() + Duration::from_secs(5))
+    );
+    h.advance(Duration::from_secs(3));
+    assert!(!stop_signals(&h.log).iter().any(|p| old.contains(p)));
+}
+
+#[test]
+fn zero_stability_window_commits_when_ready() {
+    let mut h = stable(1, Duration::ZERO);
+    h.feed(Event::Reload(7));
+    h.ready_all(2);
+    let outcome = Harness::outcome(&h.log).unwrap();
+    assert_eq!(
+        (outcome.outcome, outcome.reason.as_str()),
+        (Outcome::Succeeded, "")
+    );
+}
+
+#[test]
+fn scale_up_in_the_stability_window_restarts_it_once_every_worker_is_ready() {
+    let mut h = stable(1, Duration::from_secs(3));
+    h.feed(Event::Reload(7));
+    h.ready_all(2);
+    h.advance(Duration::from_millis(1500));
+    h.feed(Event::Scale(2));
+    h.ready_all(1);
+    // Not every new worker is ready any more: the window's end does not commit it, and
+    // leaves no overdue deadline behind (the new worker's ready timeout is 2s away).
+    h.advance(Duration::from_millis(1500));
+    assert!(Harness::outcome(&h.log).is_none());
+    assert!(h.state.next_deadline().is_none_or(|t| t > h.at()));
+    h.ready_all(2);
+    h.advance(Duration::from_millis(2999));
+    assert!(Harness::outcome(&h.log).is_none());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(
+        Harness::outcome(&h.log).unwrap().outcome,
+        Outcome::Succeeded
+    );
+    assert_eq!(h.state.serving, 2);
+}
+
+#[test]
+fn reload_in_the_stability_window_is_queued_behind_it() {
+    let mut h = stable(1, Duration::from_secs(3));
+    h.feed(Event::Reload(7));
+    h.ready_all(2);
+    let acts = h.feed(Event::Reload(8));
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        Action::Progress {
+            progress: Progress::Queued,
+            ..
+        }
+    )));
+    h.advance(Duration::from_secs(3));
+    assert_eq!(h.state.serving, 2);
+    assert_eq!(h.state.starting_generation(), Some(3));
 }
