@@ -370,6 +370,8 @@ fn request_goldens() -> Vec<(Request, &'static str)> {
         ),
         (Request::StopLogs { request: 5 }, "0a 05"),
         (Request::Login { ok: true }, "0b 01"),
+        (Request::ReloadWith { canary: 1 }, "0c 01"),
+        (Request::ReloadWith { canary: 300 }, "0c ac02"),
     ]
 }
 

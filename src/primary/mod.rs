@@ -751,9 +751,16 @@ impl Primary {
         }
         let reply = match request {
             Request::Status => Some(Reply::Status(self.status(now))),
-            Request::Reload => match self.reconfigure(now, who, actions) {
+            Request::Reload | Request::ReloadWith { .. } => match self.reconfigure(now, who, actions) {
                 Ok(()) => {
-                    actions.extend(self.state.handle(now, Event::Reload(who)));
+                    let event = match request {
+                        Request::ReloadWith { canary } => Event::ReloadWith {
+                            requester: who,
+                            canary,
+                        },
+                        _ => Event::Reload(who),
+                    };
+                    actions.extend(self.state.handle(now, event));
                     None
                 }
                 Err(refused) => {
