@@ -751,26 +751,28 @@ impl Primary {
         }
         let reply = match request {
             Request::Status => Some(Reply::Status(self.status(now))),
-            Request::Reload | Request::ReloadWith { .. } => match self.reconfigure(now, who, actions) {
-                Ok(()) => {
-                    let event = match request {
-                        Request::ReloadWith { canary } => Event::ReloadWith {
-                            requester: who,
-                            canary,
-                        },
-                        _ => Event::Reload(who),
-                    };
-                    actions.extend(self.state.handle(now, event));
-                    None
-                }
-                Err(refused) => {
-                    if let Some(m) = &mut self.manager {
-                        m.refused(&self.state);
+            Request::Reload | Request::ReloadWith { .. } => {
+                match self.reconfigure(now, who, actions) {
+                    Ok(()) => {
+                        let event = match request {
+                            Request::ReloadWith { canary } => Event::ReloadWith {
+                                requester: who,
+                                canary,
+                            },
+                            _ => Event::Reload(who),
+                        };
+                        actions.extend(self.state.handle(now, event));
+                        None
                     }
-                    self.metrics.counters.reload_done(&refused, now);
-                    Some(Reply::Reload(refused))
+                    Err(refused) => {
+                        if let Some(m) = &mut self.manager {
+                            m.refused(&self.state);
+                        }
+                        self.metrics.counters.reload_done(&refused, now);
+                        Some(Reply::Reload(refused))
+                    }
                 }
-            },
+            }
             Request::Login { ok } => Some(self.login(who, ok)),
             Request::Restart => {
                 log::info!("restart: upgrading the primary, then reloading every worker");

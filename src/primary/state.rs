@@ -339,13 +339,7 @@ impl State {
         }
     }
 
-    fn reload(
-        &mut self,
-        now: Instant,
-        who: Requester,
-        canary: Option<u32>,
-        out: &mut Vec<Action>,
-    ) {
+    fn reload(&mut self, now: Instant, who: Requester, canary: Option<u32>, out: &mut Vec<Action>) {
         if self.starting.is_some() {
             self.pending.get_or_insert_with(Vec::new).push(who);
             if let Some(n) = canary {
@@ -634,7 +628,13 @@ impl State {
 
     /// The canary step: once slots `0..canary` are ready and (with `--stable-for`) stable,
     /// starts the rest of the generation; the old one is not touched either way.
-    fn check_canaries(&mut self, now: Instant, generation: u64, canary: u32, out: &mut Vec<Action>) {
+    fn check_canaries(
+        &mut self,
+        now: Instant,
+        generation: u64,
+        canary: u32,
+        out: &mut Vec<Action>,
+    ) {
         if canary >= self.target {
             // Scaled down to the canaries or below: what is left is an ordinary reload.
             if let Some(s) = &mut self.starting {
@@ -651,7 +651,10 @@ impl State {
         if !ready {
             return;
         }
-        let of = format!("{canary} of {} workers of generation {generation}", self.target);
+        let of = format!(
+            "{canary} of {} workers of generation {generation}",
+            self.target
+        );
         let text = format!(
             "canary: {of} ready; generation {} keeps serving for the {} stability window",
             self.serving,
@@ -734,10 +737,7 @@ impl State {
 
     fn run_pending(&mut self, now: Instant, out: &mut Vec<Action>) {
         if let Some(waiters) = self.pending.take() {
-            let canary = self
-                .pending_canary
-                .take()
-                .unwrap_or(self.settings.canary);
+            let canary = self.pending_canary.take().unwrap_or(self.settings.canary);
             self.begin_generation(now, waiters, canary, out);
         }
     }

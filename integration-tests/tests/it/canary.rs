@@ -74,7 +74,9 @@ fn canary_starts_one_new_worker_beside_four_old_then_the_rest() {
     );
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
-        stdout.contains("canary: starting 1 of 4 workers of generation 2; generation 1 keeps serving"),
+        stdout.contains(
+            "canary: starting 1 of 4 workers of generation 2; generation 1 keeps serving"
+        ),
         "{stdout}"
     );
     assert!(
@@ -92,7 +94,8 @@ fn canary_starts_one_new_worker_beside_four_old_then_the_rest() {
         "status during the reload: {seen:?}"
     );
     assert!(
-        seen.iter().all(|&(o, n)| n == 0 || n == 1 || n == 4 || o == 0 || o == 4),
+        seen.iter()
+            .all(|&(o, n)| n == 0 || n == 1 || n == 4 || o == 0 || o == 4),
         "the rest starts at once, after the canary: {seen:?}"
     );
     assert!(
@@ -114,8 +117,16 @@ fn failing_canary_leaves_the_old_workers_and_no_new_one() {
     let load = Load::start(addr, 4, Limits::default());
     load.wait_for_more_answers(20, DEADLINE);
     let releases = [
-        ("exits at start", "#!/bin/sh\nexit 1\n", "exited with status 1 before it was ready"),
-        ("never ready", "#!/bin/sh\nexec sleep 30\n", "was not ready within 2s"),
+        (
+            "exits at start",
+            "#!/bin/sh\nexit 1\n",
+            "exited with status 1 before it was ready",
+        ),
+        (
+            "never ready",
+            "#!/bin/sh\nexec sleep 30\n",
+            "was not ready within 2s",
+        ),
     ];
     for (how, script, reason) in releases {
         sb.write_script("server", script);
@@ -125,7 +136,11 @@ fn failing_canary_leaves_the_old_workers_and_no_new_one() {
             "{how}: ctl reload --canary 1: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(out.status.code(), Some(1), "{how}: a rolled-back reload exits 1");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{how}: a rolled-back reload exits 1"
+        );
         assert!(
             stdout.contains("rolled back: canary: worker 0 (pid ") && stdout.contains(reason),
             "{how}: {stdout}"

@@ -831,7 +831,10 @@ fn spawns(actions: &[Action], generation: u64) -> Vec<u32> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Spawn { generation: g, slot } if *g == generation => Some(*slot),
+            Action::Spawn {
+                generation: g,
+                slot,
+            } if *g == generation => Some(*slot),
             _ => None,
         })
         .collect()
@@ -979,7 +982,9 @@ fn canary_exit_in_its_stability_window_rolls_back_at_once() {
     assert_eq!(outcome.outcome, Outcome::RolledBack);
     assert_eq!(
         outcome.reason,
-        format!("canary: 0.5 s into the stability window: worker 0 (pid {canary}) exited with status 3")
+        format!(
+            "canary: 0.5 s into the stability window: worker 0 (pid {canary}) exited with status 3"
+        )
     );
     assert_eq!(h.pids(1), old);
     assert!(stop_signals(&acts).is_empty());
