@@ -749,31 +749,29 @@ impl Primary {
             );
             return;
         }
+        // A canary reload is a reload with one more word for the state machine.
+        let (request, canary) = match request {
+            Request::ReloadWith { canary } => (Request::Reload, Some(canary)),
+            other => (other, None),
+        };
         let reply = match request {
             Request::Status => Some(Reply::Status(self.status(now))),
-            Request::Reload | Request::ReloadWith { .. } => {
-                match self.reconfigure(now, who, actions) {
-                    Ok(()) => {
-                        let event = match request {
-                            Request::ReloadWith { canary } => Event::ReloadWith {
-                                requester: who,
-                                canary,
-                            },
-                            _ => Event::Reload(who),
-                        };
-                        actions.extend(self.state.handle(now, event));
-                        None
-                    }
-                    Err(refused) => {
-                        if let Some(m) = &mut self.manager {
-                            m.refused(&self.state);
-                        }
-                        self.metrics.counters.reload_done(&refused, now);
-                        Some(Reply::Reload(refused))
-                    }
+            Request::Reload => match self.reconfigure(now, who, actions) {
+                Ok(()) => {
+                    actions.extend(self.state.handle(now, Event::reload(who, canary)));
+                    None
                 }
-            }
+                Err(refused) => {
+                    if let Some(m) = &mut self.manager {
+                        m.refused(&self.state);
+                    }
+                    self.metrics.counters.reload_done(&refused, now);
+                    Some(Reply::Reload(refused))
+                }
+            },
             Request::Login { ok } => Some(self.login(who, ok)),
+            // Made a `Reload` with its canary count above.
+            Request::ReloadWith { .. } => Some(Reply::Error("a canary reload went astray".into())),
             Request::Restart => {
                 log::info!("restart: upgrading the primary, then reloading every worker");
                 self.begin_upgrade(who, None, true, actions);

@@ -113,6 +113,16 @@ pub(crate) enum Event {
     },
 }
 
+impl Event {
+    /// A reload, with the canary count of the request when it named one.
+    pub(crate) fn reload(requester: Requester, canary: Option<u32>) -> Event {
+        match canary {
+            Some(canary) => Event::ReloadWith { requester, canary },
+            None => Event::Reload(requester),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
     Spawn {
