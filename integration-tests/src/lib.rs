@@ -320,16 +320,16 @@ impl Run {
         let open = |p: &Path| {
             fs::File::create(p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()))
         };
-        let child = self
-            .command(sandbox)
-            .stdin(Stdio::null())
+        let mut cmd = self.command(sandbox);
+        cmd.stdin(Stdio::null())
             .stdout(match self.stdout.take() {
                 Some(fd) => Stdio::from(fd),
                 None => Stdio::from(open(&stdout)),
             })
-            .stderr(open(&stderr))
-            .spawn()
-            .unwrap_or_else(|e| panic!("unable to start {}: {e}", bins::reloadsup().display()));
+            .stderr(open(&stderr));
+        let program = self.program.clone().unwrap_or_else(bins::reloadsup);
+        let child = spawn_retrying_busy(&mut cmd)
+            .unwrap_or_else(|e| panic!("unable to start {}: {e}", program.display()));
         Supervisor {
             child,
             stdout,
@@ -349,13 +349,27 @@ impl Run {
 /// Runs `cmd` with its output captured; `Err` when it could not run or did not finish within
 /// `timeout` (then it is SIGKILLed and reaped). Never panics: for the chaos run, a hung client is
 /// a finding of the run.
+/// `cmd.spawn()`, tried again for a while on ETXTBSY: a program a test has just written (a
+/// copy of reloadsup, a script) is "busy" while a child another test thread forked still holds
+/// the writer's fd between its fork and its exec (close-on-exec closes it only then).
+pub fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 200 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub fn try_output_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("unable to run {cmd:?}: {e}"))?;
+        .stderr(Stdio::piped());
+    let mut child = spawn_retrying_busy(cmd).map_err(|e| format!("unable to run {cmd:?}: {e}"))?;
     let drain = |r: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut buf = Vec::new();

@@ -234,8 +234,19 @@ fn a_connection_instead_of_a_listener_is_refused() {
         .stderr(fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn the activator");
+    // The activator's own socket: another test may hold the same port for a moment.
+    let activator_pid = activator.id();
     wait_until(DEADLINE, "the activator listening", || {
-        listening_inode(port).is_some()
+        assert!(
+            activator.try_wait().ok().flatten().is_none(),
+            "the activator exited (port {port} taken?): {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        listening_inode(port).is_some_and(|inode| {
+            proc::fds_of(activator_pid)
+                .iter()
+                .any(|(_, target)| *target == inode)
+        })
     });
     let _conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     let line = wait_for(DEADLINE, "reloadsup's refusal", || {

@@ -452,10 +452,14 @@ fn ctl_logs_follow_carries_on_across_a_reload() {
     if let Err(reason) = sup.reload(2) {
         panic!("reload failed: {reason}");
     }
-    for _ in 0..5 {
-        get(addr, "/").expect("a request to generation 2");
-    }
+    // The old worker may still take a queued connection while it drains: ask until generation
+    // 2 has answered (and logged) five, at most 200 requests.
+    let mut sent = 0;
     wait_until(DEADLINE, "5 followed lines of generation 2", || {
+        if sent < 200 {
+            get(addr, "/").expect("a request after the reload");
+            sent += 1;
+        }
         lines_of(2) >= 5
     });
     assert!(
@@ -472,7 +476,9 @@ fn ctl_logs_follow_carries_on_across_a_reload() {
     let logged = requests_by_pid(&text.lines().filter_map(parse_text).collect::<Vec<_>>());
     let gen2: Vec<_> = logged.values().filter(|l| l.0 == 2).collect();
     assert_eq!(gen2.len(), 1, "{text}");
-    assert_eq!(gen2[0].2, (1..=5).collect::<Vec<u64>>(), "{text}");
+    let n = gen2[0].2.len() as u64;
+    assert!(n >= 5, "{text}");
+    assert_eq!(gen2[0].2, (1..=n).collect::<Vec<u64>>(), "{text}");
     stop(sup);
 }
 
