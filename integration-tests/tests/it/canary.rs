@@ -168,3 +168,26 @@ fn failing_canary_leaves_the_old_workers_and_no_new_one() {
         .unwrap_or_default();
     assert!(answered_by_old.iter().all(|p| old.contains(p)));
 }
+
+/// The console's `reload --canary N` is the same canary reload, with its steps shown.
+#[test]
+fn canary_reload_from_the_console_shows_each_step() {
+    let sb = Sandbox::new("canary_reload_from_the_console");
+    let admin = crate::console::Admin::start_with(&sb, 2, bins::example("console_commands"), &[]);
+    let out = admin.console(&["reload --canary 1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("canary: starting 1 of 2 workers of generation 2")
+            && stdout
+                .contains("canary: 1 of 2 workers of generation 2 ready; starting the other 1"),
+        "{stdout}"
+    );
+    let out = admin.console(&["reload --canary x"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("error: "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
