@@ -191,3 +191,30 @@ fn canary_reload_from_the_console_shows_each_step() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `--canary N` applies to every reload; `ctl reload --canary 0` asks for none this once.
+#[test]
+fn canary_flag_applies_to_every_reload_unless_ctl_says_otherwise() {
+    let sb = Sandbox::new("canary_flag_applies_to_every_reload");
+    let script = good_release(&sb);
+    let run = Run::new([&script])
+        .args(standard(2))
+        .args(["--canary", "1"]);
+    let (sup, _addr) = start(&sb, run, 2);
+    for (args, canary) in [
+        (&["reload"][..], true),
+        (&["reload", "--canary", "0"][..], false),
+        (&["reload"][..], true),
+    ] {
+        let out = sup.ctl(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        eprintln!("ctl {args:?}: {stdout}");
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+        assert_eq!(
+            stdout.contains("canary: starting 1 of 2 workers"),
+            canary,
+            "{args:?}: {stdout}"
+        );
+    }
+    assert_eq!(sup.status_json()["generation"], 4);
+}
