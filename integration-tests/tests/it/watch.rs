@@ -16,7 +16,7 @@ fn a_watched_file_replaced_written_or_touched_reloads_once_under_load() {
         .args(standard(2))
         .arg("--watch")
         .arg(&file)
-        .args(["--watch-delay", "300ms"]);
+        .args(["--watch-delay", "1500ms"]);
     let (mut sup, addr) = start(&sb, run, 2);
     sup.wait_for_log("watching ", DEADLINE);
     let load = Load::start(addr, 4, Limits::default());
@@ -27,11 +27,13 @@ fn a_watched_file_replaced_written_or_touched_reloads_once_under_load() {
     std::fs::rename(&next, &file).unwrap();
     sup.wait_reload(2).expect("the rename reloads");
 
-    // Ten writes in a burst longer than the quiet period, each within the quiet period of the
+    // A burst of writes longer than the quiet period, each within the quiet period of the
     // one before: one reload, after the last.
-    for i in 0..10 {
+    // 20 writes 100 ms apart: 2 s in all, each gap far inside the 1.5 s quiet period even on a
+    // loaded machine.
+    for i in 0..20 {
         std::fs::write(&file, format!("v3.{i}\n")).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
     sup.wait_reload(3).expect("the burst reloads");
     // Well past another quiet period: no second reload came of the burst.
@@ -54,7 +56,7 @@ fn a_watched_file_replaced_written_or_touched_reloads_once_under_load() {
     load.stop().assert_no_failures();
     // Another file in the same directory changes nothing.
     sb.write("unrelated", "x\n");
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(
         sup.count_in_log("starting generation 5"),
         0,
