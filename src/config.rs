@@ -90,6 +90,9 @@ pub(crate) struct Config {
     /// How long a new generation must stay up beside the old one before the old one drains
     /// (`--stable-for`); zero commits a reload as soon as every new worker is ready.
     pub stable_for: Duration,
+    /// Canary workers for every reload (`--canary`): that many new workers start first, the
+    /// rest once they are ready (and stable); zero starts every new worker at once.
+    pub canary: u32,
     pub restart: RestartPolicy,
     /// Files whose change starts a reload (`--watch`), absolute, and how long they must be
     /// quiet first (`--watch-delay`).
@@ -320,6 +323,10 @@ pub(crate) struct RunArgs {
     /// worker that exits meanwhile rolls the reload back [default: 0s].
     #[arg(long, value_name = "D")]
     pub stable_for: Option<String>,
+    /// Start this many workers of each new generation first, the rest once they are ready
+    /// (and stable for --stable-for); a canary failure rolls back only the canaries [default: 0].
+    #[arg(long, value_name = "N")]
+    pub canary: Option<u32>,
     /// on-failure | always | never [default: on-failure].
     #[arg(long, value_name = "POLICY")]
     pub restart: Option<String>,
@@ -423,6 +430,7 @@ struct FileConfig {
     graceful_timeout: Option<String>,
     #[serde(alias = "stable_for")]
     stable_for: Option<String>,
+    canary: Option<u32>,
     restart: Option<String>,
     user: Option<String>,
     group: Option<String>,
@@ -1166,6 +1174,7 @@ impl Config {
             stop_signal_to,
             graceful_timeout,
             stable_for,
+            canary: args.canary.or(file.canary).unwrap_or(0),
             restart,
             watch: watched,
             watch_delay,
@@ -1454,6 +1463,26 @@ mod tests {
             Duration::from_millis(250),
             "the command line wins"
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn canary_from_the_flag_and_the_config_key() {
+        let c = parse(&["--", "/bin/sh"]).unwrap();
+        assert_eq!(c.canary, 0, "off unless asked for");
+        let c = parse(&["--canary", "2", "--", "/bin/sh"]).unwrap();
+        assert_eq!(c.canary, 2);
+        let dir = std::env::temp_dir().join(format!(
+            "reloadsup-config-canary-test-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("canary.toml");
+        std::fs::write(&file, "canary = 1\ncommand = [\"/bin/sh\"]\n").unwrap();
+        let c = parse(&["-c", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.canary, 1);
+        let c = parse(&["-c", file.to_str().unwrap(), "--canary", "3"]).unwrap();
+        assert_eq!(c.canary, 3, "the command line wins");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

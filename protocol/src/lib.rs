@@ -229,6 +229,10 @@ pub enum Request {
     /// From the shell worker only: a console password check ended, `ok` or not; counted for
     /// `reloadsup_console_logins_total`. Answered `Done`; refused from any other connection.
     Login { ok: bool },
+    /// A [`Request::Reload`] with `canary` workers of the new generation started first, the
+    /// rest once those are ready (and stable); a canary failure rolls back only the canaries.
+    /// `canary` 0 (or at least the worker count) is an ordinary reload, whatever the config says.
+    ReloadWith { canary: u32 },
 }
 
 /// Which log lines a [`Request::Logs`] wants.

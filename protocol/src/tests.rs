@@ -178,6 +178,7 @@ fn request_index(request: &Request) -> u8 {
         Request::Logs(_) => 9,
         Request::StopLogs { .. } => 10,
         Request::Login { .. } => 11,
+        Request::ReloadWith { .. } => 12,
     }
 }
 
@@ -370,6 +371,7 @@ fn request_goldens() -> Vec<(Request, &'static str)> {
         ),
         (Request::StopLogs { request: 5 }, "0a 05"),
         (Request::Login { ok: true }, "0b 01"),
+        (Request::ReloadWith { canary: 1 }, "0c 01"),
     ]
 }
 
@@ -545,6 +547,14 @@ fn every_variant_index_is_pinned() {
     assert_variant_goldens(&outcome_goldens(), outcome_index);
     assert_variant_goldens(&worker_state_goldens(), worker_state_index);
     assert_variant_goldens(&setup_stage_goldens(), setup_stage_index);
+}
+
+/// A canary reload is a variant appended after every older one: an older primary cannot
+/// decode it rather than misreading it as another request, and `Request::Reload` stays `01`.
+#[test]
+fn reload_with_a_canary_is_appended() {
+    assert_golden(&Request::ReloadWith { canary: 300 }, "0c ac02");
+    assert_golden(&Request::Reload, "01");
 }
 
 #[test]

@@ -71,7 +71,12 @@ pub(crate) enum CtlCommand {
         ready: bool,
     },
     /// Start a new generation; exit 1 if it was rolled back.
-    Reload,
+    Reload {
+        /// Start this many new workers first and the rest once they are ready (and stable
+        /// for --stable-for); a canary failure rolls back only the canaries.
+        #[arg(long, value_name = "N")]
+        canary: Option<u32>,
+    },
     /// Set the number of workers.
     Scale { workers: u32 },
     /// One worker more.
@@ -311,7 +316,7 @@ fn run(args: CtlArgs) -> Result<u8, CtlError> {
     if args.timeout.is_none()
         && matches!(
             args.command,
-            CtlCommand::Reload
+            CtlCommand::Reload { .. }
                 | CtlCommand::Restart
                 | CtlCommand::Stop
                 | CtlCommand::Upgrade { .. }
@@ -324,7 +329,11 @@ fn run(args: CtlArgs) -> Result<u8, CtlError> {
     }
     let request = match &args.command {
         CtlCommand::Status { .. } => Request::Status,
-        CtlCommand::Reload => Request::Reload,
+        // Without --canary, the request every primary understands.
+        CtlCommand::Reload { canary: None } => Request::Reload,
+        CtlCommand::Reload {
+            canary: Some(canary),
+        } => Request::ReloadWith { canary: *canary },
         CtlCommand::Scale { workers } => Request::Scale { workers: *workers },
         CtlCommand::Inc => Request::Add { workers: 1 },
         CtlCommand::Dec => Request::Remove { workers: 1 },

@@ -749,11 +749,16 @@ impl Primary {
             );
             return;
         }
+        // A canary reload is a reload with one more word for the state machine.
+        let (request, canary) = match request {
+            Request::ReloadWith { canary } => (Request::Reload, Some(canary)),
+            other => (other, None),
+        };
         let reply = match request {
             Request::Status => Some(Reply::Status(self.status(now))),
             Request::Reload => match self.reconfigure(now, who, actions) {
                 Ok(()) => {
-                    actions.extend(self.state.handle(now, Event::Reload(who)));
+                    actions.extend(self.state.handle(now, Event::reload(who, canary)));
                     None
                 }
                 Err(refused) => {
@@ -765,6 +770,8 @@ impl Primary {
                 }
             },
             Request::Login { ok } => Some(self.login(who, ok)),
+            // Made a `Reload` with its canary count above.
+            Request::ReloadWith { .. } => Some(Reply::Error("a canary reload went astray".into())),
             Request::Restart => {
                 log::info!("restart: upgrading the primary, then reloading every worker");
                 self.begin_upgrade(who, None, true, actions);

@@ -200,6 +200,7 @@ pub(crate) fn changes(old: &Config, new: &Config) -> Changes {
         true,
     );
     check("stable-for", old.stable_for != new.stable_for, true);
+    check("canary", old.canary != new.canary, true);
     check("restart", old.restart != new.restart, true);
     check("watch", old.watch != new.watch, true);
     check("watch-delay", old.watch_delay != new.watch_delay, true);
@@ -294,6 +295,7 @@ pub(crate) fn settings(config: &Config) -> Settings {
         graceful_timeout: config.graceful_timeout,
         stable_for: config.stable_for,
         restart: config.restart,
+        canary: config.canary,
         stop_signal: config.stop_signal as i32,
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct Settings {
     pub stable_for: Duration,
     pub restart: RestartPolicy,
     pub stop_signal: i32,
+    /// Canary workers for every reload (`canary = N`): zero starts the whole generation at once.
+    pub canary: u32,
 }
 
 /// How a process ended, as plain data.
@@ -71,6 +73,11 @@ pub(crate) enum Event {
     /// Start the first generation.
     Start,
     Reload(Requester),
+    /// A reload with this many canary workers (`ctl reload --canary N`), whatever the config says.
+    ReloadWith {
+        requester: Requester,
+        canary: u32,
+    },
     Spawned {
         generation: u64,
         slot: u32,
@@ -104,6 +111,16 @@ pub(crate) enum Event {
         graceful: bool,
         requester: Option<Requester>,
     },
+}
+
+impl Event {
+    /// A reload, with the canary count of the request when it named one.
+    pub(crate) fn reload(requester: Requester, canary: Option<u32>) -> Event {
+        match canary {
+            Some(canary) => Event::ReloadWith { requester, canary },
+            None => Event::Reload(requester),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +209,10 @@ impl Default for Slot {
 pub(crate) struct Starting {
     pub generation: u64,
     pub waiters: Vec<Requester>,
+    /// While non-zero, only slots `0..canary` of the generation were started: the rest start
+    /// once those are ready (and stable). Not in the hand-off: a restore infers it from the
+    /// slots that have no process (spawns are synchronous, so nothing else leaves a gap).
+    pub canary: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +224,8 @@ pub(crate) struct State {
     pub starting: Option<Starting>,
     /// Reload requests that arrived while one was starting, coalesced into one more.
     pub pending: Option<Vec<Requester>>,
+    /// The largest canary count asked for by the pending requests (`None`: the config's).
+    pub pending_canary: Option<u32>,
     pub next_generation: u64,
     pub processes: Vec<Process>,
     pub slots: Vec<Slot>,
@@ -224,6 +247,7 @@ impl State {
             serving: 0,
             starting: None,
             pending: None,
+            pending_canary: None,
             next_generation: 1,
             processes: Vec::new(),
             slots: Vec::new(),
@@ -249,7 +273,10 @@ impl State {
         let mut out = Vec::new();
         match event {
             Event::Start => self.start(now, &mut out),
-            Event::Reload(who) => self.reload(now, who, &mut out),
+            Event::Reload(who) => self.reload(now, who, None, &mut out),
+            Event::ReloadWith { requester, canary } => {
+                self.reload(now, requester, Some(canary), &mut out)
+            }
             Event::Spawned {
                 generation,
                 slot,
@@ -322,19 +349,29 @@ impl State {
         }
     }
 
-    fn reload(&mut self, now: Instant, who: Requester, out: &mut Vec<Action>) {
+    fn reload(&mut self, now: Instant, who: Requester, canary: Option<u32>, out: &mut Vec<Action>) {
         if self.starting.is_some() {
             self.pending.get_or_insert_with(Vec::new).push(who);
+            if let Some(n) = canary {
+                self.pending_canary = Some(self.pending_canary.map_or(n, |m| m.max(n)));
+            }
             out.push(Action::Progress {
                 waiters: vec![who],
                 progress: Progress::Queued,
             });
             return;
         }
-        self.begin_generation(now, vec![who], out);
+        let canary = canary.unwrap_or(self.settings.canary);
+        self.begin_generation(now, vec![who], canary, out);
     }
 
-    fn begin_generation(&mut self, now: Instant, waiters: Vec<Requester>, out: &mut Vec<Action>) {
+    fn begin_generation(
+        &mut self,
+        now: Instant,
+        waiters: Vec<Requester>,
+        canary: u32,
+        out: &mut Vec<Action>,
+    ) {
         let generation = self.next_generation;
         self.next_generation += 1;
         log::info!(
@@ -348,14 +385,34 @@ impl State {
                 workers: self.target,
             },
         });
+        // As many canaries as workers, or more, is an ordinary reload.
+        let canary = if canary < self.target { canary } else { 0 };
+        if canary > 0 {
+            let text = format!(
+                "canary: starting {canary} of {} workers of generation {generation}; generation {} keeps serving",
+                self.target, self.serving
+            );
+            log::info!("{text}");
+            out.push(Action::Progress {
+                waiters: waiters.clone(),
+                progress: Progress::Text(text),
+            });
+        }
         self.starting = Some(Starting {
             generation,
             waiters,
+            canary,
         });
-        for slot in 0..self.target {
+        let first = if canary > 0 { canary } else { self.target };
+        for slot in 0..first {
             out.push(Action::Spawn { generation, slot });
         }
         self.check_complete(now, out);
+    }
+
+    /// While the starting generation is in its canary step: how many canaries.
+    fn canary(&self) -> u32 {
+        self.starting.as_ref().map_or(0, |s| s.canary)
     }
 
     fn waiters(&self) -> Vec<Requester> {
@@ -507,6 +564,11 @@ impl State {
         let Some(generation) = self.starting_generation() else {
             return;
         };
+        let canary = self.canary();
+        if canary > 0 {
+            self.check_canaries(now, generation, canary, out);
+            return;
+        }
         let all_ready = (0..self.target).all(|slot| {
             self.processes
                 .iter()
@@ -518,7 +580,12 @@ impl State {
             self.clear_window(generation);
             return;
         }
-        if !self.window_over(now, generation, out) {
+        let text = format!(
+            "generation {generation} is ready; generation {} keeps serving for the {} stability window",
+            self.serving,
+            human(self.settings.stable_for)
+        );
+        if !self.window_over(now, generation, text, out) {
             return;
         }
         let reason = match self.window_end(generation) {
@@ -569,6 +636,68 @@ impl State {
         self.run_pending(now, out);
     }
 
+    /// The canary step: once slots `0..canary` are ready and (with `--stable-for`) stable,
+    /// starts the rest of the generation; the old one is not touched either way.
+    fn check_canaries(
+        &mut self,
+        now: Instant,
+        generation: u64,
+        canary: u32,
+        out: &mut Vec<Action>,
+    ) {
+        if canary >= self.target {
+            // Scaled down to the canaries or below: what is left is an ordinary reload.
+            if let Some(s) = &mut self.starting {
+                s.canary = 0;
+            }
+            self.check_complete(now, out);
+            return;
+        }
+        let ready = (0..canary).all(|slot| {
+            self.processes
+                .iter()
+                .any(|p| p.generation == generation && p.slot == slot && p.phase == Phase::Ready)
+        });
+        if !ready {
+            return;
+        }
+        let of = format!(
+            "{canary} of {} workers of generation {generation}",
+            self.target
+        );
+        let text = format!(
+            "canary: {of} ready; generation {} keeps serving for the {} stability window",
+            self.serving,
+            human(self.settings.stable_for)
+        );
+        let stable = self.window_end(generation).is_some() || !self.settings.stable_for.is_zero();
+        if !self.window_over(now, generation, text, out) {
+            return;
+        }
+        self.clear_window(generation);
+        let rest = self.target - canary;
+        let text = if stable {
+            format!(
+                "canary: {of} ready and stable for {}; starting the other {rest}",
+                human(self.settings.stable_for)
+            )
+        } else {
+            format!("canary: {of} ready; starting the other {rest}")
+        };
+        log::info!("{text}");
+        out.push(Action::Progress {
+            waiters: self.waiters(),
+            progress: Progress::Text(text),
+        });
+        if let Some(s) = &mut self.starting {
+            s.canary = 0;
+        }
+        for slot in canary..self.target {
+            out.push(Action::Spawn { generation, slot });
+        }
+        self.check_complete(now, out);
+    }
+
     /// The end of the starting generation's stability window, if it is open.
     fn window_end(&self, generation: u64) -> Option<Instant> {
         self.processes
@@ -579,7 +708,13 @@ impl State {
 
     /// With every worker of `generation` ready: whether its stability window is over (or there
     /// is none); opens the window when it is not open yet.
-    fn window_over(&mut self, now: Instant, generation: u64, out: &mut Vec<Action>) -> bool {
+    fn window_over(
+        &mut self,
+        now: Instant,
+        generation: u64,
+        text: String,
+        out: &mut Vec<Action>,
+    ) -> bool {
         let stable_for = self.settings.stable_for;
         let end = match self.window_end(generation) {
             Some(end) => end,
@@ -591,18 +726,10 @@ impl State {
                         p.deadline = Some(end);
                     }
                 }
-                log::info!(
-                    "generation {generation} is ready; generation {} keeps serving for the {} stability window",
-                    self.serving,
-                    human(stable_for)
-                );
+                log::info!("{text}");
                 out.push(Action::Progress {
                     waiters: self.waiters(),
-                    progress: Progress::Text(format!(
-                        "generation {generation} is ready; generation {} keeps serving for the {} stability window",
-                        self.serving,
-                        human(stable_for)
-                    )),
+                    progress: Progress::Text(text),
                 });
                 end
             }
@@ -620,7 +747,8 @@ impl State {
 
     fn run_pending(&mut self, now: Instant, out: &mut Vec<Action>) {
         if let Some(waiters) = self.pending.take() {
-            self.begin_generation(now, waiters, out);
+            let canary = self.pending_canary.take().unwrap_or(self.settings.canary);
+            self.begin_generation(now, waiters, canary, out);
         }
     }
 
@@ -651,6 +779,12 @@ impl State {
             return;
         };
         let generation = starting.generation;
+        // Only the canaries ran: say so, since the rest was never started.
+        let reason = if starting.canary > 0 {
+            format!("canary: {reason}")
+        } else {
+            reason
+        };
         for i in 0..self.processes.len() {
             let p = &self.processes[i];
             if p.generation != generation {
@@ -871,7 +1005,9 @@ impl State {
                     generation: self.serving,
                     slot,
                 });
-                if let Some(generation) = self.starting_generation() {
+                // In the canary step the new slot starts with the rest of the generation.
+                if let Some(generation) = self.starting_generation().filter(|_| self.canary() == 0)
+                {
                     out.push(Action::Spawn { generation, slot });
                 }
             }
@@ -930,6 +1066,7 @@ impl State {
         for s in &mut self.slots {
             s.restart_at = None;
         }
+        self.pending_canary = None;
         let cancelled: Vec<Requester> = self
             .starting
             .take()

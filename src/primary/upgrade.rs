@@ -173,6 +173,23 @@ pub(crate) fn state_image(s: &State, c: &Clock) -> StateImage {
     }
 }
 
+/// The canary step of a starting generation, which the image does not carry: spawns run
+/// synchronously, so slots `canary..target` without a live process of the generation mean the
+/// canaries (slots `0..canary`) were still proving themselves. Zero: every slot was started.
+fn canary_step(generation: u64, target: u32, processes: &[ProcessImage]) -> u32 {
+    let started = |slot: u32| {
+        processes.iter().any(|p| {
+            p.generation == generation && p.slot == slot && p.phase != PhaseImage::Draining
+        })
+    };
+    let canary = (0..target).take_while(|&slot| started(slot)).count() as u32;
+    if canary > 0 && canary < target && (canary..target).all(|slot| !started(slot)) {
+        canary
+    } else {
+        0
+    }
+}
+
 pub(crate) fn state_from(i: StateImage, c: &Clock) -> State {
     let st = i.settings;
     State {
@@ -187,6 +204,7 @@ pub(crate) fn state_from(i: StateImage, c: &Clock) -> State {
             graceful_timeout: Duration::from_nanos(st.graceful_timeout),
             // Set from the config by `resume`.
             stable_for: Duration::ZERO,
+            canary: 0,
             restart: match st.restart {
                 RestartImage::OnFailure => RestartPolicy::OnFailure,
                 RestartImage::Always => RestartPolicy::Always,
@@ -197,9 +215,11 @@ pub(crate) fn state_from(i: StateImage, c: &Clock) -> State {
         target: i.target,
         serving: i.serving,
         starting: i.starting.map(|g| Starting {
+            canary: canary_step(g.generation, i.target, &i.processes),
             generation: g.generation,
             waiters: g.waiters,
         }),
+        pending_canary: None,
         pending: i.pending,
         next_generation: i.next_generation,
         processes: i
@@ -878,6 +898,7 @@ impl Primary {
         // Not in the state image: the config rebuilt from the hand-off holds it. The window's
         // deadline itself is in the image, on the new generation's ready processes.
         state.settings.stable_for = config.stable_for;
+        state.settings.canary = config.canary;
         let roles = Roles {
             shell: shell_timer,
             keeper: keeper_timer,
@@ -993,13 +1014,16 @@ mod tests {
             ready_timeout: Duration::from_secs(60),
             graceful_timeout: Duration::from_secs(30),
             stable_for: Duration::ZERO,
+            canary: 0,
             restart: RestartPolicy::Always,
             stop_signal: 15,
         };
         let mut s = State::new(settings, 2);
         s.serving = 3;
         s.next_generation = 5;
+        // Slot 1 of generation 4 has no process: only a canary step leaves that gap.
         s.starting = Some(Starting {
+            canary: 1,
             generation: 4,
             waiters: vec![(16 << 32) | 1],
         });
@@ -1057,6 +1081,24 @@ mod tests {
     }
 
     #[test]
+    fn the_canary_step_is_inferred_across_the_hand_off() {
+        let clock = Clock::now();
+        let mut state = busy_state(clock.instant);
+        // Every slot of the starting generation started: past the canary step, or none.
+        let mut rest = state.processes[1].clone();
+        rest.pid = 102;
+        rest.slot = 1;
+        state.processes.push(rest);
+        state.starting.as_mut().unwrap().canary = 0;
+        let back = state_from(state_image(&state, &clock), &clock);
+        assert_eq!(back.starting.unwrap().canary, 0);
+        // A draining process of the generation does not count as started.
+        state.processes[2].phase = Phase::Draining;
+        let back = state_from(state_image(&state, &clock), &clock);
+        assert_eq!(back.starting.unwrap().canary, 1);
+    }
+
+    #[test]
     fn a_stability_window_crosses_the_hand_off() {
         let clock = Clock::now();
         let now = clock.instant;
@@ -1070,6 +1112,7 @@ mod tests {
         state.processes[1].deadline = Some(end);
         state.slots = vec![Slot::default()];
         state.target = 1;
+        state.starting.as_mut().unwrap().canary = 0;
         let bytes = proto::encode(&state_image(&state, &clock)).expect("encode");
         let mut back = state_from(proto::decode(&bytes).expect("decode"), &clock);
         // What `resume` sets from the config rebuilt from the hand-off.

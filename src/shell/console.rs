@@ -65,6 +65,14 @@ pub(crate) fn parse(line: &str) -> Result<Line, String> {
         [] => Line::Empty,
         ["help", ..] => Line::Help,
         [".exit", ..] => Line::Exit,
+        ["reload", "--canary", n, ..] => {
+            extra(3)?;
+            let canary = n
+                .parse::<u32>()
+                .map_err(|_| format!("'{n}' is not a number of workers"))?;
+            Line::Ask(Request::ReloadWith { canary }, Show::Reload)
+        }
+        ["reload", "--canary"] => return Err("missing the number of canary workers".into()),
         ["reload", ..] => {
             extra(1)?;
             Line::Ask(Request::Reload, Show::Reload)
@@ -172,6 +180,10 @@ pub(crate) const BUILTIN_HELP: &[(&str, &str)] = &[
     (
         "reload",
         "start a new generation of workers and wait for it",
+    ),
+    (
+        "reload --canary N",
+        "start N new workers first, the rest once they are ready (and stable)",
     ),
     (
         "restart",
@@ -306,6 +318,13 @@ mod tests {
             ("worker", Err(())),
             ("reload now", Err(())),
             ("reload", Ok(Line::Ask(Request::Reload, Show::Reload))),
+            (
+                "reload --canary 1",
+                Ok(Line::Ask(Request::ReloadWith { canary: 1 }, Show::Reload)),
+            ),
+            ("reload --canary", Err(())),
+            ("reload --canary x", Err(())),
+            ("reload --canary 1 2", Err(())),
             ("restart", Ok(Line::Ask(Request::Restart, Show::Restart))),
             ("status", Ok(Line::Ask(Request::Status, Show::Status))),
             (

@@ -3,6 +3,7 @@
 //! Build the binaries first (`make test` does): `cargo build --workspace --bins --examples`.
 
 mod activation;
+mod canary;
 mod chaos;
 mod console;
 mod control;

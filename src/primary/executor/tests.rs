@@ -49,6 +49,7 @@ impl Fake {
             stable_for: Duration::ZERO,
             restart: RestartPolicy::OnFailure,
             stop_signal: 15,
+            canary: 0,
         };
         Fake {
             base: Instant::now(),

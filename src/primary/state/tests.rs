@@ -10,6 +10,7 @@ fn settings(ready: ReadyMode) -> Settings {
         stable_for: Duration::ZERO,
         restart: RestartPolicy::OnFailure,
         stop_signal: 15,
+        canary: 0,
     }
 }
 
@@ -811,4 +812,219 @@ fn reload_in_the_stability_window_is_queued_behind_it() {
     h.advance(Duration::from_secs(3));
     assert_eq!(h.state.serving, 2);
     assert_eq!(h.state.starting_generation(), Some(3));
+}
+
+fn texts(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Progress {
+                progress: Progress::Text(t),
+                ..
+            } => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spawns(actions: &[Action], generation: u64) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn {
+                generation: g,
+                slot,
+            } if *g == generation => Some(*slot),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn canary_starts_alone_then_the_rest_once_ready_and_stable() {
+    let mut h = stable(4, Duration::from_secs(1));
+    let old = h.pids(1);
+    let acts = h.feed(Event::ReloadWith {
+        requester: 7,
+        canary: 1,
+    });
+    assert_eq!(spawns(&acts, 2), vec![0], "only the canary starts");
+    assert_eq!(h.pids(2).len(), 1);
+    h.ready_all(2);
+    // Ready, but inside its stability window: the rest waits, the old one keeps every slot.
+    h.advance(Duration::from_millis(999));
+    assert_eq!(h.pids(2).len(), 1);
+    assert_eq!(h.pids(1), old);
+    let acts = {
+        h.now += Duration::from_millis(1);
+        h.feed(Event::Tick)
+    };
+    assert_eq!(spawns(&acts, 2), vec![1, 2, 3]);
+    assert!(texts(&acts).contains(
+        &"canary: 1 of 4 workers of generation 2 ready and stable for 1s; starting the other 3"
+            .to_string()
+    ));
+    assert!(stop_signals(&acts).is_empty(), "nothing drains yet");
+    assert_eq!(h.state.starting.as_ref().unwrap().canary, 0);
+    // The whole generation ready: its own stability window, then the old one drains.
+    h.ready_all(2);
+    h.advance(Duration::from_millis(999));
+    assert!(Harness::outcome(&h.log).is_none());
+    assert!(!stop_signals(&h.log).iter().any(|p| old.contains(p)));
+    h.advance(Duration::from_millis(1));
+    assert_eq!(
+        Harness::outcome(&h.log).unwrap().outcome,
+        Outcome::Succeeded
+    );
+    assert_eq!(h.state.serving, 2);
+    let mut drained = stop_signals(&h.log);
+    drained.sort();
+    assert_eq!(drained, old);
+}
+
+#[test]
+fn canary_without_a_window_starts_the_rest_when_ready() {
+    let mut h = Harness::new(ReadyMode::Notify, 3);
+    h.ready_all(1);
+    h.feed(Event::ReloadWith {
+        requester: 7,
+        canary: 2,
+    });
+    let canaries = h.pids(2);
+    assert_eq!(canaries.len(), 2);
+    h.ready(canaries[0]);
+    assert_eq!(h.pids(2).len(), 2, "both canaries must be ready");
+    let acts = h.ready(canaries[1]);
+    assert_eq!(spawns(&acts, 2), vec![2]);
+    assert!(texts(&acts)
+        .contains(&"canary: 2 of 3 workers of generation 2 ready; starting the other 1".into()));
+    h.ready_all(2);
+    assert_eq!(h.state.serving, 2);
+}
+
+#[test]
+fn canary_from_the_config_applies_to_every_reload_and_the_request_wins() {
+    let mut h = Harness::new(ReadyMode::Notify, 4);
+    h.state.settings.canary = 1;
+    h.ready_all(1);
+    let acts = h.feed(Event::Reload(7));
+    assert_eq!(spawns(&acts, 2), vec![0]);
+    h.ready_all(2);
+    h.ready_all(2);
+    assert_eq!(h.state.serving, 2);
+    // An explicit 0 (or as many as the workers) is an ordinary reload.
+    let acts = h.feed(Event::ReloadWith {
+        requester: 8,
+        canary: 0,
+    });
+    assert_eq!(spawns(&acts, 3), vec![0, 1, 2, 3]);
+    h.ready_all(3);
+    let acts = h.feed(Event::ReloadWith {
+        requester: 9,
+        canary: 4,
+    });
+    assert_eq!(spawns(&acts, 4), vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn failing_canary_rolls_back_only_the_canaries() {
+    // (how it fails, expected reason)
+    for exits in [true, false] {
+        let mut h = stable(4, Duration::from_secs(1));
+        let old = h.pids(1);
+        h.feed(Event::ReloadWith {
+            requester: 7,
+            canary: 1,
+        });
+        let canary = h.pids(2)[0];
+        let acts = if exits {
+            h.feed(Event::Exited {
+                pid: canary,
+                exit: Exit::Code(1),
+            })
+        } else {
+            h.now += Duration::from_secs(2);
+            h.feed(Event::Tick)
+        };
+        let outcome = Harness::outcome(&acts).unwrap();
+        assert_eq!(outcome.outcome, Outcome::RolledBack);
+        let want = if exits {
+            format!("canary: worker 0 (pid {canary}) exited with status 1 before it was ready")
+        } else {
+            format!("canary: worker 0 (pid {canary}) was not ready within 2s")
+        };
+        assert_eq!(outcome.reason, want);
+        assert_eq!(h.state.serving, 1);
+        assert_eq!(h.pids(1), old);
+        assert!(h.pids(2).is_empty());
+        assert!(h.state.starting.is_none());
+        assert!(!stop_signals(&h.log).iter().any(|p| old.contains(p)));
+        assert!(spawns(&h.log, 2) == vec![0], "the rest never started");
+    }
+}
+
+#[test]
+fn canary_exit_in_its_stability_window_rolls_back_at_once() {
+    let mut h = stable(4, Duration::from_secs(1));
+    let old = h.pids(1);
+    h.feed(Event::ReloadWith {
+        requester: 7,
+        canary: 1,
+    });
+    h.ready_all(2);
+    h.advance(Duration::from_millis(500));
+    let canary = h.pids(2)[0];
+    let acts = h.feed(Event::Exited {
+        pid: canary,
+        exit: Exit::Code(3),
+    });
+    let outcome = Harness::outcome(&acts).unwrap();
+    assert_eq!(outcome.outcome, Outcome::RolledBack);
+    assert_eq!(
+        outcome.reason,
+        format!(
+            "canary: 0.5 s into the stability window: worker 0 (pid {canary}) exited with status 3"
+        )
+    );
+    assert_eq!(h.pids(1), old);
+    assert!(stop_signals(&acts).is_empty());
+}
+
+#[test]
+fn scale_up_in_the_canary_step_starts_the_new_slot_with_the_rest() {
+    let mut h = Harness::new(ReadyMode::Notify, 3);
+    h.ready_all(1);
+    h.feed(Event::ReloadWith {
+        requester: 7,
+        canary: 1,
+    });
+    let acts = h.feed(Event::Scale(4));
+    assert_eq!(spawns(&acts, 2), Vec::<u32>::new());
+    let acts = h.ready(h.pids(2)[0]);
+    assert_eq!(spawns(&acts, 2), vec![1, 2, 3]);
+    h.ready_all(2);
+    assert_eq!(h.state.serving, 2);
+}
+
+#[test]
+fn scale_down_to_the_canaries_makes_an_ordinary_reload() {
+    let mut h = Harness::new(ReadyMode::Notify, 3);
+    h.ready_all(1);
+    h.feed(Event::ReloadWith {
+        requester: 7,
+        canary: 1,
+    });
+    h.ready_all(2);
+    // Already past the canary step; a second canary reload is queued and keeps its count.
+    h.feed(Event::ReloadWith {
+        requester: 8,
+        canary: 2,
+    });
+    h.ready_all(2);
+    assert_eq!(h.state.serving, 2);
+    assert_eq!(h.state.starting.as_ref().unwrap().canary, 2);
+    h.feed(Event::Scale(1));
+    assert_eq!(h.state.starting.as_ref().unwrap().canary, 0);
+    h.ready_all(3);
+    assert_eq!(h.state.serving, 3);
 }
