@@ -155,12 +155,10 @@ fn servers_go_net_http_loses_nothing() {
     );
 }
 
-#[test]
-fn servers_gunicorn_loses_nothing() {
-    let Some(gunicorn) = venv_program("gunicorn") else {
-        return;
-    };
-    let mut command = vec![gunicorn.into_os_string()];
+/// gunicorn from the venv serving the WSGI example with 2 sync workers, `extra` flags first.
+fn gunicorn(extra: &[&str]) -> Option<Vec<OsString>> {
+    let mut command = vec![venv_program("gunicorn")?.into_os_string()];
+    command.extend(os(extra));
     command.extend(os(&[
         "--no-control-socket",
         "--preload",
@@ -170,6 +168,14 @@ fn servers_gunicorn_loses_nothing() {
     ]));
     command.push(example("wsgi").into_os_string());
     command.push("app:app".into());
+    Some(command)
+}
+
+#[test]
+fn servers_gunicorn_loses_nothing() {
+    let Some(command) = gunicorn(&[]) else {
+        return;
+    };
     reload_server(
         "servers_gunicorn",
         command,
@@ -183,21 +189,9 @@ fn servers_gunicorn_loses_nothing() {
 /// dies of EBADF).
 #[test]
 fn servers_gunicorn_bind_fd_no_listen_env_loses_nothing() {
-    let Some(gunicorn) = venv_program("gunicorn") else {
+    let Some(command) = gunicorn(&["--bind", "fd://{fd}"]) else {
         return;
     };
-    let mut command = vec![gunicorn.into_os_string()];
-    command.extend(os(&[
-        "--bind",
-        "fd://{fd}",
-        "--no-control-socket",
-        "--preload",
-        "--workers",
-        "2",
-        "--chdir",
-    ]));
-    command.push(example("wsgi").into_os_string());
-    command.push("app:app".into());
     reload_server(
         "servers_gunicorn_fd",
         command,
