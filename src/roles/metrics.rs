@@ -31,6 +31,10 @@ pub(crate) const MAX_CONNECTIONS: usize = 16;
 pub(crate) const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client has to send its request, and to read the answer.
 pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a closing connection's unread bytes are drained (see [`close_gently`]).
+const LINGER: Duration = Duration::from_millis(500);
+/// Refused connections waiting for the refusing thread; more are refused on the spot.
+const REFUSED_QUEUE: usize = 32;
 /// How long the primary has to answer an ask.
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -76,6 +80,10 @@ fn serve() -> io::Result<()> {
     let listener = TcpListener::from(fds.remove(0));
     // The primary's copy may be non-blocking; this process blocks in accept.
     listener.set_nonblocking(false)?;
+    let (refused, queue) = std::sync::mpsc::sync_channel::<TcpStream>(REFUSED_QUEUE);
+    std::thread::Builder::new()
+        .name("refuse".into())
+        .spawn(move || queue.into_iter().for_each(busy))?;
     let shared = Arc::new(Shared {
         spec,
         link: Mutex::new(link),
@@ -94,7 +102,9 @@ fn serve() -> io::Result<()> {
         };
         if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             shared.connections.fetch_sub(1, Ordering::SeqCst);
-            busy(stream);
+            if let Err(std::sync::mpsc::TrySendError::Full(stream)) = refused.try_send(stream) {
+                refuse_now(stream);
+            }
             continue;
         }
         let s = Arc::clone(&shared);
@@ -110,29 +120,78 @@ fn serve() -> io::Result<()> {
     }
 }
 
-/// Over the connection limit: a best-effort 503 that never waits for the client.
+/// Over the connection limit, on the refusing thread: a 503, then a gentle close, each bounded
+/// by [`LINGER`], so a refused client reads its answer instead of a reset.
 fn busy(stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(LINGER));
+    if (&stream).write_all(&too_many()).is_ok() {
+        close_gently(stream, Instant::now() + LINGER);
+    }
+}
+
+/// Over the connection limit with the refusing thread's queue full too: a 503 that never waits,
+/// after reading whatever of the request has already arrived (closing a socket with unread
+/// bytes resets it, and the reset discards the answer).
+fn refuse_now(stream: TcpStream) {
     let _ = stream.set_nonblocking(true);
-    let _ = (&stream).write_all(&response("503 Service Unavailable", "too many scrapes\n"));
+    let mut buf = [0u8; 1024];
+    let mut left = MAX_REQUEST;
+    while left > 0 {
+        match (&stream).read(&mut buf) {
+            Ok(n) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
+    let _ = (&stream).write_all(&too_many());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+fn too_many() -> Vec<u8> {
+    response("503 Service Unavailable", "too many scrapes\n")
+}
+
+/// Ends a connection whose answer is written: sends the end of stream, then reads what the
+/// client still sends (at most `8 * MAX_REQUEST` bytes, until `until`) before the close, since a
+/// close with unread bytes would reset the connection and could discard the answer in flight.
+fn close_gently(stream: TcpStream, until: Instant) {
+    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let mut left = 8 * MAX_REQUEST;
+    while left > 0 {
+        let wait = until.saturating_duration_since(Instant::now());
+        if wait.is_zero() || stream.set_read_timeout(Some(wait)).is_err() {
+            return;
+        }
+        match (&stream).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => left = left.saturating_sub(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 fn answer(shared: &Shared, mut stream: TcpStream) -> io::Result<()> {
     stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
     let until = Instant::now() + REQUEST_DEADLINE;
-    let head = match read_head(&mut stream, until)? {
-        Some(head) => head,
-        None => {
-            return stream.write_all(&response(
-                "431 Request Header Fields Too Large",
-                "request too large\n",
-            ))
-        }
+    let reply = match read_head(&mut stream, until)? {
+        Some(head) => reply(shared, &head),
+        None => response("431 Request Header Fields Too Large", "request too large\n"),
     };
+    stream.write_all(&reply)?;
+    close_gently(stream, until.min(Instant::now() + LINGER));
+    Ok(())
+}
+
+/// The answer to one request, given its line and headers.
+fn reply(shared: &Shared, head: &str) -> Vec<u8> {
     let line = head.lines().next().unwrap_or_default();
     let mut words = line.split(' ');
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
-    let reply = if path != "/metrics" {
+    if path != "/metrics" {
         response("404 Not Found", "only /metrics is served here\n")
     } else if method != "GET" && method != "HEAD" {
         response("405 Method Not Allowed", "GET /metrics\n")
@@ -152,8 +211,7 @@ fn answer(shared: &Shared, mut stream: TcpStream) -> io::Result<()> {
                 &format!("no figures from the primary: {}\n", lower(&e)),
             ),
         }
-    };
-    stream.write_all(&reply)
+    }
 }
 
 /// Reads the request line and headers; `None` if they pass [`MAX_REQUEST`] bytes.
