@@ -28,21 +28,7 @@ fn start_four(sb: &Sandbox) -> (Supervisor, std::net::SocketAddr, Vec<u32>) {
 /// (workers of generation 1 not draining, workers of generation 2 not draining).
 fn counts(sup: &Supervisor) -> (usize, usize) {
     let status = sup.status_json();
-    let live = |generation: u64| {
-        status["workers"]
-            .as_array()
-            .map(|w| {
-                w.iter()
-                    .filter(|w| {
-                        w["generation"] == generation
-                            && w["pid"].as_u64().unwrap_or(0) != 0
-                            && w["state"] != "draining"
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    (live(1), live(2))
+    (live_pids(&status, 1).len(), live_pids(&status, 2).len())
 }
 
 #[test]
@@ -56,16 +42,8 @@ fn canary_starts_one_new_worker_beside_four_old_then_the_rest() {
     let reload = std::thread::spawn(move || {
         reloadsup_integration_tests::ctl(&control, &["reload", "--canary", "1"])
     });
-    // Watch the status while the reload runs: a bounded loop that ends with the reload.
-    let began = Instant::now();
-    let mut seen = Vec::new();
-    while !reload.is_finished() && began.elapsed() < DEADLINE {
-        let c = counts(&sup);
-        if seen.last() != Some(&c) {
-            seen.push(c);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let old_set: BTreeSet<u32> = old.iter().copied().collect();
+    let seen = watch_reload(&sup, &reload, &old_set);
     let out = reload.join().expect("the ctl thread");
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!(
