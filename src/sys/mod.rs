@@ -15,9 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
-use nix::sys::socket::{
-    self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixCredentials,
-};
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 use nix::unistd::Pid;
 
 /// The fd at which a role process finds its link to the primary.
@@ -108,6 +106,100 @@ pub(crate) fn send_with_fds(
     Ok(())
 }
 
+/// One message as [`recvmsg_owning`] received it.
+struct Received {
+    bytes: usize,
+    /// Every fd the message carried, owned (and close-on-exec) whatever else went wrong.
+    fds: Vec<OwnedFd>,
+    /// The sender's pid, when credentials came with it (SO_PASSCRED).
+    pid: Option<u32>,
+    /// MSG_TRUNC, MSG_CTRUNC.
+    truncated: bool,
+    control_truncated: bool,
+}
+
+/// The kernel's SCM_MAX_FD: one message carries at most this many fds, however many
+/// SCM_RIGHTS headers the sender put in it (they are merged into one list).
+const SCM_MAX_FD: usize = 253;
+
+/// Room for credentials and [`SCM_MAX_FD`] fds with their headers (about 1 KiB), as 8-byte
+/// words for the alignment `cmsghdr` wants.
+const CONTROL_WORDS: usize = {
+    // SAFETY: CMSG_SPACE is plain arithmetic on its argument.
+    let bytes = unsafe {
+        libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as libc::c_uint)
+            + libc::CMSG_SPACE((SCM_MAX_FD * std::mem::size_of::<libc::c_int>()) as libc::c_uint)
+    };
+    (bytes as usize).div_ceil(8)
+};
+
+/// `recvmsg(2)` of one message with `MSG_CMSG_CLOEXEC`, taking ownership of every fd it carried.
+///
+/// Not nix's `recvmsg`: its control-message iterator refuses a message with MSG_CTRUNC set,
+/// and the fds the kernel had already installed in our table were then left there, open and
+/// owned by nobody: a worker that sent a notify datagram with more fds than the buffer held
+/// leaked 8 of them into the primary each time. Here the buffer holds the most any message can
+/// carry, and the walk below owns whatever arrived, truncated or not.
+fn recvmsg_owning(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<Received> {
+    let mut control = [0u64; CONTROL_WORDS];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty header; the fields set below point at `iov`
+    // and `control`, which outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` describes buffers we own, valid and large enough for what it says.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut got = Received {
+        bytes: n as usize,
+        fds: Vec::new(),
+        pid: None,
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    };
+    let control_end =
+        control.as_ptr() as usize + (msg.msg_controllen as usize).min(8 * CONTROL_WORDS);
+    // SAFETY: the CMSG_* macros walk the headers the kernel wrote in `control`, CMSG_NXTHDR
+    // stopping at msg_controllen; each header's data is read only up to the end of the control
+    // data, unaligned; every fd in an SCM_RIGHTS header was installed in our table for us by
+    // this call, and nobody else owns it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            let claimed = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            let len = claimed.min(control_end.saturating_sub(data as usize));
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let ints = data.cast::<libc::c_int>();
+                for i in 0..len / std::mem::size_of::<libc::c_int>() {
+                    got.fds
+                        .push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(ints.add(i))));
+                }
+            } else if (*c).cmsg_level == libc::SOL_SOCKET
+                && (*c).cmsg_type == libc::SCM_CREDENTIALS
+                && len >= std::mem::size_of::<libc::ucred>()
+            {
+                let cred = std::ptr::read_unaligned(data.cast::<libc::ucred>());
+                got.pid = Some(cred.pid as u32);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(got)
+}
+
 /// Receives one message and the fds attached to it, at most `max_fds`.
 ///
 /// Received fds are close-on-exec (MSG_CMSG_CLOEXEC) and owned at once. Truncated data or
@@ -117,72 +209,33 @@ pub(crate) fn recv_with_fds(
     buf: &mut [u8],
     max_fds: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
-    let mut iov = [io::IoSliceMut::new(buf)];
-    let msg = socket::recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(errno)?;
-    let mut fds = Vec::new();
-    for c in msg.cmsgs().map_err(errno)? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            for fd in raw {
-                // SAFETY: the kernel just installed this fd in our table for us; nobody else
-                // owns it.
-                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-    }
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+    let got = recvmsg_owning(sock, buf, 0)?;
+    if got.control_truncated {
         return Err(io::Error::other(
             "control data was truncated: too many fds in one message",
         ));
     }
-    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+    if got.truncated {
         return Err(io::Error::other("message was truncated"));
     }
-    if fds.len() > max_fds {
+    if got.fds.len() > max_fds {
         return Err(io::Error::other(format!(
             "received {} fds where at most {max_fds} were expected",
-            fds.len()
+            got.fds.len()
         )));
     }
-    Ok((msg.bytes, fds))
+    Ok((got.bytes, got.fds))
 }
 
-/// Receives one datagram with the sender's credentials (SO_PASSCRED must be on).
-/// Returns the sender's pid, or `None` when the kernel attached no credentials.
+/// Receives one datagram with the sender's credentials (SO_PASSCRED must be on), without
+/// waiting. Returns the sender's pid, or `None` when the kernel attached no credentials.
+/// Whatever fds came with it are closed: nobody should send us fds there.
 pub(crate) fn recv_with_creds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<(usize, Option<u32>)> {
-    let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; 8]);
-    let mut iov = [io::IoSliceMut::new(buf)];
-    let msg = socket::recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-    )
-    .map_err(errno)?;
-    let mut pid = None;
-    for c in msg.cmsgs().map_err(errno)? {
-        match c {
-            ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid() as u32),
-            ControlMessageOwned::ScmRights(raw) => {
-                // Nobody should send us fds here; close whatever arrived.
-                for fd in raw {
-                    // SAFETY: the kernel just gave us this fd; we own it and drop it.
-                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok((msg.bytes, pid))
+    let got = recvmsg_owning(sock, buf, libc::MSG_DONTWAIT)?;
+    Ok((got.bytes, got.pid))
 }
 
 /// Spawns this executable (`/proc/self/exe`) in a hidden role, `arg0` and `args`, with a fresh
@@ -969,6 +1022,41 @@ mod tests {
             "peeking consumed nothing"
         );
         assert!(at_eof(a.as_fd()));
+    }
+
+    /// Regression: nix's iterator refused a message with MSG_CTRUNC, and the fds that did fit
+    /// were left open in our table: 8 of every notify datagram that carried more.
+    #[test]
+    fn a_datagram_with_many_fds_leaks_none() {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        nix::sys::socket::setsockopt(&b, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        let (x, y) = stream_pair().unwrap();
+        let raw = [x.as_raw_fd(); 40];
+        let cmsg = [socket::ControlMessage::ScmRights(&raw)];
+        let iov = [io::IoSlice::new(b"READY=1")];
+        socket::sendmsg::<()>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+        drop(x);
+        let mut buf = [0u8; 64];
+        let (n, pid) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], pid),
+            (&b"READY=1"[..], Some(std::process::id()))
+        );
+        assert!(peer_closed(&y), "every fd of the datagram must be closed");
+    }
+
+    #[test]
+    fn more_fds_than_a_batch_are_an_error_and_closed() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (x, y) = stream_pair().unwrap();
+        send_with_fds(a.as_fd(), b"x", &[x.as_fd(); SCM_MAX_FD]).unwrap();
+        drop(x);
+        let mut buf = [0u8; 8];
+        assert!(recv_with_fds(b.as_fd(), &mut buf, MAX_FDS_PER_MESSAGE).is_err());
+        assert!(
+            peer_closed(&y),
+            "the fds of a rejected batch must be closed"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod chaos;
 mod console;
 mod control;
 mod core;
+mod hostile;
 mod lifecycle;
 mod listen;
 mod listening;
