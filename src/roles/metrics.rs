@@ -3,18 +3,20 @@
 //!
 //! It answers HTTP itself, with plain std and a thread per connection, so that a slow or
 //! hostile scraper costs this process at most one of [`MAX_CONNECTIONS`] threads for at most
-//! [`REQUEST_DEADLINE`], and never touches the primary: a request is read up to
+//! [`REQUEST_DEADLINE`], and never touches the primary; one source (an IPv4 address or an IPv6
+//! /64) holds at most [`PER_SOURCE`] of them, so a host that opens connections and sends
+//! nothing cannot refuse every other scraper. A request is read up to
 //! [`MAX_REQUEST`] bytes, then answered and closed. For each scrape it asks the primary for its
 //! figures on its link (one ask at a time, with a timeout) and renders them here; the primary
 //! only answers a small message. It dies with the primary (`PR_SET_PDEATHSIG`) and exits when
 //! its link closes.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,9 @@ use crate::sys;
 
 /// Connections served at once; one more is closed at once.
 pub(crate) const MAX_CONNECTIONS: usize = 16;
+/// Connections one source may have served at once; one more is refused like one over
+/// [`MAX_CONNECTIONS`].
+pub(crate) const PER_SOURCE: usize = 4;
 /// The most bytes of a request (its line and headers) read.
 pub(crate) const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client has to send its request, and to read the answer.
@@ -53,7 +58,67 @@ pub(crate) fn run(_args: &[OsString]) -> u8 {
 struct Shared {
     spec: MetricsSpec,
     link: Mutex<OwnedFd>,
-    connections: AtomicUsize,
+    slots: Mutex<Slots>,
+}
+
+/// Where a connection comes from, as far as the limits are concerned: one host usually owns
+/// a whole IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    V4(u32),
+    V6(u64),
+}
+
+impl Source {
+    fn of(ip: IpAddr) -> Source {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Source::V4(u32::from(v4)),
+            IpAddr::V6(v6) => Source::V6((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+/// The connections being served, in all and by source.
+#[derive(Debug, Default)]
+struct Slots {
+    total: usize,
+    by_source: HashMap<Source, usize>,
+}
+
+impl Slots {
+    /// Takes a slot for a connection from `source`, unless it would pass a limit.
+    fn take(&mut self, source: Source) -> bool {
+        let held = self.by_source.get(&source).copied().unwrap_or(0);
+        if self.total >= MAX_CONNECTIONS || held >= PER_SOURCE {
+            return false;
+        }
+        self.total += 1;
+        self.by_source.insert(source, held + 1);
+        true
+    }
+
+    /// The connection from `source` ended.
+    fn give(&mut self, source: Source) {
+        if let Some(n) = self.by_source.get_mut(&source) {
+            self.total -= 1;
+            *n -= 1;
+            if *n == 0 {
+                self.by_source.remove(&source);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn take(&self, source: Source) -> bool {
+        self.slots.lock().is_ok_and(|mut s| s.take(source))
+    }
+
+    fn give(&self, source: Source) {
+        if let Ok(mut s) = self.slots.lock() {
+            s.give(source);
+        }
+    }
 }
 
 fn serve() -> io::Result<()> {
@@ -87,11 +152,11 @@ fn serve() -> io::Result<()> {
     let shared = Arc::new(Shared {
         spec,
         link: Mutex::new(link),
-        connections: AtomicUsize::new(0),
+        slots: Mutex::new(Slots::default()),
     });
     loop {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
+        let (stream, peer) = match listener.accept() {
+            Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // A client that reset before it was accepted, or no fd left: serve the next one.
             Err(e) => {
@@ -100,8 +165,8 @@ fn serve() -> io::Result<()> {
                 continue;
             }
         };
-        if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
+        let source = Source::of(peer.ip());
+        if !shared.take(source) {
             if let Err(std::sync::mpsc::TrySendError::Full(stream)) = refused.try_send(stream) {
                 refuse_now(stream);
             }
@@ -112,10 +177,10 @@ fn serve() -> io::Result<()> {
             .name("scrape".into())
             .spawn(move || {
                 let _ = answer(&s, stream);
-                s.connections.fetch_sub(1, Ordering::SeqCst);
+                s.give(source);
             });
         if spawned.is_err() {
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            shared.give(source);
         }
     }
 }
@@ -483,6 +548,38 @@ mod tests {
             start_time_ns: 1_700_000_000_250_000_000,
             ..Figures::default()
         }
+    }
+
+    #[test]
+    fn one_source_holds_at_most_its_share_of_the_slots() {
+        let mut slots = Slots::default();
+        let one = Source::of("192.0.2.1".parse().unwrap());
+        // The same host by its IPv4-mapped IPv6 address is the same source.
+        let mapped = Source::of("::ffff:192.0.2.1".parse().unwrap());
+        assert_eq!(one, mapped);
+        assert!((0..PER_SOURCE).all(|_| slots.take(one)));
+        assert!(!slots.take(mapped), "past its share, a source is refused");
+        // Another address, and an IPv6 host of another /64, still get in; one /64 is one source.
+        assert!(slots.take(Source::of("192.0.2.2".parse().unwrap())));
+        let a = Source::of("2001:db8:0:1::1".parse().unwrap());
+        let b = Source::of("2001:db8:0:1::ffff".parse().unwrap());
+        assert_eq!(a, b);
+        assert!(slots.take(a) && slots.take(Source::of("2001:db8:0:2::1".parse().unwrap())));
+        // A slot given back can be taken again.
+        slots.give(one);
+        assert!(slots.take(one) && !slots.take(one));
+        // The total stays bounded whoever asks.
+        let mut n = slots.total;
+        for i in 0..64u32 {
+            if slots.take(Source::V4(i)) {
+                n += 1;
+            }
+        }
+        assert_eq!((n, slots.total), (MAX_CONNECTIONS, MAX_CONNECTIONS));
+        for i in 0..64u32 {
+            slots.give(Source::V4(i));
+        }
+        assert!(slots.by_source.len() <= MAX_CONNECTIONS);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! A hostile peer's view of the newest mechanisms (DESIGN.md promise 7): each test plays the
 //! attacker against the real binary and checks the primary holds.
 
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+
 use reloadsup_integration_tests::{proc, python3, require, wait_for, Run, Sandbox, DEADLINE};
 
 use crate::start;
@@ -70,4 +73,79 @@ fn notify_datagrams_with_many_fds_leak_none_into_the_primary() {
         sup.ctl(&["status"]).status.success(),
         "ctl still answers after the flood"
     );
+}
+
+/// A TCP connection to `to` from the local address `from` (any address of 127/8 is the
+/// loopback's), so that one test can play two hosts.
+fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(to) = to else {
+        panic!("an IPv4 address expected, not {to}")
+    };
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) takes plain integers; the fd it returns is owned by the TcpStream at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket nobody else owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let (src, dst) = (sockaddr(from, 0), sockaddr(*to.ip(), to.port()));
+    // SAFETY: both addresses are valid sockaddr_in values of `len` bytes that outlive the calls.
+    let bound = unsafe { libc::bind(fd, (&src as *const libc::sockaddr_in).cast(), len) };
+    // SAFETY: as above.
+    if bound != 0
+        || unsafe { libc::connect(fd, (&dst as *const libc::sockaddr_in).cast(), len) } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+/// The status line of `GET /metrics` over `stream`.
+fn metrics_status(mut stream: TcpStream) -> String {
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// Regression: the metrics worker's 16 slots were first come, first served, so one host that
+/// opened 16 connections and sent nothing (again every 5 s) made every scrape of every other
+/// host a 503. One source now holds at most 4 of them.
+#[test]
+fn a_silent_host_cannot_refuse_every_other_scraper() {
+    let sb = Sandbox::new("a_silent_host_cannot_refuse_every_other_scraper");
+    let run = Run::hello(&[])
+        .args(crate::standard(1))
+        .args(["--metrics", "127.0.0.1:0"]);
+    let (mut sup, _) = start(&sb, run, 1);
+    let line = sup.wait_for_log("metrics on http://", DEADLINE);
+    let rest = &line[line.find("http://").unwrap() + "http://".len()..];
+    let addr: SocketAddr = rest.split('/').next().unwrap().parse().expect(&line);
+    let attacker = Ipv4Addr::new(127, 0, 0, 2);
+    let held: Vec<TcpStream> = (0..16)
+        .map(|_| connect_from(attacker, addr).expect("a connection from 127.0.0.2"))
+        .collect();
+    // The attacker's slots are taken once its own next scrape is refused.
+    wait_for(
+        DEADLINE,
+        "a scrape of the silent host to be refused",
+        || {
+            let status = metrics_status(connect_from(attacker, addr).ok()?);
+            status.starts_with("HTTP/1.1 503").then_some(())
+        },
+    );
+    let other = connect_from(Ipv4Addr::LOCALHOST, addr).expect("a connection from 127.0.0.1");
+    assert_eq!(metrics_status(other), "HTTP/1.1 200 OK");
+    drop(held);
 }
