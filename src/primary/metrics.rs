@@ -31,7 +31,9 @@ use crate::sys;
 /// The poll token of the metrics worker's link.
 pub(crate) const METRICS: Token = Token(5);
 
-/// The most asks answered in one turn; the worker sends one at a time, so more is a bug.
+/// The most asks answered in one turn. The worker sends one at a time (a second only once the
+/// first went unanswered for 3 s), so a full batch is a worker that floods its link: it is
+/// replaced, rather than answered turn after turn with the loop's time.
 const ASK_BATCH: usize = 64;
 
 /// What the primary counts for `/metrics`: plain data.
@@ -235,7 +237,7 @@ impl Metrics {
     }
 
     /// The link is readable: answer each ask with `figures`. Bounded per turn; returns
-    /// whether more may wait.
+    /// whether more may wait (never: a worker that fills the batch is replaced).
     pub(crate) fn on_link(&mut self, poll: &Poll, figures: &Figures) -> bool {
         let Some(w) = &mut self.worker else {
             return false;
@@ -274,7 +276,9 @@ impl Metrics {
                 }
             }
         }
-        true
+        let flood = io::Error::other(format!("{ASK_BATCH} asks at once"));
+        w.replace(poll, &flood);
+        false
     }
 
     /// The plain-data image, for an upgrade in place: the listener and the link stay open
@@ -489,6 +493,75 @@ mod tests {
         let (fresh, _, restarts) =
             Metrics::resume(None, "web", 1, |_| panic!(), &poll, &clock).unwrap();
         assert_eq!((fresh.counters.reloads_succeeded, restarts), (0, 0));
+    }
+
+    /// A worker on the far end of a socketpair: the primary's side is `Metrics` with no pid.
+    fn linked() -> (Metrics, OwnedFd, Poll) {
+        let (ours, theirs) = sys::seqpacket_pair().unwrap();
+        let listener = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let mut m = Metrics::new(Some((listener, "127.0.0.1:1".into())), "web", 1);
+        m.worker.as_mut().unwrap().link = Some(ours);
+        (m, theirs, Poll::new().unwrap())
+    }
+
+    fn ask(theirs: &OwnedFd) {
+        let body = proto::encode(&MetricsMessage::Ask).unwrap();
+        sys::send_nonblocking(theirs.as_fd(), &body).unwrap();
+    }
+
+    fn has_link(m: &Metrics) -> bool {
+        m.worker.as_ref().is_some_and(|w| w.link.is_some())
+    }
+
+    #[test]
+    fn an_ask_is_answered_and_the_worker_kept() {
+        let (mut m, theirs, poll) = linked();
+        ask(&theirs);
+        ask(&theirs);
+        assert!(!m.on_link(&poll, &Figures::default()));
+        assert!(
+            has_link(&m),
+            "two asks (one after a timeout) are a worker's right"
+        );
+        let mut buf = [0u8; 4096];
+        let n = sys::recv_nowait(theirs.as_fd(), &mut buf).unwrap();
+        assert!(matches!(
+            proto::decode::<MetricsMessage>(&buf[..n]),
+            Ok(MetricsMessage::Figures(_))
+        ));
+    }
+
+    /// Regression: a worker that flooded asks (and read the answers) was answered 64 at a
+    /// time, every turn, for as long as it went on: the loop's time was its.
+    #[test]
+    fn a_worker_that_floods_asks_is_replaced() {
+        let (mut m, theirs, poll) = linked();
+        for _ in 0..ASK_BATCH + 1 {
+            ask(&theirs);
+        }
+        let more = m.on_link(&poll, &Figures::default());
+        assert!(
+            !more && !has_link(&m),
+            "a flood of asks replaces the worker"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_sends_garbage_or_never_reads_is_replaced() {
+        let (mut m, theirs, poll) = linked();
+        sys::send_nonblocking(theirs.as_fd(), &[0xff; 40]).unwrap();
+        m.on_link(&poll, &Figures::default());
+        assert!(!has_link(&m), "garbage replaces the worker");
+        let (mut m, theirs, poll) = linked();
+        // Never read: answers fill the link until a send would block.
+        for _ in 0..10_000 {
+            if !has_link(&m) {
+                break;
+            }
+            ask(&theirs);
+            m.on_link(&poll, &Figures::default());
+        }
+        assert!(!has_link(&m), "a worker that never reads is replaced");
     }
 
     #[test]
