@@ -20,6 +20,9 @@
 // On SIGTERM or SIGINT it stops accepting (server.close()), closes idle keep-alive connections,
 // answers requests in progress with `Connection: close`, and exits 0 once they are done (at most
 // 30 s). Exit status 2 means it was not given a usable listening socket.
+//
+// With LISTENING_STAMP=1 in its environment it also prints `server.js: pid=<pid> listening at
+// <unix ms>` (wall clock) once it listens, for the bench's readiness figure.
 'use strict';
 
 const fs = require('node:fs');
@@ -120,9 +123,15 @@ server.on('error', (err) => {
 
 // With `{fd}` Node ignores `options.backlog` and reads only a positional backlog argument.
 server.listen({ fd: LISTEN_FDS_START }, backlog, () => {
+  // Taken first: the callback runs before the event loop registers fd 3 with epoll, so this is
+  // no later than the moment a supervisor can see this process waiting for connections.
+  const at = Date.now();
   process.stderr.write(
     `server.js: pid=${process.pid} generation=${generation} worker=${worker} serving on fd 3\n`,
   );
+  if (process.env.LISTENING_STAMP === '1') {
+    process.stderr.write(`server.js: pid=${process.pid} listening at ${at}\n`);
+  }
 });
 
 function drain() {

@@ -16,6 +16,9 @@ race to another worker raises BlockingIOError, which is expected and silently ig
 On SIGTERM or SIGINT it stops accepting, closes idle keep-alive connections, lets requests in
 progress finish (answered with ``Connection: close``), waits at most 30 s for them, and exits 0.
 Exit status 2 means it was not given a usable listening socket.
+
+With ``LISTENING_STAMP=1`` in its environment it also prints ``server.py: pid=<pid> listening at
+<unix ms>`` (wall clock) just before its accept loop first polls, for the bench's readiness figure.
 """
 
 import argparse
@@ -205,6 +208,10 @@ class Server(http.server.ThreadingHTTPServer):
         with selectors.PollSelector() as selector:
             selector.register(self.socket, selectors.EVENT_READ)
             selector.register(wake_fd, selectors.EVENT_READ)
+            if os.environ.get("LISTENING_STAMP") == "1":
+                # Just before the first poll: no later than a supervisor can see us waiting.
+                print(f"server.py: pid={os.getpid()} listening at {time.time_ns() // 1_000_000}",
+                      file=sys.stderr, flush=True)
             while not self.stopping.is_set():
                 for key, _ in selector.select():
                     if key.fileobj is self.socket and not self.stopping.is_set():

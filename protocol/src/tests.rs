@@ -1455,11 +1455,12 @@ fn small_handoff() -> upgrade::Handoff {
             backoff: 9,
             restart_at: None,
         }),
+        pending_canary: Some(2),
     }
 }
 
 const SMALL_HANDOFF: &str = "
-    05 01 76 01 01 61 02 2f62 01 01 02 00   (version 5, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
+    06 01 76 01 01 61 02 2f62 01 01 02 00   (version 6, from v, args [a], binary /b, upgrades 1, waiters [2], restarters [])
     01 05 06 07 01 1e                       (settings: delay 5ns, timeouts 6 7, always, TERM 15 zigzag)
     01 01 01 02 01 03 00 03                 (target, serving, starting gen 2 [3], pending none, next 3)
     01 ac02 01 00 01 08 00 01 09 01 73      (processes: [pid 300 gen 1 slot 0 ready, started 8, deadline 9, s])
@@ -1481,6 +1482,12 @@ const SMALL_HANDOFF: &str = "
     01 01 02 00 00 02 01 00 03 01 04        (version 5: metrics: reloads 1 2 0 0, buckets [1 0], sum 3, began 4,)
     05 06 07 08                             ( restarts 5, logins 6 7, start 8,)
     01 16 01 6d 01 af02 01 18 00 09 00      ( listener fd 11, bound m, pid 303, link fd 12, started none, backoff 9, restart none)
+    01 02                                   (version 6: pending_canary 2)
+";
+
+/// The part of [`SMALL_HANDOFF`] that version 6 appended.
+const SMALL_HANDOFF_V6_TAIL: &str = "
+    01 02
 ";
 
 /// The part of [`SMALL_HANDOFF`] that version 5 appended.
@@ -1510,18 +1517,20 @@ fn handoff_golden() {
 /// today upgrades from it.
 #[test]
 fn handoff_of_version_2_is_read_without_a_logger() {
-    let v5 = unhex(&golden(SMALL_HANDOFF));
-    let end = v5.len()
+    let v6 = unhex(&golden(SMALL_HANDOFF));
+    let end = v6.len()
+        - unhex(SMALL_HANDOFF_V6_TAIL).len()
         - unhex(SMALL_HANDOFF_V5_TAIL).len()
         - unhex(SMALL_HANDOFF_V4_TAIL).len()
         - unhex(SMALL_HANDOFF_V3_TAIL).len();
-    let mut v2 = v5[..end].to_vec();
+    let mut v2 = v6[..end].to_vec();
     v2[0] = 2;
     let mut want = small_handoff();
     want.version = 2;
     want.logger = None;
     want.manager = None;
     want.metrics = None;
+    want.pending_canary = None;
     assert_eq!(upgrade::decode_handoff(&v2).unwrap(), want);
     // Version 1 (before the config and epochs) is not read: its fields are not at the end.
     v2[0] = 1;
@@ -1567,14 +1576,17 @@ fn ready_image_variants_are_pinned() {
 /// reloadsup had no `NOTIFY_SOCKET`.
 #[test]
 fn handoff_of_version_3_is_read_without_a_manager() {
-    let v5 = unhex(&golden(SMALL_HANDOFF));
-    let cut = unhex(SMALL_HANDOFF_V5_TAIL).len() + unhex(SMALL_HANDOFF_V4_TAIL).len();
-    let mut v3 = v5[..v5.len() - cut].to_vec();
+    let v6 = unhex(&golden(SMALL_HANDOFF));
+    let cut = unhex(SMALL_HANDOFF_V6_TAIL).len()
+        + unhex(SMALL_HANDOFF_V5_TAIL).len()
+        + unhex(SMALL_HANDOFF_V4_TAIL).len();
+    let mut v3 = v6[..v6.len() - cut].to_vec();
     v3[0] = 3;
     let mut want = small_handoff();
     want.version = 3;
     want.manager = None;
     want.metrics = None;
+    want.pending_canary = None;
     assert_eq!(upgrade::decode_handoff(&v3).unwrap(), want);
 }
 
@@ -1582,13 +1594,35 @@ fn handoff_of_version_3_is_read_without_a_manager() {
 /// counters start from zero.
 #[test]
 fn handoff_of_version_4_is_read_without_metrics() {
-    let v5 = unhex(&golden(SMALL_HANDOFF));
-    let mut v4 = v5[..v5.len() - unhex(SMALL_HANDOFF_V5_TAIL).len()].to_vec();
+    let v6 = unhex(&golden(SMALL_HANDOFF));
+    let cut = unhex(SMALL_HANDOFF_V6_TAIL).len() + unhex(SMALL_HANDOFF_V5_TAIL).len();
+    let mut v4 = v6[..v6.len() - cut].to_vec();
     v4[0] = 4;
     let mut want = small_handoff();
     want.version = 4;
     want.metrics = None;
+    want.pending_canary = None;
     assert_eq!(upgrade::decode_handoff(&v4).unwrap(), want);
+}
+
+/// What a version-5 image (before the queued reload's canary count) wrote: read with none, so
+/// a reload queued behind the starting one takes the config's `canary`, as it did then.
+#[test]
+fn handoff_of_version_5_is_read_without_a_pending_canary() {
+    let v6 = unhex(&golden(SMALL_HANDOFF));
+    let mut v5 = v6[..v6.len() - unhex(SMALL_HANDOFF_V6_TAIL).len()].to_vec();
+    v5[0] = 5;
+    let mut want = small_handoff();
+    want.version = 5;
+    want.pending_canary = None;
+    assert_eq!(upgrade::decode_handoff(&v5).unwrap(), want);
+    // `None` is the byte an older hand-off is padded with; `Some(0)` (a queued
+    // `reload --canary 0`) is not that byte, and stays `Some(0)`.
+    let mut h = small_handoff();
+    h.pending_canary = Some(0);
+    let bytes = encode(&h).unwrap();
+    assert!(bytes.ends_with(&[0x01, 0x00]));
+    assert_eq!(upgrade::decode_handoff(&bytes).unwrap(), h);
 }
 
 #[test]

@@ -21,14 +21,14 @@ use crate::ReloadOutcome;
 use crate::ShellSpec;
 
 /// Bumped on any change of the hand-off that is not an append.
-pub const HANDOFF_VERSION: u32 = 5;
+pub const HANDOFF_VERSION: u32 = 6;
 
 /// The oldest hand-off this image still reads: an upgrade from a binary that wrote it works.
 pub const MIN_HANDOFF_VERSION: u32 = 2;
 
 /// `(version, fields)`: how many fields version `version` appended at the end of [`Handoff`],
 /// each `None` or empty in a hand-off of an older version.
-const APPENDED: &[(u32, usize)] = &[(3, 1), (4, 1), (5, 1)];
+const APPENDED: &[(u32, usize)] = &[(3, 1), (4, 1), (5, 1), (6, 1)];
 
 /// Everything the primary holds, as plain data and fd numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +72,10 @@ pub struct Handoff {
     pub manager: Option<ManagerImage>,
     /// Version 5: the counters behind `/metrics` and the metrics worker (`--metrics`).
     pub metrics: Option<MetricsImage>,
+    /// Version 6: the canary count asked for by the reload queued behind the starting one
+    /// (`ctl reload --canary N`; the largest, when several were coalesced). `None`: the
+    /// config's `canary`, as for a queued plain `reload` (and for an older hand-off).
+    pub pending_canary: Option<u32>,
 }
 
 /// The service manager's notify socket as the primary uses it.

@@ -99,15 +99,7 @@ impl Keeper {
     }
 
     fn spawn(&mut self) -> io::Result<u32> {
-        let (ours, theirs) = sys::seqpacket_pair()?;
-        let pid = sys::spawn_role(
-            Path::new("/proc/self/exe"),
-            "reloadsup-keeper",
-            &["__keeper"],
-            &theirs,
-        )?
-        .as_raw() as u32;
-        drop(theirs);
+        let (pid, ours) = sys::spawn_linked_role("reloadsup-keeper", &["__keeper"])?;
         let spec = KeeperSpec {
             version: PROTOCOL_VERSION,
             primary_pid: self.primary_pid,

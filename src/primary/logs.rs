@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::time::Duration;
 
 use mio::unix::SourceFd;
@@ -127,15 +126,7 @@ impl Logs {
     }
 
     fn spawn(&mut self, poll: &Poll) -> io::Result<u32> {
-        let (ours, theirs) = sys::seqpacket_pair()?;
-        let pid = sys::spawn_role(
-            Path::new("/proc/self/exe"),
-            "reloadsup-logger",
-            &["__logger"],
-            &theirs,
-        )?
-        .as_raw() as u32;
-        drop(theirs);
+        let (pid, ours) = sys::spawn_linked_role("reloadsup-logger", &["__logger"])?;
         let sent = (|| {
             let body = proto::encode(&self.spec).map_err(io::Error::other)?;
             sys::send_nonblocking(ours.as_fd(), &body)?;

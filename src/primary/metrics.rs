@@ -12,7 +12,6 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::unix::SourceFd;
@@ -391,15 +390,7 @@ impl Metrics {
 
 impl Worker {
     fn spawn(&mut self, poll: &Poll) -> io::Result<u32> {
-        let (ours, theirs) = sys::seqpacket_pair()?;
-        let pid = sys::spawn_role(
-            Path::new("/proc/self/exe"),
-            "reloadsup-metrics",
-            &["__metrics"],
-            &theirs,
-        )?
-        .as_raw() as u32;
-        drop(theirs);
+        let (pid, ours) = sys::spawn_linked_role("reloadsup-metrics", &["__metrics"])?;
         let sent = (|| {
             let body = proto::encode(&self.spec).map_err(io::Error::other)?;
             sys::send_with_fds_nonblocking(ours.as_fd(), &body, &[self.listener.as_fd()])?;

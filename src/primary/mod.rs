@@ -536,20 +536,13 @@ impl Primary {
 
     /// Starts a worker role process; it waits on the returned link for its spec.
     fn spawn_role(&mut self) -> io::Result<(u32, OwnedFd)> {
-        let (ours, theirs) = sys::seqpacket_pair()?;
         let parent = self.pid.to_string();
         let mut args = vec!["__worker", &parent];
         args.extend(self.keeper.worker_arg());
         if self.logs.is_some() {
             args.push(crate::roles::worker::CAPTURED);
         }
-        let pid = sys::spawn_role(
-            Path::new("/proc/self/exe"),
-            "reloadsup-worker",
-            &args,
-            &theirs,
-        )?
-        .as_raw() as u32;
+        let (pid, ours) = sys::spawn_linked_role("reloadsup-worker", &args)?;
         self.keeper.track(pid);
         Ok((pid, ours))
     }

@@ -219,6 +219,7 @@ pub(crate) fn state_from(i: StateImage, c: &Clock) -> State {
             generation: g.generation,
             waiters: g.waiters,
         }),
+        // Not in the state image: `resume` sets it from the hand-off (version 6).
         pending_canary: None,
         pending: i.pending,
         next_generation: i.next_generation,
@@ -788,6 +789,7 @@ impl Primary {
                 self.state.restarts_total,
                 c,
             )),
+            pending_canary: self.state.pending_canary,
         }
     }
 
@@ -899,6 +901,8 @@ impl Primary {
         // deadline itself is in the image, on the new generation's ready processes.
         state.settings.stable_for = config.stable_for;
         state.settings.canary = config.canary;
+        // Hand-off version 6: a queued `reload --canary N` keeps its N (only with a queued one).
+        state.pending_canary = h.pending_canary.filter(|_| state.pending.is_some());
         let roles = Roles {
             shell: shell_timer,
             keeper: keeper_timer,

@@ -185,6 +185,14 @@ pub(crate) fn recv_with_creds(
     Ok((msg.bytes, pid))
 }
 
+/// Spawns this executable (`/proc/self/exe`) in a hidden role, `arg0` and `args`, with a fresh
+/// SEQPACKET link at [`ROLE_LINK_FD`]; returns the child's pid and the primary's end of the link.
+pub(crate) fn spawn_linked_role(arg0: &str, args: &[&str]) -> io::Result<(u32, OwnedFd)> {
+    let (ours, theirs) = seqpacket_pair()?;
+    let pid = spawn_role(Path::new("/proc/self/exe"), arg0, args, &theirs)?;
+    Ok((pid.as_raw() as u32, ours))
+}
+
 /// Spawns `exe` (normally `/proc/self/exe`) with `args` in its own process group, with `link`
 /// placed at [`ROLE_LINK_FD`] and every other fd of ours left behind by close-on-exec.
 ///

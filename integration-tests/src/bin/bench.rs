@@ -25,7 +25,9 @@
 //! 9. Readiness (issue 11): the Node example under reloads with `--ready listening` beside
 //!    `delay:300ms` and `delay:1s`, and gunicorn's sync workers (a 200 ms import) with
 //!    `--ready listening` beside its own `READY=1`: failed requests, the longest pause after a
-//!    reload and how long reloads take.
+//!    reload and how long reloads take; and, for the Node example and the Python one with
+//!    `--delay 0.5`, how long after a new worker listens (its own `LISTENING_STAMP=1` line) the
+//!    primary declares it ready.
 //!
 //! Every loop is bounded in count and time; all traffic goes to 127.0.0.1; only processes this
 //! program started are signalled.
@@ -863,6 +865,136 @@ fn gunicorn_ready_row(o: &Options, gunicorn: &Path, ready: &str) -> (Row, Vec<Du
     ready_row(o, &name, &command, 1, ready, &env)
 }
 
+/// Unix milliseconds of the primary's log timestamp (`2026-12-02T17:13:48.123Z`, UTC).
+fn log_unix_ms(line: &str) -> Option<i64> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, millis) = time.split_once('.')?;
+    let mut t = hms.splitn(3, ':').map(|x| x.parse::<i64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    // Days from the civil date (Howard Hinnant's algorithm), 1970-01-01 being day 0.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + min) * 60_000 + sec * 1000 + millis.parse::<i64>().ok()?)
+}
+
+/// `ready - listening` in ms for every worker of generation 2 on in `log`: the server's own
+/// `pid=P listening at MS` line against the primary's `(pid P) is ready` line.
+fn ready_after_listening(log: &str) -> Vec<i64> {
+    let mut listening = std::collections::HashMap::new();
+    let mut ready = Vec::new();
+    for line in log.lines() {
+        if let Some((head, at)) = line.split_once(" listening at ") {
+            let pid = head
+                .rsplit_once("pid=")
+                .and_then(|(_, p)| p.parse::<u32>().ok());
+            if let (Some(pid), Ok(at)) = (pid, at.trim().parse::<i64>()) {
+                listening.insert(pid, at);
+            }
+        } else if line.trim_end().ends_with(") is ready") {
+            let generation = line
+                .split_once(" of generation ")
+                .and_then(|(_, r)| r.split_whitespace().next()?.parse::<u32>().ok());
+            let pid = line
+                .rsplit_once("(pid ")
+                .and_then(|(_, r)| r.split(')').next()?.parse::<u32>().ok());
+            if let (Some(generation), Some(pid), Some(at)) = (generation, pid, log_unix_ms(line)) {
+                if generation >= 2 {
+                    ready.push((pid, at));
+                }
+            }
+        }
+    }
+    ready
+        .into_iter()
+        .filter_map(|(pid, at)| Some(at - listening.get(&pid)?))
+        .collect()
+}
+
+/// Issue 11, "Done when", item 1: the Node example and the Python example with a 500 ms start-up
+/// delay, under `--ready listening`, are declared ready no sooner than they listen and within
+/// 300 ms after, for every new worker over the reloads (no load: this is the detection's own
+/// latency). Both clocks are the wall clock with millisecond resolution, hence 1 ms of slack.
+fn ready_latency(o: &Options, checks: &mut Checks) {
+    let root = bins::workspace_root();
+    let mut servers: Vec<(&str, Vec<std::ffi::OsString>)> = Vec::new();
+    if reloadsup_integration_tests::have_command("node", &["--version"]) {
+        servers.push((
+            "node server.js",
+            vec!["node".into(), root.join("examples/node/server.js").into()],
+        ));
+    }
+    if let Some(python) = reloadsup_integration_tests::python3() {
+        servers.push((
+            "python server.py --delay 0.5",
+            vec![
+                python.into(),
+                root.join("examples/python/server.py").into(),
+                "--delay".into(),
+                "0.5".into(),
+            ],
+        ));
+    }
+    println!(
+        "\nReady after listening: {} workers, {} reloads, no load; per new worker, the primary's `is ready` log time minus the server's own `listening at` time (LISTENING_STAMP=1).\n",
+        o.workers, o.reloads
+    );
+    println!("| server | new workers measured | ready − listening min | max |");
+    println!("|---|---:|---:|---:|");
+    for (name, argv) in servers {
+        eprintln!("ready: {name}, --ready listening, {} reloads", o.reloads);
+        let sb = Sandbox::new("bench-ready-latency");
+        let mut sup = Run::new(&argv)
+            .args(["-n", &o.workers.to_string(), "--ready", "listening"])
+            .args(["--ready-timeout", "30s", "--graceful-timeout", "30s"])
+            .env("RUST_LOG", "info,reloadsup=debug")
+            .env("LISTENING_STAMP", "1")
+            .start(&sb);
+        sup.wait_ready(1, o.workers);
+        for generation in 2..o.reloads + 2 {
+            if let Err(reason) = sup.reload(generation) {
+                eprintln!("reload to generation {generation} failed: {reason}");
+            }
+        }
+        let diffs = ready_after_listening(&sup.log());
+        shut_down(sup);
+        let expected = o.reloads as usize * o.workers;
+        let (min, max) = (diffs.iter().min().copied(), diffs.iter().max().copied());
+        let show = |v: Option<i64>| v.map_or("—".to_owned(), |v| format!("{v} ms"));
+        println!(
+            "| {name} | {} of {expected} | {} | {} |",
+            diffs.len(),
+            show(min),
+            show(max)
+        );
+        checks.add(
+            11,
+            &format!(
+                "{name} --ready listening: ready − listening, min (never ready before listening)"
+            ),
+            show(min),
+            "≥ −1 ms",
+            min.is_some_and(|m| m >= -1),
+        );
+        checks.add(
+            11,
+            &format!(
+                "{name} --ready listening: ready − listening, max over {expected} new workers"
+            ),
+            format!("{} ({} measured)", show(max), diffs.len()),
+            "< 300 ms, all measured",
+            diffs.len() == expected && max.is_some_and(|m| m < 300),
+        );
+    }
+}
+
 /// Issue 11, item 1: `--ready listening` against guessed delays, with the Node example, and
 /// gunicorn's sync workers under load (seen by the connections they hold) beside gunicorn's
 /// own `READY=1`.
@@ -896,9 +1028,6 @@ fn ready_section(o: &Options, checks: &mut Checks) {
             gunicorn.display()
         );
     }
-    if rows.is_empty() {
-        return;
-    }
     println!(
         "examples/node/server.js with {} workers; gunicorn with `--workers {}` under `-n 1`, no `--preload`, examples/wsgi/app.py with APP_IMPORT_DELAY=0.2 (a 200 ms import in each worker); {} clients, {} reloads, {:?} per run; 'reload' = SIGHUP to the new generation serving.\n",
         o.workers, o.workers, o.clients, o.reloads, o.duration
@@ -928,9 +1057,9 @@ fn ready_section(o: &Options, checks: &mut Checks) {
                 row.failed == 0,
             );
             if run.starts_with("gunicorn") {
-                // The issue's target is < 30 ms: met in four runs of five on this shared
-                // machine (load average 4 to 7, steady pauses up to 70 ms of its own), so it
-                // is shown, not judged.
+                // The issue's target is < 30 ms: met in two runs of three on this shared
+                // machine (6.5 and 9.3 ms, once 104 ms, with steady pauses of 19 to 55 ms of
+                // its own), so it is shown, not judged.
                 checks.info(
                     11,
                     &format!("{run}: longest pause after a reload (issue: < 30 ms)"),
@@ -946,6 +1075,7 @@ fn ready_section(o: &Options, checks: &mut Checks) {
             );
         }
     }
+    ready_latency(o, checks);
     println!();
     checks.print(mark);
 }
