@@ -6,7 +6,8 @@
 Answers every request with 200 and `pid=<pid> generation=<RELOADSUP_GENERATION>
 worker=<RELOADSUP_WORKER>\n`, the body the example servers and the test load client share;
 `/slow?ms=N` waits N ms first. The pid is the process that served the request (a gunicorn or
-uWSGI worker, a child of the process reloadsup started).
+uWSGI worker, a child of the process reloadsup started). `APP_IMPORT_DELAY=S` makes importing
+the app take S seconds (a real app's imports), for the `--ready listening` tests and bench.
 """
 
 import os
@@ -15,6 +16,8 @@ from urllib.parse import parse_qs
 
 GENERATION = int(os.environ.get("RELOADSUP_GENERATION") or 0)
 WORKER = int(os.environ.get("RELOADSUP_WORKER") or 0)
+
+time.sleep(float(os.environ.get("APP_IMPORT_DELAY") or 0))
 
 
 def app(environ, start_response):

@@ -1,10 +1,10 @@
 //! `--ready listening`: a starting worker is ready once it, or any process of its process group,
 //! waits for connections on one of the listeners reloadsup gave its generation.
 //!
-//! This module owns the look into `/proc` and the short scan timer. It reads only; it never
-//! signals, traces or stops a worker. Sockets are compared by their inode (`socket:[N]`), so a
-//! `dup` or an fd moved by the server still counts and a socket the server opened itself never
-//! does. What it can see, per thread of every process of the group:
+//! This module owns the look into `/proc` (and into the kernel's TCP socket table) and the short
+//! scan timer. It reads only; it never signals, traces or stops a worker. Sockets are compared
+//! by their inode (`socket:[N]`), so a `dup` or an fd moved by the server still counts and a
+//! socket the server opened itself never does. What it can see, per thread of every process of the group:
 //! - blocked in `accept`/`accept4` on the listener (`/proc/PID/task/TID/syscall`: number and
 //!   first argument);
 //! - the listener in an epoll interest list (the `tfd:` lines of `/proc/PID/fdinfo/EPFD`, which
@@ -12,23 +12,33 @@
 //! - blocked in `poll`/`ppoll`/`select`/`pselect6` with the listener among the read fds: the
 //!   arguments point into the process's memory, read from `/proc/PID/mem` (allowed for the
 //!   primary's own uid or root, and without a ptrace restriction such as Yama's scope 3);
-//! - holding a TCP connection accepted from the listener (its local address in
-//!   `/proc/PID/net/tcp{,6}`): a worker busy with requests whenever it is looked at.
+//! - holding a TCP connection accepted from the listener: a worker busy with requests whenever
+//!   it is looked at (gunicorn's sync workers under load, which never block: the listener
+//!   always has a connection waiting). The connections on the listener's port come from a
+//!   NETLINK_SOCK_DIAG dump of the primary's network namespace, in every state but LISTEN and
+//!   TIME_WAIT (so the TIME_WAIT connections of a loaded host, which made `/proc/net/tcp` too
+//!   long to read, are never read), once per listener and scan; one of them counts when it is
+//!   among the process's fds.
 //!
 //! What it cannot see: io_uring accepts, a busy loop of non-blocking `accept` calls, a listener
 //! in a poll set while the thread is between two calls (unless it holds an accepted TCP
 //! connection; accepted Unix connections are not looked for), processes that left the process group
-//! (`setsid`, `setpgid`), and anything `/proc` hides from the primary's uid. Such a worker is
-//! rolled back at `--ready-timeout`.
+//! (`setsid`, `setpgid`), accepted connections of a worker in another network namespace, and
+//! anything `/proc` hides from the primary's uid. Such a worker is rolled back at
+//! `--ready-timeout`.
 //!
 //! The scan runs only while a worker of `--ready listening` is starting, every [`SCAN_EVERY`];
 //! at rest there is no timer.
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::fd::AsFd;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
+
+use netlink_sys::Socket;
 
 use super::state::{Event, Phase};
 use super::{reconfigure, Primary};
@@ -37,8 +47,15 @@ use crate::config::ReadyMode;
 /// How often a starting worker is looked at.
 pub(crate) const SCAN_EVERY: Duration = Duration::from_millis(15);
 
-/// At most this many bytes of a process's TCP table are read per scan (about 1700 rows).
-const MAX_TCP_TABLE: u64 = 256 * 1024;
+/// At most this many sockets are read from one sock_diag dump (about 1.4 MB): the TCP
+/// connections on one listener's port other than TIME_WAIT ones, accept queue included.
+const MAX_DIAG_SOCKETS: usize = 16384;
+
+/// A scan spends at most this share of the loop's time in sock_diag dumps: after a scan whose
+/// dumps took D, the next dump waits `PACE * D`. A dump walks the kernel's whole TCP table
+/// (about 1 ms here, and 7.5 ms with 53 000 TIME_WAIT connections), so under load the look
+/// runs every few scans rather than every scan.
+const PACE: u32 = 4;
 
 /// At most this many entries of a poll set or fds of a select set are read from a worker.
 const MAX_POLL_FDS: u64 = 65536;
@@ -138,8 +155,86 @@ pub(crate) fn socket_inode(fd: impl AsFd) -> Option<u64> {
     nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino)
 }
 
-/// Whether process `pid` waits for connections on a socket of `inodes`, and how.
-pub(crate) fn process_waits(pid: u32, inodes: &[u64]) -> Option<String> {
+/// The local address of a TCP socket the primary holds; `None` for any other kind.
+pub(crate) fn tcp_address(fd: impl AsFd) -> Option<SocketAddr> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, SockaddrStorage};
+    let fd = fd.as_fd();
+    if getsockopt(&fd, sockopt::SockType).ok()? != SockType::Stream {
+        return None;
+    }
+    let addr = getsockname::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(std::net::SocketAddrV4::from(*v4).into());
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| std::net::SocketAddrV6::from(*v6).into())
+}
+
+/// The listeners a worker was given, as a scan compares them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Ours {
+    /// Every listener's socket inode.
+    pub inodes: Vec<u64>,
+    /// The local addresses of the TCP ones.
+    pub tcp: Vec<SocketAddr>,
+}
+
+/// What one scan has looked up, shared by every worker and process it looks at.
+pub(crate) struct Scan {
+    groups: Option<HashMap<u32, Vec<u32>>>,
+    /// The sock_diag socket, opened at the first need (`None` inside: it could not be).
+    diag: Option<Option<Socket>>,
+    /// How many processes may still get a sock_diag look in this scan.
+    dumps_left: u32,
+    /// The time this scan spent in sock_diag dumps.
+    dumped: Duration,
+}
+
+impl Default for Scan {
+    /// A scan with no bound on dumps (the loop bounds them, see [`Primary::scan_listening`]).
+    fn default() -> Scan {
+        Scan::new(u32::MAX)
+    }
+}
+
+impl Scan {
+    fn new(dumps_left: u32) -> Scan {
+        Scan {
+            groups: None,
+            diag: None,
+            dumps_left,
+            dumped: Duration::ZERO,
+        }
+    }
+
+    /// The inodes of `listener`'s connections now (see [`tcp_connections`]); none when the
+    /// kernel cannot be asked.
+    fn connections(&mut self, listener: SocketAddr) -> Vec<u64> {
+        let diag = self.diag.get_or_insert_with(|| match sock_diag() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::debug!("--ready listening: no sock_diag socket: {e}");
+                None
+            }
+        });
+        let Some(diag) = diag.as_ref() else {
+            return Vec::new();
+        };
+        match tcp_connections(diag, listener) {
+            Ok(found) => found,
+            Err(e) => {
+                log::debug!("--ready listening: sock_diag dump for {listener}: {e}");
+                // A dump left half read would answer the next request: start afresh.
+                self.diag = None;
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Whether process `pid` waits for connections on one of `ours`, and how.
+pub(crate) fn process_waits(pid: u32, ours: &Ours, scan: &mut Scan) -> Option<String> {
+    let inodes = &ours.inodes[..];
     if inodes.is_empty() {
         return None;
     }
@@ -180,8 +275,8 @@ pub(crate) fn process_waits(pid: u32, inodes: &[u64]) -> Option<String> {
             }
         }
     }
-    // Last: the TCP table is the costliest look.
-    holds_accepted(pid, inodes)
+    // Last: the dump is the costliest look.
+    holds_accepted(pid, ours, scan)
 }
 
 /// The read fds of a `poll` set in another process's memory.
@@ -234,73 +329,143 @@ fn select_fds(mem: &fs::File, addr: u64, nfds: u64) -> Vec<u64> {
     out
 }
 
-/// `(local address, state, inode)` of each row of `/proc/PID/net/tcp` or `tcp6`.
-fn parse_net_tcp(text: &str) -> Vec<(&str, &str, u64)> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            Some((*w.get(1)?, *w.get(3)?, w.get(9)?.parse().ok()?))
+/// The TCP connections bound to `listener`'s port, and to its address unless it is a wildcard,
+/// in every state but LISTEN and TIME_WAIT: their inodes (0 for a connection still in the
+/// accept queue, which no process holds). One NETLINK_SOCK_DIAG dump of the primary's network namespace, which
+/// the kernel serves inside `send` and `recv` (the socket is non-blocking: an empty queue ends
+/// the dump early, it never waits), bounded to [`MAX_DIAG_SOCKETS`] answers.
+fn tcp_connections(diag: &Socket, listener: SocketAddr) -> io::Result<Vec<u64>> {
+    use netlink_packet_core::{
+        NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+    };
+    use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
+    use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+    use netlink_packet_sock_diag::SockDiagMessage;
+
+    let (family, mut socket_id) = match listener {
+        SocketAddr::V4(_) => (AF_INET, SocketId::new_v4()),
+        SocketAddr::V6(_) => (AF_INET6, SocketId::new_v6()),
+    };
+    // The kernel skips sockets of other source ports inside the dump when it is set (seen on
+    // 6.18: one answer per dump with connections on other ports present); the answers are
+    // filtered below all the same, for kernels that do not.
+    socket_id.source_port = listener.port();
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all() - StateFlags::LISTEN - StateFlags::TIME_WAIT,
+            socket_id,
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    diag.send(&bytes, 0)?;
+
+    let wildcard = listener.ip().is_unspecified();
+    let mut inodes = Vec::new();
+    let mut answers = 0;
+    // A dump part is at most 32 KiB.
+    let mut buf = vec![0u8; 64 * 1024];
+    while answers < MAX_DIAG_SOCKETS {
+        let n = match diag.recv(&mut &mut buf[..], 0) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        };
+        let mut part = &buf[..n.min(buf.len())];
+        while !part.is_empty() {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(part)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let len = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    answers += 1;
+                    let id = &r.header.socket_id;
+                    if id.source_port == listener.port()
+                        && (wildcard || id.source_address == listener.ip())
+                    {
+                        inodes.push(u64::from(r.header.inode));
+                    }
+                }
+                NetlinkPayload::Done(_) => return Ok(inodes),
+                // An error with no code is an acknowledgement.
+                NetlinkPayload::Error(e) if e.code.is_none() => return Ok(inodes),
+                NetlinkPayload::Error(e) => return Err(e.to_io()),
+                _ => {}
+            }
+            if len == 0 || len > part.len() {
+                break;
+            }
+            part = &part[len..];
+        }
+    }
+    Ok(inodes)
+}
+
+/// The NETLINK_SOCK_DIAG socket of one scan (close-on-exec, non-blocking).
+fn sock_diag() -> io::Result<Socket> {
+    let socket = Socket::new(netlink_sys::protocols::NETLINK_SOCK_DIAG)?;
+    socket.set_non_blocking(true)?;
+    // Answers from the kernel (port 0) only.
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
+/// `(fd, inode)` of each socket `pid` holds other than `ours`.
+fn other_sockets(pid: u32, ours: &[u64]) -> Vec<(String, u64)> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| {
+            let link = fs::read_link(entry.path()).ok()?;
+            let ino = socket_link_inode(link.to_str()?)?;
+            (!ours.contains(&ino)).then(|| (entry.file_name().to_string_lossy().into_owned(), ino))
         })
         .collect()
 }
 
-/// Whether `pid` holds a TCP connection accepted from one of `inodes`: a busy worker that is
-/// reading or writing whenever it is looked at has plainly been accepting. An accepted socket
-/// has the listener's local address; a connection the worker made to it has an ephemeral one.
-fn holds_accepted(pid: u32, inodes: &[u64]) -> Option<String> {
-    use std::io::Read;
-    let mut rows_text = String::new();
-    for table in ["tcp", "tcp6"] {
-        // Bounded: under load the table holds a row per TIME_WAIT connection (hundreds of
-        // thousands), and the loop must not spend long here. Listeners come first in it; an
-        // accepted connection past the bound is missed this time.
-        if let Ok(f) = fs::File::open(format!("/proc/{pid}/net/{table}")) {
-            let mut t = String::new();
-            let _ = f.take(MAX_TCP_TABLE).read_to_string(&mut t);
-            rows_text.push_str(&t);
-            rows_text.push('\n');
-        }
-    }
-    accepted_in(pid, &rows_text, inodes)
-}
-
-/// [`holds_accepted`] over the text of `pid`'s TCP tables, read already.
-fn accepted_in(pid: u32, rows_text: &str, inodes: &[u64]) -> Option<String> {
-    const LISTEN: &str = "0A";
-    let rows = parse_net_tcp(rows_text);
-    let ours: Vec<&str> = rows
-        .iter()
-        .filter(|(_, st, ino)| *st == LISTEN && inodes.contains(ino))
-        .map(|(local, _, _)| *local)
-        .collect();
-    if ours.is_empty() {
+/// Whether `pid` holds a TCP connection accepted from one of its TCP listeners: a busy worker
+/// that is reading or writing whenever it is looked at has plainly been accepting. An accepted
+/// socket has the listener's local port (and address); a connection the worker made to it has
+/// an ephemeral one.
+///
+/// Under load a connection lives for a fraction of a millisecond while a dump takes one to
+/// ten (the kernel walks its whole table), so the process's sockets are read just before the
+/// dump and again just after it: a socket held at either moment that the dump found on the
+/// port counts (socket inodes are not reused while the socket lives). No dump is made for a
+/// process that holds no socket but its listeners.
+fn holds_accepted(pid: u32, ours: &Ours, scan: &mut Scan) -> Option<String> {
+    if ours.tcp.is_empty() || scan.dumps_left == 0 {
         return None;
     }
-    let accepted: Vec<u64> = rows
-        .iter()
-        .filter(|(local, st, ino)| *st != LISTEN && *ino != 0 && ours.contains(local))
-        .map(|(_, _, ino)| *ino)
-        .collect();
+    let before = other_sockets(pid, &ours.inodes);
+    if before.is_empty() {
+        return None;
+    }
+    scan.dumps_left -= 1;
+    let began = Instant::now();
+    let mut accepted: Vec<u64> = Vec::new();
+    for &listener in &ours.tcp {
+        accepted.extend(scan.connections(listener));
+    }
+    scan.dumped += began.elapsed();
     if accepted.is_empty() {
         return None;
     }
-    for entry in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
-        let Ok(link) = fs::read_link(entry.path()) else {
-            continue;
-        };
-        if link
-            .to_str()
-            .and_then(socket_link_inode)
-            .is_some_and(|ino| accepted.contains(&ino))
-        {
-            return Some(format!(
-                "holds fd {} accepted from the listener",
-                entry.file_name().to_string_lossy()
-            ));
-        }
-    }
-    None
+    let after = other_sockets(pid, &ours.inodes);
+    before
+        .iter()
+        .chain(&after)
+        .find(|(_, ino)| accepted.contains(ino))
+        .map(|(fd, _)| format!("holds fd {fd} accepted from the listener"))
 }
 
 /// Whether an epoll fd of `pid` has one of `inodes` in its interest list.
@@ -356,22 +521,21 @@ pub(crate) fn process_groups() -> HashMap<u32, Vec<u32>> {
 }
 
 /// Whether worker `pid` (a process group leader) or a process of its group waits for
-/// connections on one of `inodes`. The leader is looked at first; `groups` (see
-/// [`process_groups`]) is walked only when needed, and once for every worker of a scan.
-pub(crate) fn group_waits(
-    pid: u32,
-    inodes: &[u64],
-    groups: &mut Option<HashMap<u32, Vec<u32>>>,
-) -> Option<Seen> {
-    if let Some(how) = process_waits(pid, inodes) {
+/// connections on one of `ours`. The leader is looked at first; `/proc` is walked for the
+/// groups (see [`process_groups`]) only when needed, and once for every worker of a scan.
+pub(crate) fn group_waits(pid: u32, ours: &Ours, scan: &mut Scan) -> Option<Seen> {
+    if let Some(how) = process_waits(pid, ours, scan) {
         return Some(Seen { pid, how });
     }
-    let groups = groups.get_or_insert_with(process_groups);
-    let members = groups.get(&pid).map_or(&[][..], |m| &m[..]);
+    let members: Vec<u32> = scan
+        .groups
+        .get_or_insert_with(process_groups)
+        .get(&pid)
+        .map_or_else(Vec::new, |m| m.clone());
     members
-        .iter()
-        .filter(|&&m| m != pid)
-        .find_map(|&member| process_waits(member, inodes).map(|how| Seen { pid: member, how }))
+        .into_iter()
+        .filter(|&m| m != pid)
+        .find_map(|member| process_waits(member, ours, scan).map(|how| Seen { pid: member, how }))
 }
 
 impl Primary {
@@ -400,10 +564,10 @@ impl Primary {
         if self.state.settings.ready != ReadyMode::Listening {
             return;
         }
-        let mut by_bound: HashMap<&str, u64> = HashMap::new();
+        let mut by_bound: HashMap<&str, (u64, Option<SocketAddr>)> = HashMap::new();
         for l in &self.listeners {
             if let Some(ino) = socket_inode(&l.fd) {
-                by_bound.insert(l.bound.as_str(), ino);
+                by_bound.insert(l.bound.as_str(), (ino, tcp_address(&l.fd)));
             }
         }
         let starting: Vec<(u32, u64, u32)> = self
@@ -413,17 +577,23 @@ impl Primary {
             .filter(|p| p.phase == Phase::Starting)
             .map(|p| (p.pid, p.generation, p.slot))
             .collect();
-        let mut groups = None;
+        // One process a scan gets the sock_diag look, and only once the pace allows it.
+        let may_dump = self.listening_dump_at.is_none_or(|t| t <= now);
+        let mut scan = Scan::new(u32::from(may_dump));
         for (pid, generation, slot) in starting {
             let Some(epoch) = reconfigure::epoch_of(&self.epochs, generation) else {
                 continue;
             };
-            let inodes: Vec<u64> = epoch
+            let mut ours = Ours::default();
+            for (ino, tcp) in epoch
                 .listeners
                 .iter()
-                .filter_map(|(_, bound)| by_bound.get(bound.as_str()).copied())
-                .collect();
-            if let Some(seen) = group_waits(pid, &inodes, &mut groups) {
+                .filter_map(|(_, bound)| by_bound.get(bound.as_str()))
+            {
+                ours.inodes.push(*ino);
+                ours.tcp.extend(tcp);
+            }
+            if let Some(seen) = group_waits(pid, &ours, &mut scan) {
                 log::debug!(
                     "worker {slot} of generation {generation} (pid {pid}) is listening: pid {} {}",
                     seen.pid,
@@ -431,6 +601,9 @@ impl Primary {
                 );
                 actions.extend(self.state.handle(now, Event::Listening { pid }));
             }
+        }
+        if !scan.dumped.is_zero() {
+            self.listening_dump_at = Some(Instant::now() + scan.dumped * PACE);
         }
     }
 }
@@ -465,32 +638,21 @@ mod tests {
         assert_eq!(parse_epoll_inodes("garbage\ntfd: x"), Vec::<u64>::new());
     }
 
-    #[test]
-    fn net_tcp_rows_parse() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 33 1 0 100 0 0 10 0\n\
-            1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 34 1 0 20 4 30 10 -1\n\
-            bad\n";
-        assert_eq!(
-            parse_net_tcp(text),
-            vec![("0100007F:1F90", "0A", 33), ("0100007F:1F90", "01", 34)]
-        );
+    /// Polls `look` (bounded) until it says something.
+    fn within_10s(mut look: impl FnMut() -> Option<String>) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(how) = look() {
+                return Some(how);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     #[test]
     fn child_holding_a_connection_accepted_from_our_socket_is_seen() {
-        // The loop reads a bounded part of the TCP table; on a machine with a bigger one
-        // (TIME_WAIT rows of other runs) the connection may lie past it, so the test reads the
-        // whole table and checks the matching on it.
-        let whole = |pid: u32| {
-            ["tcp", "tcp6"]
-                .iter()
-                .map(|t| fs::read_to_string(format!("/proc/{pid}/net/{t}")).unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        let holds_accepted = |pid: u32, inodes: &[u64]| accepted_in(pid, &whole(pid), inodes);
-        let (l, ino) = listener();
+        let (l, ours) = listener();
         // Accepts one connection, then sleeps holding it (no thread waits on the listener).
         let code = format!("{GO}c, _ = s.accept()\ntime.sleep(60)");
         let Some(py) = Py::start(&l, &code) else {
@@ -498,19 +660,13 @@ mod tests {
         };
         let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         // The accept itself is seen first: wait until the child sleeps.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut how = None;
-        while Instant::now() < deadline {
-            how = holds_accepted(py.pid(), &[ino]);
-            if how.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let how = how.expect("a child holding an accepted connection is seen");
+        let how = within_10s(|| holds_accepted(py.pid(), &ours, &mut Scan::default()))
+            .expect("a child holding an accepted connection is seen");
         assert!(how.contains("accepted"), "{how}");
+        // With no dump left in the scan the look gives up.
+        assert_eq!(holds_accepted(py.pid(), &ours, &mut Scan::new(0)), None);
         // A connection of its own to our port is no accepted one.
-        let (l2, ino2) = listener();
+        let (l2, ours2) = listener();
         let code = format!(
             "c = socket.create_connection({:?})\n{GO}time.sleep(60)",
             ("127.0.0.1", l.local_addr().unwrap().port())
@@ -518,7 +674,105 @@ mod tests {
         let Some(py2) = Py::start(&l2, &code) else {
             return;
         };
-        assert_eq!(holds_accepted(py2.pid(), &[ino, ino2]), None);
+        let both = Ours {
+            inodes: [ours.inodes, ours2.inodes].concat(),
+            tcp: [ours.tcp, ours2.tcp].concat(),
+        };
+        assert_eq!(holds_accepted(py2.pid(), &both, &mut Scan::default()), None);
+    }
+
+    /// Under sustained load the socket table is mostly TIME_WAIT connections on the listener's
+    /// port (the server closes first), and the connections of the other workers: the one the
+    /// child holds is still found among them.
+    #[test]
+    fn accepted_connection_is_seen_among_many_time_wait_and_others_on_the_port() {
+        let (l, ours) = listener();
+        let addr = l.local_addr().unwrap();
+        let code = format!("{GO}c, _ = s.accept()\ntime.sleep(60)");
+        let Some(py) = Py::start(&l, &code) else {
+            return;
+        };
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        within_10s(|| holds_accepted(py.pid(), &ours, &mut Scan::default()))
+            .expect("the child holds its connection");
+        // This process accepts the rest: 4000 closed by the server side first (TIME_WAIT on
+        // our port, about 600 KB of /proc/net/tcp), and 200 kept open (ESTABLISHED, ours).
+        let mut kept = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..4200 {
+            if Instant::now() > deadline {
+                break;
+            }
+            let client = std::net::TcpStream::connect(addr).unwrap();
+            let (server, _) = l.accept().unwrap();
+            if i < 200 {
+                kept.push((client, server));
+            } else {
+                drop(server);
+                drop(client);
+            }
+        }
+        let port = format!(":{:04X} ", addr.port());
+        let table = fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let time_wait: Vec<&str> = table
+            .lines()
+            .filter(|row| row.split_whitespace().nth(3) == Some("06"))
+            .collect();
+        let ours_tw = time_wait.iter().filter(|row| row.contains(&port)).count();
+        eprintln!(
+            "{ours_tw} TIME_WAIT connections on port {} ({} on the host)",
+            addr.port(),
+            time_wait.len()
+        );
+        // The kernel makes no more once its table is full (other work on this host).
+        let max: usize = fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets")
+            .ok()
+            .and_then(|m| m.trim().parse().ok())
+            .unwrap_or(usize::MAX);
+        assert!(
+            ours_tw >= 1000 || time_wait.len() + 4000 >= max / 10 * 9,
+            "only {ours_tw} TIME_WAIT rows were made"
+        );
+        // The kernel leaves the TIME_WAIT ones out: the dump is the held connections only.
+        let listed = tcp_connections(&sock_diag().unwrap(), ours.tcp[0]).unwrap();
+        assert!(
+            listed.len() < 1000,
+            "{} connections listed on the port: TIME_WAIT ones among them",
+            listed.len()
+        );
+        for _ in 0..10 {
+            let how = holds_accepted(py.pid(), &ours, &mut Scan::default())
+                .expect("the child's connection is found among the others");
+            assert!(how.contains("accepted"), "{how}");
+        }
+        // The connections this process holds are on the port too, and not the child's.
+        assert!(holds_accepted(std::process::id(), &ours, &mut Scan::default()).is_some());
+    }
+
+    #[test]
+    fn sock_diag_dump_lists_only_connections_on_the_port() {
+        let (l, ours) = listener();
+        let (other, other_ours) = listener();
+        let _a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        let _b = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
+        let (b, _) = other.accept().unwrap();
+        let diag = sock_diag().expect("a sock_diag socket");
+        let found = tcp_connections(&diag, ours.tcp[0]).unwrap();
+        assert_eq!(found, vec![socket_inode(&a).unwrap()]);
+        let found = tcp_connections(&diag, other_ours.tcp[0]).unwrap();
+        assert_eq!(found, vec![socket_inode(&b).unwrap()]);
+        // A wildcard listener's connections have the address they were made to.
+        let wild = TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = wild.local_addr().unwrap().port();
+        let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (c, _) = wild.accept().unwrap();
+        let found = tcp_connections(&diag, tcp_address(&wild).unwrap()).unwrap();
+        assert_eq!(found, vec![socket_inode(&c).unwrap()]);
+        assert_eq!(
+            tcp_address(&c),
+            Some(SocketAddr::from(([127, 0, 0, 1], port)))
+        );
     }
 
     #[test]
@@ -573,19 +827,12 @@ mod tests {
             self.child.id()
         }
 
-        /// Waits (bounded) until `group_waits` says yes, or gives up.
-        fn seen(&self, inodes: &[u64]) -> Option<Seen> {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Some(seen) = process_waits(self.pid(), inodes) {
-                    return Some(Seen {
-                        pid: self.pid(),
-                        how: seen,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            None
+        /// Waits (bounded) until `process_waits` says yes, or gives up.
+        fn seen(&self, ours: &Ours) -> Option<Seen> {
+            within_10s(|| process_waits(self.pid(), ours, &mut Scan::default())).map(|how| Seen {
+                pid: self.pid(),
+                how,
+            })
         }
     }
 
@@ -608,66 +855,88 @@ mod tests {
         }
     }
 
-    fn listener() -> (TcpListener, u64) {
+    fn listener() -> (TcpListener, Ours) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let ino = socket_inode(&l).unwrap();
-        (l, ino)
+        let ours = Ours {
+            inodes: vec![socket_inode(&l).unwrap()],
+            tcp: vec![tcp_address(&l).unwrap()],
+        };
+        (l, ours)
+    }
+
+    /// Only these inodes, no TCP address.
+    fn inodes(inodes: &[u64]) -> Ours {
+        Ours {
+            inodes: inodes.to_vec(),
+            tcp: Vec::new(),
+        }
     }
 
     const GO: &str = "print('go', flush=True)\n";
 
     #[test]
     fn child_blocked_in_accept_on_our_socket_is_seen() {
-        let (l, ino) = listener();
+        let (l, ours) = listener();
         let Some(py) = Py::start(&l, &format!("{GO}s.accept()")) else {
             return;
         };
-        let seen = py.seen(&[ino]).expect("a child in accept is seen");
+        let seen = py.seen(&ours).expect("a child in accept is seen");
         assert!(seen.how.contains("accept"), "{seen:?}");
-        assert_eq!(group_waits(py.pid(), &[ino + 1], &mut None), None);
+        // It holds no socket but the listener: no dump is made for it.
+        let mut scan = Scan::default();
+        assert_eq!(holds_accepted(py.pid(), &ours, &mut scan), None);
+        assert!(scan.dumped.is_zero(), "{:?}", scan.dumped);
+        assert_eq!(
+            group_waits(
+                py.pid(),
+                &inodes(&[ours.inodes[0] + 1]),
+                &mut Scan::default()
+            ),
+            None
+        );
     }
 
     #[test]
     fn child_with_our_socket_in_epoll_is_seen() {
-        let (l, ino) = listener();
+        let (l, ours) = listener();
         let code = format!("e = select.epoll()\ne.register(s.fileno())\n{GO}time.sleep(60)");
         let Some(py) = Py::start(&l, &code) else {
             return;
         };
         let seen = py
-            .seen(&[ino])
+            .seen(&ours)
             .expect("a child with the socket in epoll is seen");
         assert!(seen.how.contains("epoll"), "{seen:?}");
     }
 
     #[test]
     fn child_polling_our_socket_is_seen() {
-        let (l, ino) = listener();
+        let (l, ours) = listener();
         let code =
             format!("p = select.poll()\np.register(s.fileno(), select.POLLIN)\n{GO}p.poll()");
         let Some(py) = Py::start(&l, &code) else {
             return;
         };
-        let seen = py.seen(&[ino]).expect("a child polling the socket is seen");
+        let seen = py.seen(&ours).expect("a child polling the socket is seen");
         assert!(seen.how.contains("poll"), "{seen:?}");
     }
 
     #[test]
     fn child_selecting_on_our_socket_is_seen() {
-        let (l, ino) = listener();
+        let (l, ours) = listener();
         let code = format!("{GO}select.select([s], [], [])");
         let Some(py) = Py::start(&l, &code) else {
             return;
         };
         let seen = py
-            .seen(&[ino])
+            .seen(&ours)
             .expect("a child selecting on the socket is seen");
         assert!(seen.how.contains("select"), "{seen:?}");
     }
 
     #[test]
     fn child_waiting_on_a_socket_not_ours_is_not_seen() {
-        let (l, ino) = listener();
+        let (l, ours) = listener();
         // It accepts on a socket of its own, polls it and holds it in epoll, and only sleeps
         // with ours.
         let code = format!(
@@ -683,20 +952,20 @@ mod tests {
         };
         // Give it time to be blocked everywhere, then it must still not count.
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(process_waits(py.pid(), &[ino]), None);
+        assert_eq!(process_waits(py.pid(), &ours, &mut Scan::default()), None);
         // Its own socket would be seen: the check looks, it just does not count strangers.
         let other = fs::read_dir(format!("/proc/{}/fd", py.pid()))
             .unwrap()
             .flatten()
             .filter_map(|e| socket_link_inode(fs::read_link(e.path()).ok()?.to_str()?))
-            .filter(|&i| i != ino)
+            .filter(|&i| i != ours.inodes[0])
             .collect::<Vec<_>>();
-        assert!(py.seen(&other).is_some());
+        assert!(py.seen(&inodes(&other)).is_some());
     }
 
     #[test]
     fn a_process_of_the_group_counts() {
-        let (l, ino) = listener();
+        let (l, ours) = listener();
         // The child makes its own group and a grandchild in it waits in accept.
         let code = format!(
             "import os\nos.setpgid(0, 0)\n\
@@ -709,7 +978,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut seen = None;
         while seen.is_none() && Instant::now() < deadline {
-            seen = group_waits(py.pid(), &[ino], &mut None);
+            seen = group_waits(py.pid(), &ours, &mut Scan::default());
             std::thread::sleep(Duration::from_millis(10));
         }
         let seen = seen.expect("the grandchild in accept is seen");

@@ -102,6 +102,8 @@ pub(crate) struct Primary {
     role_actions: Vec<RoleAction>,
     /// The next look for starting workers that listen (`--ready listening`; see [`listening`]).
     listening_at: Option<Instant>,
+    /// The earliest next sock_diag dump of that look (it is paced; see [`listening`]).
+    listening_dump_at: Option<Instant>,
     /// Kills every worker's process group and cgroup if the primary dies (promise 4).
     keeper: keeper_link::Keeper,
     /// The hand-off link of each worker role that may not have exec'd yet, by pid: a role that
@@ -257,6 +259,7 @@ impl Primary {
             shell,
             spares: Vec::new(),
             listening_at: None,
+            listening_dump_at: None,
             keeper: keeper_link::Keeper::new(pid),
             links: HashMap::new(),
             binary: upgrade::start_binary(own.first()),

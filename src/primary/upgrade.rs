@@ -938,6 +938,7 @@ impl Primary {
             spares,
             // Armed again by the loop while a worker is starting: not part of the hand-off.
             listening_at: None,
+            listening_dump_at: None,
             keeper,
             links: Default::default(),
             watch: None,

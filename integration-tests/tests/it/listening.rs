@@ -197,3 +197,51 @@ fn listening_mode_survives_an_upgrade_in_place() {
     eprintln!("{}", report.summary());
     report.assert_no_failures();
 }
+
+/// gunicorn's sync workers under sustained load never block: a connection is always waiting,
+/// so each does a non-blocking accept and a `select` that returns at once, and holds an
+/// accepted connection most of the time. They are seen by that connection (a sock_diag dump of
+/// the connections on the listener's port; the old bounded read of `/proc/net/tcp`, mostly
+/// TIME_WAIT rows under load, missed it and the reload was rolled back). The app takes 200 ms
+/// to import, in each worker (no `--preload`).
+#[test]
+fn listening_gunicorn_sync_workers_are_seen_under_sustained_load() {
+    let Some(mut command) = crate::servers::gunicorn(&[]) else {
+        return;
+    };
+    // Python's own output (gunicorn's log) is not what is asserted on.
+    command.extend(os(&["--log-level", "warning"]));
+    let sb = Sandbox::new("listening_gunicorn");
+    let mut sup = Run::new(command)
+        .args(["--ready", "listening", "--ready-timeout", "20s"])
+        .args(["--graceful-timeout", "10s"])
+        .env("APP_IMPORT_DELAY", "0.2")
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("HOME", sb.path())
+        .start(&sb);
+    let addr = sup.addr();
+    sup.wait_for_log("generation 1 is serving", Duration::from_secs(60));
+    let load = Load::start(addr, 6, Limits::duration(Duration::from_secs(300)));
+    // Sustained: the socket table fills with TIME_WAIT connections before the first reload.
+    load.wait_for_more_answers(2000, Duration::from_secs(120));
+    for generation in 2..=4 {
+        if let Err(reason) = sup.reload(generation) {
+            panic!("reload to generation {generation} failed: {reason}");
+        }
+        load.wait_for_generation(generation, DEADLINE);
+        load.wait_for_more_answers(200, DEADLINE);
+    }
+    let report = load.stop();
+    eprintln!("{}", report.summary());
+    report.assert_no_failures();
+    let log = sup.log();
+    for generation in 2..=4 {
+        let seen = format!("of generation {generation} (pid ");
+        let line = log
+            .lines()
+            .find(|l| l.contains(&seen) && l.contains("is listening: pid"))
+            .unwrap_or_else(|| panic!("how generation {generation} was seen is logged"));
+        eprintln!("{line}");
+    }
+}

@@ -155,17 +155,12 @@ fn servers_go_net_http_loses_nothing() {
     );
 }
 
-/// gunicorn from the venv serving the WSGI example with 2 sync workers, `extra` flags first.
-fn gunicorn(extra: &[&str]) -> Option<Vec<OsString>> {
+/// gunicorn from the venv serving the WSGI example with 2 sync workers, `extra` flags first
+/// (README's rows add `--preload`).
+pub(crate) fn gunicorn(extra: &[&str]) -> Option<Vec<OsString>> {
     let mut command = vec![venv_program("gunicorn")?.into_os_string()];
     command.extend(os(extra));
-    command.extend(os(&[
-        "--no-control-socket",
-        "--preload",
-        "--workers",
-        "2",
-        "--chdir",
-    ]));
+    command.extend(os(&["--no-control-socket", "--workers", "2", "--chdir"]));
     command.push(example("wsgi").into_os_string());
     command.push("app:app".into());
     Some(command)
@@ -173,7 +168,7 @@ fn gunicorn(extra: &[&str]) -> Option<Vec<OsString>> {
 
 #[test]
 fn servers_gunicorn_loses_nothing() {
-    let Some(command) = gunicorn(&[]) else {
+    let Some(command) = gunicorn(&["--preload"]) else {
         return;
     };
     reload_server(
@@ -189,7 +184,7 @@ fn servers_gunicorn_loses_nothing() {
 /// dies of EBADF).
 #[test]
 fn servers_gunicorn_bind_fd_no_listen_env_loses_nothing() {
-    let Some(command) = gunicorn(&["--bind", "fd://{fd}"]) else {
+    let Some(command) = gunicorn(&["--preload", "--bind", "fd://{fd}"]) else {
         return;
     };
     reload_server(
