@@ -692,13 +692,16 @@ impl Primary {
         let Some(sockets) = &mut self.notify else {
             return false;
         };
-        let state = &self.state;
-        // A live sender that is another worker, or in another worker's process group, must
-        // not speak for this one (it found the path in that worker's environment).
+        let (state, primary) = (&self.state, self.pid);
+        // A live sender that is another worker, or in another worker's process group or cgroup
+        // (a child it moved out of its group with setsid), must not speak for this one (it
+        // found the path in that worker's environment).
+        let another = |w: u32, pid: u32| w != pid && state.process(w).is_some();
         let foreign = |sender: u32, pid: u32| {
             sender != pid
                 && (state.process(sender).is_some()
-                    || sys::getpgid(sender).is_some_and(|g| g != pid && state.process(g).is_some()))
+                    || sys::getpgid(sender).is_some_and(|g| another(g, pid))
+                    || sys::cgroup::worker_of(sender, primary).is_some_and(|w| another(w, pid)))
         };
         let batch = sockets.read(token, foreign);
         if let Some(pid) = batch.pid {

@@ -46,6 +46,26 @@ pub(crate) fn worker_dir(base: &Path, pgid: u32) -> PathBuf {
     base.join(format!("w{pgid}"))
 }
 
+/// The worker (by its process group id) in whose cgroup under the base of primary `primary`
+/// process `pid` lives, from `/proc/PID/cgroup`; `None` when it is in none (no per-worker
+/// cgroups, a process of no worker, or gone). Unlike the process group, a process cannot leave
+/// its worker's cgroup without write access to cgroupfs, so this still names the worker of a
+/// process that called `setsid()`.
+pub(crate) fn worker_of(pid: u32, primary: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    worker_in(&text, primary)
+}
+
+/// [`worker_of`] on the text of `/proc/PID/cgroup`. The innermost `reloadsup-<primary>` counts:
+/// a reloadsup in a container may share its pid with the one outside.
+fn worker_in(cgroup: &str, primary: u32) -> Option<u32> {
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let base = format!("reloadsup-{primary}");
+    let parts: Vec<&str> = path.split('/').collect();
+    let at = parts.iter().rposition(|p| *p == base)?;
+    parts.get(at + 1)?.strip_prefix('w')?.parse().ok()
+}
+
 /// Moves the calling process into its own worker cgroup under `base`, creating it.
 pub(crate) fn join(base: &Path) -> io::Result<()> {
     let dir = worker_dir(base, std::process::id());
@@ -194,6 +214,19 @@ mod tests {
         }
         assert!(removed && !base.exists());
         assert!(kill(&dir).is_ok(), "killing a removed cgroup is no error");
+    }
+
+    #[test]
+    fn a_process_is_placed_in_its_worker_by_its_cgroup_path() {
+        let text = "0::/user.slice/reloadsup-40/w41/sub\n";
+        assert_eq!(worker_in(text, 40), Some(41));
+        assert_eq!(worker_in(text, 4), None, "another primary's base");
+        assert_eq!(worker_in("0::/user.slice/reloadsup-40\n", 40), None);
+        assert_eq!(worker_in("0::/reloadsup-40/w41 (deleted)\n", 40), None);
+        assert_eq!(worker_in("1:cpu:/reloadsup-40/w41\n", 40), None, "v1 lines");
+        // Nested: the innermost primary of that pid is ours.
+        let nested = "0::/reloadsup-1/w7/reloadsup-1/w9\n";
+        assert_eq!(worker_in(nested, 1), Some(9));
     }
 
     #[test]

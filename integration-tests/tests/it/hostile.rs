@@ -149,3 +149,94 @@ fn a_silent_host_cannot_refuse_every_other_scraper() {
     assert_eq!(metrics_status(other), "HTTP/1.1 200 OK");
     drop(held);
 }
+
+/// Two notify workers: worker 1 never says it is ready; worker 0 does, then finds worker 1's
+/// NOTIFY_SOCKET in its environment (same uid) and has a child that left its process group
+/// (`setsid`) send `READY=1` there, staying alive while the primary reads it.
+const SPOOF: &str = r#"
+import os, socket, sys, time
+state = sys.argv[1]
+def send(path, msg):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.connect(path)
+    s.send(msg)
+    s.close()
+if os.environ["RELOADSUP_WORKER"] == "1":
+    while True:
+        time.sleep(1)
+send(os.environ["NOTIFY_SOCKET"], b"READY=1")
+victim = None
+for _ in range(1500):
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = open("/proc/%s/environ" % p, "rb").read().split(b"\0")
+        except OSError:
+            continue
+        d = dict(e.split(b"=", 1) for e in env if b"=" in e)
+        path = d.get(b"NOTIFY_SOCKET", b"").decode()
+        if d.get(b"RELOADSUP_WORKER") == b"1" and path.startswith(state):
+            victim = path
+    if victim:
+        break
+    time.sleep(0.01)
+if os.fork() == 0:
+    os.setsid()
+    send(victim, b"READY=1\nSTATUS=spoofed")
+    time.sleep(5)
+    os._exit(0)
+while True:
+    time.sleep(1)
+"#;
+
+/// Regression: the notify check refused a live sender only when it was another worker or in
+/// another worker's process group, so a worker's child that called `setsid()` could make
+/// another worker look ready (promise 7). Its cgroup still names the worker that started it.
+#[test]
+fn a_worker_cannot_make_another_look_ready_from_a_setsid_child() {
+    let Some(python) = python_or_skip() else {
+        return;
+    };
+    let sb = Sandbox::new("a_worker_cannot_make_another_look_ready_from_a_setsid_child");
+    let script = sb.write("spoof.py", SPOOF);
+    let state = sb.join("state");
+    let run = Run::new([python.as_os_str(), script.as_os_str(), state.as_os_str()]).args([
+        "-n",
+        "2",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "60s",
+    ]);
+    let mut sup = run.start(&sb);
+    let guard = sup.wait_for_log("worker children: guarded", DEADLINE);
+    if !require("per-worker cgroups", guard.contains("a cgroup per worker")) {
+        return;
+    }
+    // Either the primary refuses the spoofed datagram, or worker 1 shows the spoofed status.
+    let spoofed = wait_for(DEADLINE, "the spoofed READY=1 to be read", || {
+        if sup
+            .log()
+            .contains("which belongs to another worker; ignored")
+        {
+            return Some(false);
+        }
+        let status = sup.status_json();
+        let workers = status["workers"].as_array()?.clone();
+        workers
+            .iter()
+            .any(|w| w["status"] == "spoofed")
+            .then_some(true)
+    });
+    let status = sup.status_json();
+    assert!(!spoofed, "worker 1 took the spoofed READY=1: {status}");
+    let states: Vec<&str> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["state"].as_str())
+        .collect();
+    assert!(
+        states.contains(&"starting"),
+        "worker 1 is still starting: {status}"
+    );
+}
