@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
 
 use reloadsup_integration_tests::{proc, python3, require, wait_for, Run, Sandbox, DEADLINE};
 
@@ -239,4 +240,108 @@ fn a_worker_cannot_make_another_look_ready_from_a_setsid_child() {
         states.contains(&"starting"),
         "worker 1 is still starting: {status}"
     );
+}
+
+/// The metrics worker of `sup`, once it runs.
+fn metrics_worker(sup: &reloadsup_integration_tests::Supervisor, not: Option<u32>) -> u32 {
+    wait_for(DEADLINE, "a metrics worker", || {
+        proc::children_of(sup.pid())
+            .into_iter()
+            .find(|&p| proc::is_metrics(p) && Some(p) != not && !proc::is_zombie(p))
+    })
+}
+
+/// A copy of fd `fd` of process `pid` (`pidfd_getfd`, Linux 5.6; needs ptrace rights on it).
+fn steal_fd(pid: u32, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if pidfd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pidfd is a fresh fd nobody else owns.
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_getfd takes a pidfd, an fd number and flags, and returns a new fd or -1.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if got < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above, a fresh fd of ours.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(got as i32) })
+}
+
+/// Regression: a metrics worker that flooded its link with asks (and read the answers) was
+/// answered 64 at a time, every loop turn, for as long as it went on. Played here by the test
+/// itself on a copy of the stopped worker's link (fd 3): the worker is replaced.
+#[test]
+fn a_metrics_worker_that_floods_asks_is_replaced() {
+    use std::os::fd::AsRawFd;
+    let sb = Sandbox::new("a_metrics_worker_that_floods_asks_is_replaced");
+    let run = Run::hello(&[])
+        .args(crate::standard(1))
+        .args(["--metrics", "127.0.0.1:0"]);
+    let (mut sup, _) = start(&sb, run, 1);
+    sup.wait_for_log("metrics on http://", DEADLINE);
+    let first = metrics_worker(&sup, None);
+    let link = match steal_fd(first, 3) {
+        Ok(fd) => fd,
+        Err(e) => {
+            require(&format!("pidfd_getfd on the metrics worker ({e})"), false);
+            return;
+        }
+    };
+    // The worker itself must not read the answers meant for the flood.
+    proc::kill(first, libc::SIGSTOP).unwrap();
+    let ask = reloadsup_protocol::encode(&reloadsup_protocol::MetricsMessage::Ask).unwrap();
+    let fd = link.as_raw_fd();
+    let mut buf = [0u8; 4096];
+    let mut answered = 0;
+    // Rounds of 96 asks queued while the primary is stopped (so that it finds them all at
+    // once, more than a turn's batch), each round's answers read before the next.
+    let replaced = (0..20).any(|_| {
+        proc::kill(sup.pid(), libc::SIGSTOP).unwrap();
+        let mut sent = 0;
+        for _ in 0..96 {
+            // SAFETY: a valid fd and buffer; MSG_DONTWAIT never waits.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    ask.as_ptr().cast(),
+                    ask.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n > 0 {
+                sent += 1;
+            }
+        }
+        proc::kill(sup.pid(), libc::SIGCONT).unwrap();
+        let until = std::time::Instant::now() + DEADLINE;
+        let mut got = 0;
+        while got < sent && std::time::Instant::now() < until {
+            // SAFETY: as above.
+            let n =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            match n {
+                0 => return true,
+                n if n > 0 => got += 1,
+                _ => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        answered += got;
+        false
+    });
+    assert!(
+        replaced,
+        "the primary answered {answered} asks in floods and never replaced the worker"
+    );
+    let second = metrics_worker(&sup, Some(first));
+    assert_ne!(first, second);
+    assert!(
+        sup.log().contains("asks at once"),
+        "the log says why:\n{}",
+        sup.log()
+    );
+    assert!(sup.ctl(&["status"]).status.success());
 }
