@@ -14,11 +14,10 @@
 //!   primary's own uid or root, and without a ptrace restriction such as Yama's scope 3);
 //! - holding a TCP connection accepted from the listener: a worker busy with requests whenever
 //!   it is looked at (gunicorn's sync workers under load, which never block: the listener
-//!   always has a connection waiting). The connections on the listener's port come from a
-//!   NETLINK_SOCK_DIAG dump of the primary's network namespace, in every state but LISTEN and
-//!   TIME_WAIT (so the TIME_WAIT connections of a loaded host, which made `/proc/net/tcp` too
-//!   long to read, are never read), once per listener and scan; one of them counts when it is
-//!   among the process's fds.
+//!   always has a connection waiting). Each socket the process holds is copied for a moment
+//!   (`pidfd_getfd`) and asked for its addresses; for a process with an epoll fd, or where
+//!   copying is refused, a NETLINK_SOCK_DIAG dump of the connections on the listener's port
+//!   (every state but LISTEN and TIME_WAIT), paced, is matched against the process's fds.
 //!
 //! What it cannot see: io_uring accepts, a busy loop of non-blocking `accept` calls, a listener
 //! in a poll set while the thread is between two calls (unless it holds an accepted TCP
@@ -437,13 +436,162 @@ fn other_sockets(pid: u32, ours: &[u64]) -> Vec<(String, u64)> {
 /// socket has the listener's local port (and address); a connection the worker made to it has
 /// an ephemeral one.
 ///
+/// Looked at by copying the process's sockets ([`accepted_by_copy`]); where that is not
+/// allowed or not safe, through a sock_diag dump ([`accepted_by_dump`]).
+fn holds_accepted(pid: u32, ours: &Ours, scan: &mut Scan) -> Option<String> {
+    if ours.tcp.is_empty() {
+        return None;
+    }
+    match accepted_by_copy(pid, ours) {
+        Copied::Found(how) => Some(how),
+        Copied::Nothing => None,
+        Copied::CannotLook => accepted_by_dump(pid, ours, scan),
+    }
+}
+
+/// What [`accepted_by_copy`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Copied {
+    Found(String),
+    Nothing,
+    /// Not allowed, not supported, or not safe for this process: the dump must tell.
+    CannotLook,
+}
+
+/// At most this many sockets of one process are copied and looked at per scan.
+const MAX_COPIED: usize = 256;
+
+/// The cheap, race-free look for [`holds_accepted`]: each socket the process holds (but its
+/// listeners) is copied into the primary for a moment (`pidfd_getfd`) and asked for its
+/// addresses; a connected TCP socket with a listener's local address was accepted from it.
+/// A few system calls per socket, no walk of the kernel's table, and the socket is looked at
+/// while the process holds it. Never for a process with an epoll fd: while the copy is open,
+/// closing the process's own fd would not take that socket out of its epoll set, and an
+/// event for a closed fd could reach it (a dangling pointer in a C server's event data).
+fn accepted_by_copy(pid: u32, ours: &Ours) -> Copied {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Copied::Nothing;
+    };
+    let mut sockets = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(link) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        if link.as_os_str() == "anon_inode:[eventpoll]" {
+            return Copied::CannotLook;
+        }
+        let (Some(ino), Some(fd)) = (
+            link.to_str().and_then(socket_link_inode),
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|f| f.parse::<i32>().ok()),
+        ) else {
+            continue;
+        };
+        if !ours.inodes.contains(&ino) {
+            sockets.push(fd);
+        }
+    }
+    if !sockets.is_empty() && !may_copy() {
+        return Copied::CannotLook;
+    }
+    for &fd in sockets.iter().take(MAX_COPIED) {
+        let copy = match crate::sys::copy_fd_of(pid, fd) {
+            Ok(copy) => copy,
+            // Closed since the listing (or the process is gone): the next socket.
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Copied::Nothing,
+            Err(e) => {
+                log::debug!("--ready listening: no copy of fd {fd} of pid {pid}: {e}");
+                return Copied::CannotLook;
+            }
+        };
+        let local = tcp_address(&copy);
+        let connected =
+            nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(copy.as_raw_fd())
+                .is_ok();
+        close_elsewhere(copy);
+        if let Some(local) = local.filter(|_| connected) {
+            if ours.tcp.iter().any(|&l| accepted_on(l, local)) {
+                return Copied::Found(format!("holds fd {fd} accepted from the listener"));
+            }
+        }
+    }
+    Copied::Nothing
+}
+
+/// The thread that closes copied sockets, and how many it has still to close.
+struct Closer {
+    send: std::sync::Mutex<std::sync::mpsc::Sender<std::os::fd::OwnedFd>>,
+    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Copies waiting to be closed beyond which no more are made (the closing thread is stuck in
+/// lingering closes): the dump looks instead.
+const MAX_PENDING_CLOSES: usize = 256;
+
+/// The closing thread, started at the first need; `None` if it cannot be.
+fn closer() -> Option<&'static Closer> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CLOSER: OnceLock<Option<Closer>> = OnceLock::new();
+    CLOSER
+        .get_or_init(|| {
+            let (send, receive) = std::sync::mpsc::channel::<std::os::fd::OwnedFd>();
+            let pending = Arc::new(AtomicUsize::new(0));
+            let left = Arc::clone(&pending);
+            crate::sys::spawn_quiet_thread("close", move || {
+                for copy in receive {
+                    drop(copy);
+                    left.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+            .ok()?;
+            Some(Closer {
+                send: Mutex::new(send),
+                pending,
+            })
+        })
+        .as_ref()
+}
+
+/// Whether sockets may be copied now: the closing thread runs and keeps up.
+fn may_copy() -> bool {
+    closer()
+        .is_some_and(|c| c.pending.load(std::sync::atomic::Ordering::SeqCst) < MAX_PENDING_CLOSES)
+}
+
+/// Closes a copied socket on the closing thread, never on the loop's: if the process closed
+/// its own fd meanwhile, ours is the last and its close does what the process's would have,
+/// which with `SO_LINGER` set and unsent data waits up to the linger time. A worker must not be
+/// able to stall the primary so.
+fn close_elsewhere(copy: std::os::fd::OwnedFd) {
+    // A copy is made only while the thread runs (see [`may_copy`]); were it gone, the copy
+    // would be closed here, as before the thread.
+    let Some(c) = closer() else { return };
+    c.pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if let Ok(send) = c.send.lock() {
+        let _ = send.send(copy);
+    }
+}
+
+/// Whether a connection whose local address is `local` was accepted on `listener`: the same
+/// port, and the same address unless the listener is bound to every address.
+fn accepted_on(listener: SocketAddr, local: SocketAddr) -> bool {
+    listener.port() == local.port()
+        && (listener.ip().is_unspecified() || listener.ip() == local.ip())
+}
+
+/// [`holds_accepted`] through a sock_diag dump, when the process's sockets cannot be copied.
+///
 /// Under load a connection lives for a fraction of a millisecond while a dump takes one to
 /// ten (the kernel walks its whole table), so the process's sockets are read just before the
 /// dump and again just after it: a socket held at either moment that the dump found on the
 /// port counts (socket inodes are not reused while the socket lives). No dump is made for a
 /// process that holds no socket but its listeners.
-fn holds_accepted(pid: u32, ours: &Ours, scan: &mut Scan) -> Option<String> {
-    if ours.tcp.is_empty() || scan.dumps_left == 0 {
+fn accepted_by_dump(pid: u32, ours: &Ours, scan: &mut Scan) -> Option<String> {
+    if scan.dumps_left == 0 {
         return None;
     }
     let before = other_sockets(pid, &ours.inodes);
@@ -660,11 +808,18 @@ mod tests {
         };
         let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         // The accept itself is seen first: wait until the child sleeps.
-        let how = within_10s(|| holds_accepted(py.pid(), &ours, &mut Scan::default()))
+        let how = within_10s(|| accepted_by_dump(py.pid(), &ours, &mut Scan::default()))
             .expect("a child holding an accepted connection is seen");
         assert!(how.contains("accepted"), "{how}");
         // With no dump left in the scan the look gives up.
-        assert_eq!(holds_accepted(py.pid(), &ours, &mut Scan::new(0)), None);
+        assert_eq!(accepted_by_dump(py.pid(), &ours, &mut Scan::new(0)), None);
+        // Copying its sockets sees it too, and so does the look that chooses.
+        let copied = accepted_by_copy(py.pid(), &ours);
+        assert!(
+            matches!(&copied, Copied::Found(how) if how.contains("accepted")),
+            "{copied:?}"
+        );
+        assert!(holds_accepted(py.pid(), &ours, &mut Scan::new(0)).is_some());
         // A connection of its own to our port is no accepted one.
         let (l2, ours2) = listener();
         let code = format!(
@@ -678,7 +833,70 @@ mod tests {
             inodes: [ours.inodes, ours2.inodes].concat(),
             tcp: [ours.tcp, ours2.tcp].concat(),
         };
-        assert_eq!(holds_accepted(py2.pid(), &both, &mut Scan::default()), None);
+        assert_eq!(
+            accepted_by_dump(py2.pid(), &both, &mut Scan::default()),
+            None
+        );
+        assert_eq!(accepted_by_copy(py2.pid(), &both), Copied::Nothing);
+    }
+
+    /// A process with an epoll fd is never copied from: the dump looks instead.
+    #[test]
+    fn a_child_with_an_epoll_fd_is_not_copied_from() {
+        let (l, ours) = listener();
+        let code = format!("e = select.epoll()\n{GO}c, _ = s.accept()\ntime.sleep(60)");
+        let Some(py) = Py::start(&l, &code) else {
+            return;
+        };
+        let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        within_10s(|| accepted_by_dump(py.pid(), &ours, &mut Scan::default()))
+            .expect("the child holds its connection");
+        assert_eq!(accepted_by_copy(py.pid(), &ours), Copied::CannotLook);
+        assert!(holds_accepted(py.pid(), &ours, &mut Scan::default()).is_some());
+    }
+
+    /// The last close of a copied socket with `SO_LINGER` and unsent data waits for the linger
+    /// time; it happens on the closing thread, so the loop goes on at once.
+    #[test]
+    fn a_lingering_close_of_a_copy_never_waits_on_the_caller() {
+        use std::io::Write;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        // The client never reads: fill what the server may send, then linger 20 s on close.
+        server.set_nonblocking(true).unwrap();
+        let chunk = [0u8; 65536];
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(10) {
+            if (&server).write(&chunk).is_err() {
+                break;
+            }
+        }
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 20,
+        };
+        nix::sys::socket::setsockopt(&server, nix::sys::socket::sockopt::Linger, &linger).unwrap();
+        server.set_nonblocking(false).unwrap();
+        assert!(may_copy(), "the closing thread runs");
+        let began = Instant::now();
+        close_elsewhere(std::os::fd::OwnedFd::from(server));
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the close waited {:?} on the caller",
+            began.elapsed()
+        );
+        drop(client);
+    }
+
+    #[test]
+    fn a_connection_accepted_on_a_wildcard_listener_has_a_specific_local_address() {
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(accepted_on(any, lo));
+        assert!(accepted_on(lo, lo));
+        assert!(!accepted_on(lo, "127.0.0.2:8080".parse().unwrap()));
+        assert!(!accepted_on(any, "127.0.0.1:8081".parse().unwrap()));
     }
 
     /// Under sustained load the socket table is mostly TIME_WAIT connections on the listener's
@@ -693,7 +911,7 @@ mod tests {
             return;
         };
         let _client = std::net::TcpStream::connect(addr).unwrap();
-        within_10s(|| holds_accepted(py.pid(), &ours, &mut Scan::default()))
+        within_10s(|| accepted_by_dump(py.pid(), &ours, &mut Scan::default()))
             .expect("the child holds its connection");
         // This process accepts the rest: 4000 closed by the server side first (TIME_WAIT on
         // our port, about 600 KB of /proc/net/tcp), and 200 kept open (ESTABLISHED, ours).
@@ -741,12 +959,12 @@ mod tests {
             listed.len()
         );
         for _ in 0..10 {
-            let how = holds_accepted(py.pid(), &ours, &mut Scan::default())
+            let how = accepted_by_dump(py.pid(), &ours, &mut Scan::default())
                 .expect("the child's connection is found among the others");
             assert!(how.contains("accepted"), "{how}");
         }
         // The connections this process holds are on the port too, and not the child's.
-        assert!(holds_accepted(std::process::id(), &ours, &mut Scan::default()).is_some());
+        assert!(accepted_by_dump(std::process::id(), &ours, &mut Scan::default()).is_some());
     }
 
     #[test]

@@ -238,6 +238,48 @@ pub(crate) fn recv_with_creds(
     Ok((got.bytes, got.pid))
 }
 
+/// Starts a helper thread of the primary with every signal blocked in it, so that a signal is
+/// always delivered to the loop's thread (its handlers, and the window around an in-place
+/// upgrade's exec, where the loop's thread blocks signals so none is lost, count on that).
+pub(crate) fn spawn_quiet_thread(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let mut old = SigSet::empty();
+    signal::pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )
+    .map_err(errno)?;
+    // The new thread starts with the mask of this one: all blocked.
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(f);
+    let _ = signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    spawned
+}
+
+/// A copy of file descriptor `fd` of process `pid` (`pidfd_open` and `pidfd_getfd`, Linux 5.6),
+/// close-on-exec. Allowed where reading `/proc/PID/mem` is (the same ptrace access check). The
+/// copy holds the open file: look at it and drop it at once.
+pub(crate) fn copy_fd_of(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags, no memory; it returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_open just returned this fd (close-on-exec); nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // SAFETY: pidfd_getfd takes our pidfd, the target's fd number and flags 0, no memory; it
+    // returns a new close-on-exec fd or -1.
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_getfd just returned this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy as RawFd) })
+}
+
 /// Spawns this executable (`/proc/self/exe`) in a hidden role, `arg0` and `args`, with a fresh
 /// SEQPACKET link at [`ROLE_LINK_FD`]; returns the child's pid and the primary's end of the link.
 pub(crate) fn spawn_linked_role(arg0: &str, args: &[&str]) -> io::Result<(u32, OwnedFd)> {
@@ -966,6 +1008,34 @@ pub(crate) fn set_subreaper() -> io::Result<()> {
 mod tests {
     use super::*;
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+
+    #[test]
+    fn a_quiet_thread_blocks_every_signal_and_the_caller_keeps_its_mask() {
+        let before = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        spawn_quiet_thread("quiet-test", move || {
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            tx.send(status).unwrap();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+        let blocked = |status: &str| {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigBlk:"))
+                .unwrap()
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).unwrap()
+        };
+        let quiet = blocked(&rx.recv().unwrap());
+        // Every standard signal (1..=31) but SIGKILL and SIGSTOP, which cannot be blocked.
+        let standard = 0x7fff_ffffu64 & !(1 << (libc::SIGKILL - 1)) & !(1 << (libc::SIGSTOP - 1));
+        assert_eq!(quiet & standard, standard, "{quiet:x}");
+        let after = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        assert_eq!(blocked(&before), blocked(&after));
+    }
 
     fn cloexec(fd: BorrowedFd<'_>) -> bool {
         FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap())
