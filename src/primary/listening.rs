@@ -27,7 +27,10 @@
 //! `--ready-timeout`.
 //!
 //! The scan runs only while a worker of `--ready listening` is starting, every [`SCAN_EVERY`];
-//! at rest there is no timer.
+//! at rest there is no timer. What one scan reads is bounded whatever a worker does: a
+//! process's fd table once ([`MAX_FDS`] entries), [`MAX_TASKS_PER_SCAN`] threads, and
+//! [`MAX_ENTRIES_PER_SCAN`] poll or select entries, smallest sets first (a worker whose threads
+//! poll huge sets once made the loop take seconds to answer `ctl status`).
 
 use std::collections::HashMap;
 use std::fs;
@@ -55,6 +58,20 @@ const MAX_DIAG_SOCKETS: usize = 16384;
 /// (about 1 ms here, and 7.5 ms with 53 000 TIME_WAIT connections), so under load the look
 /// runs every few scans rather than every scan.
 const PACE: u32 = 4;
+
+/// At most this many fds of one process are looked at per scan (listeners, epoll fds and
+/// sockets come first in a server's table: they are its lowest fd numbers).
+const MAX_FDS: usize = 4096;
+
+/// At most this many threads' system calls are read per scan, over every process.
+const MAX_TASKS_PER_SCAN: usize = 4096;
+
+/// At most this many poll or select entries are read per scan, over every thread: a worker
+/// with many threads polling huge sets must not hold up the loop.
+const MAX_ENTRIES_PER_SCAN: u64 = 1 << 16;
+
+/// At most this much of an epoll fd's fdinfo is read (a line per watched fd).
+const MAX_FDINFO: u64 = 1 << 20;
 
 /// At most this many entries of a poll set or fds of a select set are read from a worker.
 const MAX_POLL_FDS: u64 = 65536;
@@ -143,12 +160,6 @@ fn socket_link_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
-/// The socket inode of a task's fd, if it is a socket.
-fn fd_inode(pid: u32, tid: &str, fd: u64) -> Option<u64> {
-    let link = fs::read_link(format!("/proc/{pid}/task/{tid}/fd/{fd}")).ok()?;
-    socket_link_inode(link.to_str()?)
-}
-
 /// The socket inode of an fd the primary holds.
 pub(crate) fn socket_inode(fd: impl AsFd) -> Option<u64> {
     nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino)
@@ -187,6 +198,10 @@ pub(crate) struct Scan {
     dumps_left: u32,
     /// The time this scan spent in sock_diag dumps.
     dumped: Duration,
+    /// Threads whose system call may still be read in this scan.
+    tasks_left: usize,
+    /// Entries of poll and select sets that may still be read in this scan.
+    entries_left: u64,
 }
 
 impl Default for Scan {
@@ -203,6 +218,8 @@ impl Scan {
             diag: None,
             dumps_left,
             dumped: Duration::ZERO,
+            tasks_left: MAX_TASKS_PER_SCAN,
+            entries_left: MAX_ENTRIES_PER_SCAN,
         }
     }
 
@@ -231,18 +248,82 @@ impl Scan {
     }
 }
 
-/// Whether process `pid` waits for connections on one of `ours`, and how.
+/// The fds of one process that matter to a look, from one pass over `/proc/PID/fd` (at most
+/// [`MAX_FDS`] entries).
+#[derive(Debug, Default)]
+struct FdTable {
+    /// The fd numbers that hold one of our listeners.
+    listeners: Vec<u64>,
+    /// The fd numbers of epoll instances.
+    epolls: Vec<u64>,
+}
+
+fn fd_table(pid: u32, inodes: &[u64]) -> Option<FdTable> {
+    let mut table = FdTable::default();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .take(MAX_FDS)
+    {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|f| f.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let Ok(link) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        if link.as_os_str() == "anon_inode:[eventpoll]" {
+            table.epolls.push(fd);
+        } else if link
+            .to_str()
+            .and_then(socket_link_inode)
+            .is_some_and(|ino| inodes.contains(&ino))
+        {
+            table.listeners.push(fd);
+        }
+    }
+    Some(table)
+}
+
+/// Whether process `pid` waits for connections on one of `ours`, and how. Its fd table is
+/// read once; the threads' waits are then compared with it in memory, within the scan's
+/// budgets ([`MAX_TASKS_PER_SCAN`], [`MAX_ENTRIES_PER_SCAN`]).
 pub(crate) fn process_waits(pid: u32, ours: &Ours, scan: &mut Scan) -> Option<String> {
     let inodes = &ours.inodes[..];
     if inodes.is_empty() {
         return None;
     }
-    if let Some(how) = epoll_holds(pid, inodes) {
+    let table = fd_table(pid, inodes)?;
+    if let Some(how) = epoll_holds(pid, &table.epolls, inodes) {
         return Some(how);
     }
+    // A process that holds none of our listeners cannot wait on one; it may still hold a
+    // connection accepted from one (a listener closed after the fork).
+    if !table.listeners.is_empty() {
+        if let Some(how) = thread_waits(pid, &table.listeners, scan) {
+            return Some(how);
+        }
+    }
+    // Last: the dump is the costliest look.
+    holds_accepted(pid, ours, scan)
+}
+
+/// Whether a thread of `pid` is blocked waiting on one of the fds `listeners`. Every thread's
+/// system call is read first (an `accept` is told at once); then the poll and select sets,
+/// smallest first, while the scan's budget of entries lasts: a few threads polling huge sets
+/// cannot hide the one that polls the listener.
+fn thread_waits(pid: u32, listeners: &[u64], scan: &mut Scan) -> Option<String> {
     let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut mem: Option<Option<fs::File>> = None;
+    // (entries, tid, kind, name, set address).
+    let mut sets: Vec<(u64, String, Wait, &'static str, u64)> = Vec::new();
     for task in tasks.flatten() {
+        if scan.tasks_left == 0 {
+            break;
+        }
+        scan.tasks_left -= 1;
         let tid = task.file_name();
         let Some(tid) = tid.to_str() else { continue };
         let Ok(line) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) else {
@@ -251,31 +332,48 @@ pub(crate) fn process_waits(pid: u32, ours: &Ours, scan: &mut Scan) -> Option<St
         let Some((nr, args)) = parse_syscall(&line) else {
             continue;
         };
-        let Some((wait, name)) = wait_kind(nr) else {
-            continue;
-        };
-        let fds: Vec<u64> = match wait {
-            Wait::Accept => vec![args[0]],
-            Wait::Poll | Wait::Select => {
-                let file = mem
-                    .get_or_insert_with(|| fs::File::open(format!("/proc/{pid}/mem")).ok())
-                    .as_ref();
-                let Some(file) = file else { continue };
-                if wait == Wait::Poll {
-                    poll_fds(file, args[0], args[1])
-                } else {
-                    select_fds(file, args[1], args[0])
-                }
+        match wait_kind(nr) {
+            Some((Wait::Accept, name)) if listeners.contains(&args[0]) => {
+                return Some(format!("thread {tid} waits in {name} on fd {}", args[0]));
             }
-        };
-        for fd in fds {
-            if fd_inode(pid, tid, fd).is_some_and(|ino| inodes.contains(&ino)) {
-                return Some(format!("thread {tid} waits in {name} on fd {fd}"));
-            }
+            Some((Wait::Poll, name)) => sets.push((
+                args[1].min(MAX_POLL_FDS),
+                tid.into(),
+                Wait::Poll,
+                name,
+                args[0],
+            )),
+            Some((Wait::Select, name)) => sets.push((
+                args[0].min(MAX_POLL_FDS),
+                tid.into(),
+                Wait::Select,
+                name,
+                args[1],
+            )),
+            _ => {}
         }
     }
-    // Last: the dump is the costliest look.
-    holds_accepted(pid, ours, scan)
+    if sets.is_empty() {
+        return None;
+    }
+    sets.sort_by_key(|set| set.0);
+    let mem = fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    for (entries, tid, wait, name, addr) in sets {
+        let n = entries.min(scan.entries_left);
+        if n == 0 {
+            return None;
+        }
+        scan.entries_left -= n;
+        let fds = if wait == Wait::Poll {
+            poll_fds(&mem, addr, n)
+        } else {
+            select_fds(&mem, addr, n)
+        };
+        if let Some(fd) = fds.into_iter().find(|fd| listeners.contains(fd)) {
+            return Some(format!("thread {tid} waits in {name} on fd {fd}"));
+        }
+    }
+    None
 }
 
 /// The read fds of a `poll` set in another process's memory.
@@ -423,6 +521,7 @@ fn other_sockets(pid: u32, ours: &[u64]) -> Vec<(String, u64)> {
         return Vec::new();
     };
     dir.flatten()
+        .take(MAX_FDS)
         .filter_map(|entry| {
             let link = fs::read_link(entry.path()).ok()?;
             let ino = socket_link_inode(link.to_str()?)?;
@@ -473,7 +572,7 @@ fn accepted_by_copy(pid: u32, ours: &Ours) -> Copied {
         return Copied::Nothing;
     };
     let mut sockets = Vec::new();
-    for entry in dir.flatten() {
+    for entry in dir.flatten().take(MAX_FDS) {
         let Ok(link) = fs::read_link(entry.path()) else {
             continue;
         };
@@ -616,25 +715,19 @@ fn accepted_by_dump(pid: u32, ours: &Ours, scan: &mut Scan) -> Option<String> {
         .map(|(fd, _)| format!("holds fd {fd} accepted from the listener"))
 }
 
-/// Whether an epoll fd of `pid` has one of `inodes` in its interest list.
-fn epoll_holds(pid: u32, inodes: &[u64]) -> Option<String> {
-    for entry in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
-        let Ok(link) = fs::read_link(entry.path()) else {
+/// Whether one of the epoll fds `epolls` of `pid` has one of `inodes` in its interest list.
+fn epoll_holds(pid: u32, epolls: &[u64], inodes: &[u64]) -> Option<String> {
+    use std::io::Read;
+    for fd in epolls {
+        let Ok(file) = fs::File::open(format!("/proc/{pid}/fdinfo/{fd}")) else {
             continue;
         };
-        if link.as_os_str() != "anon_inode:[eventpoll]" {
+        let mut info = String::new();
+        if file.take(MAX_FDINFO).read_to_string(&mut info).is_err() {
             continue;
         }
-        let fd = entry.file_name();
-        let Ok(info) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy()))
-        else {
-            continue;
-        };
         if parse_epoll_inodes(&info).iter().any(|i| inodes.contains(i)) {
-            return Some(format!(
-                "its epoll fd {} watches the listener",
-                fd.to_string_lossy()
-            ));
+            return Some(format!("its epoll fd {fd} watches the listener"));
         }
     }
     None
@@ -1136,6 +1229,44 @@ mod tests {
             return;
         };
         let seen = py.seen(&ours).expect("a child polling the socket is seen");
+        assert!(seen.how.contains("poll"), "{seen:?}");
+    }
+
+    /// Threads polling huge sets cost one scan a bounded amount of reading (the scan's budget
+    /// of entries, used up), and cannot hide a thread that polls the listener.
+    #[test]
+    fn threads_polling_huge_sets_use_up_the_scan_budget_and_hide_no_listener() {
+        // A child whose 16 threads each poll(2) 20 000 entries of one pipe (duplicates are
+        // allowed), and, with `last`, one more thread that polls 999 of them and the listener.
+        let child = |l: &TcpListener, last: bool| {
+            let code = format!(
+                "import ctypes, os, threading\n\
+                 libc = ctypes.CDLL(None, use_errno=True)\n\
+                 class P(ctypes.Structure):\n    _fields_ = [('fd', ctypes.c_int), ('ev', ctypes.c_short), ('rev', ctypes.c_short)]\n\
+                 r, w = os.pipe()\n\
+                 def wait(fds):\n    a = (P * len(fds))(*[P(f, 1, 0) for f in fds])\n    libc.poll(a, len(fds), -1)\n\
+                 for _ in range(16):\n    threading.Thread(target=wait, args=([r] * 20000,), daemon=True).start()\n\
+                 if {}:\n    threading.Thread(target=wait, args=([r] * 999 + [s.fileno()],), daemon=True).start()\n\
+                 time.sleep(1.5)\n\
+                 {GO}time.sleep(60)",
+                if last { "True" } else { "False" }
+            );
+            Py::start(l, &code)
+        };
+        let (l, ours) = listener();
+        let Some(huge) = child(&l, false) else {
+            return;
+        };
+        let mut scan = Scan::default();
+        assert_eq!(process_waits(huge.pid(), &ours, &mut scan), None);
+        assert_eq!(scan.entries_left, 0, "16 x 20 000 entries pass the budget");
+        drop(huge);
+        let Some(py) = child(&l, true) else {
+            return;
+        };
+        let seen = py
+            .seen(&ours)
+            .expect("the thread polling the listener is seen");
         assert!(seen.how.contains("poll"), "{seen:?}");
     }
 
