@@ -177,6 +177,11 @@ impl NotifySockets {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Cut short and consumed: the next one is read (the batch is bounded).
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    log::debug!("notify socket {}: {}", s.path.display(), lower(&e));
+                    continue;
+                }
                 Err(e) => {
                     log::warn!("notify socket {}: {}", s.path.display(), lower(&e));
                     break;

@@ -228,13 +228,21 @@ pub(crate) fn recv_with_fds(
 }
 
 /// Receives one datagram with the sender's credentials (SO_PASSCRED must be on), without
-/// waiting. Returns the sender's pid, or `None` when the kernel attached no credentials.
+/// waiting. Returns the sender's pid, or `None` when the kernel attached no credentials; a
+/// datagram longer than `buf` is consumed and an `InvalidData` error.
 /// Whatever fds came with it are closed: nobody should send us fds there.
 pub(crate) fn recv_with_creds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<(usize, Option<u32>)> {
     let got = recvmsg_owning(sock, buf, libc::MSG_DONTWAIT)?;
+    if got.truncated {
+        // As systemd does: a message cut short is not read at all.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a datagram longer than {} bytes, ignored", buf.len()),
+        ));
+    }
     Ok((got.bytes, got.pid))
 }
 
@@ -1096,6 +1104,21 @@ mod tests {
 
     /// Regression: nix's iterator refused a message with MSG_CTRUNC, and the fds that did fit
     /// were left open in our table: 8 of every notify datagram that carried more.
+    #[test]
+    fn a_datagram_longer_than_the_buffer_is_consumed_and_refused() {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        nix::sys::socket::setsockopt(&b, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        let mut long = b"READY=1\n".to_vec();
+        long.resize(100, b'x');
+        a.send(&long).unwrap();
+        a.send(b"STATUS=next").unwrap();
+        let mut buf = [0u8; 64];
+        let e = recv_with_creds(b.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        let (n, _) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STATUS=next");
+    }
+
     #[test]
     fn a_datagram_with_many_fds_leaks_none() {
         let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
