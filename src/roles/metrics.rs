@@ -38,6 +38,9 @@ pub(crate) const MAX_REQUEST: usize = 8 * 1024;
 pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a closing connection's unread bytes are drained (see [`close_gently`]).
 const LINGER: Duration = Duration::from_millis(500);
+/// The same for a refused connection, shorter: the refusing thread serves one at a time, and a
+/// client that sends nothing and never closes must not hold up the next refusal for long.
+const REFUSE_LINGER: Duration = Duration::from_millis(100);
 /// Refused connections waiting for the refusing thread; more are refused on the spot.
 const REFUSED_QUEUE: usize = 32;
 /// How long the primary has to answer an ask.
@@ -186,11 +189,11 @@ fn serve() -> io::Result<()> {
 }
 
 /// Over the connection limit, on the refusing thread: a 503, then a gentle close, each bounded
-/// by [`LINGER`], so a refused client reads its answer instead of a reset.
+/// by [`REFUSE_LINGER`], so a refused client reads its answer instead of a reset.
 fn busy(stream: TcpStream) {
-    let _ = stream.set_write_timeout(Some(LINGER));
+    let _ = stream.set_write_timeout(Some(REFUSE_LINGER));
     if (&stream).write_all(&too_many()).is_ok() {
-        close_gently(stream, Instant::now() + LINGER);
+        close_gently(stream, Instant::now() + REFUSE_LINGER);
     }
 }
 
