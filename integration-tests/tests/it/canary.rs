@@ -43,14 +43,7 @@ fn canary_starts_one_new_worker_beside_four_old_then_the_rest() {
         reloadsup_integration_tests::ctl(&control, &["reload", "--canary", "1"])
     });
     let old_set: BTreeSet<u32> = old.iter().copied().collect();
-    let seen = watch_reload(&sup, &reload, &old_set);
-    let out = reload.join().expect("the ctl thread");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!(
-        "ctl reload --canary 1: {stdout}{}\nstatus seen: {seen:?}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let (seen, stdout) = reload_succeeds(&sup, reload, &old_set);
     assert!(
         stdout.contains(
             "canary: starting 1 of 4 workers of generation 2; generation 1 keeps serving"
@@ -222,17 +215,28 @@ fn live_pids(status: &serde_json::Value, generation: u64) -> BTreeSet<u32> {
 
 /// `ctl upgrade [ARGS]` must succeed; returns what it printed.
 fn upgrade_ok(sup: &Supervisor, args: &[&str]) -> String {
-    let mut all = vec!["upgrade"];
-    all.extend(args);
-    let out = sup.ctl(&all);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "ctl upgrade: {text}");
+    let (ok, text) = crate::upgrade::upgrade(sup, args);
+    assert!(ok, "ctl upgrade: {text}");
     assert!(text.contains("upgraded in place"), "ctl upgrade: {text}");
     text
+}
+
+/// Watches a `ctl reload` thread to its end ([`watch_reload`]), which must exit 0: the
+/// status counts seen and what it printed.
+fn reload_succeeds(
+    sup: &Supervisor,
+    reload: std::thread::JoinHandle<std::process::Output>,
+    old: &BTreeSet<u32>,
+) -> (Vec<(usize, usize)>, String) {
+    let seen = watch_reload(sup, &reload, old);
+    let out = reload.join().expect("the ctl thread");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "ctl reload: {stdout}{}\nstatus seen: {seen:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    (seen, stdout)
 }
 
 /// Watches the status until `reload` (a `ctl reload` thread) has its answer: the
@@ -300,14 +304,7 @@ fn an_upgrade_during_the_canary_step_carries_it_across() {
     assert_eq!(live_pids(&status, 1), old);
     assert_eq!(live_pids(&status, 2).len(), 1, "{status}");
 
-    let seen = watch_reload(&sup, &reload, &old);
-    let out = reload.join().expect("the ctl thread");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!(
-        "ctl reload: {stdout}{}\nstatus seen: {seen:?}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let (seen, stdout) = reload_succeeds(&sup, reload, &old);
     assert!(
         stdout.contains(
             "canary: 1 of 4 workers of generation 2 ready and stable for 3s; starting the other 3"

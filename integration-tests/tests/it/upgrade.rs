@@ -24,7 +24,7 @@ fn copy_of_reloadsup(sb: &Sandbox, name: &str) -> PathBuf {
 }
 
 /// `ctl upgrade [ARGS]`: exit status and what it printed (stdout and stderr).
-fn upgrade(sup: &Supervisor, args: &[&str]) -> (bool, String) {
+pub(crate) fn upgrade(sup: &Supervisor, args: &[&str]) -> (bool, String) {
     let mut all = vec!["upgrade"];
     all.extend(args);
     let out = sup.ctl(&all);
