@@ -256,6 +256,8 @@ struct FdTable {
     listeners: Vec<u64>,
     /// The fd numbers of epoll instances.
     epolls: Vec<u64>,
+    /// The fd numbers of every other socket.
+    sockets: Vec<i32>,
 }
 
 fn fd_table(pid: u32, inodes: &[u64]) -> Option<FdTable> {
@@ -277,12 +279,12 @@ fn fd_table(pid: u32, inodes: &[u64]) -> Option<FdTable> {
         };
         if link.as_os_str() == "anon_inode:[eventpoll]" {
             table.epolls.push(fd);
-        } else if link
-            .to_str()
-            .and_then(socket_link_inode)
-            .is_some_and(|ino| inodes.contains(&ino))
-        {
-            table.listeners.push(fd);
+        } else if let Some(ino) = link.to_str().and_then(socket_link_inode) {
+            if inodes.contains(&ino) {
+                table.listeners.push(fd);
+            } else if let Ok(fd) = i32::try_from(fd) {
+                table.sockets.push(fd);
+            }
         }
     }
     Some(table)
@@ -308,7 +310,7 @@ pub(crate) fn process_waits(pid: u32, ours: &Ours, scan: &mut Scan) -> Option<St
         }
     }
     // Last: the dump is the costliest look.
-    holds_accepted(pid, ours, scan)
+    holds_accepted_in(pid, &table, ours, scan)
 }
 
 /// Whether a thread of `pid` is blocked waiting on one of the fds `listeners`. Every thread's
@@ -535,20 +537,33 @@ fn other_sockets(pid: u32, ours: &[u64]) -> Vec<(String, u64)> {
 /// socket has the listener's local port (and address); a connection the worker made to it has
 /// an ephemeral one.
 ///
-/// Looked at by copying the process's sockets ([`accepted_by_copy`]); where that is not
+/// Looked at by copying the process's sockets ([`copied_in`]); where that is not
 /// allowed or not safe, through a sock_diag dump ([`accepted_by_dump`]).
-fn holds_accepted(pid: u32, ours: &Ours, scan: &mut Scan) -> Option<String> {
+fn holds_accepted_in(pid: u32, table: &FdTable, ours: &Ours, scan: &mut Scan) -> Option<String> {
     if ours.tcp.is_empty() {
         return None;
     }
-    match accepted_by_copy(pid, ours) {
+    match copied_in(pid, table, ours) {
         Copied::Found(how) => Some(how),
         Copied::Nothing => None,
         Copied::CannotLook => accepted_by_dump(pid, ours, scan),
     }
 }
 
-/// What [`accepted_by_copy`] found.
+/// [`holds_accepted_in`] with the process's fd table read here.
+#[cfg(test)]
+fn holds_accepted(pid: u32, ours: &Ours, scan: &mut Scan) -> Option<String> {
+    let table = fd_table(pid, &ours.inodes)?;
+    holds_accepted_in(pid, &table, ours, scan)
+}
+
+/// [`copied_in`] with the process's fd table read here.
+#[cfg(test)]
+fn accepted_by_copy(pid: u32, ours: &Ours) -> Copied {
+    fd_table(pid, &ours.inodes).map_or(Copied::Nothing, |table| copied_in(pid, &table, ours))
+}
+
+/// What [`copied_in`] found.
 #[derive(Debug, PartialEq, Eq)]
 enum Copied {
     Found(String),
@@ -560,38 +575,18 @@ enum Copied {
 /// At most this many sockets of one process are copied and looked at per scan.
 const MAX_COPIED: usize = 256;
 
-/// The cheap, race-free look for [`holds_accepted`]: each socket the process holds (but its
+/// The cheap, race-free look for [`holds_accepted_in`]: each socket the process holds (but its
 /// listeners) is copied into the primary for a moment (`pidfd_getfd`) and asked for its
 /// addresses; a connected TCP socket with a listener's local address was accepted from it.
 /// A few system calls per socket, no walk of the kernel's table, and the socket is looked at
 /// while the process holds it. Never for a process with an epoll fd: while the copy is open,
 /// closing the process's own fd would not take that socket out of its epoll set, and an
 /// event for a closed fd could reach it (a dangling pointer in a C server's event data).
-fn accepted_by_copy(pid: u32, ours: &Ours) -> Copied {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Copied::Nothing;
-    };
-    let mut sockets = Vec::new();
-    for entry in dir.flatten().take(MAX_FDS) {
-        let Ok(link) = fs::read_link(entry.path()) else {
-            continue;
-        };
-        if link.as_os_str() == "anon_inode:[eventpoll]" {
-            return Copied::CannotLook;
-        }
-        let (Some(ino), Some(fd)) = (
-            link.to_str().and_then(socket_link_inode),
-            entry
-                .file_name()
-                .to_str()
-                .and_then(|f| f.parse::<i32>().ok()),
-        ) else {
-            continue;
-        };
-        if !ours.inodes.contains(&ino) {
-            sockets.push(fd);
-        }
+fn copied_in(pid: u32, table: &FdTable, ours: &Ours) -> Copied {
+    if !table.epolls.is_empty() {
+        return Copied::CannotLook;
     }
+    let sockets = &table.sockets;
     if !sockets.is_empty() && !may_copy() {
         return Copied::CannotLook;
     }
@@ -682,7 +677,7 @@ fn accepted_on(listener: SocketAddr, local: SocketAddr) -> bool {
         && (listener.ip().is_unspecified() || listener.ip() == local.ip())
 }
 
-/// [`holds_accepted`] through a sock_diag dump, when the process's sockets cannot be copied.
+/// [`holds_accepted_in`] through a sock_diag dump, when the process's sockets cannot be copied.
 ///
 /// Under load a connection lives for a fraction of a millisecond while a dump takes one to
 /// ten (the kernel walks its whole table), so the process's sockets are read just before the
