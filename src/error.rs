@@ -479,6 +479,9 @@ pub(crate) enum Fatal {
     Pidfile { problem: String },
     /// `--admin-cert`/`--admin-key` cannot be loaded, or no identity can be made.
     AdminIdentity(String),
+    /// `--log-output file:PATH` names a file in a directory that fails the checks of
+    /// `logfile.rs`; `problem` says which.
+    LogFile { path: String, problem: String },
     /// The console's shell worker should switch credentials and the primary is not root.
     AdminUser { uid: u32, gid: u32 },
     /// The notify or the control socket cannot be bound.
@@ -510,6 +513,7 @@ impl Fatal {
             | Fatal::Pidfile { .. }
             | Fatal::AdminIdentity(_)
             | Fatal::AdminUser { .. }
+            | Fatal::LogFile { .. }
             | Fatal::Activation(_) => EXIT_USAGE,
             Fatal::Socket { .. } | Fatal::System { .. } | Fatal::Resume(_) => EXIT_FAILURE,
         }
@@ -526,6 +530,7 @@ impl fmt::Display for Fatal {
         match self {
             Fatal::Bind(e) => e.fmt(f),
             Fatal::StateDir { dir, problem } => write!(f, "--state-dir {dir}: {problem}"),
+            Fatal::LogFile { path, problem } => write!(f, "--log-output file:{path}: {problem}"),
             Fatal::AlreadyRunning { name, control } => write!(
                 f,
                 "another reloadsup named '{name}' is running (control socket {control}); give this one another --name or --state-dir"
@@ -557,7 +562,8 @@ impl std::error::Error for Fatal {
             | Fatal::Pidfile { .. }
             | Fatal::AlreadyRunning { .. }
             | Fatal::AdminIdentity(_)
-            | Fatal::AdminUser { .. } => None,
+            | Fatal::AdminUser { .. }
+            | Fatal::LogFile { .. } => None,
         }
     }
 }

@@ -10,6 +10,7 @@ mod address;
 mod client;
 mod config;
 mod error;
+mod logfile;
 mod password;
 mod primary;
 mod roles;

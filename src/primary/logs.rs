@@ -65,6 +65,8 @@ struct Pipe {
 
 pub(crate) struct Logs {
     spec: LoggerSpec,
+    /// `--uid U --gid G`: the logger runs as the workers' user (it parses their bytes).
+    role_args: Vec<String>,
     pipes: BTreeMap<u64, Pipe>,
     next_id: u64,
     pub pid: Option<u32>,
@@ -77,7 +79,13 @@ pub(crate) struct Logs {
 
 impl Logs {
     /// `None` with `--log-output inherit`: workers write to the primary's stdout and stderr.
-    pub(crate) fn new(config: &LogConfig, primary_pid: u32) -> Option<Logs> {
+    /// `run_as` is the workers' user and group (`--user`, `--group`), which the logger
+    /// switches to once it has set up its file's opener.
+    pub(crate) fn new(
+        config: &LogConfig,
+        primary_pid: u32,
+        run_as: (Option<u32>, Option<u32>),
+    ) -> Option<Logs> {
         let sink = match &config.output {
             LogOutput::Inherit => return None,
             LogOutput::Stdout => LogSink::Stdout,
@@ -97,6 +105,7 @@ impl Logs {
                 rotate_keep: config.rotate_keep,
                 ring_bytes: config.ring,
             },
+            role_args: role_args(run_as),
             pipes: BTreeMap::new(),
             next_id: 1,
             pid: None,
@@ -126,7 +135,9 @@ impl Logs {
     }
 
     fn spawn(&mut self, poll: &Poll) -> io::Result<u32> {
-        let (pid, ours) = sys::spawn_linked_role("reloadsup-logger", &["__logger"])?;
+        let mut args = vec!["__logger"];
+        args.extend(self.role_args.iter().map(String::as_str));
+        let (pid, ours) = sys::spawn_linked_role("reloadsup-logger", &args)?;
         let sent = (|| {
             let body = proto::encode(&self.spec).map_err(io::Error::other)?;
             sys::send_nonblocking(ours.as_fd(), &body)?;
@@ -469,6 +480,7 @@ impl Logs {
     /// The new image's logger; `take` adopts an fd number of the hand-off (once each).
     pub(crate) fn resume(
         image: LoggerImage,
+        run_as: (Option<u32>, Option<u32>),
         mut take: impl FnMut(i32) -> io::Result<OwnedFd>,
         poll: &Poll,
         clock: &super::upgrade::Clock,
@@ -508,6 +520,7 @@ impl Logs {
         };
         let logs = Logs {
             spec: image.spec,
+            role_args: role_args(run_as),
             pipes,
             next_id: image.next_id,
             pid: image.pid,
@@ -518,6 +531,10 @@ impl Logs {
         };
         Ok((logs, timer))
     }
+}
+
+fn role_args((uid, gid): (Option<u32>, Option<u32>)) -> Vec<String> {
+    crate::roles::credential_args(crate::roles::switch_to(uid, gid))
 }
 
 fn send_pipe(link: &OwnedFd, id: u64, pipe: &Pipe) -> io::Result<()> {

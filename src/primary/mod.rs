@@ -176,6 +176,7 @@ impl Primary {
                 .as_ref()
                 .is_some_and(|a| shell_link::drop_to(a).is_some());
         prepare_state_dir(&config.state_dir, &config.name, other_user)?;
+        check_log_file(&config)?;
 
         let listeners = activation::adopt(&config.listeners, inherited, config.backlog)?;
         for l in &listeners {
@@ -232,7 +233,7 @@ impl Primary {
             config.name,
             control_path.display()
         );
-        let logs = logs::Logs::new(&config.log, pid);
+        let logs = logs::Logs::new(&config.log, pid, (config.uid, config.gid));
         let metrics = metrics_listener(&config, pid)?;
         let mut roles = Roles::new(shell.is_some(), logs.is_some(), config.prespawn);
         roles.metrics = metrics.enabled().then(state::roles::RoleTimer::new);
@@ -1091,6 +1092,26 @@ fn metrics_listener(config: &Config, pid: u32) -> Result<metrics::Metrics, Fatal
         &config.name,
         pid,
     ))
+}
+
+/// `--log-output file:PATH`: the logger will find the same directory and opener, or the
+/// start stops here with the reason (the logger would only drop every line).
+fn check_log_file(config: &Config) -> Result<(), Fatal> {
+    let crate::config::LogOutput::File(path) = &config.log.output else {
+        return Ok(());
+    };
+    let logger = crate::roles::switch_to(config.uid, config.gid)
+        .map_or_else(|| nix::unistd::geteuid().as_raw(), |(uid, _)| uid);
+    let root = nix::unistd::geteuid().is_root();
+    crate::logfile::LogDir::find(path)
+        .and_then(|dir| {
+            crate::logfile::who_opens(&dir, logger, root)?;
+            dir.check_file()
+        })
+        .map_err(|problem| Fatal::LogFile {
+            path: path.display().to_string(),
+            problem,
+        })
 }
 
 fn admin_console(

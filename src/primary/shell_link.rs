@@ -34,19 +34,10 @@ pub(crate) struct Shell {
 
 impl Shell {
     pub(crate) fn new(spec: ShellSpec, listener: OwnedFd, drop_to: Option<(u32, u32)>) -> Shell {
-        let role_args = match drop_to {
-            Some((uid, gid)) => vec![
-                "--uid".to_string(),
-                uid.to_string(),
-                "--gid".to_string(),
-                gid.to_string(),
-            ],
-            None => Vec::new(),
-        };
         Shell {
             spec,
             listener,
-            role_args,
+            role_args: crate::roles::credential_args(drop_to),
             proxy_dir: None,
             pid: None,
             conn: None,
@@ -138,13 +129,7 @@ impl Shell {
 /// The uid and gid the shell worker drops to once it holds its fds, or `None` when they are
 /// ours already (see [`crate::config::Admin`]).
 pub(crate) fn drop_to(admin: &crate::config::Admin) -> Option<(u32, u32)> {
-    let uid = admin.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
-    let gid = admin.gid.unwrap_or_else(|| nix::unistd::getegid().as_raw());
-    let ours = (
-        nix::unistd::geteuid().as_raw(),
-        nix::unistd::getegid().as_raw(),
-    );
-    ((uid, gid) != ours).then_some((uid, gid))
+    crate::roles::switch_to(admin.uid, admin.gid)
 }
 
 /// Makes the directory of the dropped shell worker's own control socket: `console-<random>` in

@@ -877,6 +877,7 @@ impl Primary {
             Some(image) => {
                 let (logs, timer) = super::logs::Logs::resume(
                     image,
+                    (config.uid, config.gid),
                     |fd| take(fd, "a log pipe or the logger's link").map_err(std::io::Error::other),
                     &poll,
                     &clock,

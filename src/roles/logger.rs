@@ -35,6 +35,7 @@ use signal_hook::consts::signal::{SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::error::lower;
+use crate::logfile::Access;
 use crate::sys;
 
 /// The longest line written as one; a longer one is split in pieces of this size, each but
@@ -76,10 +77,18 @@ const LINK: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const FIRST_PIPE: usize = 16;
 
-/// Runs the logger role; `_args` are the words after `__logger` (none).
-pub(crate) fn run(_args: &[OsString]) -> u8 {
+/// Runs the logger role; `args` are the words after `__logger`: `--uid U --gid G` when it
+/// must switch to the workers' user, whose bytes it parses, or nothing.
+pub(crate) fn run(args: &[OsString]) -> u8 {
     sys::reset_signals();
-    match serve() {
+    let drop_to = match super::credentials(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("reloadsup: logger: {e}");
+            return 2;
+        }
+    };
+    match serve(drop_to) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("reloadsup: logger: {}", lower(&e));
@@ -105,7 +114,7 @@ struct Pipe {
     partial: Vec<u8>,
 }
 
-fn serve() -> io::Result<()> {
+fn serve(drop_to: Option<(u32, u32)>) -> io::Result<()> {
     let link = sys::take_role_link()?;
     let mut buf = vec![0u8; 64 * 1024];
     let (n, _) = sys::recv_with_fds(link.as_fd(), &mut buf, 0)?;
@@ -119,6 +128,21 @@ fn serve() -> io::Result<()> {
             theirs: spec.version,
         }));
     }
+    // The file's directory is checked, and its opener forked off, while this process may
+    // still become another user; then it drops to the workers' user for good.
+    let access = match &spec.sink {
+        LogSink::File(p) => {
+            let uid = drop_to.map_or_else(|| nix::unistd::geteuid().as_raw(), |(uid, _)| uid);
+            let path = PathBuf::from(OsString::from_vec(p.clone()));
+            Some(Access::new(&path, uid, spec.rotate_keep, spec.rotate_size))
+        }
+        LogSink::Stdout => None,
+    };
+    if let Some((uid, gid)) = drop_to {
+        sys::drop_privileges(Some(uid), Some(gid)).map_err(io::Error::other)?;
+        // A worker of the same uid must not ptrace the logger and use its link.
+        sys::set_undumpable()?;
+    }
     sys::set_nonblocking(link.as_fd(), true)?;
     let mut poll = Poll::new()?;
     poll.registry()
@@ -126,7 +150,7 @@ fn serve() -> io::Result<()> {
     let mut signals = Signals::new([SIGUSR1, SIGTERM])?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
-    let mut sink = Sink::new(&spec);
+    let mut sink = Sink::new(&spec, access);
     let mut ring = Ring::new(spec.ring_bytes as usize);
     let mut pipes: HashMap<usize, Pipe> = HashMap::new();
     let mut next_token = FIRST_PIPE;
@@ -265,6 +289,9 @@ fn serve() -> io::Result<()> {
             }
         }
         sink.flush();
+        if let Some(why) = sink.restart.take() {
+            return Err(io::Error::other(why));
+        }
         if drain_until.is_none() {
             ring.tails.send(&link);
         }
@@ -752,6 +779,9 @@ struct Sink {
     batch: Vec<u8>,
     batch_lines: u64,
     reported: Option<Instant>,
+    /// Why this logger must exit so that a new one starts (its file's opener was lost, or a
+    /// reopen was asked of a file it could not reach).
+    restart: Option<String>,
 }
 
 enum Target {
@@ -761,15 +791,18 @@ enum Target {
     Stdout { out: File, waiting: VecDeque<u8> },
     File {
         path: PathBuf,
+        access: Access,
         file: Option<File>,
+        /// A regular file, rotated at `rotate_size` (not a character device).
+        rotatable: bool,
         size: u64,
         rotate_size: u64,
-        keep: u32,
     },
 }
 
 impl Sink {
-    fn new(spec: &LoggerSpec) -> Sink {
+    /// `access` is how a file sink reaches its file (`None` for stdout).
+    fn new(spec: &LoggerSpec, access: Option<Access>) -> Sink {
         let target = match &spec.sink {
             LogSink::Stdout => match io::stdout().as_fd().try_clone_to_owned() {
                 Ok(fd) => Target::Stdout {
@@ -782,20 +815,28 @@ impl Sink {
                         lower(&e)
                     );
                     Target::File {
-                        path: PathBuf::from("/dev/null"),
+                        path: PathBuf::from("stdout"),
+                        access: Access::Broken {
+                            why: format!("stdout: {}", lower(&e)),
+                            restart: false,
+                        },
                         file: None,
+                        rotatable: false,
                         size: 0,
                         rotate_size: 0,
-                        keep: 0,
                     }
                 }
             },
             LogSink::File(p) => Target::File {
                 path: PathBuf::from(OsString::from_vec(p.clone())),
+                access: access.unwrap_or_else(|| Access::Broken {
+                    why: "no access to the file was set up".to_string(),
+                    restart: false,
+                }),
                 file: None,
+                rotatable: false,
                 size: 0,
                 rotate_size: spec.rotate_size,
-                keep: spec.rotate_keep,
             },
         };
         let mut sink = Sink {
@@ -805,6 +846,7 @@ impl Sink {
             batch: Vec::new(),
             batch_lines: 0,
             reported: None,
+            restart: None,
         };
         if let Err(e) = sink.open() {
             sink.report(&e);
@@ -815,25 +857,39 @@ impl Sink {
     /// Opens the file (appending) if it is not open; a no-op for stdout.
     fn open(&mut self) -> io::Result<()> {
         if let Target::File {
-            path, file, size, ..
+            access,
+            file,
+            rotatable,
+            size,
+            ..
         } = &mut self.target
         {
             if file.is_none() {
-                let f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(&*path)?;
-                *size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                *file = Some(f);
+                let opened = access.open();
+                if let Some((why, true)) = access.broken() {
+                    self.restart = Some(why.to_string());
+                }
+                let opened = opened?;
+                *size = opened.file.metadata().map(|m| m.len()).unwrap_or(0);
+                *rotatable = opened.rotatable;
+                *file = Some(opened.file);
             }
         }
         Ok(())
     }
 
-    /// SIGUSR1: the file was moved away; write to a new one at the path.
+    /// SIGUSR1: the file was moved away; write to a new one at the path. A file that could
+    /// not be reached since the start is looked for again by a new logger (which starts
+    /// with the privilege to start an opener): this one exits.
     fn reopen(&mut self) {
-        if let Target::File { file, .. } = &mut self.target {
+        if let Target::File { access, file, .. } = &mut self.target {
             *file = None;
+            if let Some((why, _)) = access.broken() {
+                self.restart = Some(format!(
+                    "{why}; exiting on the reopen so that a new logger looks again"
+                ));
+                return;
+            }
         }
         if let Err(e) = self.open() {
             self.report(&e);
@@ -899,11 +955,12 @@ impl Sink {
                 write_waiting(out, waiting)
             }
             Target::File {
-                path,
+                access,
                 file,
+                rotatable,
                 size,
                 rotate_size,
-                keep,
+                ..
             } => {
                 let f = file.as_mut().ok_or_else(|| io::Error::other("not open"))?;
                 if let Err(e) = f.write_all(bytes) {
@@ -911,11 +968,19 @@ impl Sink {
                     *file = None;
                     return Err(e);
                 }
+                if !*rotatable {
+                    return Ok(());
+                }
                 *size += bytes.len() as u64;
                 if *rotate_size > 0 && *size >= *rotate_size {
                     *file = None;
                     *size = 0;
-                    rotate(path, *keep);
+                    // A failed rename is no lost line (as before): the next open goes on in
+                    // whatever file is at the path. A lost opener ends this logger.
+                    let _ = access.rotate();
+                    if let Some((why, true)) = access.broken() {
+                        self.restart = Some(why.to_string());
+                    }
                 }
                 Ok(())
             }
@@ -978,25 +1043,6 @@ fn write_waiting(out: &mut File, waiting: &mut VecDeque<u8>) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// `PATH` becomes `PATH.1`, `PATH.1` becomes `PATH.2`, ... keeping `keep` of them; with
-/// `keep` 0 the file is removed.
-fn rotate(path: &std::path::Path, keep: u32) {
-    let numbered = |n: u32| {
-        let mut p = path.as_os_str().to_owned();
-        p.push(format!(".{n}"));
-        PathBuf::from(p)
-    };
-    if keep == 0 {
-        let _ = std::fs::remove_file(path);
-        return;
-    }
-    let _ = std::fs::remove_file(numbered(keep));
-    for n in (1..keep).rev() {
-        let _ = std::fs::rename(numbered(n), numbered(n + 1));
-    }
-    let _ = std::fs::rename(path, numbered(1));
 }
 
 #[cfg(test)]
@@ -1085,23 +1131,6 @@ mod tests {
         // 2000-02-29 (a leap day of a century divisible by 400).
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339_millis(t), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
-    fn rotation_keeps_the_configured_number() {
-        let dir = std::env::temp_dir().join(format!("reloadsup-rotate-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("app.log");
-        for i in 0..5 {
-            std::fs::write(&path, format!("{i}")).unwrap();
-            rotate(&path, 2);
-        }
-        assert!(!path.exists());
-        assert_eq!(std::fs::read_to_string(dir.join("app.log.1")).unwrap(), "4");
-        assert_eq!(std::fs::read_to_string(dir.join("app.log.2")).unwrap(), "3");
-        assert!(!dir.join("app.log.3").exists());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

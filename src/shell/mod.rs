@@ -109,7 +109,7 @@ fn classify(token: Token) -> Event {
 /// to once the fds are in hand. Returns the exit code.
 pub(crate) fn run_role(args: &[OsString], commands: Commands) -> u8 {
     crate::init_logging();
-    let drop_to = match role_credentials(args) {
+    let drop_to = match crate::roles::credentials(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("reloadsup: shell worker: {e}");
@@ -137,19 +137,6 @@ pub(crate) fn run_role(args: &[OsString], commands: Commands) -> u8 {
             log::error!("admin console: {e}");
             1
         }
-    }
-}
-
-/// `--uid U --gid G`, both or neither.
-fn role_credentials(args: &[OsString]) -> Result<Option<(u32, u32)>, String> {
-    let words: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
-    match words.as_slice() {
-        [] => Ok(None),
-        ["--uid", uid, "--gid", gid] => match (uid.parse(), gid.parse()) {
-            (Ok(u), Ok(g)) => Ok(Some((u, g))),
-            _ => Err(format!("bad --uid/--gid: {uid} {gid}")),
-        },
-        _ => Err(format!("unexpected arguments: {words:?}")),
     }
 }
 

@@ -7,6 +7,9 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod cgroup;
+mod fork;
+
+pub(crate) use fork::{close_all_except, fork_with};
 
 use std::ffi::{CString, OsStr};
 use std::io;

@@ -12,7 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use reloadsup_integration_tests::{
-    get, proc, wait_for, wait_until, Limits, Load, LoadReport, Run, Sandbox, Supervisor, DEADLINE,
+    bins, get, proc, wait_for, wait_until, Limits, Load, LoadReport, Run, Sandbox, Supervisor,
+    DEADLINE,
 };
 
 use crate::{standard, start};
@@ -629,5 +630,301 @@ fn ctl_logs_follow_ends_with_a_message_at_an_upgrade_in_place() {
     // A new follow works with the new image.
     let out = sup.ctl(&["logs", "-n", "1"]);
     assert!(out.status.success(), "{out:?}");
+    stop(sup);
+}
+
+/// `hello --log-requests` as uid and gid 65534, from a copy that user can reach.
+fn hello_as_nobody(sandbox: &Sandbox) -> Run {
+    let hello = sandbox.shared_copy(&bins::example("hello"));
+    Run::new([hello.into_os_string(), "--log-requests".into()])
+        .args(["--user", "65534", "--group", "65534"])
+}
+
+/// Runs `script` with `sh -c` as uid and gid 65534, the workers' user: what a compromised
+/// worker could do.
+fn as_nobody(script: &str) {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("sh as uid 65534");
+    assert!(out.status.success(), "as nobody: {script}: {out:?}");
+}
+
+/// The uids (real, effective, saved, fs) of `pid`.
+fn uids_of(pid: u32) -> String {
+    proc::status_field(pid, "Uid").unwrap_or_default()
+}
+
+/// Lines `request N` in `file`.
+fn request_lines(file: &Path) -> usize {
+    std::fs::read_to_string(file)
+        .map(|t| t.lines().filter(|l| l.contains(": request ")).count())
+        .unwrap_or(0)
+}
+
+/// Issue 18, item 1 (the repro): with the log directory owned by the workers' user, that user
+/// swapped `app.log` for a symlink to a root-owned file and waited for a reopen; the logger,
+/// running as root, then appended lines that user chose to root's file. Now the logger runs as
+/// the workers' user, and a symlink at the log path is refused at every reopen; once it is
+/// gone, a reopen writes to a new file again.
+#[test]
+fn the_workers_user_cannot_point_the_log_at_a_file_of_roots() {
+    if !crate::running_as_root("the_workers_user_cannot_point_the_log_at_a_file_of_roots") {
+        return;
+    }
+    let sandbox = Sandbox::new("logs-symlink");
+    let logs = sandbox.join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    std::os::unix::fs::chown(&logs, Some(65534), Some(65534)).unwrap();
+    let victim = sandbox.join("victim");
+    std::fs::write(&victim, "root's own\n").unwrap();
+    let file = logs.join("app.log");
+    let (sup, addr) = start(
+        &sandbox,
+        hello_as_nobody(&sandbox).args(capture(1, &file)),
+        1,
+    );
+    let logger = wait_for(DEADLINE, "the logger", || logger_pid(&sup));
+    wait_until(DEADLINE, "the logger to run as the workers' user", || {
+        uids_of(logger) == "65534\t65534\t65534\t65534"
+    });
+    for _ in 0..5 {
+        get(addr, "/").expect("a request");
+    }
+    wait_until(DEADLINE, "5 lines in the file", || {
+        request_lines(&file) >= 5
+    });
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&file).unwrap());
+    assert_eq!(owner, 65534, "the log file is the directory owner's");
+
+    as_nobody(&format!(
+        "cd {} && mv app.log app.log.old && ln -s {} app.log",
+        logs.display(),
+        victim.display()
+    ));
+    sup.signal(libc::SIGUSR1);
+    for _ in 0..5 {
+        get(addr, "/").expect("a request while the path is a symlink");
+    }
+    let mut sup = sup;
+    sup.wait_for_log("refusing to write through it", DEADLINE);
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "root's own\n",
+        "the logger wrote through the symlink"
+    );
+
+    as_nobody(&format!("rm {}", file.display()));
+    sup.signal(libc::SIGUSR1);
+    wait_until(DEADLINE, "a new file at the path", || file.is_file());
+    for _ in 0..5 {
+        get(addr, "/").expect("a request after the symlink went");
+    }
+    wait_until(DEADLINE, "lines in the new file", || {
+        request_lines(&file) >= 5
+    });
+    stop(sup);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's own\n");
+}
+
+/// The usual root layout: a root-owned log directory, workers as another user. The logger
+/// runs as the workers' user; a small opener of its own, root, opens and rotates the file and
+/// keeps nothing but the directory and its socket. An opener that dies takes its logger with
+/// it, and the next logger (a new opener with it) loses no line.
+#[test]
+fn a_root_log_directory_is_opened_by_a_root_opener_for_an_unprivileged_logger() {
+    if !crate::running_as_root(
+        "a_root_log_directory_is_opened_by_a_root_opener_for_an_unprivileged_logger",
+    ) {
+        return;
+    }
+    let sandbox = Sandbox::new("logs-opener");
+    let logs = sandbox.join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let file = logs.join("app.log");
+    let (sup, addr) = start(
+        &sandbox,
+        hello_as_nobody(&sandbox).args(capture(1, &file)).args([
+            "--log-rotate-size",
+            "2k",
+            "--log-rotate-keep",
+            "3",
+        ]),
+        1,
+    );
+    let logger = wait_for(DEADLINE, "the logger", || logger_pid(&sup));
+    wait_until(DEADLINE, "the logger to run as the workers' user", || {
+        uids_of(logger) == "65534\t65534\t65534\t65534"
+    });
+    let opener = wait_for(DEADLINE, "the opener", || {
+        proc::children_of(logger).into_iter().next()
+    });
+    assert_eq!(
+        uids_of(opener),
+        "0\t0\t0\t0",
+        "the opener of a root directory"
+    );
+    let fds = proc::fds_of(opener);
+    let targets: Vec<&str> = fds.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(fds.len(), 5, "the opener's fds: {fds:?}");
+    assert!(
+        targets.contains(&logs.to_str().unwrap())
+            && targets.iter().filter(|t| t.starts_with("socket:")).count() == 1,
+        "the opener keeps its directory and its socket only: {fds:?}"
+    );
+    // About 60 bytes a line: 2 KiB is 35 lines, so 100 requests rotate twice or more.
+    for i in 0..100 {
+        get(addr, "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
+    }
+    wait_until(DEADLINE, "two rotated files", || {
+        logs.join("app.log.2").exists()
+    });
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&file).unwrap());
+    assert_eq!(owner, 0, "the file in root's directory is root's");
+
+    // The opener dies; the logger finds out at its next rotation and makes way for a new one.
+    proc::kill(opener, libc::SIGKILL).unwrap();
+    for i in 100..200 {
+        get(addr, "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
+    }
+    let next = wait_for(DEADLINE, "a new logger", || {
+        logger_pid(&sup).filter(|&p| p != logger)
+    });
+    wait_until(DEADLINE, "a new opener", || {
+        proc::children_of(next).len() == 1
+    });
+    for i in 200..210 {
+        get(addr, "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
+    }
+    stop(sup);
+    // Every line since the oldest kept one is there, in order, across the dead opener.
+    let files: Vec<_> = [3, 2, 1]
+        .map(|n| logs.join(format!("app.log.{n}")))
+        .into_iter()
+        .chain([file.clone()])
+        .filter(|p| p.exists())
+        .collect();
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let logged = requests_by_pid(&entries(&paths, parse_text));
+    let (_, _, numbers) = logged.values().next().expect("one worker's lines");
+    let first = numbers[0];
+    assert_eq!(
+        numbers,
+        &(first..=210).collect::<Vec<u64>>(),
+        "the kept lines"
+    );
+}
+
+/// A log file in a directory that others can write to, or reached through one, is refused
+/// at start with the reason, before anything runs.
+#[test]
+fn a_log_directory_others_can_write_to_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new("logs-shared-dir");
+    let shared = sandbox.join("shared-logs");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::create_dir(shared.join("inner")).unwrap();
+    std::os::unix::fs::symlink(shared.join("inner"), sandbox.join("via-link")).unwrap();
+    for (path, reason) in [
+        (shared.join("app.log"), "is writable by others (mode 777)"),
+        (
+            sandbox.join("via-link/app.log"),
+            "on the way to the log file",
+        ),
+        (sandbox.join("missing/app.log"), "does not exist"),
+    ] {
+        let out = Run::hello(&[])
+            .args(capture(1, &path))
+            .output(&sandbox, DEADLINE);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", path.display());
+        assert!(
+            stderr.contains("--log-output file:") && stderr.contains(reason),
+            "{}: {stderr}",
+            path.display()
+        );
+    }
+}
+
+/// Regression (attacker's review of issue 18's fix): a signal that interrupted the logger's
+/// wait for its root opener was taken for a time-out; the logger, already unprivileged, then
+/// could not kill the opener and waited for it for ever, and every worker's pipe filled. A
+/// worker of the same uid can send the logger SIGUSR1s at will; each asks the opener to reopen.
+#[test]
+fn a_logger_flooded_with_reopens_keeps_its_opener_and_every_line() {
+    if !crate::running_as_root("a_logger_flooded_with_reopens_keeps_its_opener_and_every_line") {
+        return;
+    }
+    let sandbox = Sandbox::new("logs-usr1-flood");
+    let logs = sandbox.join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let file = logs.join("app.log");
+    let (sup, addr) = start(
+        &sandbox,
+        hello_as_nobody(&sandbox).args(capture(1, &file)),
+        1,
+    );
+    let logger = wait_for(DEADLINE, "the logger", || logger_pid(&sup));
+    wait_until(DEADLINE, "the logger to run as the workers' user", || {
+        uids_of(logger) == "65534\t65534\t65534\t65534"
+    });
+    let opener = wait_for(DEADLINE, "the opener", || {
+        proc::children_of(logger).into_iter().next()
+    });
+    // Spaced a little, so that each reopens on its own and some land inside the next
+    // reopen's wait for the opener: about 2 s.
+    for i in 0..20_000 {
+        proc::kill(logger, libc::SIGUSR1).unwrap();
+        thread::sleep(Duration::from_micros(50));
+        if i % 1000 == 0 {
+            get(addr, "/").expect("a request during the flood");
+        }
+    }
+    for _ in 0..20 {
+        get(addr, "/").expect("a request after the flood");
+    }
+    wait_until(DEADLINE, "every line in the file", || {
+        request_lines(&file) >= 40
+    });
+    assert_eq!(logger_pid(&sup), Some(logger), "the logger was replaced");
+    assert!(proc::is_alive(opener), "the opener was given up");
+    stop(sup);
+}
+
+/// The logger holds its directory open, so a directory removed and made again (a clean-up
+/// job, tmpfiles) would never be written again; a reopen that finds it removed makes way for
+/// a new logger, which walks the path again.
+#[test]
+fn a_log_directory_made_again_is_written_after_a_reopen() {
+    let sandbox = Sandbox::new("logs-dir-again");
+    let logs = sandbox.join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let file = logs.join("app.log");
+    let (sup, addr) = start(
+        &sandbox,
+        Run::hello(&["--log-requests"]).args(capture(1, &file)),
+        1,
+    );
+    for _ in 0..5 {
+        get(addr, "/").expect("a request");
+    }
+    wait_until(DEADLINE, "5 lines in the file", || {
+        request_lines(&file) >= 5
+    });
+    std::fs::remove_dir_all(&logs).unwrap();
+    std::fs::create_dir(&logs).unwrap();
+    sup.signal(libc::SIGUSR1);
+    // The new logger opens the file as it starts.
+    wait_until(DEADLINE, "a file in the new directory", || file.exists());
+    for _ in 0..5 {
+        get(addr, "/").expect("a request after the directory was made again");
+    }
+    wait_until(DEADLINE, "the lines in the new directory", || {
+        request_lines(&file) >= 5
+    });
     stop(sup);
 }
