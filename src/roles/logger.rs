@@ -367,6 +367,11 @@ fn read_pipe(
         if read >= READ_PER_TURN {
             return (false, true);
         }
+        if sink.restart.is_some() {
+            // This logger is about to make way for one that can reach the file: what waits
+            // in the pipe is for that one.
+            return (false, false);
+        }
         let n = match sys::tee(pipe.file.as_fd(), scratch.w.as_fd(), chunk.len()) {
             Ok(0) => {
                 if !pipe.partial.is_empty() {
@@ -396,6 +401,11 @@ fn read_pipe(
         });
         pipe.partial.drain(..pipe.partial.len() - rest);
         sink.commit();
+        if sink.restart.is_some() {
+            // The file was lost in the middle of these lines (its opener died at a rotation):
+            // they stay in the pipe for the next logger, which writes again the ones written.
+            return (false, false);
+        }
         // Everything copied is taken: a pipe write to a pipe that is not empty may not wake an
         // edge-triggered reader, so nothing may be left waiting in it.
         if read_exactly(&mut pipe.file, &mut chunk[..n]).is_err() {

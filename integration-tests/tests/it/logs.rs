@@ -653,6 +653,23 @@ fn as_nobody(script: &str) {
     assert!(out.status.success(), "as nobody: {script}: {out:?}");
 }
 
+/// The logger's pid, once it runs as uid 65534 (it drops to the workers' user after a start
+/// as root).
+fn logger_as_nobody(sup: &Supervisor) -> u32 {
+    let logger = wait_for(DEADLINE, "the logger", || logger_pid(sup));
+    wait_until(DEADLINE, "the logger to run as the workers' user", || {
+        uids_of(logger) == "65534\t65534\t65534\t65534"
+    });
+    logger
+}
+
+/// The logger's opener: its one child.
+fn opener_of(logger: u32) -> u32 {
+    wait_for(DEADLINE, "the opener", || {
+        proc::children_of(logger).into_iter().next()
+    })
+}
+
 /// The uids (real, effective, saved, fs) of `pid`.
 fn uids_of(pid: u32) -> String {
     proc::status_field(pid, "Uid").unwrap_or_default()
@@ -687,10 +704,7 @@ fn the_workers_user_cannot_point_the_log_at_a_file_of_roots() {
         hello_as_nobody(&sandbox).args(capture(1, &file)),
         1,
     );
-    let logger = wait_for(DEADLINE, "the logger", || logger_pid(&sup));
-    wait_until(DEADLINE, "the logger to run as the workers' user", || {
-        uids_of(logger) == "65534\t65534\t65534\t65534"
-    });
+    logger_as_nobody(&sup);
     for _ in 0..5 {
         get(addr, "/").expect("a request");
     }
@@ -755,13 +769,8 @@ fn a_root_log_directory_is_opened_by_a_root_opener_for_an_unprivileged_logger() 
         ]),
         1,
     );
-    let logger = wait_for(DEADLINE, "the logger", || logger_pid(&sup));
-    wait_until(DEADLINE, "the logger to run as the workers' user", || {
-        uids_of(logger) == "65534\t65534\t65534\t65534"
-    });
-    let opener = wait_for(DEADLINE, "the opener", || {
-        proc::children_of(logger).into_iter().next()
-    });
+    let logger = logger_as_nobody(&sup);
+    let opener = opener_of(logger);
     assert_eq!(
         uids_of(opener),
         "0\t0\t0\t0",
@@ -810,10 +819,15 @@ fn a_root_log_directory_is_opened_by_a_root_opener_for_an_unprivileged_logger() 
     let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let logged = requests_by_pid(&entries(&paths, parse_text));
     let (_, _, numbers) = logged.values().next().expect("one worker's lines");
+    // The lines being written when the opener was found dead are written again by the next
+    // logger: some may stand twice, none may be missing.
+    let mut numbers = numbers.clone();
+    numbers.sort_unstable();
+    numbers.dedup();
     let first = numbers[0];
     assert_eq!(
         numbers,
-        &(first..=210).collect::<Vec<u64>>(),
+        (first..=210).collect::<Vec<u64>>(),
         "the kept lines"
     );
 }
@@ -868,13 +882,8 @@ fn a_logger_flooded_with_reopens_keeps_its_opener_and_every_line() {
         hello_as_nobody(&sandbox).args(capture(1, &file)),
         1,
     );
-    let logger = wait_for(DEADLINE, "the logger", || logger_pid(&sup));
-    wait_until(DEADLINE, "the logger to run as the workers' user", || {
-        uids_of(logger) == "65534\t65534\t65534\t65534"
-    });
-    let opener = wait_for(DEADLINE, "the opener", || {
-        proc::children_of(logger).into_iter().next()
-    });
+    let logger = logger_as_nobody(&sup);
+    let opener = opener_of(logger);
     // Spaced a little, so that each reopens on its own and some land inside the next
     // reopen's wait for the opener: about 2 s.
     for i in 0..20_000 {
