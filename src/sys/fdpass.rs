@@ -1,0 +1,423 @@
+//! Unix socket pairs and messages: fds passed with SCM_RIGHTS (every received fd owned at
+//! once, truncation an error), credentials, and non-blocking sends without SIGPIPE.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
+
+use super::errno;
+
+/// A connected pair of SOCK_SEQPACKET Unix sockets, both close-on-exec.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(errno)
+}
+
+/// A connected pair of SOCK_STREAM Unix sockets, both close-on-exec.
+pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(errno)
+}
+
+/// Sends `bytes` with `fds` attached as SCM_RIGHTS. Uses the `sendfd` crate for the send side.
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    use sendfd::SendWithFd;
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    // sendfd works on std socket types; borrow ours as one without taking ownership.
+    // SAFETY: the fd is valid for the duration of the borrow and ManuallyDrop keeps the
+    // temporary UnixStream from closing it.
+    let stream = std::mem::ManuallyDrop::new(unsafe {
+        std::os::unix::net::UnixStream::from_raw_fd(sock.as_raw_fd())
+    });
+    let sent = stream.send_with_fd(bytes, &raw)?;
+    if sent != bytes.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short send of a hand-off message",
+        ));
+    }
+    Ok(())
+}
+
+/// One message as [`recvmsg_owning`] received it.
+struct Received {
+    bytes: usize,
+    /// Every fd the message carried, owned (and close-on-exec) whatever else went wrong.
+    fds: Vec<OwnedFd>,
+    /// The sender's pid, when credentials came with it (SO_PASSCRED).
+    pid: Option<u32>,
+    /// MSG_TRUNC, MSG_CTRUNC.
+    truncated: bool,
+    control_truncated: bool,
+}
+
+/// The kernel's SCM_MAX_FD: one message carries at most this many fds, however many
+/// SCM_RIGHTS headers the sender put in it (they are merged into one list).
+const SCM_MAX_FD: usize = 253;
+
+/// Room for credentials and [`SCM_MAX_FD`] fds with their headers (about 1 KiB), as 8-byte
+/// words for the alignment `cmsghdr` wants.
+const CONTROL_WORDS: usize = {
+    // SAFETY: CMSG_SPACE is plain arithmetic on its argument.
+    let bytes = unsafe {
+        libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as libc::c_uint)
+            + libc::CMSG_SPACE((SCM_MAX_FD * std::mem::size_of::<libc::c_int>()) as libc::c_uint)
+    };
+    (bytes as usize).div_ceil(8)
+};
+
+/// `recvmsg(2)` of one message with `MSG_CMSG_CLOEXEC`, taking ownership of every fd it carried.
+///
+/// Not nix's `recvmsg`: its control-message iterator refuses a message with MSG_CTRUNC set,
+/// and the fds the kernel had already installed in our table were then left there, open and
+/// owned by nobody: a worker that sent a notify datagram with more fds than the buffer held
+/// leaked 8 of them into the primary each time. Here the buffer holds the most any message can
+/// carry, and the walk below owns whatever arrived, truncated or not.
+fn recvmsg_owning(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<Received> {
+    let mut control = [0u64; CONTROL_WORDS];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty header; the fields set below point at `iov`
+    // and `control`, which outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` describes buffers we own, valid and large enough for what it says.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut got = Received {
+        bytes: n as usize,
+        fds: Vec::new(),
+        pid: None,
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    };
+    let control_end =
+        control.as_ptr() as usize + (msg.msg_controllen as usize).min(8 * CONTROL_WORDS);
+    // SAFETY: the CMSG_* macros walk the headers the kernel wrote in `control`, CMSG_NXTHDR
+    // stopping at msg_controllen; each header's data is read only up to the end of the control
+    // data, unaligned; every fd in an SCM_RIGHTS header was installed in our table for us by
+    // this call, and nobody else owns it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            let claimed = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            let len = claimed.min(control_end.saturating_sub(data as usize));
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let ints = data.cast::<libc::c_int>();
+                for i in 0..len / std::mem::size_of::<libc::c_int>() {
+                    got.fds
+                        .push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(ints.add(i))));
+                }
+            } else if (*c).cmsg_level == libc::SOL_SOCKET
+                && (*c).cmsg_type == libc::SCM_CREDENTIALS
+                && len >= std::mem::size_of::<libc::ucred>()
+            {
+                let cred = std::ptr::read_unaligned(data.cast::<libc::ucred>());
+                got.pid = Some(cred.pid as u32);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(got)
+}
+
+/// Receives one message and the fds attached to it, at most `max_fds`.
+///
+/// Received fds are close-on-exec (MSG_CMSG_CLOEXEC) and owned at once. Truncated data or
+/// truncated control data is an error, and every fd that did arrive is closed then.
+pub(crate) fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let got = recvmsg_owning(sock, buf, 0)?;
+    if got.control_truncated {
+        return Err(io::Error::other(
+            "control data was truncated: too many fds in one message",
+        ));
+    }
+    if got.truncated {
+        return Err(io::Error::other("message was truncated"));
+    }
+    if got.fds.len() > max_fds {
+        return Err(io::Error::other(format!(
+            "received {} fds where at most {max_fds} were expected",
+            got.fds.len()
+        )));
+    }
+    Ok((got.bytes, got.fds))
+}
+
+/// Receives one datagram with the sender's credentials (SO_PASSCRED must be on), without
+/// waiting. Returns the sender's pid, or `None` when the kernel attached no credentials; a
+/// datagram longer than `buf` is consumed and an `InvalidData` error.
+/// Whatever fds came with it are closed: nobody should send us fds there.
+pub(crate) fn recv_with_creds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<u32>)> {
+    let got = recvmsg_owning(sock, buf, libc::MSG_DONTWAIT)?;
+    if got.truncated {
+        // As systemd does: a message cut short is not read at all.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a datagram longer than {} bytes, ignored", buf.len()),
+        ));
+    }
+    Ok((got.bytes, got.pid))
+}
+
+/// `setsockopt(2)` with an `int` value, for the options nix does not name (`TCP_DEFER_ACCEPT`,
+/// `TCP_FASTOPEN`).
+pub(crate) fn setsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `fd` is an open socket borrowed for the call; the pointer and length describe
+    // `value`, a live `c_int` on this stack frame that the kernel only reads.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `getsockopt(2)` of an `int` option, the reading side of [`setsockopt_int`] (for tests).
+#[cfg(test)]
+pub(crate) fn getsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is an open socket borrowed for the call; the kernel writes at most `len`
+    // bytes into `value`, a live `c_int` on this stack frame, and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sends one message with `fds` attached (SCM_RIGHTS) without ever blocking, and without
+/// SIGPIPE when the peer is gone. A full socket buffer is `WouldBlock`.
+pub(crate) fn send_with_fds_nonblocking(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [io::IoSlice::new(bytes)];
+    let cmsg = [socket::ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[socket::ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    let sent = socket::sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None).map_err(errno)?;
+    if sent != bytes.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short send"));
+    }
+    Ok(())
+}
+
+/// Receives one message without waiting; attached fds, if any, are discarded by the kernel.
+/// `Ok(0)` is end-of-file on a SOCK_SEQPACKET socket.
+pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    socket::recv(sock.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(errno)
+}
+
+/// Whether the peer closed this SOCK_SEQPACKET socket with nothing left to read. Neither waits
+/// nor consumes a message.
+pub(crate) fn at_eof(sock: BorrowedFd<'_>) -> bool {
+    let mut buf = [0u8; 1];
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK;
+    matches!(socket::recv(sock.as_raw_fd(), &mut buf, flags), Ok(0))
+}
+
+/// Sends one message on a SOCK_SEQPACKET socket without ever blocking (and without SIGPIPE
+/// when the peer is gone). A full socket buffer is `WouldBlock`.
+pub(crate) fn send_nonblocking(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    let sent = socket::send(sock.as_raw_fd(), bytes, flags).map_err(errno)?;
+    if sent != bytes.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short send"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::{set_cloexec, MAX_FDS_PER_MESSAGE};
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::AsFd;
+
+    fn cloexec(fd: BorrowedFd<'_>) -> bool {
+        FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap())
+            .contains(FdFlag::FD_CLOEXEC)
+    }
+
+    #[test]
+    fn pairs_are_cloexec() {
+        let (a, b) = seqpacket_pair().unwrap();
+        assert!(cloexec(a.as_fd()) && cloexec(b.as_fd()));
+        let (a, b) = stream_pair().unwrap();
+        assert!(cloexec(a.as_fd()) && cloexec(b.as_fd()));
+    }
+
+    #[test]
+    fn fds_travel_and_arrive_cloexec() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (x, _y) = stream_pair().unwrap();
+        let (p, _q) = stream_pair().unwrap();
+        set_cloexec(x.as_fd(), false).unwrap();
+        send_with_fds(a.as_fd(), b"hello", &[x.as_fd(), p.as_fd()]).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, fds) = recv_with_fds(b.as_fd(), &mut buf, 2).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(fds.len(), 2);
+        assert!(
+            fds.iter().all(|f| cloexec(f.as_fd())),
+            "received fds must be close-on-exec"
+        );
+    }
+
+    /// Whether every copy of `y`'s peer is closed: a read on `y` then sees end of file instead
+    /// of blocking. This holds whatever other tests open or close meanwhile, unlike an fd count.
+    fn peer_closed(y: &OwnedFd) -> bool {
+        let mut byte = [0u8; 1];
+        match socket::recv(y.as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => true,
+            Err(nix::errno::Errno::EAGAIN) => false,
+            other => panic!("unexpected read on the peer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn at_eof_only_once_the_peer_closed_and_nothing_is_left() {
+        let (a, b) = seqpacket_pair().unwrap();
+        assert!(!at_eof(a.as_fd()), "an open, empty link");
+        send_with_fds(b.as_fd(), b"why", &[]).unwrap();
+        drop(b);
+        assert!(!at_eof(a.as_fd()), "a message waits: not end-of-file yet");
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            recv_nowait(a.as_fd(), &mut buf).unwrap(),
+            3,
+            "peeking consumed nothing"
+        );
+        assert!(at_eof(a.as_fd()));
+    }
+
+    /// Regression: nix's iterator refused a message with MSG_CTRUNC, and the fds that did fit
+    /// were left open in our table: 8 of every notify datagram that carried more.
+    #[test]
+    fn a_datagram_longer_than_the_buffer_is_consumed_and_refused() {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        nix::sys::socket::setsockopt(&b, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        let mut long = b"READY=1\n".to_vec();
+        long.resize(100, b'x');
+        a.send(&long).unwrap();
+        a.send(b"STATUS=next").unwrap();
+        let mut buf = [0u8; 64];
+        let e = recv_with_creds(b.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        let (n, _) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STATUS=next");
+    }
+
+    #[test]
+    fn a_datagram_with_many_fds_leaks_none() {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        nix::sys::socket::setsockopt(&b, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        let (x, y) = stream_pair().unwrap();
+        let raw = [x.as_raw_fd(); 40];
+        let cmsg = [socket::ControlMessage::ScmRights(&raw)];
+        let iov = [io::IoSlice::new(b"READY=1")];
+        socket::sendmsg::<()>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+        drop(x);
+        let mut buf = [0u8; 64];
+        let (n, pid) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], pid),
+            (&b"READY=1"[..], Some(std::process::id()))
+        );
+        assert!(peer_closed(&y), "every fd of the datagram must be closed");
+    }
+
+    #[test]
+    fn more_fds_than_a_batch_are_an_error_and_closed() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (x, y) = stream_pair().unwrap();
+        send_with_fds(a.as_fd(), b"x", &[x.as_fd(); SCM_MAX_FD]).unwrap();
+        drop(x);
+        let mut buf = [0u8; 8];
+        assert!(recv_with_fds(b.as_fd(), &mut buf, MAX_FDS_PER_MESSAGE).is_err());
+        assert!(
+            peer_closed(&y),
+            "the fds of a rejected batch must be closed"
+        );
+    }
+
+    #[test]
+    fn too_many_fds_is_an_error_and_closes_them() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (x, y) = stream_pair().unwrap();
+        send_with_fds(a.as_fd(), b"x", &[x.as_fd(), x.as_fd()]).unwrap();
+        // Only the copies in flight are left; once they are closed, y sees end of file.
+        drop(x);
+        assert!(!peer_closed(&y), "the copies in flight keep x open");
+        let mut buf = [0u8; 8];
+        assert!(recv_with_fds(b.as_fd(), &mut buf, 1).is_err());
+        assert!(
+            peer_closed(&y),
+            "the fds of a rejected batch must be closed"
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! Another process's fds, copied with `pidfd_getfd(2)`.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// A copy of file descriptor `fd` of process `pid` (`pidfd_open` and `pidfd_getfd`, Linux 5.6),
+/// close-on-exec. Allowed where reading `/proc/PID/mem` is (the same ptrace access check). The
+/// copy holds the open file: look at it and drop it at once.
+pub(crate) fn copy_fd_of(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags, no memory; it returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_open just returned this fd (close-on-exec); nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // SAFETY: pidfd_getfd takes our pidfd, the target's fd number and flags 0, no memory; it
+    // returns a new close-on-exec fd or -1.
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_getfd just returned this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy as RawFd) })
+}
