@@ -207,7 +207,7 @@ impl Keeper {
     pub(crate) fn image(
         &self,
         timer: &RoleTimer,
-        clock: &super::upgrade::Clock,
+        clock: &super::handoff::Clock,
     ) -> reloadsup_protocol::upgrade::KeeperImage {
         use std::os::fd::AsRawFd;
         reloadsup_protocol::upgrade::KeeperImage {
@@ -229,7 +229,7 @@ impl Keeper {
         primary_pid: u32,
         image: reloadsup_protocol::upgrade::KeeperImage,
         link: Option<OwnedFd>,
-        clock: &super::upgrade::Clock,
+        clock: &super::handoff::Clock,
     ) -> (Keeper, RoleTimer) {
         use std::os::unix::ffi::OsStringExt;
         let timer = RoleTimer {

@@ -443,7 +443,7 @@ impl Logs {
 
     /// The plain-data image, for an upgrade in place: the link and every pipe stay open
     /// across the exec, so the logger carries on as if nothing happened.
-    pub(crate) fn image(&self, timer: &RoleTimer, clock: &super::upgrade::Clock) -> LoggerImage {
+    pub(crate) fn image(&self, timer: &RoleTimer, clock: &super::handoff::Clock) -> LoggerImage {
         LoggerImage {
             spec: self.spec.clone(),
             pipes: self
@@ -483,7 +483,7 @@ impl Logs {
         run_as: (Option<u32>, Option<u32>),
         mut take: impl FnMut(i32) -> io::Result<OwnedFd>,
         poll: &Poll,
-        clock: &super::upgrade::Clock,
+        clock: &super::handoff::Clock,
     ) -> io::Result<(Logs, RoleTimer)> {
         let timer = RoleTimer {
             running: image.pid.is_some(),

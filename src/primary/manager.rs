@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use reloadsup_protocol::upgrade::ManagerImage;
 use reloadsup_protocol::{Outcome, Progress, ReloadOutcome};
 
+use super::handoff::Clock;
 use super::state::{Phase, State};
-use super::upgrade::Clock;
 
 pub(crate) struct Manager {
     sock: UnixDatagram,

@@ -287,7 +287,7 @@ impl Metrics {
         &self,
         timer: Option<&RoleTimer>,
         restarts: u64,
-        clock: &super::upgrade::Clock,
+        clock: &super::handoff::Clock,
     ) -> MetricsImage {
         let c = &self.counters;
         let mut image = MetricsImage {
@@ -331,7 +331,7 @@ impl Metrics {
         primary_pid: u32,
         mut take: impl FnMut(i32) -> io::Result<OwnedFd>,
         poll: &Poll,
-        clock: &super::upgrade::Clock,
+        clock: &super::handoff::Clock,
     ) -> io::Result<(Metrics, Option<RoleTimer>, u64)> {
         let Some(image) = image else {
             return Ok((Metrics::new(None, name, primary_pid), None, 0));
@@ -474,7 +474,7 @@ mod tests {
             .reload_done(&outcome(Outcome::Succeeded), t + Duration::from_secs(3));
         m.counters.generation_started(t);
         m.counters.login(false);
-        let clock = crate::primary::upgrade::Clock::now();
+        let clock = crate::primary::handoff::Clock::now();
         let image = m.image(None, 7, &clock);
         let poll = Poll::new().unwrap();
         let (back, timer, restarts) = Metrics::resume(

@@ -14,6 +14,7 @@ pub(crate) mod activation;
 pub(crate) mod control;
 pub(crate) mod executor;
 mod files;
+pub(crate) mod handoff;
 pub(crate) mod input;
 pub(crate) mod keeper_link;
 pub(crate) mod listeners;
@@ -26,7 +27,6 @@ mod reconfigure;
 pub(crate) mod shell_link;
 pub(crate) mod state;
 mod stop;
-pub(crate) mod upgrade;
 mod watch;
 
 use std::collections::{BTreeSet, HashMap};
@@ -117,7 +117,7 @@ pub(crate) struct Primary {
     /// In-place upgrades this pid has been through.
     upgrades: u64,
     /// The upgrade whose pre-flight runs, if any.
-    upgrade: Option<upgrade::Upgrade>,
+    upgrade: Option<handoff::Upgrade>,
     /// The logger worker and the workers' output pipes (`--log-output stdout|file:PATH`).
     logs: Option<logs::Logs>,
     /// The service manager above, from reloadsup's own `NOTIFY_SOCKET`.
@@ -148,7 +148,7 @@ pub(crate) fn run(
 
 /// The new image of an upgrade in place: takes over the hand-off at fd `arg` and carries on.
 pub(crate) fn resume(arg: Option<&OsString>) -> Result<u8, Fatal> {
-    let handoff = upgrade::read_handoff(arg).map_err(Fatal::Resume)?;
+    let handoff = handoff::read_handoff(arg).map_err(Fatal::Resume)?;
     let (mut primary, actions) = Primary::resume(handoff).map_err(Fatal::Resume)?;
     if let Some(code) = primary.apply(actions) {
         return Ok(code);
@@ -263,7 +263,7 @@ impl Primary {
             listening_dump_at: None,
             keeper: keeper_link::Keeper::new(pid),
             links: HashMap::new(),
-            binary: upgrade::start_binary(own.first()),
+            binary: handoff::start_binary(own.first()),
             own_args: own.into_iter().skip(1).collect(),
             upgrades: 0,
             upgrade: None,
@@ -874,7 +874,7 @@ impl Primary {
                 .collect(),
             workers: self.state.workers(now),
             last_reload: self.state.last_reload.clone(),
-            version: upgrade::VERSION.to_string(),
+            version: handoff::VERSION.to_string(),
             upgrades: self.upgrades,
         }
     }

@@ -185,7 +185,7 @@ impl Shell {
     pub(crate) fn image(
         &self,
         timer: &RoleTimer,
-        clock: &super::upgrade::Clock,
+        clock: &super::handoff::Clock,
     ) -> reloadsup_protocol::upgrade::ShellImage {
         use std::os::fd::AsRawFd;
         use std::os::unix::ffi::OsStrExt;
@@ -210,7 +210,7 @@ impl Shell {
     pub(crate) fn resume(
         image: reloadsup_protocol::upgrade::ShellImage,
         listener: OwnedFd,
-        clock: &super::upgrade::Clock,
+        clock: &super::handoff::Clock,
     ) -> (Shell, RoleTimer) {
         use std::os::unix::ffi::OsStringExt;
         let timer = RoleTimer {

@@ -6,7 +6,7 @@
 //! no syscalls. The loop carries the actions out through its [`Executor`] and feeds the
 //! results back as events; its poll timeout includes [`Roles::next_deadline`], which is `None`
 //! when nothing is pending (no wake-ups at rest). Everything here crosses an upgrade in place
-//! in the images of its role (see `primary/upgrade.rs`).
+//! in the images of its role (see `primary/handoff/`).
 //!
 //! [`Executor`]: crate::primary::executor::Executor
 
