@@ -97,7 +97,7 @@ impl Primary {
                 .is_some_and(|l| l.on_link(&self.poll, &mut self.conns)),
             Input::Link(Link::Metrics) => {
                 let now = Instant::now();
-                let figures = super::metrics::figures(
+                let figures = super::helpers::metrics::figures(
                     &self.metrics.counters,
                     &self.state,
                     self.upgrades,

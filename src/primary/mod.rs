@@ -15,16 +15,13 @@ pub(crate) mod control;
 pub(crate) mod executor;
 mod files;
 pub(crate) mod handoff;
+pub(crate) mod helpers;
 pub(crate) mod input;
-pub(crate) mod keeper_link;
 pub(crate) mod listeners;
 mod listening;
-pub(crate) mod logs;
 mod manager;
-pub(crate) mod metrics;
 pub(crate) mod notify;
 mod reconfigure;
-pub(crate) mod shell_link;
 pub(crate) mod state;
 mod stop;
 mod watch;
@@ -89,7 +86,7 @@ pub(crate) struct Primary {
     pid: u32,
     /// Whoever asked for a restart gets its reply when the reload is done.
     restarting: Vec<Requester>,
-    shell: Option<shell_link::Shell>,
+    shell: Option<helpers::shell::Shell>,
     /// Worker roles exec'd ahead of time (`--prespawn`), waiting on their link for a spec.
     spares: Vec<Spare>,
     /// The restart timers of the shell worker, the keeper and the logger, and the spares'
@@ -105,7 +102,7 @@ pub(crate) struct Primary {
     /// The earliest next sock_diag dump of that look (it is paced; see [`listening`]).
     listening_dump_at: Option<Instant>,
     /// Kills every worker's process group and cgroup if the primary dies (promise 4).
-    keeper: keeper_link::Keeper,
+    keeper: helpers::keeper::Keeper,
     /// The hand-off link of each worker role that may not have exec'd yet, by pid: a role that
     /// cannot run the command says why on it before it exits; see [`Primary::setup_failure`].
     links: HashMap<u32, OwnedFd>,
@@ -119,14 +116,14 @@ pub(crate) struct Primary {
     /// The upgrade whose pre-flight runs, if any.
     upgrade: Option<handoff::Upgrade>,
     /// The logger worker and the workers' output pipes (`--log-output stdout|file:PATH`).
-    logs: Option<logs::Logs>,
+    logs: Option<helpers::logger::Logs>,
     /// The service manager above, from reloadsup's own `NOTIFY_SOCKET`.
     manager: Option<manager::Manager>,
     /// The watched files (`--watch`), set up when the loop starts and again when a reload
     /// changes them; never carried across an upgrade (the new image watches again).
     watch: Option<watch::Watch>,
     /// The counters behind `/metrics` and the metrics worker (`--metrics`).
-    metrics: metrics::Metrics,
+    metrics: helpers::metrics::Metrics,
 }
 
 /// A worker role that is running and waiting for its [`WorkerSpec`].
@@ -174,7 +171,7 @@ impl Primary {
             || config
                 .admin
                 .as_ref()
-                .is_some_and(|a| shell_link::drop_to(a).is_some());
+                .is_some_and(|a| helpers::shell::drop_to(a).is_some());
         prepare_state_dir(&config.state_dir, &config.name, other_user)?;
         check_log_file(&config)?;
 
@@ -233,7 +230,7 @@ impl Primary {
             config.name,
             control_path.display()
         );
-        let logs = logs::Logs::new(&config.log, pid, (config.uid, config.gid));
+        let logs = helpers::logger::Logs::new(&config.log, pid, (config.uid, config.gid));
         let metrics = metrics_listener(&config, pid)?;
         let mut roles = Roles::new(shell.is_some(), logs.is_some(), config.prespawn);
         roles.metrics = metrics.enabled().then(state::roles::RoleTimer::new);
@@ -261,7 +258,7 @@ impl Primary {
             spares: Vec::new(),
             listening_at: None,
             listening_dump_at: None,
-            keeper: keeper_link::Keeper::new(pid),
+            keeper: helpers::keeper::Keeper::new(pid),
             links: HashMap::new(),
             binary: handoff::start_binary(own.first()),
             own_args: own.into_iter().skip(1).collect(),
@@ -336,8 +333,8 @@ impl Primary {
                         false
                     }
                     CONTROL => self.handle(Input::Accept),
-                    logs::LOGGER => self.handle(Input::Link(Link::Logger)),
-                    metrics::METRICS => self.handle(Input::Link(Link::Metrics)),
+                    helpers::logger::LOGGER => self.handle(Input::Link(Link::Logger)),
+                    helpers::metrics::METRICS => self.handle(Input::Link(Link::Metrics)),
                     watch::WATCH => self.handle(Input::FileChanged),
                     Token(t) if t >= FIRST_LINK => match u32::try_from(t - FIRST_LINK) {
                         Ok(pid) => self.handle(Input::Link(Link::Worker(pid))),
@@ -1069,9 +1066,9 @@ fn prepare_state_dir(dir: &Path, name: &str, other_user: bool) -> Result<(), Fat
 
 /// Binds the metrics listener (`--metrics`): a port that is taken is fatal at start, like
 /// the console's.
-fn metrics_listener(config: &Config, pid: u32) -> Result<metrics::Metrics, Fatal> {
+fn metrics_listener(config: &Config, pid: u32) -> Result<helpers::metrics::Metrics, Fatal> {
     let Some(address) = config.metrics else {
-        return Ok(metrics::Metrics::new(None, &config.name, pid));
+        return Ok(helpers::metrics::Metrics::new(None, &config.name, pid));
     };
     let spec = crate::config::ListenerSpec {
         name: "metrics".into(),
@@ -1087,7 +1084,7 @@ fn metrics_listener(config: &Config, pid: u32) -> Result<metrics::Metrics, Fatal
     let listener = bound.remove(0);
     let shown = listener.bound.trim_start_matches("tcp://").to_string();
     log::info!("metrics on http://{shown}/metrics");
-    Ok(metrics::Metrics::new(
+    Ok(helpers::metrics::Metrics::new(
         Some((listener.fd, shown)),
         &config.name,
         pid,
@@ -1118,7 +1115,7 @@ fn admin_console(
     config: &Config,
     admin: &crate::config::Admin,
     control_path: &Path,
-) -> Result<shell_link::Shell, Fatal> {
+) -> Result<helpers::shell::Shell, Fatal> {
     let spec = crate::config::ListenerSpec {
         name: "admin".into(),
         address: crate::config::Address::tcp(admin.address),
@@ -1145,14 +1142,14 @@ fn admin_console(
     // A shell worker of another uid cannot use control.sock (the primary accepts only its own
     // uid and root): it serves its programs a control socket of its own, forwarded over its
     // link, at the path the spec names.
-    let drop_to = shell_link::drop_to(admin);
+    let drop_to = helpers::shell::drop_to(admin);
     if let Some((uid, gid)) = drop_to {
         if !nix::unistd::geteuid().is_root() {
             return Err(Fatal::AdminUser { uid, gid });
         }
     }
     let proxy_dir = match drop_to {
-        Some(creds) => Some(shell_link::proxy_dir(&config.state_dir, creds).map_err(
+        Some(creds) => Some(helpers::shell::proxy_dir(&config.state_dir, creds).map_err(
             Fatal::system("make the console programs' control directory"),
         )?),
         None => None,
@@ -1161,14 +1158,14 @@ fn admin_console(
         Some(dir) => dir.join("control.sock"),
         None => control_path.to_path_buf(),
     };
-    let spec = shell_link::spec(
+    let spec = helpers::shell::spec(
         config,
         &programs_control,
         identity.cert_pem,
         identity.key_pem,
         admin.password_hash.clone(),
     );
-    let mut shell = shell_link::Shell::new(spec, listener.fd, drop_to);
+    let mut shell = helpers::shell::Shell::new(spec, listener.fd, drop_to);
     shell.proxy_dir = proxy_dir;
     Ok(shell)
 }

@@ -445,8 +445,8 @@ mod tests {
 
     #[test]
     fn role_timers_cross_the_hand_off_unchanged() {
-        use crate::primary::keeper_link::Keeper;
-        use crate::primary::shell_link::Shell;
+        use crate::primary::helpers::keeper::Keeper;
+        use crate::primary::helpers::shell::Shell;
         use reloadsup_protocol::upgrade::{KeeperImage, ShellImage};
         let clock = Clock::now();
         let now = clock.instant;

@@ -80,10 +80,10 @@ pub(crate) fn fds_of(h: &Handoff) -> Vec<RawFd> {
         fds.push(s.listener_fd);
     }
     if let Some(l) = &h.logger {
-        fds.extend(super::logs::Logs::image_fds(l));
+        fds.extend(super::helpers::logger::Logs::image_fds(l));
     }
     if let Some(m) = &h.metrics {
-        fds.extend(super::metrics::Metrics::image_fds(m));
+        fds.extend(super::helpers::metrics::Metrics::image_fds(m));
     }
     fds
 }

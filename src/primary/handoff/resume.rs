@@ -182,19 +182,19 @@ impl Primary {
             None => None,
         };
         let (keeper, keeper_timer) =
-            crate::primary::keeper_link::Keeper::resume(pid, h.keeper, keeper_link, &clock);
+            crate::primary::helpers::keeper::Keeper::resume(pid, h.keeper, keeper_link, &clock);
         let (shell, shell_timer) = match h.shell {
             Some(image) => {
                 let listener = take(image.listener_fd, "the console's listener")?;
                 let (shell, timer) =
-                    crate::primary::shell_link::Shell::resume(image, listener, &clock);
+                    crate::primary::helpers::shell::Shell::resume(image, listener, &clock);
                 (Some(shell), Some(timer))
             }
             None => (None, None),
         };
         let (logs, logger_timer) = match h.logger {
             Some(image) => {
-                let (logs, timer) = crate::primary::logs::Logs::resume(
+                let (logs, timer) = crate::primary::helpers::logger::Logs::resume(
                     image,
                     (config.uid, config.gid),
                     |fd| take(fd, "a log pipe or the logger's link").map_err(std::io::Error::other),
@@ -206,7 +206,7 @@ impl Primary {
             }
             None => (None, None),
         };
-        let (metrics, metrics_timer, restarts_total) = crate::primary::metrics::Metrics::resume(
+        let (metrics, metrics_timer, restarts_total) = crate::primary::helpers::metrics::Metrics::resume(
             h.metrics,
             &config.name,
             pid,
@@ -276,10 +276,10 @@ impl Primary {
         primary.pending.insert(SIGNALS.0);
         primary.pending.insert(CONTROL.0);
         if primary.logs.is_some() {
-            primary.pending.insert(crate::primary::logs::LOGGER.0);
+            primary.pending.insert(crate::primary::helpers::logger::LOGGER.0);
         }
         if primary.metrics.enabled() {
-            primary.pending.insert(crate::primary::metrics::METRICS.0);
+            primary.pending.insert(crate::primary::helpers::metrics::METRICS.0);
         }
         primary.pending.extend(primary.conns.ids());
         if let Some(n) = &primary.notify {

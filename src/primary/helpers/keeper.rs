@@ -18,7 +18,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use reloadsup_protocol::{self as proto, KeeperMessage, KeeperSpec, PROTOCOL_VERSION};
 
-use super::state::roles::RoleTimer;
+use crate::primary::state::roles::RoleTimer;
 use crate::error::lower;
 use crate::sys::{self, cgroup};
 
@@ -207,7 +207,7 @@ impl Keeper {
     pub(crate) fn image(
         &self,
         timer: &RoleTimer,
-        clock: &super::handoff::Clock,
+        clock: &crate::primary::handoff::Clock,
     ) -> reloadsup_protocol::upgrade::KeeperImage {
         use std::os::fd::AsRawFd;
         reloadsup_protocol::upgrade::KeeperImage {
@@ -229,7 +229,7 @@ impl Keeper {
         primary_pid: u32,
         image: reloadsup_protocol::upgrade::KeeperImage,
         link: Option<OwnedFd>,
-        clock: &super::handoff::Clock,
+        clock: &crate::primary::handoff::Clock,
     ) -> (Keeper, RoleTimer) {
         use std::os::unix::ffi::OsStringExt;
         let timer = RoleTimer {

@@ -23,8 +23,8 @@ use reloadsup_protocol::{
     PROTOCOL_VERSION, RELOAD_BUCKETS_MS,
 };
 
-use super::state::roles::RoleTimer;
-use super::state::State;
+use crate::primary::state::roles::RoleTimer;
+use crate::primary::state::State;
 use crate::error::lower;
 use crate::sys;
 
@@ -287,7 +287,7 @@ impl Metrics {
         &self,
         timer: Option<&RoleTimer>,
         restarts: u64,
-        clock: &super::handoff::Clock,
+        clock: &crate::primary::handoff::Clock,
     ) -> MetricsImage {
         let c = &self.counters;
         let mut image = MetricsImage {
@@ -331,7 +331,7 @@ impl Metrics {
         primary_pid: u32,
         mut take: impl FnMut(i32) -> io::Result<OwnedFd>,
         poll: &Poll,
-        clock: &super::handoff::Clock,
+        clock: &crate::primary::handoff::Clock,
     ) -> io::Result<(Metrics, Option<RoleTimer>, u64)> {
         let Some(image) = image else {
             return Ok((Metrics::new(None, name, primary_pid), None, 0));

@@ -17,8 +17,8 @@ use mio::Poll;
 use nix::sys::signal::Signal;
 use reloadsup_protocol::{self as proto, ShellSpec, PROTOCOL_VERSION};
 
-use super::control::{ConnId, Connections};
-use super::state::roles::RoleTimer;
+use crate::primary::control::{ConnId, Connections};
+use crate::primary::state::roles::RoleTimer;
 use crate::sys;
 
 pub(crate) struct Shell {
@@ -185,7 +185,7 @@ impl Shell {
     pub(crate) fn image(
         &self,
         timer: &RoleTimer,
-        clock: &super::handoff::Clock,
+        clock: &crate::primary::handoff::Clock,
     ) -> reloadsup_protocol::upgrade::ShellImage {
         use std::os::fd::AsRawFd;
         use std::os::unix::ffi::OsStrExt;
@@ -210,7 +210,7 @@ impl Shell {
     pub(crate) fn resume(
         image: reloadsup_protocol::upgrade::ShellImage,
         listener: OwnedFd,
-        clock: &super::handoff::Clock,
+        clock: &crate::primary::handoff::Clock,
     ) -> (Shell, RoleTimer) {
         use std::os::unix::ffi::OsStringExt;
         let timer = RoleTimer {

@@ -27,9 +27,9 @@ use reloadsup_protocol::{
     Progress, Reply, PROTOCOL_VERSION,
 };
 
-use super::control::{conn_of, requester, Connections};
-use super::state::roles::RoleTimer;
-use super::state::Requester;
+use crate::primary::control::{conn_of, requester, Connections};
+use crate::primary::state::roles::RoleTimer;
+use crate::primary::state::Requester;
 use crate::config::{LogConfig, LogOutput};
 use crate::error::lower;
 use crate::sys;
@@ -443,7 +443,7 @@ impl Logs {
 
     /// The plain-data image, for an upgrade in place: the link and every pipe stay open
     /// across the exec, so the logger carries on as if nothing happened.
-    pub(crate) fn image(&self, timer: &RoleTimer, clock: &super::handoff::Clock) -> LoggerImage {
+    pub(crate) fn image(&self, timer: &RoleTimer, clock: &crate::primary::handoff::Clock) -> LoggerImage {
         LoggerImage {
             spec: self.spec.clone(),
             pipes: self
@@ -483,7 +483,7 @@ impl Logs {
         run_as: (Option<u32>, Option<u32>),
         mut take: impl FnMut(i32) -> io::Result<OwnedFd>,
         poll: &Poll,
-        clock: &super::handoff::Clock,
+        clock: &crate::primary::handoff::Clock,
     ) -> io::Result<(Logs, RoleTimer)> {
         let timer = RoleTimer {
             running: image.pid.is_some(),
