@@ -103,7 +103,7 @@ impl Primary {
                     self.upgrades,
                     now,
                 );
-                self.metrics.on_link(&self.poll, &figures)
+                self.metrics.on_link(&figures)
             }
             Input::Notify(token) => self.on_notify(token, &mut actions),
             Input::Deadline(Timer::Generations) => {
@@ -174,7 +174,7 @@ impl Primary {
             SIGUSR1 => match &mut self.logs {
                 Some(logs) => {
                     log::info!("SIGUSR1: reopening the log file");
-                    logs.reopen(&self.poll);
+                    logs.reopen();
                 }
                 None => log::info!("SIGUSR1: no log file to reopen (--log-output inherit)"),
             },

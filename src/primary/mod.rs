@@ -526,7 +526,7 @@ impl Primary {
         let Some(logs) = &mut self.logs else {
             return Ok(());
         };
-        let [out, err] = logs.outputs(&self.poll, generation, slot, pid)?;
+        let [out, err] = logs.outputs(generation, slot, pid)?;
         let batch =
             proto::encode(&proto::FdBatch { index: 0, count: 2 }).map_err(io::Error::other)?;
         sys::send_with_fds(link.as_fd(), &batch, &[out.as_fd(), err.as_fd()])
@@ -591,7 +591,7 @@ impl Primary {
         }
         if self.metrics.is(pid) {
             let stopping = self.roles.metrics.as_ref().is_some_and(|t| t.stopping);
-            self.metrics.exited(&self.poll, status, stopping);
+            self.metrics.exited(status, stopping);
             self.role(RoleEvent::Exited(Role::Metrics));
             return;
         }
@@ -612,7 +612,7 @@ impl Primary {
             }
             return;
         }
-        if let Some(shell) = self.shell.as_mut().filter(|s| s.pid == Some(pid)) {
+        if let Some(shell) = self.shell.as_mut().filter(|s| s.helper.is(pid)) {
             shell.exited(&self.poll, &mut self.conns);
             if self
                 .roles
@@ -784,7 +784,7 @@ impl Primary {
                 None => Reply::Done(String::new()),
             }),
             Request::Logs(query) => match &mut self.logs {
-                Some(logs) => logs.tail(&self.poll, who, query),
+                Some(logs) => logs.tail(who, query),
                 None => Some(Reply::Error(
                     "worker output is not captured: start with --log-output stdout or file:PATH"
                         .into(),
@@ -969,11 +969,11 @@ impl Executor for Primary {
         if let Some(logs) = &mut self.logs {
             self.roles
                 .handle(Instant::now(), RoleEvent::Stop(Role::Logger));
-            logs.finish(&self.poll);
+            logs.finish();
         }
         self.roles
             .handle(Instant::now(), RoleEvent::Stop(Role::Metrics));
-        self.metrics.kill(&self.poll);
+        self.metrics.kill();
         self.roles
             .handle(Instant::now(), RoleEvent::Stop(Role::Keeper));
         self.keeper.close();
@@ -987,7 +987,7 @@ impl Executor for Primary {
                 Some(shell) => shell.start(&self.poll, &mut self.conns),
                 None => false,
             },
-            Role::Keeper => self.keeper.start(),
+            Role::Keeper => self.keeper.start(&self.poll),
             Role::Metrics => self.metrics.start(&self.poll),
             Role::Logger => match &mut self.logs {
                 Some(logs) => logs.start(&self.poll),

@@ -471,12 +471,12 @@ mod tests {
         };
         let fd = || OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
         let mut shell = Shell::new(spec, fd(), None);
-        shell.pid = Some(4242);
+        shell.helper.pid = Some(4242);
         let bytes = proto::encode(&shell.image(&shell_timer, &clock)).expect("encode");
         let back: ShellImage = proto::decode(&bytes).expect("decode");
         let (shell, timer) = Shell::resume(back, fd(), &clock);
         assert_eq!(timer, shell_timer);
-        assert_eq!(shell.pid, Some(4242));
+        assert_eq!(shell.helper.pid, Some(4242));
 
         let keeper_timer = RoleTimer {
             running: false,

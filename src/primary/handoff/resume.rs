@@ -206,15 +206,16 @@ impl Primary {
             }
             None => (None, None),
         };
-        let (metrics, metrics_timer, restarts_total) = crate::primary::helpers::metrics::Metrics::resume(
-            h.metrics,
-            &config.name,
-            pid,
-            |fd| take(fd, "the metrics listener or link").map_err(std::io::Error::other),
-            &poll,
-            &clock,
-        )
-        .map_err(|e| format!("the metrics worker: {}", lower(&e)))?;
+        let (metrics, metrics_timer, restarts_total) =
+            crate::primary::helpers::metrics::Metrics::resume(
+                h.metrics,
+                &config.name,
+                pid,
+                |fd| take(fd, "the metrics listener or link").map_err(std::io::Error::other),
+                &poll,
+                &clock,
+            )
+            .map_err(|e| format!("the metrics worker: {}", lower(&e)))?;
         let mut state = state_from(h.state, &clock);
         state.restarts_total = restarts_total;
         // Not in the state image: the config rebuilt from the hand-off holds it. The window's
@@ -276,10 +277,14 @@ impl Primary {
         primary.pending.insert(SIGNALS.0);
         primary.pending.insert(CONTROL.0);
         if primary.logs.is_some() {
-            primary.pending.insert(crate::primary::helpers::logger::LOGGER.0);
+            primary
+                .pending
+                .insert(crate::primary::helpers::logger::LOGGER.0);
         }
         if primary.metrics.enabled() {
-            primary.pending.insert(crate::primary::helpers::metrics::METRICS.0);
+            primary
+                .pending
+                .insert(crate::primary::helpers::metrics::METRICS.0);
         }
         primary.pending.extend(primary.conns.ids());
         if let Some(n) = &primary.notify {

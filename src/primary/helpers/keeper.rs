@@ -13,13 +13,13 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use nix::sys::signal::Signal;
+use mio::Poll;
 use reloadsup_protocol::{self as proto, KeeperMessage, KeeperSpec, PROTOCOL_VERSION};
 
-use crate::primary::state::roles::RoleTimer;
+use super::{timer_from, timer_image, Helper, LinkKind};
 use crate::error::lower;
+use crate::primary::state::roles::RoleTimer;
 use crate::sys::{self, cgroup};
 
 /// Set (to anything) in the primary's environment: no per-worker cgroups even where they could
@@ -29,7 +29,6 @@ pub(crate) const NO_CGROUP_VAR: &str = "RELOADSUP_NO_CGROUP";
 /// What the primary knows about the keeper and the worker groups it guards: plain data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeeperState {
-    pub pid: Option<u32>,
     /// Every worker role process group not reaped yet (workers and spares).
     pub tracked: BTreeSet<u32>,
     /// The base of the per-worker cgroups, when they are used.
@@ -38,8 +37,19 @@ pub(crate) struct KeeperState {
 
 pub(crate) struct Keeper {
     pub state: KeeperState,
-    link: Option<OwnedFd>,
+    /// Its process and link (the primary only writes to it: not polled).
+    helper: Helper,
     primary_pid: u32,
+}
+
+fn helper() -> Helper {
+    Helper::new(
+        "keeper",
+        "reloadsup-keeper",
+        vec!["__keeper".into()],
+        LinkKind::Packets,
+        None,
+    )
 }
 
 impl Keeper {
@@ -69,11 +79,10 @@ impl Keeper {
         };
         Keeper {
             state: KeeperState {
-                pid: None,
                 tracked: BTreeSet::new(),
                 cgroup,
             },
-            link: None,
+            helper: helper(),
             primary_pid,
         }
     }
@@ -84,22 +93,7 @@ impl Keeper {
     }
 
     /// Spawns the keeper and tells it the whole live set; false (logged) if it could not.
-    pub(crate) fn start(&mut self) -> bool {
-        match self.spawn() {
-            Ok(pid) => {
-                log::info!("keeper started as pid {pid}");
-                self.state.pid = Some(pid);
-                true
-            }
-            Err(e) => {
-                log::error!("unable to start the keeper: {}", lower(&e));
-                false
-            }
-        }
-    }
-
-    fn spawn(&mut self) -> io::Result<u32> {
-        let (pid, ours) = sys::spawn_linked_role("reloadsup-keeper", &["__keeper"])?;
+    pub(crate) fn start(&mut self, poll: &Poll) -> bool {
         let spec = KeeperSpec {
             version: PROTOCOL_VERSION,
             primary_pid: self.primary_pid,
@@ -109,26 +103,21 @@ impl Keeper {
                 .as_ref()
                 .map(|p| p.as_os_str().as_bytes().to_vec()),
         };
-        self.link = Some(ours);
-        let tracked: Vec<u32> = self.state.tracked.iter().copied().collect();
+        let tracked = &self.state.tracked;
         // A fresh socket buffer takes the spec and a few thousand groups without blocking.
-        let sent = proto::encode(&spec)
-            .map_err(io::Error::other)
-            .and_then(|body| {
-                self.send_raw(&body)?;
-                for pgids in tracked.chunks(proto::MAX_TRACK_BATCH) {
-                    self.send(&KeeperMessage::Track {
-                        pgids: pgids.to_vec(),
-                    })?;
-                }
-                Ok(())
-            });
-        if let Err(e) = sent {
-            self.link = None;
-            let _ = sys::kill_group(pid, Signal::SIGKILL);
-            return Err(e);
-        }
-        Ok(pid)
+        self.helper.start(poll, |link| {
+            let body = proto::encode(&spec).map_err(io::Error::other)?;
+            sys::send_nonblocking(link.as_fd(), &body)?;
+            let tracked: Vec<u32> = tracked.iter().copied().collect();
+            for pgids in tracked.chunks(proto::MAX_TRACK_BATCH) {
+                let msg = KeeperMessage::Track {
+                    pgids: pgids.to_vec(),
+                };
+                let body = proto::encode(&msg).map_err(io::Error::other)?;
+                sys::send_nonblocking(link.as_fd(), &body)?;
+            }
+            Ok(Some(link))
+        })
     }
 
     /// A worker role was spawned as `pgid` (its own group).
@@ -154,46 +143,33 @@ impl Keeper {
 
     /// Sends to a running keeper; one that cannot take it is replaced.
     fn tell(&mut self, msg: &KeeperMessage) {
-        if self.link.is_none() {
+        let Some(link) = &self.helper.link else {
             return;
-        }
-        if let Err(e) = self.send(msg) {
-            log::warn!("the keeper does not keep up ({}); replacing it", lower(&e));
-            self.link = None;
-            if let Some(pid) = self.state.pid {
-                // Reaped like any child; `exited` then starts a new one with the whole set.
-                let _ = sys::kill_group(pid, Signal::SIGKILL);
-            }
-        }
-    }
-
-    fn send(&self, msg: &KeeperMessage) -> io::Result<()> {
-        let body = proto::encode(msg).map_err(io::Error::other)?;
-        self.send_raw(&body)
-    }
-
-    fn send_raw(&self, body: &[u8]) -> io::Result<()> {
-        match &self.link {
-            Some(link) => sys::send_nonblocking(link.as_fd(), body),
-            None => Ok(()),
+        };
+        let sent = proto::encode(msg)
+            .map_err(io::Error::other)
+            .and_then(|body| sys::send_nonblocking(link.as_fd(), &body));
+        if let Err(e) = sent {
+            // Reaped like any child; `exited` then starts a new one with the whole set.
+            self.helper
+                .replace(&format!("does not keep up ({})", lower(&e)));
         }
     }
 
     pub(crate) fn is(&self, pid: u32) -> bool {
-        self.state.pid == Some(pid)
+        self.helper.is(pid)
     }
 
     /// The keeper was reaped; the roles' timer starts another.
     pub(crate) fn exited(&mut self, status: sys::ExitStatus) {
-        self.state.pid = None;
-        self.link = None;
+        self.helper.exited();
         log::warn!("the keeper {status}");
     }
 
     /// At a normal exit, every worker is reaped: closing the link makes the keeper remove the
     /// cgroups and exit. Without a keeper, try to remove them here.
     pub(crate) fn close(&mut self) {
-        if self.link.take().is_none() {
+        if self.helper.link.take().is_none() {
             if let Some(base) = &self.state.cgroup {
                 let _ = cgroup::remove_tree(base);
             }
@@ -209,19 +185,19 @@ impl Keeper {
         timer: &RoleTimer,
         clock: &crate::primary::handoff::Clock,
     ) -> reloadsup_protocol::upgrade::KeeperImage {
-        use std::os::fd::AsRawFd;
+        let (started, backoff, restart_at) = timer_image(timer, clock);
         reloadsup_protocol::upgrade::KeeperImage {
-            link_fd: self.link.as_ref().map(|l| l.as_raw_fd()),
-            pid: self.state.pid,
+            link_fd: self.helper.link_fd(),
+            pid: self.helper.pid,
             tracked: self.state.tracked.iter().copied().collect(),
             cgroup: self
                 .state
                 .cgroup
                 .as_ref()
                 .map(|p| p.as_os_str().as_bytes().to_vec()),
-            started: clock.opt_ns(timer.started),
-            backoff: timer.backoff.as_nanos() as u64,
-            restart_at: clock.opt_ns(timer.restart_at),
+            started,
+            backoff,
+            restart_at,
         }
     }
 
@@ -232,23 +208,24 @@ impl Keeper {
         clock: &crate::primary::handoff::Clock,
     ) -> (Keeper, RoleTimer) {
         use std::os::unix::ffi::OsStringExt;
-        let timer = RoleTimer {
-            running: image.pid.is_some(),
-            started: clock.opt_instant(image.started),
-            backoff: Duration::from_nanos(image.backoff),
-            restart_at: clock.opt_instant(image.restart_at),
-            replacing: false,
-            stopping: false,
-        };
+        let timer = timer_from(
+            image.pid.is_some(),
+            (image.started, image.backoff, image.restart_at),
+            clock,
+        );
         let keeper = Keeper {
             state: KeeperState {
-                pid: image.pid,
                 tracked: image.tracked.into_iter().collect(),
                 cgroup: image
                     .cgroup
                     .map(|c| PathBuf::from(std::ffi::OsString::from_vec(c))),
             },
-            link,
+            // Not polled: no registration can fail.
+            helper: Helper {
+                pid: image.pid,
+                link,
+                ..helper()
+            },
             primary_pid,
         };
         (keeper, timer)

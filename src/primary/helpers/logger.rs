@@ -18,8 +18,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-use mio::unix::SourceFd;
-use mio::{Interest, Poll, Token};
+use mio::{Poll, Token};
 use nix::sys::signal::Signal;
 use reloadsup_protocol::upgrade::{LoggerImage, PipeImage};
 use reloadsup_protocol::{
@@ -27,11 +26,12 @@ use reloadsup_protocol::{
     Progress, Reply, PROTOCOL_VERSION,
 };
 
+use super::{timer_from, timer_image, Helper, LinkKind};
+use crate::config::{LogConfig, LogOutput};
+use crate::error::lower;
 use crate::primary::control::{conn_of, requester, Connections};
 use crate::primary::state::roles::RoleTimer;
 use crate::primary::state::Requester;
-use crate::config::{LogConfig, LogOutput};
-use crate::error::lower;
 use crate::sys;
 
 /// The poll token of the logger's link.
@@ -65,12 +65,11 @@ struct Pipe {
 
 pub(crate) struct Logs {
     spec: LoggerSpec,
-    /// `--uid U --gid G`: the logger runs as the workers' user (it parses their bytes).
-    role_args: Vec<String>,
+    /// Its process and link; it runs as the workers' user (`__logger --uid U --gid G`: it
+    /// parses their bytes).
+    helper: Helper,
     pipes: BTreeMap<u64, Pipe>,
     next_id: u64,
-    pub pid: Option<u32>,
-    link: Option<OwnedFd>,
     /// Not part of the upgrade image: a tail in flight ends when the primary re-execs.
     tails: BTreeMap<u64, Tail>,
     next_tail: u64,
@@ -105,11 +104,9 @@ impl Logs {
                 rotate_keep: config.rotate_keep,
                 ring_bytes: config.ring,
             },
-            role_args: role_args(run_as),
+            helper: helper(run_as),
             pipes: BTreeMap::new(),
             next_id: 1,
-            pid: None,
-            link: None,
             tails: BTreeMap::new(),
             next_tail: 1,
             buf: Vec::new(),
@@ -118,51 +115,29 @@ impl Logs {
 
     /// Spawns the logger and sends it every open pipe; false (logged) if it could not.
     pub(crate) fn start(&mut self, poll: &Poll) -> bool {
-        match self.spawn(poll) {
-            Ok(pid) => {
-                log::info!(
-                    "logger worker started as pid {pid} ({} open pipes)",
-                    self.pipes.len()
-                );
-                self.pid = Some(pid);
-                true
-            }
-            Err(e) => {
-                log::error!("unable to start the logger worker: {}", lower(&e));
-                false
-            }
-        }
-    }
-
-    fn spawn(&mut self, poll: &Poll) -> io::Result<u32> {
-        let mut args = vec!["__logger"];
-        args.extend(self.role_args.iter().map(String::as_str));
-        let (pid, ours) = sys::spawn_linked_role("reloadsup-logger", &args)?;
-        let sent = (|| {
-            let body = proto::encode(&self.spec).map_err(io::Error::other)?;
-            sys::send_nonblocking(ours.as_fd(), &body)?;
-            for (&id, pipe) in &self.pipes {
-                send_pipe(&ours, id, pipe)?;
+        log::debug!(
+            "starting a logger worker for {} open pipes",
+            self.pipes.len()
+        );
+        let (spec, pipes, tails) = (&self.spec, &self.pipes, &self.tails);
+        self.helper.start(poll, |link| {
+            let body = proto::encode(spec).map_err(io::Error::other)?;
+            sys::send_nonblocking(link.as_fd(), &body)?;
+            for (&id, pipe) in pipes {
+                send_pipe(&link, id, pipe)?;
             }
             // Followers carry on with the new logger's lines (its ring starts empty).
-            for (&tail, t) in &self.tails {
+            for (&tail, t) in tails {
                 let query = LogQuery {
                     lines: 0,
                     ..t.query.clone()
                 };
                 let body = proto::encode(&LoggerMessage::Tail { tail, query })
                     .map_err(io::Error::other)?;
-                sys::send_nonblocking(ours.as_fd(), &body)?;
+                sys::send_nonblocking(link.as_fd(), &body)?;
             }
-            poll.registry()
-                .register(&mut SourceFd(&ours.as_raw_fd()), LOGGER, Interest::READABLE)
-        })();
-        if let Err(e) = sent {
-            let _ = sys::kill_group(pid, Signal::SIGKILL);
-            return Err(e);
-        }
-        self.link = Some(ours);
-        Ok(pid)
+            Ok(Some(link))
+        })
     }
 
     /// Makes the stdout and stderr pipes of worker `pid` and hands their read ends to the
@@ -170,7 +145,6 @@ impl Logs {
     /// worker never gets them, the pipes reach end-of-file and are closed like any other.
     pub(crate) fn outputs(
         &mut self,
-        poll: &Poll,
         generation: u64,
         slot: u32,
         pid: u32,
@@ -187,10 +161,10 @@ impl Logs {
                 stream,
                 fd,
             };
-            if let Some(link) = &self.link {
+            if let Some(link) = &self.helper.link {
                 if let Err(e) = send_pipe(link, id, &pipe) {
                     self.insert(id, pipe);
-                    self.replace(poll, &e);
+                    self.replace(&e);
                     continue;
                 }
             }
@@ -205,13 +179,13 @@ impl Logs {
 
     /// `Request::Logs`: asks the logger for the lines; they come back through
     /// [`Logs::on_link`] as progress of `who`'s request. `Some` is the reply at once (refused).
-    pub(crate) fn tail(&mut self, poll: &Poll, who: Requester, query: LogQuery) -> Option<Reply> {
+    pub(crate) fn tail(&mut self, who: Requester, query: LogQuery) -> Option<Reply> {
         if self.tails.len() >= MAX_TAILS {
             return Some(Reply::Error(format!(
                 "{MAX_TAILS} log readers already; try again later"
             )));
         }
-        let Some(link) = &self.link else {
+        let Some(link) = &self.helper.link else {
             return Some(Reply::Error(
                 "the logger worker is restarting; try again in a moment".into(),
             ));
@@ -225,7 +199,7 @@ impl Logs {
         .map_err(io::Error::other)
         .and_then(|body| sys::send_nonblocking(link.as_fd(), &body));
         if let Err(e) = sent {
-            self.replace(poll, &e);
+            self.replace(&e);
             return Some(Reply::Error(
                 "the logger worker is restarting; try again in a moment".into(),
             ));
@@ -307,7 +281,7 @@ impl Logs {
     /// Tells the logger to stop following `tail` (best effort: a full link means it is stuck,
     /// and a replacement starts without the tail).
     fn untail(&self, tail: u64) {
-        if let Some(link) = &self.link {
+        if let Some(link) = &self.helper.link {
             if let Ok(body) = proto::encode(&LoggerMessage::Untail { tail }) {
                 let _ = sys::send_nonblocking(link.as_fd(), &body);
             }
@@ -315,8 +289,8 @@ impl Logs {
     }
 
     /// USR1: the log file is reopened (after logrotate moved it away).
-    pub(crate) fn reopen(&mut self, poll: &Poll) {
-        let Some(link) = &self.link else {
+    pub(crate) fn reopen(&mut self) {
+        let Some(link) = &self.helper.link else {
             log::warn!(
                 "SIGUSR1: the logger worker is not running; its next start opens the file anew"
             );
@@ -326,26 +300,14 @@ impl Logs {
             .map_err(io::Error::other)
             .and_then(|body| sys::send_nonblocking(link.as_fd(), &body));
         if let Err(e) = sent {
-            self.replace(poll, &e);
+            self.replace(&e);
         }
     }
 
     /// The logger cannot take a message: kill it; `exited` starts another with every pipe.
-    fn replace(&mut self, poll: &Poll, e: &io::Error) {
-        log::warn!(
-            "the logger worker does not keep up ({}); replacing it",
-            lower(e)
-        );
-        self.close_link(poll);
-        if let Some(pid) = self.pid {
-            let _ = sys::kill_group(pid, Signal::SIGKILL);
-        }
-    }
-
-    fn close_link(&mut self, poll: &Poll) {
-        if let Some(link) = self.link.take() {
-            let _ = poll.registry().deregister(&mut SourceFd(&link.as_raw_fd()));
-        }
+    fn replace(&mut self, e: &io::Error) {
+        let why = format!("does not keep up ({})", lower(e));
+        self.helper.replace(&why);
     }
 
     /// The link is readable: the logger says which pipes it drained. Bounded per turn;
@@ -360,11 +322,13 @@ impl Logs {
 
     fn read_link(&mut self, poll: &Poll, conns: &mut Connections, buf: &mut [u8]) -> bool {
         for _ in 0..256 {
-            let Some(link) = &self.link else { return false };
+            let Some(link) = &self.helper.link else {
+                return false;
+            };
             match sys::recv_nowait(link.as_fd(), buf) {
                 Ok(0) => {
                     // The logger is gone; it is reaped like any child.
-                    self.close_link(poll);
+                    self.helper.close_link();
                     return false;
                 }
                 Ok(n) => match proto::decode::<LoggerEvent>(&buf[..n]) {
@@ -383,14 +347,14 @@ impl Logs {
                     }
                     Err(e) => {
                         let e = io::Error::other(e);
-                        self.replace(poll, &e);
+                        self.replace(&e);
                         return false;
                     }
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.replace(poll, &e);
+                    self.replace(&e);
                     return false;
                 }
             }
@@ -399,15 +363,17 @@ impl Logs {
     }
 
     pub(crate) fn is(&self, pid: u32) -> bool {
-        self.pid == Some(pid)
+        self.helper.is(pid)
     }
 
     /// The logger was reaped; the roles' timer starts another.
     pub(crate) fn exited(&mut self, poll: &Poll, conns: &mut Connections, status: sys::ExitStatus) {
-        self.pid = None;
+        // Forgotten first: a replace while its last words are read must not signal a pid
+        // that was reaped (and may be reused).
+        self.helper.pid = None;
         // What it sent before it died is read first: those pipes need not be sent again.
-        while self.link.is_some() && self.on_link(poll, conns) {}
-        self.close_link(poll);
+        while self.helper.link.is_some() && self.on_link(poll, conns) {}
+        self.helper.exited();
         // A reader of the ring has lost it; a follower gets the next logger's lines.
         let ended: Vec<u64> = self
             .tails
@@ -430,10 +396,10 @@ impl Logs {
     /// At exit, every worker is gone: the logger reads what is left in the pipes and exits
     /// once its link closes. Waits for it (a bounded wait, the loop is over), so that every
     /// line is written before the primary's own exit is seen.
-    pub(crate) fn finish(&mut self, poll: &Poll) {
-        self.close_link(poll);
+    pub(crate) fn finish(&mut self) {
+        self.helper.close_link();
         self.pipes.clear();
-        if let Some(pid) = self.pid.take() {
+        if let Some(pid) = self.helper.pid.take() {
             if !sys::wait_exit(pid, Duration::from_secs(3)) {
                 let _ = sys::kill_group(pid, Signal::SIGKILL);
                 let _ = sys::wait_exit(pid, Duration::from_secs(1));
@@ -443,7 +409,12 @@ impl Logs {
 
     /// The plain-data image, for an upgrade in place: the link and every pipe stay open
     /// across the exec, so the logger carries on as if nothing happened.
-    pub(crate) fn image(&self, timer: &RoleTimer, clock: &crate::primary::handoff::Clock) -> LoggerImage {
+    pub(crate) fn image(
+        &self,
+        timer: &RoleTimer,
+        clock: &crate::primary::handoff::Clock,
+    ) -> LoggerImage {
+        let (started, backoff, restart_at) = timer_image(timer, clock);
         LoggerImage {
             spec: self.spec.clone(),
             pipes: self
@@ -459,11 +430,11 @@ impl Logs {
                 })
                 .collect(),
             next_id: self.next_id,
-            pid: self.pid,
-            link_fd: self.link.as_ref().map(|l| l.as_raw_fd()),
-            started: clock.opt_ns(timer.started),
-            backoff: timer.backoff.as_nanos() as u64,
-            restart_at: clock.opt_ns(timer.restart_at),
+            pid: self.helper.pid,
+            link_fd: self.helper.link_fd(),
+            started,
+            backoff,
+            restart_at,
         }
     }
 
@@ -485,14 +456,11 @@ impl Logs {
         poll: &Poll,
         clock: &crate::primary::handoff::Clock,
     ) -> io::Result<(Logs, RoleTimer)> {
-        let timer = RoleTimer {
-            running: image.pid.is_some(),
-            started: clock.opt_instant(image.started),
-            backoff: Duration::from_nanos(image.backoff),
-            restart_at: clock.opt_instant(image.restart_at),
-            replacing: false,
-            stopping: false,
-        };
+        let timer = timer_from(
+            image.pid.is_some(),
+            (image.started, image.backoff, image.restart_at),
+            clock,
+        );
         let mut pipes = BTreeMap::new();
         for p in image.pipes {
             pipes.insert(
@@ -506,25 +474,12 @@ impl Logs {
                 },
             );
         }
-        let link = match image.link_fd {
-            Some(fd) => {
-                let link = take(fd)?;
-                poll.registry().register(
-                    &mut SourceFd(&link.as_raw_fd()),
-                    LOGGER,
-                    Interest::READABLE,
-                )?;
-                Some(link)
-            }
-            None => None,
-        };
+        let link = image.link_fd.map(&mut take).transpose()?;
         let logs = Logs {
             spec: image.spec,
-            role_args: role_args(run_as),
+            helper: helper(run_as).resume(image.pid, link, poll)?,
             pipes,
             next_id: image.next_id,
-            pid: image.pid,
-            link,
             tails: BTreeMap::new(),
             next_tail: 1,
             buf: Vec::new(),
@@ -533,8 +488,19 @@ impl Logs {
     }
 }
 
-fn role_args((uid, gid): (Option<u32>, Option<u32>)) -> Vec<String> {
-    crate::roles::credential_args(crate::roles::switch_to(uid, gid))
+/// The logger's helper, running as `run_as` (the workers' user and group).
+fn helper((uid, gid): (Option<u32>, Option<u32>)) -> Helper {
+    let mut args = vec!["__logger".to_string()];
+    args.extend(crate::roles::credential_args(crate::roles::switch_to(
+        uid, gid,
+    )));
+    Helper::new(
+        "logger worker",
+        "reloadsup-logger",
+        args,
+        LinkKind::Packets,
+        Some(LOGGER),
+    )
 }
 
 fn send_pipe(link: &OwnedFd, id: u64, pipe: &Pipe) -> io::Result<()> {

@@ -14,8 +14,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mio::unix::SourceFd;
-use mio::{Interest, Poll, Token};
+use mio::{Poll, Token};
 use nix::sys::signal::Signal;
 use reloadsup_protocol::upgrade::MetricsImage;
 use reloadsup_protocol::{
@@ -23,9 +22,10 @@ use reloadsup_protocol::{
     PROTOCOL_VERSION, RELOAD_BUCKETS_MS,
 };
 
+use super::{timer_from, timer_image, Helper, LinkKind};
+use crate::error::lower;
 use crate::primary::state::roles::RoleTimer;
 use crate::primary::state::State;
-use crate::error::lower;
 use crate::sys;
 
 /// The poll token of the metrics worker's link.
@@ -162,8 +162,17 @@ struct Worker {
     spec: MetricsSpec,
     listener: OwnedFd,
     bound: String,
-    pid: Option<u32>,
-    link: Option<OwnedFd>,
+    helper: Helper,
+}
+
+fn helper() -> Helper {
+    Helper::new(
+        "metrics worker",
+        "reloadsup-metrics",
+        vec!["__metrics".into()],
+        LinkKind::Packets,
+        Some(METRICS),
+    )
 }
 
 impl Metrics {
@@ -183,8 +192,7 @@ impl Metrics {
                 },
                 listener,
                 bound,
-                pid: None,
-                link: None,
+                helper: helper(),
             }),
         }
     }
@@ -198,28 +206,22 @@ impl Metrics {
         let Some(w) = &mut self.worker else {
             return false;
         };
-        match w.spawn(poll) {
-            Ok(pid) => {
-                log::info!("metrics worker started as pid {pid}");
-                w.pid = Some(pid);
-                true
-            }
-            Err(e) => {
-                log::error!("unable to start the metrics worker: {}", lower(&e));
-                false
-            }
-        }
+        let (spec, listener) = (&w.spec, &w.listener);
+        w.helper.start(poll, |link| {
+            let body = proto::encode(spec).map_err(io::Error::other)?;
+            sys::send_with_fds_nonblocking(link.as_fd(), &body, &[listener.as_fd()])?;
+            Ok(Some(link))
+        })
     }
 
     pub(crate) fn is(&self, pid: u32) -> bool {
-        self.worker.as_ref().is_some_and(|w| w.pid == Some(pid))
+        self.worker.as_ref().is_some_and(|w| w.helper.is(pid))
     }
 
     /// The worker was reaped; the roles' timer starts another.
-    pub(crate) fn exited(&mut self, poll: &Poll, status: sys::ExitStatus, stopping: bool) {
+    pub(crate) fn exited(&mut self, status: sys::ExitStatus, stopping: bool) {
         if let Some(w) = &mut self.worker {
-            w.pid = None;
-            w.close_link(poll);
+            w.helper.exited();
             if !stopping {
                 log::warn!("the metrics worker {status}");
             }
@@ -227,28 +229,28 @@ impl Metrics {
     }
 
     /// At exit: nothing it does matters any more.
-    pub(crate) fn kill(&mut self, poll: &Poll) {
+    pub(crate) fn kill(&mut self) {
         if let Some(w) = &mut self.worker {
-            w.close_link(poll);
-            if let Some(pid) = w.pid {
-                let _ = sys::kill_group(pid, Signal::SIGKILL);
-            }
+            w.helper.close_link();
+            w.helper.signal(Signal::SIGKILL);
         }
     }
 
     /// The link is readable: answer each ask with `figures`. Bounded per turn; returns
     /// whether more may wait (never: a worker that fills the batch is replaced).
-    pub(crate) fn on_link(&mut self, poll: &Poll, figures: &Figures) -> bool {
+    pub(crate) fn on_link(&mut self, figures: &Figures) -> bool {
         let Some(w) = &mut self.worker else {
             return false;
         };
         let mut buf = [0u8; 64];
         for _ in 0..ASK_BATCH {
-            let Some(link) = &w.link else { return false };
+            let Some(link) = &w.helper.link else {
+                return false;
+            };
             match sys::recv_nowait(link.as_fd(), &mut buf) {
                 Ok(0) => {
                     // The worker is gone; it is reaped like any child.
-                    w.close_link(poll);
+                    w.helper.close_link();
                     return false;
                 }
                 Ok(n) => {
@@ -264,20 +266,20 @@ impl Metrics {
                         Err(e) => Err(io::Error::other(e)),
                     };
                     if let Err(e) = answered {
-                        w.replace(poll, &e);
+                        w.helper.replace(&misbehaves(&e));
                         return false;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    w.replace(poll, &e);
+                    w.helper.replace(&misbehaves(&e));
                     return false;
                 }
             }
         }
         let flood = io::Error::other(format!("{ASK_BATCH} asks at once"));
-        w.replace(poll, &flood);
+        w.helper.replace(&misbehaves(&flood));
         false
     }
 
@@ -307,13 +309,11 @@ impl Metrics {
         if let Some(w) = &self.worker {
             image.listener_fd = Some(w.listener.as_raw_fd());
             image.bound = w.bound.clone();
-            image.pid = w.pid;
-            image.link_fd = w.link.as_ref().map(|l| l.as_raw_fd());
+            image.pid = w.helper.pid;
+            image.link_fd = w.helper.link_fd();
         }
         if let Some(t) = timer {
-            image.started = clock.opt_ns(t.started);
-            image.backoff = t.backoff.as_nanos() as u64;
-            image.restart_at = clock.opt_ns(t.restart_at);
+            (image.started, image.backoff, image.restart_at) = timer_image(t, clock);
         }
         image
     }
@@ -357,18 +357,7 @@ impl Metrics {
             return Ok((metrics, None, image.worker_restarts));
         };
         let listener = take(fd)?;
-        let link = match image.link_fd {
-            Some(fd) => {
-                let link = take(fd)?;
-                poll.registry().register(
-                    &mut SourceFd(&link.as_raw_fd()),
-                    METRICS,
-                    Interest::READABLE,
-                )?;
-                Some(link)
-            }
-            None => None,
-        };
+        let link = image.link_fd.map(&mut take).transpose()?;
         metrics.worker = Some(Worker {
             spec: MetricsSpec {
                 version: PROTOCOL_VERSION,
@@ -377,55 +366,20 @@ impl Metrics {
             },
             listener,
             bound: image.bound,
-            pid: image.pid,
-            link,
+            helper: helper().resume(image.pid, link, poll)?,
         });
-        let timer = RoleTimer {
-            running: image.pid.is_some(),
-            started: clock.opt_instant(image.started),
-            backoff: Duration::from_nanos(image.backoff),
-            restart_at: clock.opt_instant(image.restart_at),
-            replacing: false,
-            stopping: false,
-        };
+        let timer = timer_from(
+            image.pid.is_some(),
+            (image.started, image.backoff, image.restart_at),
+            clock,
+        );
         Ok((metrics, Some(timer), image.worker_restarts))
     }
 }
 
-impl Worker {
-    fn spawn(&mut self, poll: &Poll) -> io::Result<u32> {
-        let (pid, ours) = sys::spawn_linked_role("reloadsup-metrics", &["__metrics"])?;
-        let sent = (|| {
-            let body = proto::encode(&self.spec).map_err(io::Error::other)?;
-            sys::send_with_fds_nonblocking(ours.as_fd(), &body, &[self.listener.as_fd()])?;
-            poll.registry().register(
-                &mut SourceFd(&ours.as_raw_fd()),
-                METRICS,
-                Interest::READABLE,
-            )
-        })();
-        if let Err(e) = sent {
-            let _ = sys::kill_group(pid, Signal::SIGKILL);
-            return Err(e);
-        }
-        self.link = Some(ours);
-        Ok(pid)
-    }
-
-    /// The worker cannot take an answer, or sent garbage: kill it; the timer starts another.
-    fn replace(&mut self, poll: &Poll, e: &io::Error) {
-        log::warn!("the metrics worker misbehaves ({}); replacing it", lower(e));
-        self.close_link(poll);
-        if let Some(pid) = self.pid {
-            let _ = sys::kill_group(pid, Signal::SIGKILL);
-        }
-    }
-
-    fn close_link(&mut self, poll: &Poll) {
-        if let Some(link) = self.link.take() {
-            let _ = poll.registry().deregister(&mut SourceFd(&link.as_raw_fd()));
-        }
-    }
+/// Why a metrics worker is replaced, as the log says it.
+fn misbehaves(e: &io::Error) -> String {
+    format!("misbehaves ({})", lower(e))
 }
 
 #[cfg(test)]
@@ -496,12 +450,12 @@ mod tests {
     }
 
     /// A worker on the far end of a socketpair: the primary's side is `Metrics` with no pid.
-    fn linked() -> (Metrics, OwnedFd, Poll) {
+    fn linked() -> (Metrics, OwnedFd) {
         let (ours, theirs) = sys::seqpacket_pair().unwrap();
         let listener = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
         let mut m = Metrics::new(Some((listener, "127.0.0.1:1".into())), "web", 1);
-        m.worker.as_mut().unwrap().link = Some(ours);
-        (m, theirs, Poll::new().unwrap())
+        m.worker.as_mut().unwrap().helper.link = Some(ours);
+        (m, theirs)
     }
 
     fn ask(theirs: &OwnedFd) {
@@ -510,15 +464,15 @@ mod tests {
     }
 
     fn has_link(m: &Metrics) -> bool {
-        m.worker.as_ref().is_some_and(|w| w.link.is_some())
+        m.worker.as_ref().is_some_and(|w| w.helper.link.is_some())
     }
 
     #[test]
     fn an_ask_is_answered_and_the_worker_kept() {
-        let (mut m, theirs, poll) = linked();
+        let (mut m, theirs) = linked();
         ask(&theirs);
         ask(&theirs);
-        assert!(!m.on_link(&poll, &Figures::default()));
+        assert!(!m.on_link(&Figures::default()));
         assert!(
             has_link(&m),
             "two asks (one after a timeout) are a worker's right"
@@ -535,11 +489,11 @@ mod tests {
     /// time, every turn, for as long as it went on: the loop's time was its.
     #[test]
     fn a_worker_that_floods_asks_is_replaced() {
-        let (mut m, theirs, poll) = linked();
+        let (mut m, theirs) = linked();
         for _ in 0..ASK_BATCH + 1 {
             ask(&theirs);
         }
-        let more = m.on_link(&poll, &Figures::default());
+        let more = m.on_link(&Figures::default());
         assert!(
             !more && !has_link(&m),
             "a flood of asks replaces the worker"
@@ -548,18 +502,18 @@ mod tests {
 
     #[test]
     fn a_worker_that_sends_garbage_or_never_reads_is_replaced() {
-        let (mut m, theirs, poll) = linked();
+        let (mut m, theirs) = linked();
         sys::send_nonblocking(theirs.as_fd(), &[0xff; 40]).unwrap();
-        m.on_link(&poll, &Figures::default());
+        m.on_link(&Figures::default());
         assert!(!has_link(&m), "garbage replaces the worker");
-        let (mut m, theirs, poll) = linked();
+        let (mut m, theirs) = linked();
         // Never read: answers fill the link until a send would block.
         for _ in 0..10_000 {
             if !has_link(&m) {
                 break;
             }
             ask(&theirs);
-            m.on_link(&poll, &Figures::default());
+            m.on_link(&Figures::default());
         }
         assert!(!has_link(&m), "a worker that never reads is replaced");
     }

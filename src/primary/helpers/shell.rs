@@ -11,12 +11,12 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use mio::Poll;
 use nix::sys::signal::Signal;
 use reloadsup_protocol::{self as proto, ShellSpec, PROTOCOL_VERSION};
 
+use super::{timer_from, timer_image, Helper, LinkKind};
 use crate::primary::control::{ConnId, Connections};
 use crate::primary::state::roles::RoleTimer;
 use crate::sys;
@@ -24,11 +24,11 @@ use crate::sys;
 pub(crate) struct Shell {
     spec: ShellSpec,
     listener: OwnedFd,
-    /// `--uid U --gid G` when the shell worker drops to other credentials than ours.
-    role_args: Vec<String>,
+    /// Its process (`__shell --uid U --gid G` when it drops to other credentials than ours);
+    /// its link is a control connection of the primary's, `conn`.
+    pub helper: Helper,
     /// The directory of the shell's own control socket for its programs, removed at exit.
     pub proxy_dir: Option<PathBuf>,
-    pub pid: Option<u32>,
     conn: Option<ConnId>,
 }
 
@@ -37,58 +37,34 @@ impl Shell {
         Shell {
             spec,
             listener,
-            role_args: crate::roles::credential_args(drop_to),
+            helper: helper(crate::roles::credential_args(drop_to)),
             proxy_dir: None,
-            pid: None,
             conn: None,
         }
     }
 
     /// Spawns the shell worker; false (logged) if it could not be started.
     pub(crate) fn start(&mut self, poll: &Poll, conns: &mut Connections) -> bool {
-        match self.spawn(poll, conns) {
-            Ok(pid) => {
-                log::info!("admin console: shell worker started as pid {pid}");
-                self.pid = Some(pid);
-                true
-            }
+        let frame = match proto::encode_frame(&self.spec) {
+            Ok(frame) => frame,
             Err(e) => {
-                log::error!(
-                    "admin console: unable to start the shell worker: {}",
-                    crate::error::lower(&e)
-                );
-                false
+                log::error!("admin console: unable to encode the shell worker's spec: {e}");
+                return false;
             }
-        }
+        };
+        let (listener, conn) = (&self.listener, &mut self.conn);
+        self.helper.start(poll, |link| {
+            sys::send_with_fds(link.as_fd(), &frame, &[listener.as_fd()])?;
+            let stream = std::os::unix::net::UnixStream::from(link);
+            stream.set_nonblocking(true)?;
+            *conn = Some(conns.adopt(poll, mio::net::UnixStream::from_std(stream))?);
+            // The control connections own the link.
+            Ok(None)
+        })
     }
 
-    fn spawn(&mut self, poll: &Poll, conns: &mut Connections) -> io::Result<u32> {
-        let frame = proto::encode_frame(&self.spec).map_err(io::Error::other)?;
-        let (ours, theirs) = sys::stream_pair()?;
-        let mut args = vec!["__shell"];
-        args.extend(self.role_args.iter().map(String::as_str));
-        let pid = sys::spawn_role(
-            Path::new("/proc/self/exe"),
-            "reloadsup-shell",
-            &args,
-            &theirs,
-        )?;
-        drop(theirs);
-        // A fresh socketpair's buffer takes the whole spec: this send does not block.
-        if let Err(e) = sys::send_with_fds(ours.as_fd(), &frame, &[self.listener.as_fd()]) {
-            let _ = sys::kill_group(pid.as_raw() as u32, Signal::SIGKILL);
-            return Err(e);
-        }
-        let stream = std::os::unix::net::UnixStream::from(ours);
-        stream.set_nonblocking(true)?;
-        let id = conns.adopt(poll, mio::net::UnixStream::from_std(stream))?;
-        self.conn = Some(id);
-        Ok(pid.as_raw() as u32)
-    }
-
-    /// The shell worker was reaped: its link is closed.
     pub(crate) fn exited(&mut self, poll: &Poll, conns: &mut Connections) {
-        self.pid = None;
+        self.helper.exited();
         if let Some(id) = self.conn.take() {
             conns.close(poll, id, "the shell worker exited");
         }
@@ -96,9 +72,7 @@ impl Shell {
 
     /// SIGTERM to the shell worker (a replacement, a shutdown); it is reaped like any child.
     pub(crate) fn terminate(&mut self) {
-        if let Some(pid) = self.pid {
-            let _ = sys::kill_group(pid, Signal::SIGTERM);
-        }
+        self.helper.signal(Signal::SIGTERM);
     }
 
     /// Whether `conn` is this shell worker's link.
@@ -120,9 +94,7 @@ impl Shell {
     /// At exit: nothing the shell worker does matters any more.
     pub(crate) fn kill(&mut self) {
         self.terminate();
-        if let Some(pid) = self.pid {
-            let _ = sys::kill_group(pid, Signal::SIGKILL);
-        }
+        self.helper.signal(Signal::SIGKILL);
     }
 }
 
@@ -189,19 +161,21 @@ impl Shell {
     ) -> reloadsup_protocol::upgrade::ShellImage {
         use std::os::fd::AsRawFd;
         use std::os::unix::ffi::OsStrExt;
+        let (started, backoff, restart_at) = timer_image(timer, clock);
         reloadsup_protocol::upgrade::ShellImage {
             spec: self.spec.clone(),
             listener_fd: self.listener.as_raw_fd(),
-            role_args: self.role_args.clone(),
+            // Without the role's name: the words after it, as the image always carried them.
+            role_args: self.helper.args()[1..].to_vec(),
             proxy_dir: self
                 .proxy_dir
                 .as_ref()
                 .map(|p| p.as_os_str().as_bytes().to_vec()),
-            pid: self.pid,
+            pid: self.helper.pid,
             conn: self.conn.map(|c| c.0 as u64),
-            started: clock.opt_ns(timer.started),
-            backoff: timer.backoff.as_nanos() as u64,
-            restart_at: clock.opt_ns(timer.restart_at),
+            started,
+            backoff,
+            restart_at,
             replacing: timer.replacing,
             stopping: timer.stopping,
         }
@@ -214,23 +188,39 @@ impl Shell {
     ) -> (Shell, RoleTimer) {
         use std::os::unix::ffi::OsStringExt;
         let timer = RoleTimer {
-            running: image.pid.is_some(),
-            started: clock.opt_instant(image.started),
-            backoff: Duration::from_nanos(image.backoff),
-            restart_at: clock.opt_instant(image.restart_at),
             replacing: image.replacing,
             stopping: image.stopping,
+            ..timer_from(
+                image.pid.is_some(),
+                (image.started, image.backoff, image.restart_at),
+                clock,
+            )
         };
         let shell = Shell {
             spec: image.spec,
             listener,
-            role_args: image.role_args,
+            helper: Helper {
+                pid: image.pid,
+                ..helper(image.role_args)
+            },
             proxy_dir: image
                 .proxy_dir
                 .map(|p| PathBuf::from(std::ffi::OsString::from_vec(p))),
-            pid: image.pid,
             conn: image.conn.map(|c| ConnId(c as usize)),
         };
         (shell, timer)
     }
+}
+
+/// The shell worker's helper, with the words after `__shell`.
+fn helper(role_args: Vec<String>) -> Helper {
+    let mut args = vec!["__shell".to_string()];
+    args.extend(role_args);
+    Helper::new(
+        "admin console: shell worker",
+        "reloadsup-shell",
+        args,
+        LinkKind::Stream,
+        None,
+    )
 }
