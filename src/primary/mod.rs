@@ -1068,7 +1068,12 @@ fn prepare_state_dir(dir: &Path, name: &str, other_user: bool) -> Result<(), Fat
 /// the console's.
 fn metrics_listener(config: &Config, pid: u32) -> Result<helpers::metrics::Metrics, Fatal> {
     let Some(address) = config.metrics else {
-        return Ok(helpers::metrics::Metrics::new(None, &config.name, pid));
+        return Ok(helpers::metrics::Metrics::new(
+            None,
+            &config.name,
+            pid,
+            (config.uid, config.gid),
+        ));
     };
     let spec = crate::config::ListenerSpec {
         name: "metrics".into(),
@@ -1088,6 +1093,7 @@ fn metrics_listener(config: &Config, pid: u32) -> Result<helpers::metrics::Metri
         Some((listener.fd, shown)),
         &config.name,
         pid,
+        (config.uid, config.gid),
     ))
 }
 

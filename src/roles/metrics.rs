@@ -9,7 +9,8 @@
 //! [`MAX_REQUEST`] bytes, then answered and closed. For each scrape it asks the primary for its
 //! figures on its link (one ask at a time, with a timeout) and renders them here; the primary
 //! only answers a small message. It dies with the primary (`PR_SET_PDEATHSIG`) and exits when
-//! its link closes.
+//! its link closes. With `--user`, it runs as the workers' user (`__metrics --uid U --gid G`),
+//! switched to before its first thread, and undumpable.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -46,10 +47,18 @@ const REFUSED_QUEUE: usize = 32;
 /// How long the primary has to answer an ask.
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Runs the metrics role; `_args` are the words after `__metrics` (none).
-pub(crate) fn run(_args: &[OsString]) -> u8 {
+/// Runs the metrics role; `args` are the words after `__metrics`: `--uid U --gid G` when it
+/// must switch to the workers' user, or nothing.
+pub(crate) fn run(args: &[OsString]) -> u8 {
     sys::reset_signals();
-    match serve() {
+    let drop_to = match super::credentials(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("reloadsup: metrics: {e}");
+            return 2;
+        }
+    };
+    match serve(drop_to) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("reloadsup: metrics: {}", lower(&e));
@@ -124,7 +133,7 @@ impl Shared {
     }
 }
 
-fn serve() -> io::Result<()> {
+fn serve(drop_to: Option<(u32, u32)>) -> io::Result<()> {
     let link = sys::take_role_link()?;
     let mut buf = vec![0u8; 4096];
     let (n, mut fds) = sys::recv_with_fds(link.as_fd(), &mut buf, 1)?;
@@ -138,6 +147,14 @@ fn serve() -> io::Result<()> {
             theirs: spec.version,
         }));
     }
+    if let Some((uid, gid)) = drop_to {
+        // It parses what any scraper sends: not as root. Before any thread starts, so that
+        // every thread has the new credentials; it needs nothing but the fds it holds.
+        sys::drop_privileges(Some(uid), Some(gid)).map_err(io::Error::other)?;
+        // A worker of the same uid must not ptrace it and use its link.
+        sys::set_undumpable()?;
+    }
+    // After the drop: a change of credentials clears the parent-death signal.
     sys::die_with_parent(spec.primary_pid)?;
     if fds.len() != 1 {
         return Err(io::Error::other(proto::Error::FdCount {

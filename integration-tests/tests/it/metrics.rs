@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use prometheus_parse::{Scrape, Value};
-use reloadsup_integration_tests::{bins, wait_for, Run, Sandbox, Supervisor, DEADLINE};
+use reloadsup_integration_tests::{bins, proc, wait_for, Run, Sandbox, Supervisor, DEADLINE};
 
 use crate::{standard, start};
 
@@ -321,4 +321,37 @@ fn a_bad_metrics_address_exits_2_naming_the_flag() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--metrics"), "{err}");
+}
+
+/// Issue 18, item 8: the metrics worker parses what any scraper sends; with `--user` it runs
+/// as the workers' user, switched to before its first thread, and still serves.
+#[test]
+fn the_metrics_worker_runs_as_the_workers_user() {
+    if !crate::running_as_root("the_metrics_worker_runs_as_the_workers_user") {
+        return;
+    }
+    let sb = Sandbox::new("metrics_user");
+    let hello = sb.shared_copy(&bins::example("hello"));
+    let run = Run::new([hello])
+        .args(standard(1))
+        .args(["--user", "65534", "--group", "65534"])
+        .args(["--metrics", "127.0.0.1:0"]);
+    let (mut sup, _) = start(&sb, run, 1);
+    let addr = metrics_addr(&mut sup);
+    let (s, _) = scrape(addr);
+    assert_eq!(reloads(&s, "succeeded"), 0.0);
+    let worker = wait_for(DEADLINE, "the metrics worker", || {
+        proc::children_of(sup.pid())
+            .into_iter()
+            .find(|&p| proc::is_metrics(p))
+    });
+    for (field, want) in [("Uid", "65534"), ("Gid", "65534"), ("Groups", "65534")] {
+        let got = proc::status_field(worker, field).unwrap_or_default();
+        assert!(
+            got.split_whitespace().all(|id| id == want) && !got.is_empty(),
+            "{field} of the metrics worker: {got}"
+        );
+    }
+    sup.signal(libc::SIGTERM);
+    assert!(sup.wait_exit(DEADLINE).success());
 }

@@ -211,6 +211,7 @@ impl Primary {
                 h.metrics,
                 &config.name,
                 pid,
+                (config.uid, config.gid),
                 |fd| take(fd, "the metrics listener or link").map_err(std::io::Error::other),
                 &poll,
                 &clock,

@@ -26,7 +26,7 @@ use reloadsup_protocol::{
     Progress, Reply, PROTOCOL_VERSION,
 };
 
-use super::{timer_from, timer_image, Helper, LinkKind};
+use super::{as_workers, timer_from, timer_image, Helper, LinkKind};
 use crate::config::{LogConfig, LogOutput};
 use crate::error::lower;
 use crate::primary::control::{conn_of, requester, Connections};
@@ -489,15 +489,11 @@ impl Logs {
 }
 
 /// The logger's helper, running as `run_as` (the workers' user and group).
-fn helper((uid, gid): (Option<u32>, Option<u32>)) -> Helper {
-    let mut args = vec!["__logger".to_string()];
-    args.extend(crate::roles::credential_args(crate::roles::switch_to(
-        uid, gid,
-    )));
+fn helper(run_as: (Option<u32>, Option<u32>)) -> Helper {
     Helper::new(
         "logger worker",
         "reloadsup-logger",
-        args,
+        as_workers("__logger", run_as),
         LinkKind::Packets,
         Some(LOGGER),
     )

@@ -22,7 +22,7 @@ use reloadsup_protocol::{
     PROTOCOL_VERSION, RELOAD_BUCKETS_MS,
 };
 
-use super::{timer_from, timer_image, Helper, LinkKind};
+use super::{as_workers, timer_from, timer_image, Helper, LinkKind};
 use crate::error::lower;
 use crate::primary::state::roles::RoleTimer;
 use crate::primary::state::State;
@@ -165,11 +165,13 @@ struct Worker {
     helper: Helper,
 }
 
-fn helper() -> Helper {
+/// The metrics worker's helper: it parses what any scraper sends, so it runs as the workers'
+/// user and group `run_as` (issue 18, item 8), never as root.
+fn helper(run_as: (Option<u32>, Option<u32>)) -> Helper {
     Helper::new(
         "metrics worker",
         "reloadsup-metrics",
-        vec!["__metrics".into()],
+        as_workers("__metrics", run_as),
         LinkKind::Packets,
         Some(METRICS),
     )
@@ -181,6 +183,7 @@ impl Metrics {
         listener: Option<(OwnedFd, String)>,
         name: &str,
         primary_pid: u32,
+        run_as: (Option<u32>, Option<u32>),
     ) -> Metrics {
         Metrics {
             counters: Counters::new(),
@@ -192,7 +195,7 @@ impl Metrics {
                 },
                 listener,
                 bound,
-                helper: helper(),
+                helper: helper(run_as),
             }),
         }
     }
@@ -329,12 +332,13 @@ impl Metrics {
         image: Option<MetricsImage>,
         name: &str,
         primary_pid: u32,
+        run_as: (Option<u32>, Option<u32>),
         mut take: impl FnMut(i32) -> io::Result<OwnedFd>,
         poll: &Poll,
         clock: &crate::primary::handoff::Clock,
     ) -> io::Result<(Metrics, Option<RoleTimer>, u64)> {
         let Some(image) = image else {
-            return Ok((Metrics::new(None, name, primary_pid), None, 0));
+            return Ok((Metrics::new(None, name, primary_pid, run_as), None, 0));
         };
         let mut counters = Counters::new();
         counters.reloads_succeeded = image.reloads_succeeded;
@@ -366,7 +370,7 @@ impl Metrics {
             },
             listener,
             bound: image.bound,
-            helper: helper().resume(image.pid, link, poll)?,
+            helper: helper(run_as).resume(image.pid, link, poll)?,
         });
         let timer = timer_from(
             image.pid.is_some(),
@@ -421,7 +425,7 @@ mod tests {
 
     #[test]
     fn counters_cross_the_hand_off_unchanged() {
-        let mut m = Metrics::new(None, "web", 1);
+        let mut m = Metrics::new(None, "web", 1, (None, None));
         let t = Instant::now();
         m.counters.generation_started(t);
         m.counters
@@ -435,6 +439,7 @@ mod tests {
             Some(image),
             "web",
             1,
+            (None, None),
             |_| panic!("no fd without --metrics"),
             &poll,
             &clock,
@@ -445,7 +450,7 @@ mod tests {
         assert!(timer.is_none() && !back.enabled());
         // A hand-off from before version 5: the counters start over, the start time is now.
         let (fresh, _, restarts) =
-            Metrics::resume(None, "web", 1, |_| panic!(), &poll, &clock).unwrap();
+            Metrics::resume(None, "web", 1, (None, None), |_| panic!(), &poll, &clock).unwrap();
         assert_eq!((fresh.counters.reloads_succeeded, restarts), (0, 0));
     }
 
@@ -453,7 +458,12 @@ mod tests {
     fn linked() -> (Metrics, OwnedFd) {
         let (ours, theirs) = sys::seqpacket_pair().unwrap();
         let listener = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-        let mut m = Metrics::new(Some((listener, "127.0.0.1:1".into())), "web", 1);
+        let mut m = Metrics::new(
+            Some((listener, "127.0.0.1:1".into())),
+            "web",
+            1,
+            (None, None),
+        );
         m.worker.as_mut().unwrap().helper.link = Some(ours);
         (m, theirs)
     }

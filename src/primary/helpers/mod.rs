@@ -188,6 +188,17 @@ impl Helper {
     }
 }
 
+/// The words after argv[0] of a role that runs as the workers' user and group `run_as`
+/// (`--user`, `--group`) because it parses bytes they or the network chose: `ROLE --uid U
+/// --gid G`, or `ROLE` alone when those are the primary's own.
+pub(crate) fn as_workers(role: &str, (uid, gid): (Option<u32>, Option<u32>)) -> Vec<String> {
+    let mut args = vec![role.to_string()];
+    args.extend(crate::roles::credential_args(crate::roles::switch_to(
+        uid, gid,
+    )));
+    args
+}
+
 /// A role's restart timer as every role's image carries it: its start, back-off and next
 /// restart, as absolute monotonic nanoseconds.
 pub(crate) fn timer_image(t: &RoleTimer, clock: &Clock) -> (Option<u64>, u64, Option<u64>) {
