@@ -40,7 +40,7 @@ pub(crate) fn progress_line(p: &Progress) -> String {
         Progress::Log { skipped, lines } => {
             let mut text = skipped_marker(*skipped);
             for l in lines {
-                text.push_str(l);
+                text.push_str(&reloadsup_protocol::notify::sanitize_log_line(l));
             }
             text.truncate(text.trim_end_matches('\n').len());
             text

@@ -49,6 +49,22 @@ pub fn sanitize_status(text: &str) -> String {
         .collect()
 }
 
+/// A worker's output line as it may be shown on an operator's terminal (`ctl logs`, the
+/// console's `logs`): every character [`sanitize_status`] replaces is replaced by `?`, but
+/// for the tab and the newline that ends a line, which no terminal takes for a command. Not
+/// cut: the logger bounds its lines. The log file keeps the bytes as they were.
+pub fn sanitize_log_line(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_here = |c: char| c != '\t' && c != '\n' && unsafe_char(c);
+    if !text.chars().any(unsafe_here) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| if unsafe_here(c) { '?' } else { c })
+            .collect(),
+    )
+}
+
 fn unsafe_char(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
@@ -56,6 +72,18 @@ fn unsafe_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 18, item 9: escape sequences, carriage returns and C1 controls of a worker's
+    /// output never reach an operator's terminal; tabs and the line's newline stay.
+    #[test]
+    fn a_log_line_keeps_tabs_and_its_newline_and_loses_every_control() {
+        let line = "\x1b[31mred\x1b[0m\rover\x7f\u{9b}2J\ttab\u{202e}evil\n";
+        assert_eq!(sanitize_log_line(line), "?[31mred?[0m?over??2J\ttab?evil\n");
+        assert!(matches!(
+            sanitize_log_line("plain\tline\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn ready_and_status_are_read_and_other_keys_ignored() {

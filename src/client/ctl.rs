@@ -17,7 +17,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use reloadsup_protocol::{
-    self as proto, FrameReader, LogQuery, Message, Outcome, Progress, Reply, Request, Status,
+    self as proto, notify::sanitize_log_line, FrameReader, LogQuery, Message, Outcome, Progress,
+    Reply, Request, Status,
 };
 
 use crate::error::{CtlError, Error};
@@ -31,7 +32,11 @@ fn print_lines(skipped: u64, lines: &[String]) {
     let mut out = std::io::stdout().lock();
     let written = out
         .write_all(skipped_marker(skipped).as_bytes())
-        .and_then(|()| lines.iter().try_for_each(|l| out.write_all(l.as_bytes())))
+        .and_then(|()| {
+            lines
+                .iter()
+                .try_for_each(|l| out.write_all(sanitize_log_line(l).as_bytes()))
+        })
         .and_then(|()| out.flush());
     if written.is_err() {
         std::process::exit(0);

@@ -150,7 +150,7 @@ impl Session {
         }
         let mut text = crate::text::skipped_marker(std::mem::take(&mut self.log_skipped));
         for l in lines {
-            text.push_str(l);
+            text.push_str(&reloadsup_protocol::notify::sanitize_log_line(l));
         }
         self.say(&text);
     }

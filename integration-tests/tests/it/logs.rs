@@ -937,3 +937,33 @@ fn a_log_directory_made_again_is_written_after_a_reopen() {
     });
     stop(sup);
 }
+
+/// Issue 18, item 9: `ctl logs` showed a worker's escape sequences, carriage returns and C1
+/// controls to the operator's terminal as they were. They are shown as `?` now (a tab and the
+/// newline stay); the log file keeps the bytes.
+#[test]
+fn ctl_logs_shows_no_control_character_of_a_worker() {
+    let sandbox = Sandbox::new("logs-escapes");
+    let file = sandbox.join("app.log");
+    let hello = bins::example("hello");
+    let script = sandbox.write_script(
+        "escapes.sh",
+        &format!(
+            "#!/bin/sh\nprintf '\\033[31mred\\033[0m\\rover\\302\\233x\\ttab\\n'\nexec {} \"$@\"\n",
+            reloadsup_integration_tests::shell_quote(&hello.to_string_lossy())
+        ),
+    );
+    let (sup, _) = start(&sandbox, Run::new([script]).args(capture(1, &file)), 1);
+    wait_until(DEADLINE, "the line in the file", || {
+        std::fs::read(&file).is_ok_and(|b| b.windows(4).any(|w| w == b"\x1b[31"))
+    });
+    let out = sup.ctl(&["logs", "-n", "20"]);
+    assert!(out.status.success(), "{out:?}");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(shown.contains("?[31mred?[0m?over?x\ttab"), "{shown}");
+    assert!(
+        !shown.contains(['\x1b', '\r', '\u{9b}']),
+        "a control character reached the terminal: {shown:?}"
+    );
+    stop(sup);
+}
