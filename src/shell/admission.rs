@@ -4,8 +4,9 @@
 //! Three rules keep one source from locking out an operator at another (DESIGN.md promise 7):
 //! - [`AcceptRate`]: a token bucket per source; a connection over the rate is closed at once.
 //! - [`admit`]: at most [`PER_SOURCE`] connections per source wait to log in; past the global
-//!   cap the source holding the most loses its oldest one. A session whose password is being
-//!   checked is never evicted.
+//!   cap the source holding the most loses its oldest one, only if it holds at least two more
+//!   than the newcomer's (no trading places), and among equal sources the oldest connection
+//!   goes, whatever its address. A session whose password is being checked is never evicted.
 //! - [`Checks`]: password checks (PBKDF2, slow on purpose) are queued here, not on the
 //!   verifier threads: at most one runs per source, the next one goes to the source with the
 //!   fewest recent attempts, the queue is bounded, and a closed session's check is dropped
@@ -125,16 +126,24 @@ pub(super) fn admit(waiting: &[Waiting], source: Source, max_total: usize) -> Ad
     for w in waiting {
         *counts.entry(w.source).or_default() += 1;
     }
-    let mut by_size: Vec<(usize, Source)> = counts.into_iter().map(|(s, n)| (n, s)).collect();
-    // Most first; the order among equals is fixed so the outcome does not depend on hashing.
-    by_size.sort_by(|a, b| b.cmp(a));
-    for (n, s) in by_size {
-        // Evicting a source no bigger than the newcomer's would only trade places.
-        if n <= own {
+    let mut sizes: Vec<usize> = counts.values().copied().collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes.dedup();
+    for n in sizes {
+        // Only a source that would still hold more than the newcomer's after the eviction
+        // pays: anything less only trades places, and a flood of one connection from each of
+        // many addresses would cycle every other single one out, an operator typing its
+        // password among them.
+        if n <= own + 1 {
             break;
         }
-        if let Some(id) = oldest_evictable(s) {
-            return Admit::Evict(id);
+        // Among the sources of that size, the oldest connection goes: no address is favoured.
+        let victim = waiting
+            .iter()
+            .filter(|w| !w.verifying && counts.get(&w.source) == Some(&n))
+            .min_by_key(|w| (w.accepted, w.id));
+        if let Some(w) = victim {
+            return Admit::Evict(w.id);
         }
     }
     Admit::Refuse
@@ -359,6 +368,33 @@ mod tests {
         ];
         assert_eq!(admit(&ws3, b, 5), Admit::Evict(4));
         assert_eq!(admit(&ws3[..3], b, 3), Admit::Refuse);
+    }
+
+    /// Issue 18, item 5: one connection from each of many addresses evicted an operator at
+    /// 127.0.0.200 while it typed its password (ties went to the highest address). Sources
+    /// that each hold one connection never evict another single one, and among equals the
+    /// oldest connection goes, whatever its address.
+    #[test]
+    fn single_connections_from_many_sources_never_evict_an_operator() {
+        let t = Instant::now();
+        let operator = v4("127.0.0.200");
+        let mut ws: Vec<Waiting> = (1..64)
+            .map(|i| w(i, v4(&format!("127.0.0.{i}")), 10 + i as u64, false, t))
+            .collect();
+        ws.push(w(200, operator, 5, false, t));
+        for newcomer in 201..=254 {
+            let source = v4(&format!("127.0.0.{newcomer}"));
+            assert_eq!(admit(&ws, source, 64), Admit::Refuse, "from .{newcomer}");
+        }
+        // Two sources of the same size: the oldest connection goes, from the lower address.
+        let (low, high, c) = (v4("10.0.0.1"), v4("10.0.0.9"), v4("10.0.0.5"));
+        let ws = vec![
+            w(1, low, 900, false, t),
+            w(2, high, 800, false, t),
+            w(3, low, 700, false, t),
+            w(4, high, 600, false, t),
+        ];
+        assert_eq!(admit(&ws, c, 4), Admit::Evict(1));
     }
 
     #[test]

@@ -251,7 +251,11 @@ fn a_connection_instead_of_a_listener_is_refused() {
     let _conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     let line = wait_for(DEADLINE, "reloadsup's refusal", || {
         let text = fs::read_to_string(&log).ok()?;
-        text.lines()
+        // Whole lines only: the file may be read while the refusal is half written (it was,
+        // once: the line ended after "inherited fd 3 (").
+        let whole = &text[..text.rfind('\n')? + 1];
+        whole
+            .lines()
             .find(|l| l.contains("inherited fd 3"))
             .map(str::to_owned)
     });
