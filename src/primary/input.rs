@@ -128,6 +128,8 @@ impl Primary {
                     let shown: Vec<String> =
                         paths.iter().map(|p| p.display().to_string()).collect();
                     log::info!("{} changed: reloading", shown.join(", "));
+                    let trusted = super::watch::Trusted::new((self.config.uid, self.config.gid));
+                    super::watch::warn_untrusted(&paths, &trusted, "changed");
                     self.request(FROM_SIGNAL, Request::Reload, &mut actions);
                 }
                 false

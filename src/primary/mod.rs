@@ -1185,6 +1185,8 @@ impl Primary {
         if self.config.watch.is_empty() {
             return;
         }
+        let trusted = watch::Trusted::new((self.config.uid, self.config.gid));
+        watch::warn_untrusted(&self.config.watch, &trusted, "watched");
         match watch::Watch::new(&self.config.watch, self.config.watch_delay, &self.poll) {
             Ok(w) => {
                 let shown: Vec<String> = self

@@ -50,6 +50,76 @@ fn split(path: &Path) -> io::Result<(PathBuf, OsString)> {
     Ok((dir, name.to_os_string()))
 }
 
+/// The users that may write a watched file: root, the primary's and the workers'. Anyone else
+/// who can change it can drive reloads, or hold them off by touching it over and over.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Trusted {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+impl Trusted {
+    /// Root, this process's user and group, and the workers' (`--user`, `--group`).
+    pub(crate) fn new(workers: (Option<u32>, Option<u32>)) -> Trusted {
+        let mut t = Trusted {
+            uids: vec![0, nix::unistd::geteuid().as_raw()],
+            gids: vec![0, nix::unistd::getegid().as_raw()],
+        };
+        t.uids.extend(workers.0);
+        t.gids.extend(workers.1);
+        t
+    }
+
+    /// Who else can change `path`, directly or by replacing it in its directory, as words for
+    /// a warning: empty when nobody. A path that does not exist says nothing of itself (a
+    /// deploy creates it); its directory still counts.
+    pub(crate) fn others_who_can_write(&self, path: &Path) -> Vec<String> {
+        let mut who = Vec::new();
+        if let Ok(m) = std::fs::metadata(path) {
+            self.add(&mut who, &m, None);
+        }
+        if let Ok((dir, _)) = split(path) {
+            if let Ok(m) = std::fs::metadata(&dir) {
+                self.add(&mut who, &m, Some(&dir));
+            }
+        }
+        who
+    }
+
+    fn add(&self, who: &mut Vec<String>, m: &std::fs::Metadata, dir: Option<&Path>) {
+        use std::os::unix::fs::MetadataExt;
+        let through = dir.map_or(String::new(), |d| format!(" (through {})", d.display()));
+        let mode = m.mode();
+        if !self.uids.contains(&m.uid()) {
+            who.push(format!("uid {}{through}", m.uid()));
+        }
+        if mode & 0o020 != 0 && !self.gids.contains(&m.gid()) {
+            who.push(format!("group {}{through}", m.gid()));
+        }
+        // In a sticky directory (/tmp) others may add names but not replace ours.
+        let sticky = dir.is_some() && mode & 0o1000 != 0;
+        if mode & 0o002 != 0 && !sticky {
+            who.push(format!("every user{through}"));
+        }
+    }
+}
+
+/// Warns about every path of `paths` that a user other than the trusted ones can change:
+/// `when` says at which moment (the start of the watch, a change seen).
+pub(crate) fn warn_untrusted(paths: &[PathBuf], trusted: &Trusted, when: &str) {
+    for p in paths {
+        let who = trusted.others_who_can_write(p);
+        if !who.is_empty() {
+            log::warn!(
+                "--watch {} ({when}): writable by {}, who can then start reloads or hold them off; \
+                 let only root, reloadsup's user or the workers' write it",
+                p.display(),
+                who.join(", ")
+            );
+        }
+    }
+}
+
 impl Watch {
     /// Watches every path's directory. A directory that does not exist is an error; the file
     /// itself may not exist yet (a deploy creates it).
@@ -174,6 +244,54 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Issue 18, item 11: a watched file that another user can change is named with who.
+    #[test]
+    fn others_who_can_write_a_watched_file_are_named() {
+        let dir = std::env::temp_dir().join(format!("reloadsup-watch-who-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.join("server");
+        std::fs::write(&file, "v1").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let trusted = Trusted::new((None, None));
+        assert!(trusted.others_who_can_write(&file).is_empty());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(trusted.others_who_can_write(&file), vec!["every user"]);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+            assert_eq!(trusted.others_who_can_write(&file), vec!["uid 65534"]);
+            // The workers' user may: it is theirs to deploy.
+            assert!(Trusted::new((Some(65534), None))
+                .others_who_can_write(&file)
+                .is_empty());
+            std::os::unix::fs::chown(&file, Some(0), None).unwrap();
+            std::os::unix::fs::chown(&dir, None, Some(65533)).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+            assert_eq!(
+                trusted.others_who_can_write(&file),
+                vec![format!("group 65533 (through {})", dir.display())]
+            );
+        }
+        // A file that does not exist yet: its directory still counts.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(
+            trusted
+                .others_who_can_write(&dir.join("later"))
+                .last()
+                .unwrap(),
+            &format!("every user (through {})", dir.display())
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(!trusted
+            .others_who_can_write(&dir.join("later"))
+            .iter()
+            .any(|w| w.starts_with("every user")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn drain(w: &mut Watch, now: Instant) {
         // Events arrive at once on a local file system; poll briefly for them.

@@ -108,3 +108,34 @@ fn a_watch_in_a_directory_that_does_not_exist_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--watch-delay"), "{stderr}");
 }
+
+/// Issue 18, item 11: a watched file that a user other than root, reloadsup's and the
+/// workers' can write lets that user drive or hold off reloads: reloadsup says so at start and
+/// at each change it reloads for, naming the file and who can write it.
+#[test]
+fn a_watched_file_others_can_write_is_named_in_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new("watch_writable");
+    let file = sb.write("release", "v1\n");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let run = Run::hello(&[])
+        .args(standard(1))
+        .arg("--watch")
+        .arg(&file)
+        .args(["--watch-delay", "100ms"]);
+    let (mut sup, _) = start(&sb, run, 1);
+    let warning = format!(
+        "--watch {} (watched): writable by every user",
+        file.display()
+    );
+    sup.wait_for_log(&warning, DEADLINE);
+    std::fs::write(&file, "v2\n").unwrap();
+    sup.wait_reload(2).expect("the change reloads");
+    let warning = format!(
+        "--watch {} (changed): writable by every user",
+        file.display()
+    );
+    sup.wait_for_log(&warning, DEADLINE);
+    sup.signal(libc::SIGTERM);
+    assert!(sup.wait_exit(DEADLINE).success());
+}
