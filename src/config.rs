@@ -685,12 +685,33 @@ pub(crate) fn resolve_command(program: &OsStr) -> Result<PathBuf, ValueError> {
     }
 }
 
-/// The default state directory for an instance name.
+/// The default state directory for an instance name (see [`state_dir_for`]).
 pub(crate) fn default_state_dir(name: &str) -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
+    state_dir_for(
+        name,
+        std::env::var_os("XDG_RUNTIME_DIR"),
+        nix::unistd::getuid().as_raw(),
+    )
+}
+
+/// `$XDG_RUNTIME_DIR/reloadsup/NAME`; else `/run/reloadsup/NAME` for root, since any user
+/// may create `/tmp/reloadsup-0` first and so stop every start of root's (issue 18, item 10);
+/// else `/tmp/reloadsup-UID/NAME`, checked component by component at start.
+pub(crate) fn state_dir_for(name: &str, xdg: Option<OsString>, uid: u32) -> PathBuf {
+    match xdg {
         Some(dir) if !dir.is_empty() => Path::new(&dir).join("reloadsup").join(name),
-        _ => PathBuf::from(format!("/tmp/reloadsup-{}", nix::unistd::getuid())).join(name),
+        _ if uid == 0 => Path::new("/run/reloadsup").join(name),
+        _ => PathBuf::from(format!("/tmp/reloadsup-{uid}")).join(name),
     }
+}
+
+/// Where releases before 0.1.0's issue 18 kept root's state without `XDG_RUNTIME_DIR`: `ctl`
+/// still looks there for an instance that was upgraded in place and so kept its directory.
+/// `ctl` trusts a control socket there only if root or its own user serves it.
+pub(crate) fn legacy_state_dir(name: &str) -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty());
+    (xdg.is_none() && nix::unistd::getuid().is_root())
+        .then(|| PathBuf::from("/tmp/reloadsup-0").join(name))
 }
 
 impl Config {
@@ -1208,6 +1229,24 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 18, item 10: root's default is under /run, not a /tmp name anyone can take.
+    #[test]
+    fn roots_default_state_dir_is_under_run() {
+        let xdg = Some(OsString::from("/run/user/1000"));
+        assert_eq!(
+            state_dir_for("web", xdg, 1000),
+            Path::new("/run/user/1000/reloadsup/web")
+        );
+        assert_eq!(
+            state_dir_for("web", None, 0),
+            Path::new("/run/reloadsup/web")
+        );
+        assert_eq!(
+            state_dir_for("web", Some(OsString::new()), 1000),
+            Path::new("/tmp/reloadsup-1000/web")
+        );
+    }
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["reloadsup"];

@@ -283,19 +283,32 @@ pub(crate) fn control_path(
         return Ok(c.to_path_buf());
     }
     if let Some(n) = name {
-        return Ok(crate::config::default_state_dir(n).join("control.sock"));
+        let path = crate::config::default_state_dir(n).join("control.sock");
+        // An instance upgraded in place from a release that kept root's state under /tmp.
+        let legacy = crate::config::legacy_state_dir(n).map(|d| d.join("control.sock"));
+        return Ok(match legacy {
+            Some(old) if !path.exists() && old.exists() => old,
+            _ => path,
+        });
     }
     // No name: the only instance in the default place, if there is exactly one.
     let base = crate::config::default_state_dir("x");
     let base = base.parent().map(Path::to_path_buf).unwrap_or_default();
-    let found: Vec<PathBuf> = std::fs::read_dir(&base)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path().join("control.sock"))
-                .filter(|p| p.exists())
-                .collect()
+    let legacy =
+        crate::config::legacy_state_dir("x").and_then(|d| d.parent().map(Path::to_path_buf));
+    let found: Vec<PathBuf> = std::iter::once(&base)
+        .chain(legacy.as_ref())
+        .flat_map(|base| {
+            std::fs::read_dir(base)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.path().join("control.sock"))
+                        .filter(|p| p.exists())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
         })
-        .unwrap_or_default();
+        .collect();
     match found.len() {
         1 => Ok(found[0].clone()),
         0 => Err(CtlError::NoneFound {

@@ -103,6 +103,12 @@ impl Connections {
     }
 
     /// Registers a connection that did not come through the control socket (the shell link).
+    /// The path the control socket is bound to, if it has one.
+    pub(crate) fn listener_path(&self) -> Option<std::path::PathBuf> {
+        let addr = self.listener.local_addr().ok()?;
+        addr.as_pathname().map(|p| p.to_path_buf())
+    }
+
     pub(crate) fn adopt(&mut self, poll: &Poll, stream: UnixStream) -> io::Result<ConnId> {
         self.insert(poll, stream, true)
     }

@@ -53,12 +53,17 @@ pub(super) fn prepare_state_dir(dir: &Path, mode: u32) -> Result<(), String> {
         let name = component.as_os_str();
         at.push(name);
         let last = i + 1 == components.len();
+        // A directory made on the way (`/run/reloadsup`, `/tmp/reloadsup-UID`) holds only
+        // instances' directories, and the next instance may run its workers as another user,
+        // who must traverse it to reach its notify socket: traversable, not listable. The
+        // state directory itself gets `mode`.
+        let want = if last { mode } else { 0o711 };
         let shared = parent.st_mode & GROUP_OR_OTHER_WRITE != 0;
         let mut created = false;
         let entry = match fstatat(&fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => Some(st),
             Err(nix::errno::Errno::ENOENT) => {
-                match mkdirat(&fd, name, Mode::from_bits_truncate(mode)) {
+                match mkdirat(&fd, name, Mode::from_bits_truncate(want)) {
                     Ok(()) => created = true,
                     // Someone made it between the two calls: it is checked like any other.
                     Err(nix::errno::Errno::EEXIST) => {}
@@ -99,13 +104,13 @@ pub(super) fn prepare_state_dir(dir: &Path, mode: u32) -> Result<(), String> {
                     st.st_uid
                 ));
             }
-            if st.st_mode & 0o7777 != mode {
+            if st.st_mode & 0o7777 != want {
                 if !created && st.st_mode & GROUP_OR_OTHER_WRITE != 0 {
                     // Others may already have put something in it.
                     return Err(writable(&at, &st, "it must be 0700"));
                 }
                 // Also for a directory just made: the umask may have taken bits off.
-                fchmod(&next, Mode::from_bits_truncate(mode))
+                fchmod(&next, Mode::from_bits_truncate(want))
                     .map_err(|e| format!("unable to set the mode of {}: {e}", at.display()))?;
             }
         } else {
@@ -236,6 +241,14 @@ mod tests {
         prepare_state_dir(&dir, 0o700).unwrap();
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o700);
+        // The directory made on the way may be traversed by the workers of a later instance
+        // that runs them as another user, not listed.
+        let made = std::fs::metadata(base.join("a"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(made, 0o711);
         prepare_state_dir(&dir, 0o700).unwrap();
         let _ = std::fs::remove_dir_all(&base);
     }

@@ -9,7 +9,8 @@ use std::thread;
 use std::time::Duration;
 
 use reloadsup_integration_tests::{
-    bins, ctl, proc, shell_quote, wait_for, Limits, Load, Run, Sandbox, Supervisor, DEADLINE,
+    bins, ctl, proc, shell_quote, wait_for, wait_until, Limits, Load, Run, Sandbox, Supervisor,
+    DEADLINE,
 };
 use serde_json::Value;
 
@@ -734,4 +735,60 @@ fn ctl_reload_names_the_setup_step_that_failed() {
         text(&out)
     );
     assert!(!stdout.contains("could not be run"), "{}", text(&out));
+}
+
+/// Issue 18, item 10: root's default state directory was `/tmp/reloadsup-0/NAME`, which any
+/// user could create first and so stop every start of root's without `--state-dir`. Root's is
+/// `/run/reloadsup/NAME` now (without `XDG_RUNTIME_DIR`), and `ctl --name` finds it there.
+#[test]
+fn roots_default_state_dir_is_under_run() {
+    if !crate::running_as_root("roots_default_state_dir_is_under_run") {
+        return;
+    }
+    let sb = Sandbox::new("root_default_state_dir");
+    let name = format!("it-run-{}", std::process::id());
+    let dir = Path::new("/run/reloadsup").join(&name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = sb.join("stderr");
+    let mut child = std::process::Command::new(bins::reloadsup())
+        .args([
+            "-l",
+            "tcp://127.0.0.1:0",
+            "--ready",
+            "immediate",
+            "--name",
+            &name,
+        ])
+        .arg("--")
+        .arg(bins::example("hello"))
+        .env_remove("XDG_RUNTIME_DIR")
+        .current_dir(sb.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("reloadsup");
+    let ctl = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(bins::reloadsup());
+        cmd.arg("ctl")
+            .args(["--name", &name])
+            .args(args)
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("RELOADSUP_CONTROL");
+        reloadsup_integration_tests::output_with_timeout(&mut cmd, DEADLINE)
+    };
+    wait_until(DEADLINE, "the control socket under /run", || {
+        dir.join("control.sock").exists()
+    });
+    let out = ctl(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = ctl(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = child.wait().expect("wait");
+    assert!(
+        status.success(),
+        "{status}: {}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

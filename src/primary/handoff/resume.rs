@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use reloadsup_protocol::upgrade::{self as image, Handoff};
@@ -113,7 +113,7 @@ impl Primary {
     ) -> Result<(Primary, Vec<crate::primary::Action>), String> {
         let clock = Clock::now();
         sys::ensure_std_fds().map_err(|e| format!("open /dev/null: {}", lower(&e)))?;
-        let (args, config) = config_of(&h)?;
+        let (args, mut config) = config_of(&h)?;
         let epochs = epochs_from(&h, &config)?;
         let pid = std::process::id();
         let poll = Poll::new().map_err(|e| format!("create the poll: {}", lower(&e)))?;
@@ -154,6 +154,16 @@ impl Primary {
             });
         }
         let conns = crate::primary::Connections::resume(&poll, h.control, &mut take)?;
+        // The state directory is where the running instance's control socket is: a new
+        // default (root's moved from /tmp to /run) must not move an instance that runs.
+        if let Some(dir) = kept_state_dir(&config.state_dir, conns.listener_path()) {
+            log::info!(
+                "upgrade: the state directory stays {} (the new default is {})",
+                dir.display(),
+                config.state_dir.display()
+            );
+            config.state_dir = dir;
+        }
         let notify = match h.notify {
             Some(image) => {
                 let mut n = crate::primary::notify::NotifySockets::new(
@@ -331,5 +341,31 @@ impl Primary {
             primary.restart_after_upgrade(who, &mut actions);
         }
         Ok((primary, actions))
+    }
+}
+
+/// The directory of the control socket the hand-off carried, when it is not `configured`:
+/// where the running instance keeps its state.
+fn kept_state_dir(configured: &Path, control: Option<PathBuf>) -> Option<PathBuf> {
+    let dir = control?.parent()?.to_path_buf();
+    (dir != configured).then_some(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 18, item 10: root's default moved from /tmp/reloadsup-0 to /run/reloadsup; an
+    /// instance upgraded in place keeps the directory its control socket is in.
+    #[test]
+    fn an_upgraded_instance_keeps_its_state_directory() {
+        let now = Path::new("/run/reloadsup/web");
+        let old = PathBuf::from("/tmp/reloadsup-0/web/control.sock");
+        assert_eq!(
+            kept_state_dir(now, Some(old)),
+            Some(PathBuf::from("/tmp/reloadsup-0/web"))
+        );
+        assert_eq!(kept_state_dir(now, Some(now.join("control.sock"))), None);
+        assert_eq!(kept_state_dir(now, None), None);
     }
 }
