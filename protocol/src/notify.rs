@@ -41,7 +41,7 @@ pub fn parse(datagram: &[u8]) -> Notice {
 }
 
 /// Replaces every control character (C0 including ESC, CR and TAB, DEL, C1) and the Unicode
-/// bidirectional overrides and isolates with `?`, and cuts the text to [`MAX_STATUS_CHARS`].
+/// bidirectional overrides, isolates and marks with `?`, and cuts the text to [`MAX_STATUS_CHARS`].
 pub fn sanitize_status(text: &str) -> String {
     text.chars()
         .take(MAX_STATUS_CHARS)
@@ -66,7 +66,11 @@ pub fn sanitize_log_line(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn unsafe_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
 }
 
 #[cfg(test)]
@@ -77,8 +81,11 @@ mod tests {
     /// output never reach an operator's terminal; tabs and the line's newline stay.
     #[test]
     fn a_log_line_keeps_tabs_and_its_newline_and_loses_every_control() {
-        let line = "\x1b[31mred\x1b[0m\rover\x7f\u{9b}2J\ttab\u{202e}evil\n";
-        assert_eq!(sanitize_log_line(line), "?[31mred?[0m?over??2J\ttab?evil\n");
+        let line = "\x1b[31mred\x1b[0m\rover\x7f\u{9b}2J\ttab\u{202e}evil\u{200f}\u{61c}\n";
+        assert_eq!(
+            sanitize_log_line(line),
+            "?[31mred?[0m?over??2J\ttab?evil??\n"
+        );
         assert!(matches!(
             sanitize_log_line("plain\tline\n"),
             std::borrow::Cow::Borrowed(_)

@@ -274,6 +274,27 @@ fn check_server_uid(stream: &UnixStream, path: &Path) -> Result<(), CtlError> {
     }
 }
 
+/// Whether the control socket at `path` under `/tmp/reloadsup-0` is root's own: the socket
+/// (no symlink: a symlink planted there could lead to another instance of root's) and every
+/// directory up to `/tmp` belong to root and nobody else can write them. `check_server_uid`
+/// alone would accept a symlink to any root instance's socket.
+fn roots_own(path: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(socket) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !socket.file_type().is_socket() || socket.uid() != 0 {
+        return false;
+    }
+    path.ancestors()
+        .skip(1)
+        .take_while(|d| *d != Path::new("/tmp"))
+        .all(|d| {
+            std::fs::symlink_metadata(d)
+                .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0)
+        })
+}
+
 /// The control socket for `--name`, `--control` or the default instance.
 pub(crate) fn control_path(
     name: Option<&str>,
@@ -287,7 +308,7 @@ pub(crate) fn control_path(
         // An instance upgraded in place from a release that kept root's state under /tmp.
         let legacy = crate::config::legacy_state_dir(n).map(|d| d.join("control.sock"));
         return Ok(match legacy {
-            Some(old) if !path.exists() && old.exists() => old,
+            Some(old) if !path.exists() && roots_own(&old) => old,
             _ => path,
         });
     }
@@ -296,19 +317,20 @@ pub(crate) fn control_path(
     let base = base.parent().map(Path::to_path_buf).unwrap_or_default();
     let legacy =
         crate::config::legacy_state_dir("x").and_then(|d| d.parent().map(Path::to_path_buf));
-    let found: Vec<PathBuf> = std::iter::once(&base)
-        .chain(legacy.as_ref())
-        .flat_map(|base| {
-            std::fs::read_dir(base)
-                .map(|d| {
-                    d.filter_map(|e| e.ok())
-                        .map(|e| e.path().join("control.sock"))
-                        .filter(|p| p.exists())
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
-        .collect();
+    let listed = |base: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(base)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path().join("control.sock"))
+                    .filter(|p| p.exists())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut found = listed(&base);
+    if let Some(legacy) = &legacy {
+        found.extend(listed(legacy).into_iter().filter(|p| roots_own(p)));
+    }
     match found.len() {
         1 => Ok(found[0].clone()),
         0 => Err(CtlError::NoneFound {
@@ -489,4 +511,49 @@ pub(crate) fn status_json(s: &Status) -> serde_json::Value {
         "version": s.version,
         "upgrades": s.upgrades,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The attacker's review of issue 18, item 10: a symlink planted under /tmp/reloadsup-0 to
+    /// another root instance's socket passed the server check (root serves it); only root's
+    /// own socket in root's own directories is taken there.
+    #[test]
+    fn only_roots_own_socket_is_taken_from_the_legacy_place() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true and this test needs root"
+            );
+            return;
+        }
+        let base = Path::new("/tmp").join(format!("reloadsup-ctl-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("web");
+        std::fs::create_dir_all(&dir).unwrap();
+        for d in [&base, &dir] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let socket = dir.join("control.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        assert!(roots_own(&socket));
+        let link = dir.join("link.sock");
+        std::os::unix::fs::symlink(&socket, &link).unwrap();
+        assert!(!roots_own(&link), "a symlink is refused");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            !roots_own(&socket),
+            "a directory others can write is refused"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&base, Some(65534), None).unwrap();
+        assert!(
+            !roots_own(&socket),
+            "a directory of another user is refused"
+        );
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }

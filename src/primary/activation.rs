@@ -134,8 +134,15 @@ pub(crate) fn take() -> Result<Vec<Inherited>, ActivationError> {
         var("LISTEN_FDS").as_deref(),
         var("LISTEN_FDNAMES").as_deref(),
     );
-    // Single-threaded here: the run mode has started no thread yet.
-    for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+    // Single-threaded here: the run mode has started no thread yet. LISTEN_PIDFDID (systemd
+    // 258+) names this process's pidfd: in a worker, sd_listen_fds() would compare it with its
+    // own and find no sockets.
+    for k in [
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "LISTEN_PIDFDID",
+    ] {
         std::env::remove_var(k);
     }
     let Some(said) = said? else {

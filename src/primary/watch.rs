@@ -74,19 +74,24 @@ impl Trusted {
     /// a warning: empty when nobody. A path that does not exist says nothing of itself (a
     /// deploy creates it); its directory still counts.
     pub(crate) fn others_who_can_write(&self, path: &Path) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
         let mut who = Vec::new();
-        if let Ok(m) = std::fs::metadata(path) {
-            self.add(&mut who, &m, None);
+        let file = std::fs::metadata(path).ok();
+        if let Some(m) = &file {
+            self.add(&mut who, m, None, false);
         }
+        // In a sticky directory (/tmp) others may not replace a file they do not own, but they
+        // may create one that is not there yet.
+        let ours = file.is_some_and(|m| self.uids.contains(&m.uid()));
         if let Ok((dir, _)) = split(path) {
             if let Ok(m) = std::fs::metadata(&dir) {
-                self.add(&mut who, &m, Some(&dir));
+                self.add(&mut who, &m, Some(&dir), ours);
             }
         }
         who
     }
 
-    fn add(&self, who: &mut Vec<String>, m: &std::fs::Metadata, dir: Option<&Path>) {
+    fn add(&self, who: &mut Vec<String>, m: &std::fs::Metadata, dir: Option<&Path>, ours: bool) {
         use std::os::unix::fs::MetadataExt;
         let through = dir.map_or(String::new(), |d| format!(" (through {})", d.display()));
         let mode = m.mode();
@@ -96,9 +101,8 @@ impl Trusted {
         if mode & 0o020 != 0 && !self.gids.contains(&m.gid()) {
             who.push(format!("group {}{through}", m.gid()));
         }
-        // In a sticky directory (/tmp) others may add names but not replace ours.
-        let sticky = dir.is_some() && mode & 0o1000 != 0;
-        if mode & 0o002 != 0 && !sticky {
+        let sticky_guard = dir.is_some() && mode & 0o1000 != 0 && ours;
+        if mode & 0o002 != 0 && !sticky_guard {
             who.push(format!("every user{through}"));
         }
     }
@@ -286,7 +290,12 @@ mod tests {
             &format!("every user (through {})", dir.display())
         );
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        // Sticky: a file of ours cannot be replaced, but a missing one can be created.
         assert!(!trusted
+            .others_who_can_write(&file)
+            .iter()
+            .any(|w| w.starts_with("every user")));
+        assert!(trusted
             .others_who_can_write(&dir.join("later"))
             .iter()
             .any(|w| w.starts_with("every user")));

@@ -26,6 +26,8 @@ const OWN_VARS: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
+    // systemd 258+: the pidfd id of the process systemd started; a worker gets none.
+    "LISTEN_PIDFDID",
     "NOTIFY_SOCKET",
 ];
 

@@ -788,3 +788,27 @@ fn wait_for_env(pid: u32, key: &str) -> String {
         proc::environ_of(pid).get(key).cloned()
     })
 }
+
+/// Issue 21, defect 2: systemd 258+ sets `LISTEN_PIDFDID` beside `LISTEN_PID`; it reached the
+/// workers, whose `sd_listen_fds()` then compared it with their own pidfd and found no socket.
+/// A worker gets the socket-activation variables of its own and no `LISTEN_PIDFDID`.
+#[test]
+fn a_worker_never_sees_the_managers_listen_pidfdid() {
+    let sb = Sandbox::new("listen_pidfdid");
+    let run = Run::hello(&[])
+        .args(standard(1))
+        .env("LISTEN_PIDFDID", "4242");
+    let (sup, _) = start(&sb, run, 1);
+    let worker = sup.wait_workers(1)[0];
+    wait_for_env(worker, "LISTEN_FDS");
+    let env = proc::environ_of(worker);
+    assert!(
+        !env.contains_key("LISTEN_PIDFDID"),
+        "the worker got LISTEN_PIDFDID={:?}",
+        env.get("LISTEN_PIDFDID")
+    );
+    assert_eq!(
+        env.get("LISTEN_PID").map(String::as_str),
+        Some(worker.to_string().as_str())
+    );
+}

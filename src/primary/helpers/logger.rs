@@ -477,7 +477,11 @@ impl Logs {
         let link = image.link_fd.map(&mut take).transpose()?;
         let logs = Logs {
             spec: image.spec,
-            helper: helper(run_as).resume(image.pid, link, poll)?,
+            helper: {
+                let mut h = helper(run_as).resume(image.pid, link, poll)?;
+                h.replace_if_stale();
+                h
+            },
             pipes,
             next_id: image.next_id,
             tails: BTreeMap::new(),

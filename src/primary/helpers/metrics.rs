@@ -370,7 +370,11 @@ impl Metrics {
             },
             listener,
             bound: image.bound,
-            helper: helper(run_as).resume(image.pid, link, poll)?,
+            helper: {
+                let mut h = helper(run_as).resume(image.pid, link, poll)?;
+                h.replace_if_stale();
+                h
+            },
         });
         let timer = timer_from(
             image.pid.is_some(),

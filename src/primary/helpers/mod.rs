@@ -149,9 +149,10 @@ impl Helper {
         self.signal(Signal::SIGKILL);
     }
 
-    /// Closing the link takes it out of the poll too: nothing else holds that socket (every fd
-    /// of ours is close-on-exec), and epoll forgets a socket once its last fd is closed. An
-    /// event of this turn for it finds no link and is ignored.
+    /// Closing the link takes it out of the poll too: epoll forgets a socket once its last fd
+    /// is closed. Every fd of ours is close-on-exec, so a copy lives on only in a child between
+    /// its fork and its exec; an event delivered meanwhile under the old token finds no link,
+    /// or the next one, whose read does not block, and is harmless either way.
     pub(crate) fn close_link(&mut self) {
         self.link = None;
     }
@@ -160,6 +161,32 @@ impl Helper {
     pub(crate) fn signal(&self, sig: Signal) {
         if let Some(pid) = self.pid {
             let _ = sys::kill_group(pid, sig);
+        }
+    }
+
+    /// After an upgrade in place: a helper still running as another user than its role words
+    /// now say (one an older release started as root, before it dropped to the workers' user)
+    /// is replaced, so that the next one runs as it should. Reads the helper's own
+    /// `/proc/PID/status`, a child of ours, once per upgrade.
+    pub(crate) fn replace_if_stale(&mut self) {
+        let Some(pid) = self.pid else { return };
+        let wanted = match self.args.iter().position(|a| a == "--uid") {
+            Some(i) => self.args.get(i + 1).and_then(|u| u.parse().ok()),
+            None => Some(nix::unistd::geteuid().as_raw()),
+        };
+        let running = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|ids| ids.split_whitespace().nth(1)?.parse::<u32>().ok())
+            });
+        if let (Some(wanted), Some(running)) = (wanted, running) {
+            if wanted != running {
+                self.replace(&format!(
+                    "runs as uid {running} (started before an upgrade), not {wanted}"
+                ));
+            }
         }
     }
 
@@ -222,5 +249,54 @@ pub(crate) fn timer_from(
         restart_at: clock.opt_instant(restart_at),
         replacing: false,
         stopping: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// The attacker's review of issue 18, items 1 and 8: an upgrade in place kept the logger
+    /// and the metrics worker an older release had started as root; one running as another
+    /// uid than its role words say is replaced.
+    #[test]
+    fn a_helper_running_as_another_user_than_its_words_is_replaced() {
+        let spawn = || {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .process_group(0)
+                .spawn()
+                .expect("sleep")
+        };
+        let ours = nix::unistd::geteuid().as_raw();
+        let other = if ours == 0 { 65534 } else { 0 };
+        let words = |uid: u32| as_workers_words("__metrics", uid);
+        let mut right = spawn();
+        let mut h = Helper::new("test helper", "t", words(ours), LinkKind::Packets, None);
+        h.pid = Some(right.id());
+        h.replace_if_stale();
+        assert!(
+            right.try_wait().unwrap().is_none(),
+            "replaced a helper of the right uid"
+        );
+        let mut stale = spawn();
+        let mut h = Helper::new("test helper", "t", words(other), LinkKind::Packets, None);
+        h.pid = Some(stale.id());
+        h.replace_if_stale();
+        let status = stale.wait().unwrap();
+        assert!(!status.success(), "the stale helper was left running");
+        let _ = right.kill();
+        let _ = right.wait();
+    }
+
+    fn as_workers_words(role: &str, uid: u32) -> Vec<String> {
+        vec![
+            role.to_string(),
+            "--uid".into(),
+            uid.to_string(),
+            "--gid".into(),
+            uid.to_string(),
+        ]
     }
 }
