@@ -506,7 +506,10 @@ fn ctl_refuses_a_control_socket_served_by_another_uid() {
     std::fs::create_dir(&home).expect("mkdir");
     std::os::unix::fs::chown(&home, Some(65534), Some(65534)).expect("chown");
     let state = home.join("state");
-    let mut child = std::process::Command::new(bins::reloadsup())
+    // The build tree may sit in a directory only root can enter (a 0700 home, a CI clone):
+    // the other user runs a copy it can reach (issue 22, defect 4).
+    let reloadsup = sb.shared_copy(&bins::reloadsup());
+    let mut child = std::process::Command::new(reloadsup)
         .args([
             "-l",
             "tcp://127.0.0.1:0",
