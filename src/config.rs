@@ -494,7 +494,7 @@ fn read_hash_file(
     warnings: &mut Vec<String>,
 ) -> Result<String, ConfigError> {
     use std::os::unix::fs::PermissionsExt;
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::HashFile {
+    let text = crate::trusted::read_to_string(path).map_err(|e| ConfigError::HashFile {
         what: what.to_string(),
         reason: lower(&e),
     })?;
@@ -727,8 +727,10 @@ impl Config {
     pub(crate) fn from_args(args: RunArgs) -> Result<Config, ConfigError> {
         let text = match &args.config {
             Some(path) => {
+                // Bounded, never a FIFO or a device, root's or ours and nobody else's: it
+                // names the workers' user and command (issue 18, item 3).
                 Some(
-                    std::fs::read_to_string(path).map_err(|e| ConfigError::ReadFile {
+                    crate::trusted::read_to_string(path).map_err(|e| ConfigError::ReadFile {
                         path: path.display().to_string(),
                         reason: lower(&e),
                     })?,

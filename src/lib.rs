@@ -18,6 +18,7 @@ pub mod shell;
 mod sys;
 mod text;
 mod tls;
+mod trusted;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -208,6 +208,16 @@ impl LogDir {
         })
     }
 
+    /// The status of what is at the file's name.
+    pub(crate) fn entry(&self, flags: AtFlags) -> nix::Result<FileStat> {
+        fstatat(&self.dir, self.name.as_os_str(), flags)
+    }
+
+    /// The target of the symlink at the file's name.
+    pub(crate) fn link_target(&self) -> nix::Result<PathBuf> {
+        nix::fcntl::readlinkat(&self.dir, self.name.as_os_str()).map(PathBuf::from)
+    }
+
     /// Whether the directory was removed since it was walked (a reopen then needs a new walk).
     pub(crate) fn removed(&self) -> bool {
         fstat(&self.dir).is_ok_and(|st| st.st_nlink == 0)

@@ -71,8 +71,10 @@ pub(crate) fn identity(cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Identity, 
     })
 }
 
+/// A certificate or key: read as the primary, so checked like every file it reads with its
+/// own privilege (`trusted.rs`).
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    fs::read(path).map_err(|e| {
+    crate::trusted::read(path).map_err(|e| {
         format!(
             "unable to read {}: {}",
             path.display(),

@@ -222,23 +222,33 @@ fn a_connection_instead_of_a_listener_is_refused() {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let log = sb.join("activator.stderr");
+    // Stopped however the test ends: a failed assertion left it listening for good once.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     // `--accept` passes each accepted connection, as a unit with Accept=yes would.
-    let mut activator = Command::new(ACTIVATOR)
-        .args(["--accept", "-l", &addr.to_string()])
-        .arg(bins::reloadsup())
-        .arg("--state-dir")
-        .arg(sb.join("state"))
-        .args(["--", "/bin/true"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn the activator");
+    let mut activator = Stop(
+        Command::new(ACTIVATOR)
+            .args(["--accept", "-l", &addr.to_string()])
+            .arg(bins::reloadsup())
+            .arg("--state-dir")
+            .arg(sb.join("state"))
+            .args(["--", "/bin/true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn the activator"),
+    );
     // The activator's own socket: another test may hold the same port for a moment.
-    let activator_pid = activator.id();
+    let activator_pid = activator.0.id();
     wait_until(DEADLINE, "the activator listening", || {
         assert!(
-            activator.try_wait().ok().flatten().is_none(),
+            activator.0.try_wait().ok().flatten().is_none(),
             "the activator exited (port {port} taken?): {}",
             fs::read_to_string(&log).unwrap_or_default()
         );
@@ -263,7 +273,4 @@ fn a_connection_instead_of_a_listener_is_refused() {
         line.contains("stream socket that is not listening"),
         "{line}"
     );
-    // The activator is ours: stop it.
-    let _ = activator.kill();
-    let _ = activator.wait();
 }

@@ -596,3 +596,37 @@ fn an_upgrade_keeps_the_console_password_when_its_hash_file_is_gone() {
     let out = console(&addr, &fp, "kept pw", "greet");
     assert!(text(&out).contains("hello-kept"), "{}", text(&out));
 }
+
+/// Issue 18, item 3, and its done-when: a FIFO as the config file froze the primary at a
+/// reload (SIGTERM ignored), a symlink to `/dev/zero` was read until memory ran out. Each is
+/// refused at once now, and `ctl status` answers meanwhile.
+#[test]
+fn a_fifo_or_a_device_as_the_config_refuses_the_reload_and_never_blocks_the_primary() {
+    let sandbox = Sandbox::new("reconf-fifo");
+    let good = config(&["tcp://127.0.0.1:0"], 1, "");
+    let (sup, file) = start(&sandbox, &good, 1);
+    std::fs::remove_file(&file).unwrap();
+    let path = std::ffi::CString::new(file.to_str().expect("utf-8 path")).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path this test owns.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0, "mkfifo");
+    let t = std::time::Instant::now();
+    let out = sup.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not a regular file"), "{}", text(&out));
+    let out = sup.ctl(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "the primary answered only after {:?}",
+        t.elapsed()
+    );
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &file).unwrap();
+    let out = sup.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not a regular file"), "{}", text(&out));
+    std::fs::remove_file(&file).unwrap();
+    sandbox.write("web.toml", &good);
+    let out = sup.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

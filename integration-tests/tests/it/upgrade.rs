@@ -428,3 +428,25 @@ fn a_failed_execve_leaves_the_old_image_running() {
     let (ok, text) = upgrade(&sup, &[]);
     assert!(ok, "a good upgrade afterwards: {text}");
 }
+
+/// Issue 18, item 3: another user's binary given to `ctl upgrade --binary` ran as root at the
+/// pre-flight, then became the primary. It is refused before anything runs.
+#[test]
+fn another_users_binary_is_refused_before_it_runs() {
+    if !crate::running_as_root("another_users_binary_is_refused_before_it_runs") {
+        return;
+    }
+    let sb = Sandbox::new("upgrade_foreign_binary");
+    let (sup, _) = start(&sb, Run::hello(&[]).args(standard(1)), 1);
+    let copy = copy_of_reloadsup(&sb, "reloadsup-theirs");
+    std::os::unix::fs::chown(&copy, Some(65534), Some(65534)).unwrap();
+    let (ok, text) = upgrade(&sup, &["--binary", copy.to_str().expect("utf-8 path")]);
+    assert!(!ok, "the upgrade ran another user's binary: {text}");
+    assert!(text.contains("belongs to uid 65534"), "{text}");
+    assert_eq!(upgrades(&sup), 0);
+    assert!(
+        !sup.log().contains("pre-flight of"),
+        "its pre-flight ran:\n{}",
+        sup.log()
+    );
+}

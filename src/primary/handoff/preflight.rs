@@ -86,6 +86,8 @@ impl Primary {
     pub(super) fn spawn_preflight(&mut self, binary: &Path) -> Result<(u32, OwnedFd), String> {
         use std::os::unix::process::CommandExt;
         is_executable(binary)?;
+        // It runs with the primary's privilege, then becomes the primary (issue 18, item 3).
+        crate::trusted::check_binary(binary)?;
         let clock = Clock::now();
         let bytes = proto::encode(&self.handoff(vec![], vec![], &clock))
             .map_err(|e| format!("unable to encode the hand-off: {e}"))?;

@@ -1,0 +1,220 @@
+//! Files the primary reads or runs with its own privilege (issue 18, item 3): the `--config`
+//! file, the console's password hash file, certificate and key, and the binary of an upgrade
+//! in place. Whoever can change one of them controls what reloadsup does as its user (root,
+//! often): the config names the workers' user and command; the binary becomes the primary.
+//!
+//! So such a file must be a regular file (no FIFO, which froze the primary at a reload, and no
+//! device: `/dev/zero` was read until memory ran out), owned by root or the primary's user,
+//! writable by nobody else, and is read with a size bound. It is opened once with `O_NONBLOCK`
+//! and everything is checked on the open file, so nothing can be swapped in between. A symlink
+//! is followed: a Kubernetes ConfigMap is a chain of them; what counts is the file it leads to.
+//!
+//! A binary is run by path twice (the pre-flight, then the exec), so for it every directory
+//! on the way must be one that nobody else can change either (the walk of `logfile.rs`).
+//! Files that only the workers run or that are only watched are not checked here: they belong
+//! to whoever deploys the service.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::AtFlags;
+use nix::sys::stat::SFlag;
+
+use crate::logfile::LogDir;
+
+/// The most bytes read of such a file: far more than any config, hash or PEM needs.
+pub(crate) const MAX_BYTES: u64 = 4 << 20;
+
+/// Symlinks followed to a binary, as the kernel would.
+const MAX_LINKS: usize = 40;
+
+/// The users whose files the primary trusts: root and its own.
+fn trusted(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+/// Why a file of status `m` (at `path`) is not one to trust, if it is not.
+fn distrust(path: &Path, uid: u32, mode: u32) -> Option<String> {
+    if !trusted(uid) {
+        return Some(format!(
+            "{} belongs to uid {uid}, neither root nor reloadsup's user: whoever owns it would \
+             control what reloadsup does",
+            path.display()
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "{} is writable by others (mode {:o}): chmod go-w it",
+            path.display(),
+            mode & 0o7777
+        ));
+    }
+    None
+}
+
+/// Reads `path` (see the module's rules); the error says what is wrong with it.
+pub(crate) fn read(path: &Path) -> io::Result<Vec<u8>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    if let Some(why) = distrust(path, meta.uid(), meta.mode()) {
+        return Err(io::Error::other(why));
+    }
+    read_bounded(file, path)
+}
+
+fn read_bounded(file: File, path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    file.take(MAX_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_BYTES {
+        return Err(io::Error::other(format!(
+            "{} is larger than {} MiB",
+            path.display(),
+            MAX_BYTES >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
+/// [`read`] as text.
+pub(crate) fn read_to_string(path: &Path) -> io::Result<String> {
+    String::from_utf8(read(path)?).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not UTF-8 text", path.display()),
+        )
+    })
+}
+
+/// Checks a binary the primary would run with its own privilege: every directory on the way
+/// to it, through every symlink, and the file itself must be root's or the primary's user's
+/// and writable by nobody else. Returns the file the path leads to.
+pub(crate) fn check_binary(path: &Path) -> Result<PathBuf, String> {
+    let mut path = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        let dir = LogDir::find(&path)?;
+        if !trusted(dir.owner) {
+            return Err(format!(
+                "{} is in a directory of uid {}, neither root nor reloadsup's user",
+                path.display(),
+                dir.owner
+            ));
+        }
+        let here = dir.path();
+        let st = dir
+            .entry(AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| format!("{}: {e}", here.display()))?;
+        match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFLNK => {
+                let target = dir
+                    .link_target()
+                    .map_err(|e| format!("unable to read the symlink {}: {e}", here.display()))?;
+                path = match here.parent() {
+                    Some(parent) => parent.join(target),
+                    None => target,
+                };
+            }
+            SFlag::S_IFREG => {
+                return match distrust(&here, st.st_uid, st.st_mode) {
+                    Some(why) => Err(why),
+                    None => Ok(here),
+                }
+            }
+            _ => return Err(format!("{} is not a regular file", here.display())),
+        }
+    }
+    Err(format!("{}: too many levels of symlinks", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("reloadsup-trusted-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    /// Issue 18, item 3: a FIFO as the config froze the primary at a reload; `/dev/zero` was
+    /// read until memory ran out. Both are refused at once.
+    #[test]
+    fn a_fifo_a_device_a_huge_file_and_others_files_are_refused() {
+        let dir = scratch("read");
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "workers = 2\n").unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(read_to_string(&good).unwrap(), "workers = 2\n");
+        // A symlink to it is fine: what counts is the file.
+        std::os::unix::fs::symlink(&good, dir.join("link.toml")).unwrap();
+        assert!(read(&dir.join("link.toml")).is_ok());
+
+        let fifo = dir.join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let t = Instant::now();
+        let e = read(&fifo).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5), "the FIFO blocked");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let e = read(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+
+        let huge = dir.join("huge.toml");
+        std::fs::write(&huge, vec![b'#'; MAX_BYTES as usize + 1]).unwrap();
+        let e = read(&huge).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = read(&good).unwrap_err();
+        assert!(e.to_string().contains("writable by others"), "{e}");
+        if nix::unistd::geteuid().is_root() {
+            std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::os::unix::fs::chown(&good, Some(65534), None).unwrap();
+            let e = read(&good).unwrap_err();
+            assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 18, item 3: another user's binary given to `ctl upgrade --binary` ran as root.
+    #[test]
+    fn a_binary_is_checked_through_every_symlink_and_directory() {
+        let dir = scratch("binary");
+        let bin = dir.join("reloadsup-2");
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = dir.join("current");
+        std::os::unix::fs::symlink("reloadsup-2", &link).unwrap();
+        assert_eq!(check_binary(&link).unwrap(), bin);
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o775)).unwrap();
+        let e = check_binary(&link).unwrap_err();
+        assert!(e.contains("writable by others"), "{e}");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            let theirs = dir.join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::fs::copy(&bin, theirs.join("reloadsup")).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            let e = check_binary(&theirs.join("reloadsup")).unwrap_err();
+            assert!(e.contains("uid 65534"), "{e}");
+            std::os::unix::fs::chown(&bin, Some(65534), None).unwrap();
+            let e = check_binary(&bin).unwrap_err();
+            assert!(e.contains("belongs to uid 65534"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
