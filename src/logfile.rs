@@ -208,6 +208,12 @@ impl LogDir {
         })
     }
 
+    /// The first root-owned directory on the way that its group can write, with its group and
+    /// mode, if any.
+    pub(crate) fn shared_above(&self) -> Option<&(PathBuf, u32, u32)> {
+        self.shared_above.as_ref()
+    }
+
     /// The status of what is at the file's name.
     pub(crate) fn entry(&self, flags: AtFlags) -> nix::Result<FileStat> {
         fstatat(&self.dir, self.name.as_os_str(), flags)
@@ -606,7 +612,7 @@ fn walk(dir: &Path) -> Result<Walked, String> {
     if writable_by_others(&st) {
         return Err(format!(
             "{} is writable by others (mode {:o}, group {}): they could put a symlink at the \
-             log file's name; use a directory only its owner can write to",
+             file's name; use a directory only its owner can write to",
             at.display(),
             st.st_mode & 0o7777,
             st.st_gid
@@ -619,7 +625,7 @@ fn walk(dir: &Path) -> Result<Walked, String> {
     if let Some((uid, path)) = owners.iter().find(|(uid, _)| *uid != st.st_uid) {
         return Err(format!(
             "{} belongs to uid {uid}, who could redirect the path to another directory; every \
-             directory on the way to the log file must belong to root or to its directory's \
+             directory on the way to the file must belong to root or to its directory's \
              owner (uid {} of {})",
             path.display(),
             st.st_uid,
@@ -672,7 +678,7 @@ fn check_passable(
     }
     Err(format!(
         "{} is writable by others (mode {mode:o}); only a root-owned sticky directory like \
-         /tmp may be on the way to the log file",
+         /tmp may be on the way to the file",
         at.display(),
     ))
 }

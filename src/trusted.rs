@@ -55,12 +55,16 @@ fn distrust(path: &Path, uid: u32, mode: u32) -> Option<String> {
 }
 
 /// Reads `path` (see the module's rules); the error says what is wrong with it.
+///
+/// The path is first opened with `O_PATH`, which runs no driver (an open of `/dev/watchdog`
+/// alone arms a hardware watchdog), and checked; only a regular file of a disk's is then
+/// opened for reading, through that very inode (`/proc/self/fd/N`).
 pub(crate) fn read(path: &Path) -> io::Result<Vec<u8>> {
-    let file = std::fs::OpenOptions::new()
+    let handle = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(path)?;
-    let meta = file.metadata()?;
+    let meta = handle.metadata()?;
     if !meta.file_type().is_file() {
         return Err(io::Error::other(format!(
             "{} is not a regular file",
@@ -70,8 +74,39 @@ pub(crate) fn read(path: &Path) -> io::Result<Vec<u8>> {
     if let Some(why) = distrust(path, meta.uid(), meta.mode()) {
         return Err(io::Error::other(why));
     }
+    // A root-owned file of /proc or /sys can hold text another user chose (the command line
+    // of a setuid program), and a FUSE file can block for ever: only a real file system's.
+    let fs = nix::sys::statfs::fstatfs(&handle).map_err(io::Error::from)?;
+    if PSEUDO.contains(&fs.filesystem_type()) {
+        return Err(io::Error::other(format!(
+            "{} is on a kernel or FUSE file system (type {:#x}), not a file of a disk's",
+            path.display(),
+            fs.filesystem_type().0
+        )));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&handle)
+        ))?;
     read_bounded(file, path)
 }
+
+/// File systems whose files are no configuration: the kernel's views (their owner says
+/// nothing of who chose their content) and FUSE (whose reads may never end).
+const PSEUDO: &[nix::sys::statfs::FsType] = &[
+    nix::sys::statfs::PROC_SUPER_MAGIC,
+    nix::sys::statfs::SYSFS_MAGIC,
+    nix::sys::statfs::FUSE_SUPER_MAGIC,
+    nix::sys::statfs::DEBUGFS_MAGIC,
+    nix::sys::statfs::TRACEFS_MAGIC,
+    nix::sys::statfs::SECURITYFS_MAGIC,
+    nix::sys::statfs::CGROUP_SUPER_MAGIC,
+    nix::sys::statfs::CGROUP2_SUPER_MAGIC,
+    nix::sys::statfs::BPF_FS_MAGIC,
+];
 
 fn read_bounded(file: File, path: &Path) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
@@ -100,6 +135,13 @@ pub(crate) fn read_to_string(path: &Path) -> io::Result<String> {
 /// to it, through every symlink, and the file itself must be root's or the primary's user's
 /// and writable by nobody else. Returns the file the path leads to.
 pub(crate) fn check_binary(path: &Path) -> Result<PathBuf, String> {
+    if !path.is_absolute() {
+        // Run by path twice, from the primary's working directory: no room for doubt.
+        return Err(format!(
+            "{}: the binary's path must be absolute",
+            path.display()
+        ));
+    }
     let mut path = path.to_path_buf();
     for _ in 0..MAX_LINKS {
         let dir = LogDir::find(&path)?;
@@ -109,6 +151,19 @@ pub(crate) fn check_binary(path: &Path) -> Result<PathBuf, String> {
                 path.display(),
                 dir.owner
             ));
+        }
+        // The log walk lets a root-owned directory its group can write sit above a directory
+        // of the workers' own; a binary that root runs by path twice may not: a member of that
+        // group could swap what is below it between the pre-flight and the exec. Sticky, it
+        // can only move its members' own entries.
+        if let Some((shared, gid, mode)) = dir.shared_above() {
+            if mode & 0o1000 == 0 {
+                return Err(format!(
+                    "{} is writable by group {gid} (mode {mode:o}), whose members could \
+                     replace the binary below it",
+                    shared.display()
+                ));
+            }
         }
         let here = dir.path();
         let st = dir
@@ -173,6 +228,10 @@ mod tests {
         let e = read(Path::new("/dev/zero")).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
 
+        // A root-owned file of /proc may hold text another user chose.
+        let e = read(Path::new("/proc/self/comm")).unwrap_err();
+        assert!(e.to_string().contains("kernel or FUSE file system"), "{e}");
+
         let huge = dir.join("huge.toml");
         std::fs::write(&huge, vec![b'#'; MAX_BYTES as usize + 1]).unwrap();
         let e = read(&huge).unwrap_err();
@@ -204,7 +263,20 @@ mod tests {
         let e = check_binary(&link).unwrap_err();
         assert!(e.contains("writable by others"), "{e}");
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = check_binary(Path::new("reloadsup")).unwrap_err();
+        assert!(e.contains("must be absolute"), "{e}");
         if nix::unistd::geteuid().is_root() {
+            // A root-owned directory its group can write, above the binary's: a member could
+            // swap what is below it between the pre-flight and the exec. Sticky, it could not.
+            let opt = dir.join("opt");
+            std::fs::create_dir_all(opt.join("rs")).unwrap();
+            std::fs::copy(&bin, opt.join("rs/reloadsup")).unwrap();
+            std::os::unix::fs::chown(&opt, None, Some(65533)).unwrap();
+            std::fs::set_permissions(&opt, std::fs::Permissions::from_mode(0o775)).unwrap();
+            let e = check_binary(&opt.join("rs/reloadsup")).unwrap_err();
+            assert!(e.contains("writable by group 65533"), "{e}");
+            std::fs::set_permissions(&opt, std::fs::Permissions::from_mode(0o1775)).unwrap();
+            assert!(check_binary(&opt.join("rs/reloadsup")).is_ok());
             let theirs = dir.join("theirs");
             std::fs::create_dir(&theirs).unwrap();
             std::fs::copy(&bin, theirs.join("reloadsup")).unwrap();

@@ -845,10 +845,7 @@ fn a_log_directory_others_can_write_to_is_refused_at_start() {
     std::os::unix::fs::symlink(shared.join("inner"), sandbox.join("via-link")).unwrap();
     for (path, reason) in [
         (shared.join("app.log"), "is writable by others (mode 777)"),
-        (
-            sandbox.join("via-link/app.log"),
-            "on the way to the log file",
-        ),
+        (sandbox.join("via-link/app.log"), "on the way to the file"),
         (sandbox.join("missing/app.log"), "does not exist"),
     ] {
         let out = Run::hello(&[])
