@@ -104,19 +104,12 @@ impl Helper {
             LinkKind::Packets => sys::seqpacket_pair()?,
             LinkKind::Stream => sys::stream_pair()?,
         };
-        let mut args = vec![];
-        args.extend(self.args.iter().map(String::as_str));
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         let pid = sys::spawn_role(Path::new("/proc/self/exe"), self.arg0, &args, &theirs)?;
         let pid = pid.as_raw() as u32;
         drop(theirs);
         let kept = hello(ours).and_then(|link| {
-            if let (Some(link), Some(token)) = (&link, self.token) {
-                poll.registry().register(
-                    &mut SourceFd(&link.as_raw_fd()),
-                    token,
-                    Interest::READABLE,
-                )?;
-            }
+            self.register(poll, link.as_ref())?;
             Ok(link)
         });
         match kept {
@@ -202,16 +195,22 @@ impl Helper {
         link: Option<OwnedFd>,
         poll: &Poll,
     ) -> io::Result<Helper> {
-        if let (Some(link), Some(token)) = (&link, self.token) {
-            poll.registry().register(
-                &mut SourceFd(&link.as_raw_fd()),
-                token,
-                Interest::READABLE,
-            )?;
-        }
+        self.register(poll, link.as_ref())?;
         self.pid = pid;
         self.link = link;
         Ok(self)
+    }
+
+    /// Polls `link` under the helper's token, when it has one (the primary reads its link).
+    fn register(&self, poll: &Poll, link: Option<&OwnedFd>) -> io::Result<()> {
+        match (link, self.token) {
+            (Some(link), Some(token)) => poll.registry().register(
+                &mut SourceFd(&link.as_raw_fd()),
+                token,
+                Interest::READABLE,
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
