@@ -28,6 +28,13 @@ use crate::text::{progress_line, skipped_marker, status_table};
 
 /// Log lines as they came (each has its newline), after the skipped marker. A closed stdout
 /// (`ctl logs -f | head`) ends the program quietly, as it does for `tail -f`.
+/// Writes `text` to stdout. A reader that went away (`ctl reload | head -1`) is no error and
+/// no panic: the command still runs to its end, and its exit status says how it went.
+fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 fn print_lines(skipped: u64, lines: &[String]) {
     let mut out = std::io::stdout().lock();
     let written = out
@@ -403,52 +410,52 @@ fn run(args: CtlArgs) -> Result<u8, CtlError> {
     };
     let reply = client.request(request, |p| match p {
         Progress::Log { skipped, lines } => print_lines(*skipped, lines),
-        p => println!("{}", progress_line(p)),
+        p => say(&format!("{}\n", progress_line(p))),
     })?;
     match (&args.command, reply) {
         (CtlCommand::Logs { .. }, Reply::Done(_)) => Ok(0),
         (CtlCommand::Status { json, ready }, Reply::Status(status)) => {
             if *ready {
                 let (ok, line) = readiness(&status);
-                println!("{line}");
+                say(&format!("{line}\n"));
                 return Ok(if ok { 0 } else { 1 });
             }
             if *json {
-                println!("{}", status_json(&status));
+                say(&format!("{}\n", status_json(&status)));
             } else {
-                print!("{}", status_table(&status));
+                say(&status_table(&status));
             }
             Ok(0)
         }
         (_, Reply::Reload(outcome)) => match outcome.outcome {
             Outcome::Succeeded if !outcome.reason.is_empty() => {
-                println!(
-                    "generation {} is serving ({})",
+                say(&format!(
+                    "generation {} is serving ({})\n",
                     outcome.generation, outcome.reason
-                );
+                ));
                 Ok(0)
             }
             Outcome::Succeeded => {
-                println!("generation {} is serving", outcome.generation);
+                say(&format!("generation {} is serving\n", outcome.generation));
                 Ok(0)
             }
             _ => {
-                println!(
-                    "reload to generation {} {}: {}",
+                say(&format!(
+                    "reload to generation {} {}: {}\n",
                     outcome.generation,
                     outcome.outcome.as_str(),
                     outcome.reason
-                );
+                ));
                 Ok(1)
             }
         },
         (CtlCommand::Stop, Reply::Done(text)) => {
             client.wait_closed(Duration::from_secs(10));
-            println!("{text}");
+            say(&format!("{text}\n"));
             Ok(0)
         }
         (_, Reply::Done(text)) => {
-            println!("{text}");
+            say(&format!("{text}\n"));
             Ok(0)
         }
         (_, Reply::Error(text)) => Err(CtlError::Refused(text)),

@@ -795,3 +795,36 @@ fn roots_default_state_dir_is_under_run() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 22, defect 9: `reloadsup ctl reload | head -1` panicked on EPIPE (exit 101). A
+/// reader that went away is no error: the reload runs to its end and the exit status says how.
+#[test]
+fn ctl_whose_reader_went_away_finishes_without_a_panic() {
+    let sb = Sandbox::new("ctl_epipe");
+    let (sup, _) = start(&sb, Run::hello(&[]).args(standard(1)), 1);
+    for args in [&["reload"][..], &["status"][..]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let err = sb.join("ctl.stderr");
+        // Not output_with_timeout: it would capture stdout in a pipe of its own.
+        let mut child = std::process::Command::new(bins::reloadsup())
+            .arg("ctl")
+            .arg("--control")
+            .arg(sup.control_path())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("ctl");
+        let status = wait_for(DEADLINE, "ctl to exit", || child.try_wait().ok().flatten());
+        let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+        assert_eq!(status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        sup.status_json()["generation"],
+        2,
+        "the reload ran to its end"
+    );
+}
