@@ -277,7 +277,7 @@ fn substitute(arg: &OsStr, listeners: &[ListenerSpec]) -> Result<OsString, Value
     version,
     about = "Zero-downtime reload supervisor: holds the listening sockets, runs generations of workers, reloads on SIGHUP.",
     override_usage = "reloadsup [OPTIONS] -- COMMAND [ARG...]\n       reloadsup ctl [--name NAME | --control PATH] COMMAND\n       reloadsup console [OPTIONS] HOST:PORT\n       reloadsup hash-password",
-    after_help = "Signals: HUP reload, TTIN/TTOU one worker more/fewer, TERM/INT graceful shutdown, QUIT fast shutdown.\nCOMMAND may contain {fd} or {fd:NAME}, replaced by the listener's fd number."
+    after_help = "Signals: HUP reload, TTIN/TTOU one worker more/fewer, USR1 reopen the log file, USR2 upgrade in place, TERM/INT graceful shutdown, QUIT fast shutdown.\nCOMMAND may contain {fd} or {fd:NAME}, replaced by the listener's fd number."
 )]
 pub(crate) struct RunArgs {
     /// Listening socket (repeatable): [NAME=]ADDR[?OPTIONS], ADDR one of tcp://HOST:PORT, HOST:PORT, :PORT, PORT, udp://HOST:PORT, unix:PATH, unix:@NAME; OPTIONS backlog=N, reuseport, v6only=BOOL, defer-accept=DURATION, fastopen=N, freebind, mode=OCTAL, owner=USER, group=GROUP, joined by '&'.
@@ -353,7 +353,7 @@ pub(crate) struct RunArgs {
     /// Instance name [default: COMMAND's file name].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// State directory (control.sock, notify.sock, console certificate).
+    /// State directory (control.sock, the workers' notify sockets, the console certificate).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Write the primary's pid here.

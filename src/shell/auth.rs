@@ -13,6 +13,9 @@ pub(crate) use crate::password::{PasswordHash, DEFAULT_ITERATIONS, MAX_PASSWORD,
 
 /// `reloadsup hash-password`: reads a password (without echo on a terminal, else one line of
 /// standard input) and prints its hash string.
+/// The shortest password `hash-password` takes without a warning.
+const ADVISED_PASSWORD: usize = 12;
+
 pub(crate) fn main(args: Vec<std::ffi::OsString>) -> u8 {
     if args.iter().skip(1).any(|a| a == "-h" || a == "--help") {
         println!(
@@ -67,6 +70,12 @@ pub(crate) fn main(args: Vec<std::ffi::OsString>) -> u8 {
     if password.len() > MAX_PASSWORD {
         eprintln!("reloadsup hash-password: the password is longer than {MAX_PASSWORD} bytes");
         return 1;
+    }
+    if password.chars().count() < ADVISED_PASSWORD {
+        // A warning, not a refusal: the console also limits guesses per source and minute.
+        eprintln!(
+            "reloadsup hash-password: warning: the password is shorter than {ADVISED_PASSWORD} characters; the console is reachable over the network, a longer one is advised"
+        );
     }
     match PasswordHash::create(password.as_bytes(), DEFAULT_ITERATIONS) {
         Ok(h) => {

@@ -1121,3 +1121,42 @@ fn logs_follow_in_the_console_ends_at_any_line() {
     s.send(".exit");
     assert!(s.ended_within(DEADLINE));
 }
+
+/// Issue 22, defect 15: `hash-password` took a one-character password without a word, and
+/// `--help` named a `notify.sock` that no longer exists and left USR1 and USR2 out.
+#[test]
+fn hash_password_warns_about_a_short_password_and_help_names_every_signal() {
+    let run = |password: &str| {
+        let mut child = Command::new(bins::reloadsup())
+            .arg("hash-password")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run reloadsup hash-password");
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{password}").unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let short = run("x");
+    assert!(short.status.success());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("shorter than 12 characters"));
+    let long = run("correct horse battery");
+    assert!(long.status.success());
+    assert!(
+        long.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&long.stderr)
+    );
+    let help = Command::new(bins::reloadsup())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("USR1 reopen") && help.contains("USR2 upgrade"),
+        "{help}"
+    );
+    assert!(!help.contains("notify.sock"), "{help}");
+}
