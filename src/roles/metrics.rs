@@ -90,45 +90,116 @@ impl Source {
     }
 }
 
+/// How long a connection may take to send its request before, with every slot held, a
+/// newcomer of a source that holds fewer may take its slot (issue 18, item 7). A scraper
+/// sends its request at once.
+const EVICTABLE_AFTER: Duration = Duration::from_millis(500);
+
+/// One connection being served.
+#[derive(Debug)]
+struct Held {
+    source: Source,
+    since: Instant,
+    /// A copy of the connection while its request is still read, so that a newcomer can end
+    /// it; `None` once it is being answered.
+    reading: Option<TcpStream>,
+}
+
 /// The connections being served, in all and by source.
 #[derive(Debug, Default)]
 struct Slots {
     total: usize,
     by_source: HashMap<Source, usize>,
+    held: HashMap<u64, Held>,
+    next: u64,
 }
 
 impl Slots {
-    /// Takes a slot for a connection from `source`, unless it would pass a limit.
-    fn take(&mut self, source: Source) -> bool {
+    /// Takes a slot for a connection from `source` (`reading` a copy of it), unless that would
+    /// pass a limit. With every slot held, the slowest connection still sending its request,
+    /// for longer than [`EVICTABLE_AFTER`], of a source that holds at least two more than this
+    /// one's, is ended to make room: four hosts that hold their connections open cannot make
+    /// every other scrape a 503. Returns the slot's id.
+    fn take(&mut self, source: Source, reading: Option<TcpStream>, now: Instant) -> Option<u64> {
         let held = self.by_source.get(&source).copied().unwrap_or(0);
-        if self.total >= MAX_CONNECTIONS || held >= PER_SOURCE {
-            return false;
+        if held >= PER_SOURCE {
+            return None;
         }
+        if self.total >= MAX_CONNECTIONS {
+            let count = |s: &Source| self.by_source.get(s).copied().unwrap_or(0);
+            let victim = self
+                .held
+                .iter()
+                .filter(|(_, h)| h.reading.is_some())
+                .filter(|(_, h)| now.saturating_duration_since(h.since) >= EVICTABLE_AFTER)
+                .filter(|(_, h)| count(&h.source) > held + 1)
+                .max_by_key(|(id, h)| (count(&h.source), std::cmp::Reverse((h.since, **id))))
+                .map(|(&id, _)| id)?;
+            if let Some(Held {
+                reading: Some(stream),
+                ..
+            }) = self.held.get(&victim)
+            {
+                // Its thread reads end-of-file and finishes; its give() finds nothing.
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+            self.give(victim);
+        }
+        let id = self.next;
+        self.next += 1;
         self.total += 1;
         self.by_source.insert(source, held + 1);
-        true
+        self.held.insert(
+            id,
+            Held {
+                source,
+                since: now,
+                reading,
+            },
+        );
+        Some(id)
     }
 
-    /// The connection from `source` ended.
-    fn give(&mut self, source: Source) {
-        if let Some(n) = self.by_source.get_mut(&source) {
-            self.total -= 1;
+    /// Connection `id` sent its request: it is answered now, never ended for a newcomer.
+    fn read(&mut self, id: u64) {
+        if let Some(h) = self.held.get_mut(&id) {
+            h.reading = None;
+        }
+    }
+
+    /// Connection `id` ended (or was ended for a newcomer: then nothing is left to give).
+    fn give(&mut self, id: u64) {
+        let Some(h) = self.held.remove(&id) else {
+            return;
+        };
+        self.total -= 1;
+        if let Some(n) = self.by_source.get_mut(&h.source) {
             *n -= 1;
             if *n == 0 {
-                self.by_source.remove(&source);
+                self.by_source.remove(&h.source);
             }
         }
     }
 }
 
 impl Shared {
-    fn take(&self, source: Source) -> bool {
-        self.slots.lock().is_ok_and(|mut s| s.take(source))
+    fn take(&self, source: Source, stream: &TcpStream) -> Option<u64> {
+        let copy = stream.try_clone().ok();
+        self.slots
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take(source, copy, Instant::now()))
     }
 
-    fn give(&self, source: Source) {
+    fn read(&self, id: u64) {
         if let Ok(mut s) = self.slots.lock() {
-            s.give(source);
+            s.read(id);
+        }
+    }
+
+    fn give(&self, id: u64) {
+        if let Ok(mut s) = self.slots.lock() {
+            s.give(id);
         }
     }
 }
@@ -186,21 +257,21 @@ fn serve(drop_to: Option<(u32, u32)>) -> io::Result<()> {
             }
         };
         let source = Source::of(peer.ip());
-        if !shared.take(source) {
+        let Some(id) = shared.take(source, &stream) else {
             if let Err(std::sync::mpsc::TrySendError::Full(stream)) = refused.try_send(stream) {
                 refuse_now(stream);
             }
             continue;
-        }
+        };
         let s = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name("scrape".into())
             .spawn(move || {
-                let _ = answer(&s, stream);
-                s.give(source);
+                let _ = answer(&s, id, stream);
+                s.give(id);
             });
         if spawned.is_err() {
-            shared.give(source);
+            shared.give(id);
         }
     }
 }
@@ -258,10 +329,12 @@ fn close_gently(stream: TcpStream, until: Instant) {
     }
 }
 
-fn answer(shared: &Shared, mut stream: TcpStream) -> io::Result<()> {
+fn answer(shared: &Shared, id: u64, mut stream: TcpStream) -> io::Result<()> {
     stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
     let until = Instant::now() + REQUEST_DEADLINE;
-    let reply = match read_head(&mut stream, until)? {
+    let head = read_head(&mut stream, until)?;
+    shared.read(id);
+    let reply = match head {
         Some(head) => reply(shared, &head),
         None => response("431 Request Header Fields Too Large", "request too large\n"),
     };
@@ -573,33 +646,112 @@ mod tests {
     #[test]
     fn one_source_holds_at_most_its_share_of_the_slots() {
         let mut slots = Slots::default();
+        let t = Instant::now();
         let one = Source::of("192.0.2.1".parse().unwrap());
         // The same host by its IPv4-mapped IPv6 address is the same source.
         let mapped = Source::of("::ffff:192.0.2.1".parse().unwrap());
         assert_eq!(one, mapped);
-        assert!((0..PER_SOURCE).all(|_| slots.take(one)));
-        assert!(!slots.take(mapped), "past its share, a source is refused");
+        let ones: Vec<u64> = (0..PER_SOURCE)
+            .map(|_| slots.take(one, None, t).unwrap())
+            .collect();
+        assert!(
+            slots.take(mapped, None, t).is_none(),
+            "past its share, a source is refused"
+        );
         // Another address, and an IPv6 host of another /64, still get in; one /64 is one source.
-        assert!(slots.take(Source::of("192.0.2.2".parse().unwrap())));
+        assert!(slots
+            .take(Source::of("192.0.2.2".parse().unwrap()), None, t)
+            .is_some());
         let a = Source::of("2001:db8:0:1::1".parse().unwrap());
         let b = Source::of("2001:db8:0:1::ffff".parse().unwrap());
         assert_eq!(a, b);
-        assert!(slots.take(a) && slots.take(Source::of("2001:db8:0:2::1".parse().unwrap())));
+        assert!(slots.take(a, None, t).is_some());
+        assert!(slots
+            .take(Source::of("2001:db8:0:2::1".parse().unwrap()), None, t)
+            .is_some());
         // A slot given back can be taken again.
-        slots.give(one);
-        assert!(slots.take(one) && !slots.take(one));
-        // The total stays bounded whoever asks.
+        slots.give(ones[0]);
+        assert!(slots.take(one, None, t).is_some() && slots.take(one, None, t).is_none());
+        // The total stays bounded whoever asks (nobody here is evictable: no copy to end).
         let mut n = slots.total;
+        let mut ids = Vec::new();
         for i in 0..64u32 {
-            if slots.take(Source::V4(i)) {
+            if let Some(id) = slots.take(Source::V4(i), None, t) {
+                ids.push(id);
                 n += 1;
             }
         }
         assert_eq!((n, slots.total), (MAX_CONNECTIONS, MAX_CONNECTIONS));
-        for i in 0..64u32 {
-            slots.give(Source::V4(i));
+        for id in ids {
+            slots.give(id);
         }
         assert!(slots.by_source.len() <= MAX_CONNECTIONS);
+    }
+
+    /// Issue 18, item 7: four hosts that held slow connections made every scrape a 503. With
+    /// every slot held, a newcomer of a source holding fewer ends the slowest connection still
+    /// sending its request, of the source holding the most; one being answered is never ended.
+    #[test]
+    fn a_newcomer_ends_the_slowest_reader_of_the_largest_source() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pair = || {
+            let client = TcpStream::connect(addr).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            (client, server)
+        };
+        let mut slots = Slots::default();
+        let t0 = Instant::now();
+        // The serving threads' own ends stay open: only a shutdown ends a connection.
+        let (mut clients, mut servers) = (Vec::new(), Vec::new());
+        let mut first = None;
+        for host in 0..4u32 {
+            for k in 0..PER_SOURCE {
+                let (client, server) = pair();
+                let since = t0 + Duration::from_millis(u64::from(host) * 10 + k as u64);
+                let copy = server.try_clone().unwrap();
+                let id = slots.take(Source::V4(host), Some(copy), since).unwrap();
+                first.get_or_insert(id);
+                clients.push(client);
+                servers.push(server);
+            }
+        }
+        assert_eq!(slots.total, MAX_CONNECTIONS);
+        let newcomer = Source::V4(99);
+        // Too soon: a scraper that just connected has not had the time to send its request.
+        assert!(slots
+            .take(newcomer, None, t0 + Duration::from_millis(100))
+            .is_none());
+        let later = t0 + EVICTABLE_AFTER + Duration::from_secs(1);
+        // One that is being answered is never ended: the first host's first goes instead of
+        // nobody only while it still reads.
+        slots.read(first.unwrap());
+        let id = slots
+            .take(newcomer, None, later)
+            .expect("a slot for the newcomer");
+        assert!(slots.held.contains_key(&id));
+        assert!(
+            slots.held.contains_key(&first.unwrap()),
+            "an answered one was ended"
+        );
+        assert_eq!(slots.total, MAX_CONNECTIONS);
+        // The ended connection's client reads end-of-file.
+        let mut ended = 0;
+        for c in &mut clients {
+            c.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            if matches!(c.read(&mut [0u8; 1]), Ok(0)) {
+                ended += 1;
+            }
+        }
+        assert_eq!(ended, 1);
+        // Sources of one connection each never end one another.
+        let mut singles = Slots::default();
+        for host in 0..MAX_CONNECTIONS as u32 {
+            let (_client, server) = pair();
+            singles.take(Source::V4(host), Some(server), t0).unwrap();
+        }
+        assert!(singles.take(newcomer, None, later).is_none());
     }
 
     #[test]

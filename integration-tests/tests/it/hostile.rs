@@ -345,3 +345,41 @@ fn a_metrics_worker_that_floods_asks_is_replaced() {
     );
     assert!(sup.ctl(&["status"]).status.success());
 }
+
+/// Issue 18, item 7: four hosts holding four silent connections each took all 16 slots of the
+/// metrics worker, and every other scrape was a 503 until they let go. A scraper of a fifth
+/// host now ends the slowest of them and is served within a second or so.
+#[test]
+fn four_silent_hosts_cannot_refuse_a_fifth_scraper() {
+    let sb = Sandbox::new("four_silent_hosts");
+    let run = Run::hello(&[])
+        .args(crate::standard(1))
+        .args(["--metrics", "127.0.0.1:0"]);
+    let (mut sup, _) = start(&sb, run, 1);
+    let line = sup.wait_for_log("metrics on http://", DEADLINE);
+    let rest = &line[line.find("http://").unwrap() + "http://".len()..];
+    let addr: SocketAddr = rest.split('/').next().unwrap().parse().expect(&line);
+    let mut held = Vec::new();
+    for host in 2..6u8 {
+        for _ in 0..4 {
+            let from = Ipv4Addr::new(127, 0, 0, host);
+            held.push(connect_from(from, addr).expect("a silent connection"));
+        }
+    }
+    // Every slot is held once a 17th connection, of one of them, is refused.
+    wait_for(DEADLINE, "every slot held", || {
+        let status = metrics_status(connect_from(Ipv4Addr::new(127, 0, 0, 2), addr).ok()?);
+        status.starts_with("HTTP/1.1 503").then_some(())
+    });
+    // Past the eviction delay, the fifth host is served, not refused.
+    std::thread::sleep(Duration::from_millis(700));
+    let t = std::time::Instant::now();
+    let status = metrics_status(connect_from(Ipv4Addr::new(127, 0, 0, 9), addr).unwrap());
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "served after {:?}",
+        t.elapsed()
+    );
+    drop(held);
+}
