@@ -283,6 +283,9 @@ impl Primary {
         if self.watch.is_none() && !self.config.watch.is_empty() {
             self.watch_files();
         }
+        // Start-up code (clap, the config's validation, TLS set-up) is not run again: let its
+        // pages go, and the loop's come back one at a time (issue 19, item 10).
+        sys::shed_code_pages();
         loop {
             self.arm_listening(Instant::now());
             // No wake-ups at rest: with nothing pending every deadline is None.

@@ -57,6 +57,9 @@ fn keep() -> io::Result<()> {
         return Ok(());
     }
     let spec: KeeperSpec = proto::decode(&buf[..n]).map_err(io::Error::other)?;
+    // It waits for the rest of the primary's life: most of what start-up ran is never run
+    // again (issue 19, item 10).
+    sys::shed_code_pages();
     if spec.version != PROTOCOL_VERSION {
         return Err(io::Error::other(proto::Error::VersionMismatch {
             ours: PROTOCOL_VERSION,

@@ -182,3 +182,42 @@ pub(crate) fn getpgid(pid: u32) -> Option<u32> {
 pub(crate) fn set_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }
+
+/// Drops the executable pages of this process's files (its own binary, libc) from its resident
+/// set, and marks them random-access, so that the kernel maps back only the pages the process
+/// then runs, one at a time, instead of 16 around each (fault-around). For a small role of a
+/// large binary (the keeper) most of its resident set was code it ran once at start. Only
+/// private, read-and-execute mappings of files are touched: their pages are never written, so
+/// dropping them loses nothing; they come back from the page cache when run.
+pub(crate) fn shed_code_pages() {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        // [vdso] and [vsyscall] are r-xp too, and no file's.
+        let file = fields.nth(3);
+        if perms != "r-xp" || file.is_none_or(|f| !f.starts_with('/')) {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: madvise on a whole mapping of ours that is private, read-only and executable:
+        // MADV_RANDOM only changes read-ahead; MADV_DONTNEED drops clean pages that the next
+        // access maps again from the file, so no content is lost and no pointer is invalidated.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
