@@ -111,6 +111,18 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// A supervisor of one `hello` with `--metrics` on a free port, and that port's address.
+fn with_metrics(sb: &Sandbox) -> (reloadsup_integration_tests::Supervisor, SocketAddr) {
+    let run = Run::hello(&[])
+        .args(crate::standard(1))
+        .args(["--metrics", "127.0.0.1:0"]);
+    let (mut sup, _) = start(sb, run, 1);
+    let line = sup.wait_for_log("metrics on http://", DEADLINE);
+    let rest = &line[line.find("http://").unwrap() + "http://".len()..];
+    let addr: SocketAddr = rest.split('/').next().unwrap().parse().expect(&line);
+    (sup, addr)
+}
+
 /// The status line of `GET /metrics` over `stream`.
 fn metrics_status(mut stream: TcpStream) -> String {
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -126,13 +138,7 @@ fn metrics_status(mut stream: TcpStream) -> String {
 #[test]
 fn a_silent_host_cannot_refuse_every_other_scraper() {
     let sb = Sandbox::new("a_silent_host_cannot_refuse_every_other_scraper");
-    let run = Run::hello(&[])
-        .args(crate::standard(1))
-        .args(["--metrics", "127.0.0.1:0"]);
-    let (mut sup, _) = start(&sb, run, 1);
-    let line = sup.wait_for_log("metrics on http://", DEADLINE);
-    let rest = &line[line.find("http://").unwrap() + "http://".len()..];
-    let addr: SocketAddr = rest.split('/').next().unwrap().parse().expect(&line);
+    let (_sup, addr) = with_metrics(&sb);
     let attacker = Ipv4Addr::new(127, 0, 0, 2);
     let held: Vec<TcpStream> = (0..16)
         .map(|_| connect_from(attacker, addr).expect("a connection from 127.0.0.2"))
@@ -352,13 +358,7 @@ fn a_metrics_worker_that_floods_asks_is_replaced() {
 #[test]
 fn four_silent_hosts_cannot_refuse_a_fifth_scraper() {
     let sb = Sandbox::new("four_silent_hosts");
-    let run = Run::hello(&[])
-        .args(crate::standard(1))
-        .args(["--metrics", "127.0.0.1:0"]);
-    let (mut sup, _) = start(&sb, run, 1);
-    let line = sup.wait_for_log("metrics on http://", DEADLINE);
-    let rest = &line[line.find("http://").unwrap() + "http://".len()..];
-    let addr: SocketAddr = rest.split('/').next().unwrap().parse().expect(&line);
+    let (_sup, addr) = with_metrics(&sb);
     let mut held = Vec::new();
     for host in 2..6u8 {
         for _ in 0..4 {
