@@ -1401,7 +1401,7 @@ fn costs_section(o: &Options, checks: &mut Checks) {
         .into_iter()
         .map(|(n, spares)| reload_overhead(n, spares, OVERHEAD_RELOADS, true))
         .collect();
-    let (rss, wakeups) = at_rest(o.workers);
+    let (rss, keeper_rss, wakeups) = at_rest(o.workers);
 
     println!("\n## 2. Supervisor costs (issue 2)\n");
     println!("Reload overhead with `--ready immediate`, `hello` workers, {OVERHEAD_RELOADS} reloads each from rest; timed from `kill(SIGHUP)` in this process, probing `/proc/<primary>/task/*/children` and each new child's `/proc/<pid>/exe` every {PROBE_EVERY:?}.\n");
@@ -1421,6 +1421,13 @@ fn costs_section(o: &Options, checks: &mut Checks) {
     );
     checks.add(
         2,
+        "keeper RSS at rest",
+        kib(keeper_rss),
+        "≤ 1536 kB (1.5 MiB)",
+        keeper_rss.is_some_and(|kb| kb <= 1536),
+    );
+    checks.add(
+        2,
         "primary wake-ups per second at rest (context switches over 5 s)",
         wakeups.map_or("?".to_owned(), |w| format!("{w:.1}")),
         "0",
@@ -1429,8 +1436,9 @@ fn costs_section(o: &Options, checks: &mut Checks) {
     checks.print(mark);
 }
 
-/// The primary's RSS (kB) and its wake-ups per second while nothing happens.
-fn at_rest(workers: usize) -> (Option<u64>, Option<f64>) {
+/// The primary's RSS (kB), the keeper's, and the primary's wake-ups per second while nothing
+/// happens.
+fn at_rest(workers: usize) -> (Option<u64>, Option<u64>, Option<f64>) {
     let sb = Sandbox::new("bench-rest");
     let mut sup = Run::hello(&[])
         .args(["-n", &workers.to_string(), "--ready", "notify"])
@@ -1449,12 +1457,16 @@ fn at_rest(workers: usize) -> (Option<u64>, Option<f64>) {
     thread::sleep(span);
     let after = proc::context_switches(pid);
     let rss = proc::status_kb(pid, "VmRSS");
+    let keeper_rss = proc::children_of(pid)
+        .into_iter()
+        .find(|&c| proc::is_keeper(c))
+        .and_then(|k| proc::status_kb(k, "VmRSS"));
     let wakeups = match (before, after) {
         (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / span.as_secs_f64()),
         _ => None,
     };
     shut_down(sup);
-    (rss, wakeups)
+    (rss, keeper_rss, wakeups)
 }
 
 // ---------------------------------------------------------------------------------------------
