@@ -18,20 +18,29 @@ use serde_json::Value;
 
 const PASSWORD: &str = "s3cret horse";
 
-/// `reloadsup hash-password` with the password on standard input.
-fn hash_password(password: &str) -> String {
+/// What `reloadsup hash-password` printed, given the password on standard input.
+fn hash_password_output(password: &str) -> std::process::Output {
     let mut child = Command::new(bins::reloadsup())
         .arg("hash-password")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("run reloadsup hash-password");
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "{password}").unwrap();
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "hash-password failed");
+    child.wait_with_output().unwrap()
+}
+
+/// `reloadsup hash-password` with the password on standard input.
+fn hash_password(password: &str) -> String {
+    let out = hash_password_output(password);
+    assert!(
+        out.status.success(),
+        "hash-password failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(hash.starts_with("pbkdf2-sha256$"), "{hash}");
     assert!(!hash.contains(password));
@@ -1126,19 +1135,7 @@ fn logs_follow_in_the_console_ends_at_any_line() {
 /// `--help` named a `notify.sock` that no longer exists and left USR1 and USR2 out.
 #[test]
 fn hash_password_warns_about_a_short_password_and_help_names_every_signal() {
-    let run = |password: &str| {
-        let mut child = Command::new(bins::reloadsup())
-            .arg("hash-password")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run reloadsup hash-password");
-        let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "{password}").unwrap();
-        drop(stdin);
-        child.wait_with_output().unwrap()
-    };
+    let run = hash_password_output;
     let short = run("x");
     assert!(short.status.success());
     assert!(String::from_utf8_lossy(&short.stderr).contains("shorter than 12 characters"));
