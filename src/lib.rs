@@ -40,6 +40,7 @@ pub fn main_with(commands: shell::Commands) -> ExitCode {
         Some("__keeper") => roles::keeper::run(&args[2..]),
         Some("__logger") => roles::logger::run(&args[2..]),
         Some("__metrics") => roles::metrics::run(&args[2..]),
+        Some("__inspector") => roles::inspector::run(&args[2..]),
         Some("__preflight") => primary::handoff::preflight(),
         Some("__upgrade") => exit_code("reloadsup", resume_primary(&args)),
         Some("ctl") => exit_code("reloadsup ctl", client::ctl::main(args[1..].to_vec())),

@@ -553,11 +553,11 @@ impl Supervisor {
     }
 
     /// The primary's children (zombies included), but the keeper, which every primary has,
-    /// and the metrics worker (`--metrics`).
+    /// the metrics worker (`--metrics`) and the inspector (`--ready listening`).
     pub fn children(&self) -> Vec<u32> {
         proc::children_of(self.pid())
             .into_iter()
-            .filter(|&p| !proc::is_keeper(p) && !proc::is_metrics(p))
+            .filter(|&p| !proc::is_keeper(p) && !proc::is_metrics(p) && !proc::is_inspector(p))
             .collect()
     }
 

@@ -116,6 +116,12 @@ pub fn is_metrics(pid: u32) -> bool {
         .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"__metrics"))
 }
 
+/// Whether `pid` runs reloadsup's inspector role (`__inspector`, with `--ready listening`).
+pub fn is_inspector(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"__inspector"))
+}
+
 /// Every descendant of `pid` (zombies included), sorted.
 pub fn descendants_of(pid: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = all_pids()

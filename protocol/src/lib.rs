@@ -666,5 +666,52 @@ pub struct Figures {
     pub start_time_ns: u64,
 }
 
+/// The primary's request to the inspector (`--ready listening`, the `__inspector` role): look
+/// at these starting workers and say which of them wait for connections on their listeners.
+/// The primary sends one at a time and waits for its [`Looked`] before the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inspect {
+    pub version: u32,
+    pub primary_pid: u32,
+    /// Echoed in the answer, so that a late answer is never taken for the next request's.
+    pub id: u64,
+    /// Whether a sock_diag dump of the listeners' connections may be made (the primary paces
+    /// them).
+    pub may_dump: bool,
+    pub workers: Vec<Inspected>,
+}
+
+/// One starting worker, as the inspector looks at it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inspected {
+    /// The worker's pid, which is also its process group id.
+    pub pid: u32,
+    /// Its own cgroup directory (per-worker cgroups), whose processes are looked at;
+    /// without one, the processes of its group that descend from it.
+    pub cgroup: Option<String>,
+    /// The socket inodes of the listeners it was given.
+    pub inodes: Vec<u64>,
+    /// The local addresses of the TCP ones.
+    pub tcp: Vec<std::net::SocketAddr>,
+}
+
+/// The inspector's answer to the [`Inspect`] of the same `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Looked {
+    pub id: u64,
+    /// The workers seen listening.
+    pub seen: Vec<SeenListening>,
+    /// The time spent in sock_diag dumps, in nanoseconds (the primary paces the next one).
+    pub dumped_ns: u64,
+}
+
+/// A worker seen waiting for connections: by which of its processes, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenListening {
+    pub worker: u32,
+    pub pid: u32,
+    pub how: String,
+}
+
 #[cfg(test)]
 mod tests;

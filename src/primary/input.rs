@@ -52,6 +52,8 @@ pub(crate) enum Link {
     Logger,
     /// The metrics worker's link: asks for figures.
     Metrics,
+    /// The inspector's link: an answer (`--ready listening`).
+    Inspector,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +106,10 @@ impl Primary {
                     now,
                 );
                 self.metrics.on_link(&figures)
+            }
+            Input::Link(Link::Inspector) => {
+                self.on_looked(&mut actions);
+                false
             }
             Input::Notify(token) => self.on_notify(token, &mut actions),
             Input::Deadline(Timer::Generations) => {

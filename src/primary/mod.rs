@@ -101,6 +101,8 @@ pub(crate) struct Primary {
     listening_at: Option<Instant>,
     /// The earliest next sock_diag dump of that look (it is paced; see [`listening`]).
     listening_dump_at: Option<Instant>,
+    /// Looks at starting workers for `--ready listening`, in a process of its own.
+    inspector: helpers::inspector::Inspector,
     /// Kills every worker's process group and cgroup if the primary dies (promise 4).
     keeper: helpers::keeper::Keeper,
     /// The hand-off link of each worker role that may not have exec'd yet, by pid: a role that
@@ -258,6 +260,7 @@ impl Primary {
             spares: Vec::new(),
             listening_at: None,
             listening_dump_at: None,
+            inspector: helpers::inspector::Inspector::new(),
             keeper: helpers::keeper::Keeper::new(pid),
             links: HashMap::new(),
             binary: handoff::start_binary(own.first()),
@@ -338,6 +341,7 @@ impl Primary {
                     CONTROL => self.handle(Input::Accept),
                     helpers::logger::LOGGER => self.handle(Input::Link(Link::Logger)),
                     helpers::metrics::METRICS => self.handle(Input::Link(Link::Metrics)),
+                    helpers::inspector::INSPECTOR => self.handle(Input::Link(Link::Inspector)),
                     watch::WATCH => self.handle(Input::FileChanged),
                     Token(t) if t >= FIRST_LINK => match u32::try_from(t - FIRST_LINK) {
                         Ok(pid) => self.handle(Input::Link(Link::Worker(pid))),
@@ -585,6 +589,10 @@ impl Primary {
             .is_some_and(|u| !u.passed && u.pid == pid)
         {
             self.preflight_done(status, actions);
+            return;
+        }
+        if self.inspector.is(pid) {
+            self.inspector.exited(pid, status, Instant::now());
             return;
         }
         if self.keeper.is(pid) {
@@ -977,6 +985,7 @@ impl Executor for Primary {
         self.roles
             .handle(Instant::now(), RoleEvent::Stop(Role::Metrics));
         self.metrics.kill();
+        self.inspector.kill();
         self.roles
             .handle(Instant::now(), RoleEvent::Stop(Role::Keeper));
         self.keeper.close();

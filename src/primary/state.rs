@@ -103,6 +103,10 @@ pub(crate) enum Event {
     Listening {
         pid: u32,
     },
+    /// `--ready listening` can no longer look at starting workers (`Some`, why), or can again.
+    Blind {
+        why: Option<String>,
+    },
     /// Time passed; deadlines up to `now` are due.
     Tick,
     Scale(u32),
@@ -237,6 +241,10 @@ pub(crate) struct State {
     /// Workers restarted after they died (back-off restarts), for `/metrics`: never reset,
     /// carried across an upgrade in the metrics image.
     pub restarts_total: u64,
+    /// Why `--ready listening` cannot look at starting workers now, when it cannot (its
+    /// inspector overran or failed): told in the reason of a rollback at `--ready-timeout`.
+    /// Not carried across an upgrade in place (the new image's inspector looks afresh).
+    pub blind: Option<String>,
 }
 
 impl State {
@@ -255,6 +263,7 @@ impl State {
             shutdown: None,
             first_ready: false,
             restarts_total: 0,
+            blind: None,
         }
     }
 
@@ -295,6 +304,7 @@ impl State {
                     self.mark_ready(now, pid, &mut out);
                 }
             }
+            Event::Blind { why } => self.blind = why,
             Event::Tick => self.tick(now, &mut out),
             Event::Scale(n) => self.scale(now, n, &mut out),
             Event::Revive => {
@@ -931,10 +941,14 @@ impl State {
                 let (generation, slot, pid) = (p.generation, p.slot, p.pid);
                 let timeout = self.settings.ready_timeout;
                 if Some(generation) == self.starting_generation() {
+                    let blind = match (&self.blind, self.settings.ready) {
+                        (Some(why), ReadyMode::Listening) => format!(" ({why})"),
+                        _ => String::new(),
+                    };
                     self.rollback(
                         now,
                         format!(
-                            "worker {slot} (pid {pid}) was not ready within {}",
+                            "worker {slot} (pid {pid}) was not ready within {}{blind}",
                             human(timeout)
                         ),
                         out,

@@ -48,8 +48,8 @@ pub(crate) fn spawn_role(exe: &Path, arg0: &str, args: &[&str], link: &OwnedFd) 
         Some(&mut old),
     )
     .map_err(errno)?;
-    // SAFETY: the primary may have other threads (the `--ready listening` closer), whose locks
-    // the child's copy of the address space may hold: so the child allocates nothing, takes no
+    // SAFETY: the caller may have other threads (the primary has none of its own, but a binary
+    // built on the library may), whose locks the child's copy of the address space may hold: so the child allocates nothing, takes no
     // lock and calls only async-signal-safe functions (setpgid, fcntl, dup2, execv, _exit) on
     // data prepared before the fork, which is sound in a child of a multi-threaded process.
     let pid = unsafe { libc::fork() };

@@ -245,3 +245,125 @@ fn listening_gunicorn_sync_workers_are_seen_under_sustained_load() {
         eprintln!("{line}");
     }
 }
+
+/// Issue 18, item 2: a worker can make a read of its own `/proc` wait as long as it likes (an
+/// epoll's fdinfo waits on the epoll's mutex, held here by a thread whose copy of a ready
+/// event faults on a userfaultfd page). When the primary read it itself, `ctl status` timed
+/// out and SIGTERM went unanswered. Now the inspector waits, the primary answers at once,
+/// kills the inspector after its deadline, and rolls the reload back at the ready timeout
+/// saying why.
+#[test]
+fn a_worker_that_freezes_every_look_never_blocks_the_primary() {
+    let Some(python) = python3() else {
+        require("python3", false);
+        return;
+    };
+    let sb = Sandbox::new("listening_frozen");
+    let trap = sb.write("frozen_epoll.py", include_str!("frozen_epoll.py"));
+    let usable = std::process::Command::new(&python)
+        .arg(&trap)
+        .arg("check")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require("a userfaultfd for kernel faults (root)", usable) {
+        return;
+    }
+    let server = example("python/server.py");
+    let script = sb.write_script(
+        "server",
+        &format!(
+            "#!/bin/sh\nif [ \"$RELOADSUP_GENERATION\" = 1 ]; then exec {py} {good}; fi\n\
+             exec {py} {trap}\n",
+            py = shell_quote(&python.to_string_lossy()),
+            good = shell_quote(&server.to_string_lossy()),
+            trap = shell_quote(&trap.to_string_lossy()),
+        ),
+    );
+    let mut sup = Run::new([&script])
+        .args(["-n", "1", "--ready", "listening", "--ready-timeout", "8s"])
+        .start(&sb);
+    sup.wait_ready(1, 1);
+    let old = sup.wait_workers(1);
+    sup.signal(libc::SIGHUP);
+    sup.wait_for_log("did not answer within", DEADLINE);
+    // The inspector is stuck on the worker: the primary is not.
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let out = sup.ctl(&["status"]);
+        assert!(
+            out.status.success(),
+            "ctl status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "ctl status took {:?} while a look was frozen",
+            asked.elapsed()
+        );
+    }
+    let reason = sup
+        .wait_reload(2)
+        .expect_err("the frozen generation is rolled back");
+    assert!(
+        reason.contains("not ready within 8s") && reason.contains("inspector"),
+        "{reason}"
+    );
+    wait_until(DEADLINE, "only the old worker left", || {
+        sup.workers() == old
+    });
+    assert!(sup.ctl(&["status"]).status.success());
+}
+
+/// Whether `cond` holds within `timeout` (checked every 20 ms).
+fn wait_for_or(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// Issue 18, item 2: the inspector reads what workers control, so it runs as their user, not
+/// as the root primary, unless Yama restricts ptrace (then only root may read their syscalls).
+#[test]
+fn the_inspector_runs_as_the_workers_user() {
+    if !crate::running_as_root("the_inspector_runs_as_the_workers_user") {
+        return;
+    }
+    let yama = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .is_ok_and(|s| s.trim() != "0");
+    let expected = if yama { "0" } else { "65534" };
+    let sb = Sandbox::new("listening_inspector_uid");
+    // Never listens: the inspector keeps looking until the test ends.
+    let sup = Run::new(["/bin/sleep", "60"])
+        .args(["--user", "65534", "--group", "65534", "-n", "1"])
+        .args(["--ready", "listening", "--ready-timeout", "60s"])
+        .start(&sb);
+    let mut inspector = None;
+    wait_until(DEADLINE, "the inspector to run", || {
+        inspector = reloadsup_integration_tests::proc::children_of(sup.pid())
+            .into_iter()
+            .find(|&p| reloadsup_integration_tests::proc::is_inspector(p));
+        inspector.is_some()
+    });
+    let pid = inspector.unwrap();
+    let uids = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .map(|u| u.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+    };
+    // It switches users as soon as it runs; it was started as root a moment ago.
+    let settled = wait_for_or(Duration::from_secs(10), || {
+        uids().is_some_and(|u| u.iter().all(|id| id == expected))
+    });
+    assert!(
+        settled,
+        "the inspector's uids: {:?}, not {expected}",
+        uids()
+    );
+}

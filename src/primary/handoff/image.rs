@@ -179,6 +179,8 @@ pub(crate) fn state_from(i: StateImage, c: &Clock) -> State {
         first_ready: i.first_ready,
         // Carried in the metrics image (hand-off version 5), set by `resume`.
         restarts_total: 0,
+        // The new image's inspector looks afresh.
+        blind: None,
     }
 }
 

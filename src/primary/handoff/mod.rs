@@ -237,6 +237,9 @@ impl Primary {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         args.extend(own.iter().map(String::as_str));
+        // Not carried: the new image starts its own when it needs one; this one, reaped there
+        // as nobody's child, is ignored.
+        self.inspector.kill();
         let e = sys::exec_in_place(&up.binary, &args, &keep);
         let why = format!("{}: execve failed: {}", up.binary.display(), lower(&e));
         self.refuse_upgrade(up.waiters, up.restarters, why, actions);

@@ -271,6 +271,7 @@ impl Primary {
             // Armed again by the loop while a worker is starting: not part of the hand-off.
             listening_at: None,
             listening_dump_at: None,
+            inspector: crate::primary::helpers::inspector::Inspector::new(),
             keeper,
             links: Default::default(),
             watch: None,

@@ -87,6 +87,12 @@ impl Keeper {
         }
     }
 
+    /// The cgroup of worker `pid` (its process group id), when per-worker cgroups are used.
+    pub(crate) fn worker_cgroup(&self, pid: u32) -> Option<String> {
+        let base = self.state.cgroup.as_deref()?;
+        cgroup::worker_dir(base, pid).to_str().map(str::to_string)
+    }
+
     /// The word a worker role gets after the primary's pid: the cgroup base, if any.
     pub(crate) fn worker_arg(&self) -> Option<&str> {
         self.state.cgroup.as_deref().and_then(Path::to_str)

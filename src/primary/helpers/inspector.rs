@@ -1,0 +1,383 @@
+//! The primary's side of the inspector (`roles/inspector`), with `--ready listening`: the
+//! primary never reads another process's `/proc` files, fds or memory itself (issue 18, item
+//! 2); it asks the inspector and goes on with its loop.
+//!
+//! Started at the first need (a worker of `--ready listening` is starting) and left to exit on
+//! its own once idle; one request at a time. An answer is believed only for the workers its
+//! request named. An inspector that has not answered within [`OVERRUN`] (a worker made a read
+//! wait, or the inspector misbehaves) is killed and replaced after a back-off; while none can
+//! look, a starting worker is rolled back at `--ready-timeout`, with the reason.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use mio::{Poll, Token};
+use nix::sys::signal::Signal;
+use reloadsup_protocol::{self as proto, Inspect, Inspected, Looked, PROTOCOL_VERSION};
+
+use super::{as_workers, Helper, LinkKind};
+use crate::error::lower;
+use crate::sys;
+
+/// The poll token of the inspector's link.
+pub(crate) const INSPECTOR: Token = Token(6);
+
+/// How long one look may take. A scan is bounded in work and takes milliseconds; one that
+/// takes this long waits on a worker.
+pub(crate) const OVERRUN: Duration = Duration::from_secs(2);
+
+/// The first wait before another inspector starts after one failed; doubled up to
+/// [`MAX_BACKOFF`], and forgotten after an answer.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// Killed inspectors not reaped yet (a read the kernel does not let a signal end) beyond which
+/// none is started: a worker that freezes every look must not fill the process table.
+const MAX_UNREAPED: usize = 2;
+
+/// The largest answer read.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// A request on its way.
+struct Asked {
+    id: u64,
+    at: Instant,
+    workers: Vec<u32>,
+}
+
+pub(crate) struct Inspector {
+    helper: Option<Helper>,
+    asked: Option<Asked>,
+    next_id: u64,
+    backoff: Duration,
+    /// No inspector is started before this (after a failure).
+    not_before: Option<Instant>,
+    /// Killed inspectors that were not reaped yet.
+    killed: Vec<u32>,
+    /// Why no inspector can look now, when none can (for the rollback's reason).
+    pub blind: Option<String>,
+}
+
+/// What the inspector's words are: as the workers' user `run_as` where the kernel lets that
+/// user read the workers' syscalls and memory, else as the primary's.
+fn words(run_as: (Option<u32>, Option<u32>)) -> Vec<String> {
+    if yama_restricts() {
+        // Yama's ptrace scope 1 or more lets only an ancestor (or CAP_SYS_PTRACE) read a
+        // thread's syscall and memory: an inspector of the workers' uid would see nothing.
+        return vec!["__inspector".to_string()];
+    }
+    as_workers("__inspector", run_as)
+}
+
+/// Whether Yama restricts ptrace to ancestors or more (its scope is 1, 2 or 3).
+fn yama_restricts() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .is_some_and(|scope| scope >= 1)
+}
+
+impl Inspector {
+    pub(crate) fn new() -> Inspector {
+        Inspector {
+            helper: None,
+            asked: None,
+            next_id: 1,
+            backoff: FIRST_BACKOFF,
+            not_before: None,
+            killed: Vec::new(),
+            blind: None,
+        }
+    }
+
+    /// Asks for a look at `workers`, starting an inspector if none runs. Does nothing while a
+    /// request is on its way, unless it overran: then the inspector is killed. Never waits.
+    pub(crate) fn ask(
+        &mut self,
+        poll: &Poll,
+        now: Instant,
+        primary_pid: u32,
+        run_as: (Option<u32>, Option<u32>),
+        may_dump: bool,
+        workers: Vec<Inspected>,
+    ) {
+        if let Some(asked) = &self.asked {
+            if now.saturating_duration_since(asked.at) < OVERRUN {
+                return;
+            }
+            let took = now.saturating_duration_since(asked.at);
+            self.fail(
+                now,
+                format!(
+                    "the inspector of --ready listening did not answer within {} s (a worker \
+                     makes reading its /proc wait); it was killed",
+                    took.as_secs()
+                ),
+            );
+            return;
+        }
+        if self.helper.is_none() && !self.start(poll, now, run_as) {
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+        let request = Inspect {
+            version: PROTOCOL_VERSION,
+            primary_pid,
+            id,
+            may_dump,
+            workers,
+        };
+        let sent = proto::encode(&request)
+            .map_err(io::Error::other)
+            .and_then(|body| match self.link() {
+                Some(link) => sys::send_nonblocking(link.as_fd(), &body),
+                None => Err(io::Error::other("no link")),
+            });
+        match sent {
+            Ok(()) => {
+                self.asked = Some(Asked {
+                    id,
+                    at: now,
+                    workers: pids,
+                })
+            }
+            Err(e) => self.fail(
+                now,
+                format!("the inspector could not be asked ({})", lower(&e)),
+            ),
+        }
+    }
+
+    fn link(&self) -> Option<&std::os::fd::OwnedFd> {
+        self.helper.as_ref().and_then(|h| h.link.as_ref())
+    }
+
+    fn start(&mut self, poll: &Poll, now: Instant, run_as: (Option<u32>, Option<u32>)) -> bool {
+        if self.not_before.is_some_and(|t| t > now) {
+            return false;
+        }
+        if self.killed.len() >= MAX_UNREAPED {
+            self.blind = Some(format!(
+                "{} killed inspectors of --ready listening are not gone yet; none is started",
+                self.killed.len()
+            ));
+            return false;
+        }
+        let mut helper = Helper::new(
+            "inspector",
+            "reloadsup-inspector",
+            words(run_as),
+            LinkKind::Packets,
+            Some(INSPECTOR),
+        );
+        if helper.start(poll, |link| Ok(Some(link))) {
+            self.helper = Some(helper);
+            true
+        } else {
+            self.fail(
+                now,
+                "the inspector of --ready listening could not start".into(),
+            );
+            false
+        }
+    }
+
+    /// The inspector failed (`why`): it is killed, and another starts after the back-off.
+    fn fail(&mut self, now: Instant, why: String) {
+        log::warn!("{why}");
+        if let Some(helper) = self.helper.take() {
+            if let Some(pid) = helper.pid {
+                let _ = sys::kill_group(pid, Signal::SIGKILL);
+                self.killed.push(pid);
+            }
+        }
+        self.asked = None;
+        self.blind = Some(why);
+        self.not_before = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// The link is readable: the answer, if it is one (only the workers it was asked about).
+    /// Garbage, or an answer to nothing, gets the inspector replaced.
+    pub(crate) fn on_link(&mut self, now: Instant) -> Option<Looked> {
+        let link = self.link()?;
+        let mut buf = vec![0u8; MAX_ANSWER];
+        let looked = match sys::recv_nowait(link.as_fd(), &mut buf) {
+            // It exited (idle, or killed); the reap forgets it.
+            Ok(0) => {
+                if let Some(h) = &mut self.helper {
+                    h.close_link();
+                }
+                return None;
+            }
+            Ok(n) => proto::decode::<Looked>(&buf[..n]).map_err(io::Error::other),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return None
+            }
+            Err(e) => Err(e),
+        };
+        let asked = self.asked.take();
+        match (looked, asked) {
+            (Ok(mut looked), Some(asked)) if looked.id == asked.id => {
+                looked.seen.retain(|s| asked.workers.contains(&s.worker));
+                self.blind = None;
+                self.backoff = FIRST_BACKOFF;
+                Some(looked)
+            }
+            (Ok(_), _) => {
+                self.fail(now, "the inspector answered what it was not asked".into());
+                None
+            }
+            (Err(e), _) => {
+                self.fail(now, format!("the inspector misbehaves ({})", lower(&e)));
+                None
+            }
+        }
+    }
+
+    /// Whether `pid` is an inspector, running or killed.
+    pub(crate) fn is(&self, pid: u32) -> bool {
+        self.killed.contains(&pid) || self.helper.as_ref().is_some_and(|h| h.is(pid))
+    }
+
+    /// An inspector was reaped. One that exited on its own (idle: a request sent as it left is
+    /// sent again to the next) is simply gone; one that died otherwise is a failure.
+    pub(crate) fn exited(&mut self, pid: u32, status: sys::ExitStatus, now: Instant) {
+        if let Some(i) = self.killed.iter().position(|&k| k == pid) {
+            self.killed.remove(i);
+            return;
+        }
+        if !self.helper.as_ref().is_some_and(|h| h.is(pid)) {
+            return;
+        }
+        self.helper = None;
+        self.asked = None;
+        if status != sys::ExitStatus::Exited(0) {
+            self.fail(now, format!("the inspector of --ready listening {status}"));
+        }
+    }
+
+    /// At exit, or when no worker needs a look any more and one was asked: nothing it says
+    /// matters.
+    pub(crate) fn kill(&mut self) {
+        if let Some(helper) = self.helper.take() {
+            if let Some(pid) = helper.pid {
+                let _ = sys::kill_group(pid, Signal::SIGKILL);
+                self.killed.push(pid);
+            }
+        }
+        self.asked = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reloadsup_protocol::SeenListening;
+    use std::os::fd::OwnedFd;
+
+    /// An inspector on the far end of a socketpair, with no process.
+    fn linked() -> (Inspector, OwnedFd) {
+        let (ours, theirs) = sys::seqpacket_pair().unwrap();
+        let mut h = Helper::new("t", "t", Vec::new(), LinkKind::Packets, None);
+        h.link = Some(ours);
+        let mut i = Inspector::new();
+        i.helper = Some(h);
+        (i, theirs)
+    }
+
+    fn worker(pid: u32) -> Inspected {
+        Inspected {
+            pid,
+            cgroup: None,
+            inodes: vec![1],
+            tcp: Vec::new(),
+        }
+    }
+
+    fn ask(i: &mut Inspector, now: Instant, pids: &[u32]) {
+        let poll = Poll::new().unwrap();
+        let workers = pids.iter().map(|&p| worker(p)).collect();
+        i.ask(&poll, now, 1, (None, None), false, workers);
+    }
+
+    fn received(theirs: &OwnedFd) -> Inspect {
+        let mut buf = vec![0u8; 4096];
+        let n = sys::recv_nowait(theirs.as_fd(), &mut buf).unwrap();
+        proto::decode(&buf[..n]).unwrap()
+    }
+
+    fn answer(theirs: &OwnedFd, id: u64, workers: &[u32]) {
+        let looked = Looked {
+            id,
+            seen: workers
+                .iter()
+                .map(|&w| SeenListening {
+                    worker: w,
+                    pid: w,
+                    how: "accept".into(),
+                })
+                .collect(),
+            dumped_ns: 0,
+        };
+        sys::send_nonblocking(theirs.as_fd(), &proto::encode(&looked).unwrap()).unwrap();
+    }
+
+    /// The inspector runs as the workers' user: it may say anything, but only about the
+    /// workers it was asked about, and only in answer to the request on its way.
+    #[test]
+    fn an_answer_counts_only_for_the_workers_asked_about() {
+        let (mut i, theirs) = linked();
+        let now = Instant::now();
+        ask(&mut i, now, &[10, 11]);
+        let request = received(&theirs);
+        assert_eq!(request.workers.len(), 2);
+        // A second look is not asked while one is on its way.
+        ask(&mut i, now, &[10, 11]);
+        assert!(sys::recv_nowait(theirs.as_fd(), &mut [0u8; 64]).is_err());
+        answer(&theirs, request.id, &[11, 99]);
+        let looked = i.on_link(now).expect("the answer");
+        let seen: Vec<u32> = looked.seen.iter().map(|s| s.worker).collect();
+        assert_eq!(seen, [11], "pid 99 was not asked about");
+        // An answer to nothing asked replaces it.
+        answer(&theirs, request.id, &[10]);
+        assert!(i.on_link(now).is_none());
+        assert!(i.helper.is_none() && i.blind.is_some(), "replaced");
+    }
+
+    #[test]
+    fn an_inspector_that_overruns_is_killed_and_another_waits_for_its_back_off() {
+        let (mut i, theirs) = linked();
+        let now = Instant::now();
+        ask(&mut i, now, &[10]);
+        let _ = received(&theirs);
+        ask(&mut i, now + OVERRUN - Duration::from_millis(1), &[10]);
+        assert!(i.helper.is_some(), "killed before its deadline");
+        ask(&mut i, now + OVERRUN, &[10]);
+        assert!(i.helper.is_none(), "not killed at its deadline");
+        let why = i.blind.clone().expect("a reason for the rollback");
+        assert!(why.contains("did not answer"), "{why}");
+        // Within the back-off no other starts (a start would spawn a process here).
+        ask(&mut i, now + OVERRUN + Duration::from_millis(1), &[10]);
+        assert!(i.helper.is_none() && i.asked.is_none());
+    }
+
+    #[test]
+    fn an_inspector_that_sends_garbage_is_replaced() {
+        let (mut i, theirs) = linked();
+        let now = Instant::now();
+        ask(&mut i, now, &[10]);
+        sys::send_nonblocking(theirs.as_fd(), &[0xff; 40]).unwrap();
+        assert!(i.on_link(now).is_none());
+        assert!(i.helper.is_none(), "garbage replaces the inspector");
+        assert!(i.blind.as_deref().is_some_and(|w| w.contains("misbehaves")));
+    }
+}

@@ -1,0 +1,130 @@
+//! The inspector role (`__inspector`, with `--ready listening`): looks at starting workers for
+//! the primary and says which of them wait for connections (see [`look`]).
+//!
+//! Reading another process's `/proc` files, fds and memory can take seconds, or wait on that
+//! process for as long as it likes (an epoll's fdinfo waits on the epoll's mutex, which a
+//! thread faulting on a userfaultfd or FUSE page in `epoll_wait` holds; a page of its memory
+//! may never come). So the primary never does it: it sends this process an [`Inspect`] at a
+//! time and reads the [`Looked`] answer when it comes; one that does not come in time gets
+//! this process killed and replaced (see `primary/helpers/inspector.rs`).
+//!
+//! It runs as the workers' user where the kernel lets that user look at them (`__inspector
+//! --uid U --gid G`), switched to before it reads anything, and undumpable. It dies with the
+//! primary, exits when its link closes, and exits on its own after [`IDLE`] without a
+//! request: the primary starts one again when a worker is next starting.
+
+mod look;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reloadsup_protocol::{self as proto, Inspect, Looked, SeenListening, PROTOCOL_VERSION};
+
+pub(crate) use look::{socket_inode, tcp_address};
+
+use crate::error::lower;
+use crate::sys;
+
+/// How long it waits for a request before it exits.
+pub(crate) const IDLE: Duration = Duration::from_secs(10);
+
+/// The largest request read (a few hundred workers' listeners).
+const MAX_REQUEST: usize = 256 * 1024;
+
+/// Runs the inspector role; `args` are the words after `__inspector`: `--uid U --gid G` when
+/// it must switch to the workers' user, or nothing.
+pub(crate) fn run(args: &[OsString]) -> u8 {
+    sys::reset_signals();
+    let drop_to = match super::credentials(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("reloadsup: inspector: {e}");
+            return 2;
+        }
+    };
+    match serve(drop_to) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("reloadsup: inspector: {}", lower(&e));
+            1
+        }
+    }
+}
+
+fn serve(drop_to: Option<(u32, u32)>) -> io::Result<()> {
+    let link = sys::take_role_link()?;
+    if let Some((uid, gid)) = drop_to {
+        // Before it reads anything of a worker's: it needs nothing but its link.
+        sys::drop_privileges(Some(uid), Some(gid)).map_err(io::Error::other)?;
+    }
+    // A worker of the same uid must not ptrace it and answer for it.
+    sys::set_undumpable()?;
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut parent_checked = false;
+    loop {
+        if !sys::wait_readable(link.as_fd(), Some(IDLE))? {
+            return Ok(());
+        }
+        let n = match sys::recv_nowait(link.as_fd(), &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let request: Inspect = proto::decode(&buf[..n]).map_err(io::Error::other)?;
+        if request.version != PROTOCOL_VERSION {
+            return Err(io::Error::other(proto::Error::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: request.version,
+            }));
+        }
+        if !parent_checked {
+            // After the drop: a change of credentials clears the parent-death signal.
+            sys::die_with_parent(request.primary_pid)?;
+            parent_checked = true;
+        }
+        let answer = proto::encode(&look_at(&request)).map_err(io::Error::other)?;
+        // The primary reads its link every turn; a full link is a primary that is gone.
+        nix::sys::socket::send(
+            link.as_raw_fd(),
+            &answer,
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        )
+        .map_err(io::Error::from)?;
+    }
+}
+
+/// One scan of every worker `request` names.
+fn look_at(request: &Inspect) -> Looked {
+    let mut scan = look::Scan::new(u32::from(request.may_dump));
+    let began = Instant::now();
+    let mut seen = Vec::new();
+    for worker in &request.workers {
+        let ours = look::Ours {
+            inodes: worker.inodes.clone(),
+            tcp: worker.tcp.clone(),
+        };
+        let cgroup = worker.cgroup.as_deref().map(Path::new);
+        if let Some(s) = look::group_waits(worker.pid, cgroup, &ours, &mut scan) {
+            seen.push(SeenListening {
+                worker: worker.pid,
+                pid: s.pid,
+                how: s.how,
+            });
+        }
+    }
+    log::trace!(
+        "looked at {} workers in {:?}",
+        request.workers.len(),
+        began.elapsed()
+    );
+    Looked {
+        id: request.id,
+        seen,
+        dumped_ns: scan.dumped.as_nanos() as u64,
+    }
+}
