@@ -701,18 +701,19 @@ impl Primary {
         let Some(sockets) = &mut self.notify else {
             return false;
         };
-        let (state, primary) = (&self.state, self.pid);
-        // A live sender that is another worker, or in another worker's process group or cgroup
-        // (a child it moved out of its group with setsid), must not speak for this one (it
-        // found the path in that worker's environment).
-        let another = |w: u32, pid: u32| w != pid && state.process(w).is_some();
-        let foreign = |sender: u32, pid: u32| {
-            sender != pid
-                && (state.process(sender).is_some()
-                    || sys::getpgid(sender).is_some_and(|g| another(g, pid))
-                    || sys::cgroup::worker_of(sender, primary).is_some_and(|w| another(w, pid)))
+        let (primary, cgroups) = (self.pid, self.keeper.worker_arg().is_some());
+        // Whether `sender` is one of worker `pid`'s processes: in its cgroup, which a child
+        // that called `setsid()` cannot leave and no other worker's child can join; without
+        // per-worker cgroups, in its process group (which a process of another worker of this
+        // instance could still join: the cgroups are what closes that).
+        let belongs = |sender: u32, pid: u32| {
+            if cgroups {
+                sys::cgroup::worker_of(sender, primary) == Some(pid)
+            } else {
+                sys::getpgid(sender) == Some(pid)
+            }
         };
-        let batch = sockets.read(token, foreign);
+        let batch = sockets.read(token, belongs);
         if let Some(pid) = batch.pid {
             for n in batch.notices {
                 actions.extend(self.state.handle(

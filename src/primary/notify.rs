@@ -5,8 +5,13 @@
 //! primary reads the datagram) and let any process join a worker's process group to speak for
 //! it. Here each worker gets a `SOCK_DGRAM` socket bound in the state directory under a random
 //! name (the directory is 0700, or 0711 with `--user` so the worker can traverse but nobody can
-//! list it), mode 0600 and owned by the worker's user. The credentials are still used, only to
-//! refuse a datagram from a live process that belongs to another worker.
+//! list it), mode 0600 and owned by the worker's user. The credentials are still checked: a
+//! datagram counts when its sender is the worker, or is one of the worker's processes (its
+//! cgroup, else its process group) while the primary looks, which the pidfd the kernel attaches
+//! (`SO_PASSPIDFD`, Linux 6.5) makes exact. A sender that already exited cannot be attributed
+//! (another worker's child could have sent and exited) and is not believed: a helper waits
+//! until its message is read, as `systemd-notify` does with its `BARRIER=1` unless told
+//! `--no-block`.
 //!
 //! Sockets are plain data (fd, path, token, pid) so that they can later be carried across an
 //! exec of the primary. This module never blocks: a bounded batch is read per call and the
@@ -95,6 +100,8 @@ impl NotifySockets {
             }
             nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)
                 .map_err(io::Error::from)?;
+            // Before Linux 6.5 there is none: the sender's pid alone is looked at.
+            let _ = sys::pass_pidfd(sock.as_fd());
             let token = self.next;
             poll.registry()
                 .register(&mut sock, Token(token), Interest::READABLE)?;
@@ -157,7 +164,7 @@ impl NotifySockets {
 
     /// Reads a bounded batch from one socket. `foreign` says whether a live sender pid belongs
     /// to another worker than `pid`; such datagrams are dropped.
-    pub(crate) fn read(&mut self, token: usize, foreign: impl Fn(u32, u32) -> bool) -> Batch {
+    pub(crate) fn read(&mut self, token: usize, belongs: impl Fn(u32, u32) -> bool) -> Batch {
         let mut batch = Batch {
             pid: None,
             notices: Vec::new(),
@@ -191,15 +198,30 @@ impl NotifySockets {
                 // Not handed to a worker yet: nobody legitimate knows the path.
                 continue;
             };
-            // A sender that already exited (its pid leads nowhere now) is the helper case the
-            // socket exists for: the socket alone says whose it is.
-            if let Some(sender) = sender.filter(|&p| p != 0) {
-                if foreign(sender, pid) {
-                    log::warn!(
-                        "notify message for worker pid {pid} from pid {sender}, which belongs to another worker; ignored"
-                    );
-                    continue;
-                }
+            let Some(sender) = sender.filter(|s| s.pid != 0) else {
+                // No credentials, or a sender the kernel cannot name in our pid namespace.
+                log::warn!(
+                    "notify message for worker pid {pid} from a sender with no pid here; ignored"
+                );
+                continue;
+            };
+            // The worker itself is our child: nobody else has its pid until we reap it. Any
+            // other sender must be one of its processes while we look (its pidfd, where the
+            // kernel gives one, says the pid was not reused meanwhile); one that exited
+            // cannot be told from another worker's child that sent and exited (issue 18,
+            // item 6), so it is not believed.
+            let attributed = sender.pid == pid
+                || (belongs(sender.pid, pid)
+                    && sender
+                        .pidfd
+                        .as_ref()
+                        .is_none_or(|fd| sys::pidfd_alive(fd.as_fd())));
+            if !attributed {
+                log::warn!(
+                    "notify message for worker pid {pid} from pid {}, which is not one of that worker's processes or has exited; ignored (a helper must wait until its message is read, as systemd-notify does unless --no-block)",
+                    sender.pid
+                );
+                continue;
             }
             let notice = notify::parse(&buf[..n]);
             if !notice.is_empty() {

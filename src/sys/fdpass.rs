@@ -61,6 +61,8 @@ struct Received {
     fds: Vec<OwnedFd>,
     /// The sender's pid, when credentials came with it (SO_PASSCRED).
     pid: Option<u32>,
+    /// A pidfd of the sender, when the socket asked for one (SO_PASSPIDFD, Linux 6.5).
+    pidfd: Option<OwnedFd>,
     /// MSG_TRUNC, MSG_CTRUNC.
     truncated: bool,
     control_truncated: bool,
@@ -70,12 +72,18 @@ struct Received {
 /// SCM_RIGHTS headers the sender put in it (they are merged into one list).
 const SCM_MAX_FD: usize = 253;
 
-/// Room for credentials and [`SCM_MAX_FD`] fds with their headers (about 1 KiB), as 8-byte
-/// words for the alignment `cmsghdr` wants.
+/// `SO_PASSPIDFD` and `SCM_PIDFD` (Linux 6.5), which this libc does not name; the values of
+/// every architecture reloadsup builds for.
+const SO_PASSPIDFD: libc::c_int = 76;
+const SCM_PIDFD: libc::c_int = 0x04;
+
+/// Room for credentials, a pidfd and [`SCM_MAX_FD`] fds with their headers (about 1 KiB), as
+/// 8-byte words for the alignment `cmsghdr` wants.
 const CONTROL_WORDS: usize = {
     // SAFETY: CMSG_SPACE is plain arithmetic on its argument.
     let bytes = unsafe {
         libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as libc::c_uint)
+            + libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as libc::c_uint)
             + libc::CMSG_SPACE((SCM_MAX_FD * std::mem::size_of::<libc::c_int>()) as libc::c_uint)
     };
     (bytes as usize).div_ceil(8)
@@ -114,6 +122,7 @@ fn recvmsg_owning(
         bytes: n as usize,
         fds: Vec::new(),
         pid: None,
+        pidfd: None,
         truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
         control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     };
@@ -121,8 +130,8 @@ fn recvmsg_owning(
         control.as_ptr() as usize + (msg.msg_controllen as usize).min(8 * CONTROL_WORDS);
     // SAFETY: the CMSG_* macros walk the headers the kernel wrote in `control`, CMSG_NXTHDR
     // stopping at msg_controllen; each header's data is read only up to the end of the control
-    // data, unaligned; every fd in an SCM_RIGHTS header was installed in our table for us by
-    // this call, and nobody else owns it.
+    // data, unaligned; every fd in an SCM_RIGHTS or SCM_PIDFD header was installed in our
+    // table for us by this call, and nobody else owns it.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
@@ -141,6 +150,14 @@ fn recvmsg_owning(
             {
                 let cred = std::ptr::read_unaligned(data.cast::<libc::ucred>());
                 got.pid = Some(cred.pid as u32);
+            } else if (*c).cmsg_level == libc::SOL_SOCKET
+                && (*c).cmsg_type == SCM_PIDFD
+                && len >= std::mem::size_of::<libc::c_int>()
+            {
+                let fd = std::ptr::read_unaligned(data.cast::<libc::c_int>());
+                if fd >= 0 {
+                    got.pidfd = Some(OwnedFd::from_raw_fd(fd));
+                }
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
@@ -175,14 +192,29 @@ pub(crate) fn recv_with_fds(
     Ok((got.bytes, got.fds))
 }
 
+/// Who sent a datagram: its pid as the kernel saw it when it was sent, and, where the kernel
+/// gives one, a pidfd of that very process (which no later process with the same pid matches).
+#[derive(Debug)]
+pub(crate) struct Sender {
+    pub pid: u32,
+    pub pidfd: Option<OwnedFd>,
+}
+
+/// Asks the kernel to attach a pidfd of the sender to every datagram (`SO_PASSPIDFD`, Linux
+/// 6.5); an error on an older kernel.
+pub(crate) fn pass_pidfd(sock: BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt_int(sock, libc::SOL_SOCKET, SO_PASSPIDFD, 1)
+}
+
 /// Receives one datagram with the sender's credentials (SO_PASSCRED must be on), without
-/// waiting. Returns the sender's pid, or `None` when the kernel attached no credentials; a
-/// datagram longer than `buf` is consumed and an `InvalidData` error.
-/// Whatever fds came with it are closed: nobody should send us fds there.
+/// waiting. Returns the sender, or `None` when the kernel attached no credentials; a datagram
+/// longer than `buf` is consumed and an `InvalidData` error.
+/// Whatever fds came with it are closed: nobody should send us fds there (closing them is
+/// what ends the wait of a sender's `BARRIER=1`).
 pub(crate) fn recv_with_creds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
-) -> io::Result<(usize, Option<u32>)> {
+) -> io::Result<(usize, Option<Sender>)> {
     let got = recvmsg_owning(sock, buf, libc::MSG_DONTWAIT)?;
     if got.truncated {
         // As systemd does: a message cut short is not read at all.
@@ -191,7 +223,11 @@ pub(crate) fn recv_with_creds(
             format!("a datagram longer than {} bytes, ignored", buf.len()),
         ));
     }
-    Ok((got.bytes, got.pid))
+    let sender = got.pid.map(|pid| Sender {
+        pid,
+        pidfd: got.pidfd,
+    });
+    Ok((got.bytes, sender))
 }
 
 /// `setsockopt(2)` with an `int` value, for the options nix does not name (`TCP_DEFER_ACCEPT`,
@@ -383,12 +419,52 @@ mod tests {
         socket::sendmsg::<()>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
         drop(x);
         let mut buf = [0u8; 64];
-        let (n, pid) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
+        let (n, sender) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
         assert_eq!(
-            (&buf[..n], pid),
+            (&buf[..n], sender.map(|s| s.pid)),
             (&b"READY=1"[..], Some(std::process::id()))
         );
         assert!(peer_closed(&y), "every fd of the datagram must be closed");
+    }
+
+    /// Issue 18, item 6: the pidfd that comes with a datagram tells whether its very sender
+    /// still runs, after the pid it had could be anyone's.
+    #[test]
+    fn a_datagram_says_whether_its_sender_still_runs() {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        nix::sys::socket::setsockopt(&b, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        if pass_pidfd(b.as_fd()).is_err() {
+            // Linux before 6.5: the caller checks the pid instead.
+            return;
+        }
+        let mut buf = [0u8; 64];
+        a.send(b"READY=1").unwrap();
+        let (_, sender) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
+        let pidfd = sender.and_then(|s| s.pidfd).expect("a pidfd of the sender");
+        assert!(super::super::pidfd_alive(pidfd.as_fd()), "we run");
+        // A child sends, exits and is reaped before the datagram is read.
+        let path = std::env::temp_dir().join(format!("rs-pidfd-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let c = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        nix::sys::socket::setsockopt(&c, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        pass_pidfd(c.as_fd()).unwrap();
+        let status = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', sys.argv[1])",
+            ])
+            .arg(&path)
+            .status();
+        let _ = std::fs::remove_file(&path);
+        if !status.is_ok_and(|s| s.success()) {
+            return;
+        }
+        let (_, sender) = recv_with_creds(c.as_fd(), &mut buf).unwrap();
+        let pidfd = sender.and_then(|s| s.pidfd).expect("a pidfd of the sender");
+        assert!(
+            !super::super::pidfd_alive(pidfd.as_fd()),
+            "the child is gone"
+        );
     }
 
     #[test]

@@ -28,15 +28,15 @@ pub(crate) use fd::{
 #[cfg(test)]
 pub(crate) use fdpass::getsockopt_int;
 pub(crate) use fdpass::{
-    at_eof, recv_nowait, recv_with_creds, recv_with_fds, send_nonblocking, send_with_fds,
-    send_with_fds_nonblocking, seqpacket_pair, setsockopt_int, stream_pair,
+    at_eof, pass_pidfd, recv_nowait, recv_with_creds, recv_with_fds, send_nonblocking,
+    send_with_fds, send_with_fds_nonblocking, seqpacket_pair, setsockopt_int, stream_pair,
 };
 pub(crate) use fork::{close_all_except, fork_with};
 pub(crate) use process::{
     die_with_parent, drop_privileges, getpgid, kill, kill_group, reap_one, set_subreaper,
     set_undumpable, shed_code_pages, wait_exit, ExitStatus,
 };
-pub(crate) use procfs::copy_fd_of;
+pub(crate) use procfs::{copy_fd_of, pidfd_alive};
 pub(crate) use sched::{monotonic_ns, sched_defer, sched_normal};
 pub(crate) use signal::{ignore_signals, reset_signals, spawn_quiet_thread, unblock_signals};
 pub(crate) use spawn::{no_inherited_fds, spawn_linked_role, spawn_role, take_role_link};

@@ -1,4 +1,5 @@
-//! Another process's fds, copied with `pidfd_getfd(2)`.
+//! Another process through a pidfd: its fds, copied with `pidfd_getfd(2)`, and whether it
+//! still runs.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -23,4 +24,22 @@ pub(crate) fn copy_fd_of(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
     }
     // SAFETY: pidfd_getfd just returned this fd; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(copy as RawFd) })
+}
+
+/// Whether the process of `pidfd` has not been reaped yet (a zombie counts: its pid is still
+/// its own). `pidfd_send_signal(2)` with signal 0 checks without sending anything.
+pub(crate) fn pidfd_alive(pidfd: std::os::fd::BorrowedFd<'_>) -> bool {
+    // SAFETY: pidfd_send_signal takes a pidfd, signal 0 (no signal), a null siginfo and flags
+    // 0; it reads no memory of ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    // EPERM: it runs, as a user we may not signal.
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }

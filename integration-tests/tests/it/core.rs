@@ -601,33 +601,37 @@ fn closed_standard_fds_are_opened_on_dev_null() {
     assert!(status.success(), "{status}");
 }
 
-/// Regression (issue 12, item 10): `READY=1` from a helper that exited before the primary read
-/// it (`systemd-notify`'s way) was dropped, since its pid no longer led to a worker, and the
-/// reload rolled back. The worker freezes the primary while its helper sends and exits, so the
-/// datagram is always read after the sender is gone.
+/// Regression (issue 12, item 10): `READY=1` from a helper that the primary reads only after
+/// the helper sent it was dropped, since its pid no longer led to a worker, and the reload
+/// rolled back. A helper that waits until its message is read (`systemd-notify`'s way, with
+/// `BARRIER=1` and a pipe whose other end the reader closes) counts, however late the primary
+/// reads: the worker freezes the primary while its helper sends.
 #[test]
-fn ready_from_a_helper_that_already_exited_counts() {
-    let test = "ready_from_a_helper_that_already_exited_counts";
-    let sb = Sandbox::new(test);
-    // python3 rather than systemd-notify, which, run as root, puts its parent's pid in the
-    // credentials and so never shows the bug.
-    let helper = match python3() {
-        Some(py) => format!(
-            "{} -c 'import os,socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"])'",
-            reloadsup_integration_tests::shell_quote(&py.to_string_lossy())
-        ),
-        None => match crate::tool(test, "systemd-notify") {
-            Some(path) => format!(
-                "{} --ready",
-                reloadsup_integration_tests::shell_quote(&path.to_string_lossy())
-            ),
-            None => return,
-        },
+fn ready_from_a_helper_that_waits_for_its_barrier_counts() {
+    let test = "ready_from_a_helper_that_waits_for_its_barrier_counts";
+    let Some(py) = python3().or_else(|| crate::tool(test, "python3")) else {
+        return;
     };
+    let sb = Sandbox::new(test);
+    let helper = sb.write(
+        "notify.py",
+        "import os, select, socket\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s.connect(os.environ['NOTIFY_SOCKET'])\n\
+         s.send(b'READY=1')\n\
+         r, w = os.pipe()\n\
+         socket.send_fds(s, [b'BARRIER=1'], [w])\n\
+         os.close(w)\n\
+         select.select([r], [], [], 20)\n",
+    );
     // $PPID is the primary: the worker role it forked exec'd this script in place.
     let script = sb.write_script(
         "server",
-        &format!("#!/bin/sh\nkill -STOP $PPID\n{helper}\nkill -CONT $PPID\nexec sleep 600\n"),
+        &format!(
+            "#!/bin/sh\nkill -STOP $PPID\n{py} {helper} &\nsleep 0.3\nkill -CONT $PPID\nwait\nexec sleep 600\n",
+            py = reloadsup_integration_tests::shell_quote(&py.to_string_lossy()),
+            helper = reloadsup_integration_tests::shell_quote(&helper.to_string_lossy()),
+        ),
     );
     let mut sup = Run::new([&script])
         .args(["--ready", "notify", "--ready-timeout", "10s"])
@@ -640,6 +644,44 @@ fn ready_from_a_helper_that_already_exited_counts() {
     reloadsup_integration_tests::wait_until(DEADLINE, "one notify socket in the state dir", || {
         notify_sockets(&state) == 1
     });
+}
+
+/// Issue 18, item 6: a datagram whose sender exited before the primary read it cannot be told
+/// from one that another worker's child sent and exited (the path is in every worker's
+/// environment, readable by their uid): it is not believed, and the reload is rolled back.
+#[test]
+fn ready_from_a_sender_that_already_exited_is_not_believed() {
+    let test = "ready_from_a_sender_that_already_exited_is_not_believed";
+    let Some(py) = python3().or_else(|| crate::tool(test, "python3")) else {
+        return;
+    };
+    let sb = Sandbox::new(test);
+    let helper = format!(
+        "{} -c 'import os,socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"])'",
+        reloadsup_integration_tests::shell_quote(&py.to_string_lossy())
+    );
+    let hello = bins::example("hello");
+    let script = sb.write_script(
+        "server",
+        &format!(
+            "#!/bin/sh\n[ \"$RELOADSUP_GENERATION\" = 1 ] && exec {hello} \"$@\"\n\
+             kill -STOP $PPID\n{helper}\nkill -CONT $PPID\nexec sleep 600\n",
+            hello = reloadsup_integration_tests::shell_quote(&hello.to_string_lossy()),
+        ),
+    );
+    let mut sup = Run::new([&script])
+        .args(["--ready", "notify", "--ready-timeout", "3s"])
+        .start(&sb);
+    sup.wait_ready(1, 1);
+    let reason = sup
+        .reload(2)
+        .expect_err("READY=1 of a sender gone before the read made the worker ready");
+    assert!(reason.contains("not ready within 3s"), "{reason}");
+    assert!(
+        sup.log()
+            .contains("is not one of that worker's processes or has exited"),
+        "the log says why the message was ignored"
+    );
 }
 
 /// How many per-worker notify sockets the state directory holds.
@@ -722,8 +764,9 @@ time.sleep(600)
     assert!(reason.contains("not ready within"), "{reason}");
 }
 
-/// Notify sockets are unreachable by other users: with `--user nobody`, nobody (the worker's
-/// user) can send to the worker's socket and make it ready, and another uid cannot.
+/// Notify sockets are unreachable by other users: with `--user nobody`, another uid cannot send
+/// to the worker's socket, and a process of nobody (the worker's user) that is not one of the
+/// worker's processes can send but is not believed.
 #[test]
 fn notify_socket_refuses_other_users() {
     use std::os::unix::process::CommandExt;
@@ -773,13 +816,20 @@ fn notify_socket_refuses_other_users() {
         "{}",
         String::from_utf8_lossy(&other.stderr)
     );
+    // The worker's user may send, but a process of that user that is not one of the worker's
+    // (another instance's worker, say) cannot speak for it (issue 18, item 6).
     let own = send(65534);
     assert!(
         own.status.success(),
         "the worker's user could not send: {}",
         String::from_utf8_lossy(&own.stderr)
     );
-    sup.wait_ready(1, 1);
+    sup.wait_for_log("is not one of that worker's processes", DEADLINE);
+    let status = sup.status_json();
+    assert_eq!(
+        status["workers"][0]["state"], "starting",
+        "a stranger's READY=1 was believed: {status}"
+    );
 }
 
 /// An environment variable of a process, once its exec has set it.

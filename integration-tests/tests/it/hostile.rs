@@ -221,10 +221,7 @@ fn a_worker_cannot_make_another_look_ready_from_a_setsid_child() {
     }
     // Either the primary refuses the spoofed datagram, or worker 1 shows the spoofed status.
     let spoofed = wait_for(DEADLINE, "the spoofed READY=1 to be read", || {
-        if sup
-            .log()
-            .contains("which belongs to another worker; ignored")
-        {
+        if sup.log().contains("is not one of that worker's processes") {
             return Some(false);
         }
         let status = sup.status_json();
