@@ -566,6 +566,14 @@ impl Primary {
     }
 
     fn reap(&mut self) {
+        // A SIGCHLD may also be a helper that was stopped.
+        if let Some(shell) = &mut self.shell {
+            shell.helper.replace_if_stopped();
+        }
+        if let Some(logs) = &mut self.logs {
+            logs.replace_if_stopped();
+        }
+        self.metrics.replace_if_stopped();
         loop {
             let keeper = &mut self.keeper;
             match sys::reap_one(|pid| keeper.forget(pid)) {

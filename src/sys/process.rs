@@ -151,6 +151,25 @@ pub(crate) fn reap_one(mut before_reap: impl FnMut(u32)) -> io::Result<Option<(u
     Ok(Some((pid as u32, status)))
 }
 
+/// Whether child `pid` was stopped (SIGSTOP, SIGTSTP) since the last look: consumes that
+/// report, never waits, never reaps.
+pub(crate) fn was_stopped(pid: u32) -> bool {
+    // SAFETY: siginfo_t is plain data; waitid fills it in, and zeroed si_pid means "nothing".
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a siginfo_t we own; WNOHANG never blocks, and WSTOPPED without
+    // WEXITED reaps nothing.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WSTOPPED | libc::WNOHANG,
+        )
+    };
+    // SAFETY: after a successful waitid the pid field is initialised.
+    r == 0 && unsafe { info.si_pid() } != 0 && info.si_code == libc::CLD_STOPPED
+}
+
 /// Waits for child `pid` to exit and reaps it, at most `timeout`; whether it did. Only for
 /// the primary's exit, when nothing else waits on the loop.
 pub(crate) fn wait_exit(pid: u32, timeout: std::time::Duration) -> bool {

@@ -638,6 +638,32 @@ fn shell_worker_sigkilled_is_back_within_2s_and_workers_never_notice() {
     assert_eq!(admin.worker_pids(), workers, "the workers were not touched");
 }
 
+/// Issue 18, item 4: a process of the shell worker's uid could SIGSTOP it, and the console
+/// stayed down for as long as it liked. A stopped shell worker is replaced.
+#[test]
+fn a_stopped_shell_worker_is_replaced() {
+    let sandbox = Sandbox::new("console-sigstop");
+    let admin = Admin::start(&sandbox, 1);
+    let shell = admin.shell_pid().expect("a shell worker");
+    proc::kill(shell, libc::SIGSTOP).unwrap();
+    wait_for(DEADLINE, "the console to answer again", || {
+        admin
+            .console(&["worker info"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_ne!(
+        admin.shell_pid(),
+        Some(shell),
+        "the stopped one still serves"
+    );
+    assert!(
+        !proc::is_alive(shell) || proc::is_zombie(shell),
+        "the stopped shell worker was left running"
+    );
+}
+
 /// Regression (found by the chaos run): the shell worker's back-off kept doubling across kills
 /// 14 s apart, because it was reset only after 30 s of health, and the console was down for up
 /// to 30 s. The console is the operator's way in: a shell worker that lived past the short-life

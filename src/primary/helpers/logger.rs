@@ -362,6 +362,11 @@ impl Logs {
         true
     }
 
+    /// See [`Helper::replace_if_stopped`].
+    pub(crate) fn replace_if_stopped(&mut self) {
+        self.helper.replace_if_stopped();
+    }
+
     pub(crate) fn is(&self, pid: u32) -> bool {
         self.helper.is(pid)
     }

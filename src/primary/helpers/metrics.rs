@@ -217,6 +217,13 @@ impl Metrics {
         })
     }
 
+    /// See [`Helper::replace_if_stopped`].
+    pub(crate) fn replace_if_stopped(&mut self) {
+        if let Some(w) = &mut self.worker {
+            w.helper.replace_if_stopped();
+        }
+    }
+
     pub(crate) fn is(&self, pid: u32) -> bool {
         self.worker.as_ref().is_some_and(|w| w.helper.is(pid))
     }

@@ -145,6 +145,15 @@ impl Helper {
         self.signal(Signal::SIGKILL);
     }
 
+    /// One that was stopped (a process of its uid, or of the workers' where it runs as theirs,
+    /// sent it SIGSTOP) serves nobody, and its link fills: it is replaced (issue 18, item 4).
+    /// Called on every SIGCHLD, which a stop raises too.
+    pub(crate) fn replace_if_stopped(&mut self) {
+        if self.pid.is_some_and(sys::was_stopped) {
+            self.replace("was stopped");
+        }
+    }
+
     /// Closing the link takes it out of the poll too: epoll forgets a socket once its last fd
     /// is closed. Every fd of ours is close-on-exec, so a copy lives on only in a child between
     /// its fork and its exec; an event delivered meanwhile under the old token finds no link,
