@@ -205,8 +205,8 @@ pub(crate) struct Admin {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub password_hash: String,
-    /// Who the shell worker runs as once it holds its fds: `--admin-user`, else the workers'
-    /// `--user`/`--group`, else (both `None`) the primary's own credentials.
+    /// Who the shell worker runs as once it holds its fds: `--admin-user`, else `nobody` under
+    /// a root primary, else (both `None`) the primary's own credentials.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     /// What the user should hear about how the hash was given (on the command line, in a
@@ -621,6 +621,17 @@ fn resolve_user(s: &str) -> Result<(u32, u32), ValueError> {
         Ok(Some(user)) => Ok((user.uid.as_raw(), user.gid.as_raw())),
         _ => Err(ValueError::NoUser(s.to_string())),
     }
+}
+
+/// The shell worker's user without `--admin-user`: `nobody` (and its group) under a root
+/// primary, never the workers' user, whose processes could otherwise stop it and reach its
+/// programs' control channel (issue 18, item 4); else the primary's own credentials (`None`).
+fn default_admin_user() -> Result<(Option<u32>, Option<u32>), ValueError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok((None, None));
+    }
+    let (uid, gid) = resolve_user("nobody")?;
+    Ok((Some(uid), Some(gid)))
 }
 
 /// `USER[:GROUP]`, each a name or a number; without a group, the user's own.
@@ -1152,14 +1163,24 @@ impl Config {
                     return Err(ConfigError::CertWithoutKey);
                 }
                 let admin_user_cli = args.admin_user.is_some();
-                let (uid, gid) = match args.admin_user.or(file.admin_user) {
+                let (admin_uid, admin_gid) = match args.admin_user.or(file.admin_user) {
                     Some(spec) => {
                         let (u, g) = resolve_user_group(&spec)
                             .or_else(|e| bad(src("admin-user", "admin-user", admin_user_cli), e))?;
                         (Some(u), Some(g))
                     }
-                    None => (uid, gid),
+                    None => default_admin_user()
+                        .or_else(|e| bad(src("admin-user", "admin-user", false), e))?,
                 };
+                let workers_uid = uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+                if admin_uid.is_some() && admin_uid == Some(workers_uid) {
+                    warnings.push(format!(
+                        "the shell worker runs as the workers' user (uid {workers_uid}): any \
+                         worker process can stop it or use its console programs' control \
+                         channel; give --admin-user another user"
+                    ));
+                }
+                let (uid, gid) = (admin_uid, admin_gid);
                 Some(Admin {
                     address,
                     cert,
@@ -1364,9 +1385,10 @@ mod tests {
         assert!(e.to_string().contains("at most 88 bytes"), "{e}");
     }
 
-    /// Issue 12, item 4: the shell worker runs as `--admin-user`, else as the workers' user.
+    /// Issue 12, item 4, and issue 18, item 4: the shell worker runs as `--admin-user`, else
+    /// as nobody under root, never as the workers' user unless asked.
     #[test]
-    fn admin_user_defaults_to_the_workers_user() {
+    fn admin_user_defaults_to_nobody_not_the_workers_user() {
         let hash = crate::password::PasswordHash::create(b"pw", 1)
             .unwrap()
             .encode();
@@ -1376,12 +1398,33 @@ mod tests {
             a.extend_from_slice(&["--", "/bin/sh"]);
             parse(&a).map(|c| c.admin.unwrap())
         };
+        // Never the workers' user unless asked: under root, nobody.
+        let nobody = nix::unistd::User::from_name("nobody")
+            .unwrap()
+            .map(|u| (Some(u.uid.as_raw()), Some(u.gid.as_raw())));
+        let default = if nix::unistd::geteuid().is_root() {
+            nobody.expect("a user nobody")
+        } else {
+            (None, None)
+        };
         let a = admin(&[]).unwrap();
-        assert_eq!((a.uid, a.gid), (None, None));
-        let a = admin(&["--user", "65534", "--group", "65533"]).unwrap();
-        assert_eq!((a.uid, a.gid), (Some(65534), Some(65533)));
+        assert_eq!((a.uid, a.gid), default);
+        let a = admin(&["--user", "1234", "--group", "65533"]).unwrap();
+        assert_eq!((a.uid, a.gid), default);
+        assert!(
+            !a.warnings.iter().any(|w| w.contains("workers' user")),
+            "{:?}",
+            a.warnings
+        );
         let a = admin(&["--user", "65534", "--admin-user", "65532:65531"]).unwrap();
         assert_eq!((a.uid, a.gid), (Some(65532), Some(65531)));
+        // Asked for, or falling on the workers' user: said.
+        let a = admin(&["--user", "65532", "--admin-user", "65532:65531"]).unwrap();
+        assert!(
+            a.warnings.iter().any(|w| w.contains("workers' user")),
+            "{:?}",
+            a.warnings
+        );
         for bad in [":1", "1:", "no-such-user-here", "1:no-such-group-here"] {
             let e = admin(&["--admin-user", bad]).unwrap_err();
             assert!(e.to_string().starts_with("--admin-user: "), "{bad}: {e}");

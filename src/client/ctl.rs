@@ -59,7 +59,8 @@ pub(crate) struct CtlArgs {
     /// Instance name (as given to --name; default state dir).
     #[arg(long, value_name = "NAME", conflicts_with = "control")]
     pub name: Option<String>,
-    /// Path of the control socket (STATE_DIR/control.sock).
+    /// Path of the control socket (STATE_DIR/control.sock), or `fd:N`, the channel a console
+    /// program inherits.
     #[arg(long, value_name = "PATH", env = "RELOADSUP_CONTROL")]
     pub control: Option<PathBuf>,
     /// How long to wait to connect and for each reply (default 10s; a reload, restart or
@@ -145,11 +146,21 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 impl Client {
     /// Connects, checks the server's uid and exchanges hellos, all within `timeout`.
     pub(crate) fn connect(path: &Path, timeout: Duration) -> Result<Client, CtlError> {
-        let stream = connect_within(path, timeout).map_err(|source| CtlError::NoInstance {
+        let no_instance = |source| CtlError::NoInstance {
             path: path.display().to_string(),
             source,
-        })?;
-        check_server_uid(&stream, path)?;
+        };
+        let stream = match door(path) {
+            // A console program's inherited channel: trusted as inherited, no uid to check.
+            Some(fd) => {
+                UnixStream::from(crate::sys::connect_through_door(fd).map_err(no_instance)?)
+            }
+            None => {
+                let stream = connect_within(path, timeout).map_err(no_instance)?;
+                check_server_uid(&stream, path)?;
+                stream
+            }
+        };
         stream
             .set_read_timeout(Some(timeout))
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
@@ -230,6 +241,12 @@ impl Client {
 
 /// A connect that gives up after `timeout`: a blocking connect to a Unix socket whose backlog
 /// is full (a stopped primary) would wait forever.
+/// The fd number of `fd:N`, the control channel a console program inherits (see the shell's
+/// `Proxy`), instead of a path.
+fn door(path: &Path) -> Option<std::os::fd::RawFd> {
+    path.to_str()?.strip_prefix("fd:")?.parse().ok()
+}
+
 fn connect_within(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     let addr = UnixAddr::new(path).map_err(std::io::Error::from)?;

@@ -1167,34 +1167,22 @@ fn admin_console(
         identity.fingerprint_hex
     );
     // A shell worker of another uid cannot use control.sock (the primary accepts only its own
-    // uid and root): it serves its programs a control socket of its own, forwarded over its
-    // link, at the path the spec names.
+    // uid and root): its programs reach the primary through channels they inherit from it,
+    // forwarded over its link (see `shell::proxy`); no path is made for them.
     let drop_to = helpers::shell::drop_to(admin);
     if let Some((uid, gid)) = drop_to {
         if !nix::unistd::geteuid().is_root() {
             return Err(Fatal::AdminUser { uid, gid });
         }
     }
-    let proxy_dir = match drop_to {
-        Some(creds) => Some(helpers::shell::proxy_dir(&config.state_dir, creds).map_err(
-            Fatal::system("make the console programs' control directory"),
-        )?),
-        None => None,
-    };
-    let programs_control = match &proxy_dir {
-        Some(dir) => dir.join("control.sock"),
-        None => control_path.to_path_buf(),
-    };
     let spec = helpers::shell::spec(
         config,
-        &programs_control,
+        control_path,
         identity.cert_pem,
         identity.key_pem,
         admin.password_hash.clone(),
     );
-    let mut shell = helpers::shell::Shell::new(spec, listener.fd, drop_to);
-    shell.proxy_dir = proxy_dir;
-    Ok(shell)
+    Ok(helpers::shell::Shell::new(spec, listener.fd, drop_to))
 }
 
 impl Primary {

@@ -230,7 +230,7 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 pub(crate) fn spawn_program(
     command: &CustomCommand,
     words: &[String],
-    control_path: &std::ffi::OsStr,
+    door: std::os::fd::BorrowedFd<'_>,
     session: SessionId,
     outbox: Outbox,
 ) -> Result<Sender<ToJob>, String> {
@@ -248,10 +248,14 @@ pub(crate) fn spawn_program(
         }
     }
     crate::sys::no_inherited_fds(&mut cmd);
+    // Its way to the supervisor (see `Proxy` in the shell): under its own number, which the
+    // program learns from RELOADSUP_CONTROL.
+    let door = std::os::fd::AsRawFd::as_raw_fd(&door);
+    crate::sys::inherit_fd(&mut cmd, door);
     let mut child = cmd
         .args(fixed)
         .args(words)
-        .env("RELOADSUP_CONTROL", control_path)
+        .env("RELOADSUP_CONTROL", format!("fd:{door}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -33,7 +33,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,7 +76,6 @@ const LISTENER: Token = Token(0);
 const LINK: Token = Token(1);
 const WAKER: Token = Token(2);
 const SIGNALS: Token = Token(3);
-const PROXY: Token = Token(4);
 const FIRST_SESSION: usize = 16;
 /// Connections accepted per turn of the loop, so a connection storm cannot starve the sessions.
 const ACCEPT_BATCH: usize = 256;
@@ -88,8 +86,8 @@ enum Event {
     Link,
     Wake,
     Signal,
-    Proxy,
-    /// A session or a connection to the proxy socket: they share the token space.
+    /// A session, a console program's door or a connection through one: they share the
+    /// token space.
     Session(SessionId),
 }
 
@@ -99,7 +97,6 @@ fn classify(token: Token) -> Event {
         LINK => Event::Link,
         WAKER => Event::Wake,
         SIGNALS => Event::Signal,
-        PROXY => Event::Proxy,
         Token(t) => Event::Session(t),
     }
 }
@@ -179,10 +176,9 @@ fn serve_on(
         // After the drop: a change of credentials clears the parent-death signal.
         sys::die_with_parent(spec.primary_pid).map_err(|e| lower(&e))?;
     }
+    let _ = proxy;
     let mut shell = Shell::new(spec, listener, link, reader, commands, as_role)?;
-    if proxy {
-        shell.serve_control()?;
-    }
+    shell.proxy = Some(Proxy::default());
     shell.run()
 }
 
@@ -237,11 +233,21 @@ enum Waiter {
     Nobody,
 }
 
-/// The control socket the shell serves its programs after dropping privileges ([`proxy`]).
+/// How console programs reach the primary ([`proxy`]): never through a path, which any
+/// process of the shell's uid could find and use (issue 18, item 4), but through a *door*, one
+/// end of a socket pair the program inherits (`RELOADSUP_CONTROL=fd:N`). Through it the
+/// program's `reloadsup ctl` passes one end of a fresh stream pair, which becomes a client
+/// here. A session's doors, and the clients that came through them, end with the session.
+#[derive(Default)]
 struct Proxy {
-    listener: mio::net::UnixListener,
-    path: std::path::PathBuf,
+    doors: BTreeMap<usize, Door>,
     clients: BTreeMap<usize, proxy::Client>,
+}
+
+/// The shell's end of a console program's door.
+struct Door {
+    session: SessionId,
+    fd: OwnedFd,
 }
 
 struct Link {
@@ -266,7 +272,6 @@ struct Shell {
     checks: Checks,
     commands: Commands,
     external: BTreeMap<String, CustomCommand>,
-    control_path: OsString,
     outbox: Outbox,
     inbox: Receiver<ToLoop>,
     verify: Sender<(SessionId, String)>,
@@ -402,7 +407,7 @@ impl Shell {
             checks: Checks::new(VERIFIERS),
             commands,
             external,
-            control_path: OsString::from_vec(spec.control_path),
+
             outbox,
             inbox,
             verify,
@@ -415,79 +420,122 @@ impl Shell {
         })
     }
 
-    /// Binds the programs' control socket at `control_path`, in the 0700 directory of ours that
-    /// the primary made for it.
-    fn serve_control(&mut self) -> Result<(), String> {
-        let path = std::path::PathBuf::from(&self.control_path);
-        // Left by the shell worker this one replaces.
-        let _ = std::fs::remove_file(&path);
-        let mut listener = mio::net::UnixListener::bind(&path).map_err(|e| {
-            format!(
-                "unable to bind the programs' control socket {}: {}",
-                path.display(),
-                lower(&e)
-            )
-        })?;
+    /// Makes a door for a program of session `sid`: returns the program's end, to be
+    /// inherited; the shell's end is polled under a token of the sessions' space.
+    fn open_door(&mut self, sid: SessionId) -> Result<OwnedFd, String> {
+        let Some(proxy) = self.proxy.as_mut() else {
+            return Err("console programs cannot reach the supervisor here".into());
+        };
+        let (ours, theirs) = sys::seqpacket_pair()
+            .map_err(|e| format!("unable to make a control channel: {}", lower(&e)))?;
+        sys::set_nonblocking(ours.as_fd(), true)
+            .map_err(|e| format!("unable to make a control channel: {}", lower(&e)))?;
+        let id = self.next_session;
+        self.next_session += 1;
         self.poll
             .registry()
-            .register(&mut listener, PROXY, Interest::READABLE)
-            .map_err(|e| {
-                format!(
-                    "unable to watch the programs' control socket: {}",
-                    lower(&e)
-                )
-            })?;
-        self.proxy = Some(Proxy {
-            listener,
-            path,
-            clients: BTreeMap::new(),
-        });
-        Ok(())
+            .register(
+                &mut mio::unix::SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&ours)),
+                Token(id),
+                Interest::READABLE,
+            )
+            .map_err(|e| format!("unable to watch a control channel: {}", lower(&e)))?;
+        proxy.doors.insert(
+            id,
+            Door {
+                session: sid,
+                fd: ours,
+            },
+        );
+        Ok(theirs)
     }
 
-    fn accept_clients(&mut self) {
-        // To WouldBlock (readiness is edge-triggered); each extra connection is closed at
-        // once, so the loop is bounded by what the kernel queued (the listen backlog).
+    fn is_door(&self, id: usize) -> bool {
+        self.proxy
+            .as_ref()
+            .is_some_and(|p| p.doors.contains_key(&id))
+    }
+
+    /// A door is readable: each message carries one end of a stream pair, a new client (to
+    /// WouldBlock: readiness is edge-triggered; each one over [`proxy::MAX_CLIENTS`], or that
+    /// is not a stream socket, is closed at once). At its end (every copy of the program's
+    /// end closed) the door is closed.
+    fn on_door(&mut self, id: usize) {
         loop {
             let Some(proxy) = self.proxy.as_mut() else {
                 return;
             };
-            let stream = match proxy.listener.accept() {
-                Ok((s, _)) => s,
+            let Some(door) = proxy.doors.get(&id) else {
+                return;
+            };
+            let session = door.session;
+            let mut byte = [0u8; 16];
+            let fds = match sys::recv_with_fds(door.fd.as_fd(), &mut byte, 1) {
+                Ok((0, _)) => {
+                    proxy.doors.remove(&id);
+                    return;
+                }
+                Ok((_, fds)) => fds,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!(
-                        "admin console: control socket: accept failed: {}",
-                        lower(&e)
-                    );
-                    return;
+                    // Too many fds, a cut message: that message is gone, the door stays.
+                    log::debug!("admin console: a program's control channel: {}", lower(&e));
+                    continue;
                 }
             };
-            if let Err(e) = proxy::peer_allowed(&stream) {
-                log::warn!("admin console: control socket: {e}");
+            let Some(fd) = fds.into_iter().next() else {
+                continue;
+            };
+            let is_stream = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
+                .is_ok_and(|t| t == nix::sys::socket::SockType::Stream);
+            if !is_stream {
+                log::debug!("admin console: a program passed something else than a socket");
                 continue;
             }
             if proxy.clients.len() >= proxy::MAX_CLIENTS {
                 log::warn!(
-                    "admin console: control socket: more than {} connections; closed one",
+                    "admin console: console programs: more than {} connections; closed one",
                     proxy::MAX_CLIENTS
                 );
                 continue;
             }
-            let id = self.next_session;
-            self.next_session += 1;
-            let mut client = proxy::Client::new(stream);
-            if let Err(e) = self.poll.registry().register(
-                &mut client.stream,
-                Token(id),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                log::warn!("admin console: control socket: {}", lower(&e));
+            let std_stream = std::os::unix::net::UnixStream::from(fd);
+            if let Err(e) = std_stream.set_nonblocking(true) {
+                log::debug!("admin console: a program's connection: {}", lower(&e));
                 continue;
             }
-            proxy.clients.insert(id, client);
-            self.flush_client(id);
+            let cid = self.next_session;
+            self.next_session += 1;
+            let mut client = proxy::Client::new(UnixStream::from_std(std_stream), session);
+            if let Err(e) = self.poll.registry().register(
+                &mut client.stream,
+                Token(cid),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("admin console: a program's connection: {}", lower(&e));
+                continue;
+            }
+            proxy.clients.insert(cid, client);
+            self.flush_client(cid);
+        }
+    }
+
+    /// Session `sid` ended: its programs' doors close, and so do the connections that came
+    /// through them, so that nothing a program left behind keeps the console's authority.
+    fn close_doors(&mut self, sid: SessionId) {
+        let Some(proxy) = self.proxy.as_mut() else {
+            return;
+        };
+        proxy.doors.retain(|_, d| d.session != sid);
+        let clients: Vec<usize> = proxy
+            .clients
+            .iter()
+            .filter(|(_, c)| c.session == sid)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in clients {
+            self.drop_client(id, Some("its console session ended".into()));
         }
     }
 
@@ -616,7 +664,7 @@ impl Shell {
                     ),
                     Event::Wake => {}
                     Event::Signal => self.on_signals(),
-                    Event::Proxy => self.accept_clients(),
+                    Event::Session(id) if self.is_door(id) => self.on_door(id),
                     Event::Session(id) if self.is_client(id) => {
                         if ev.is_writable() {
                             self.flush_client(id);
@@ -668,9 +716,7 @@ impl Shell {
                 let _ = tx.send(Err("the console is shutting down".into()));
             }
         }
-        if let Some(proxy) = self.proxy.take() {
-            let _ = std::fs::remove_file(&proxy.path);
-        }
+        self.proxy = None;
     }
 
     // -----------------------------------------------------------------------------------------
@@ -987,25 +1033,36 @@ impl Shell {
     }
 
     fn custom(&mut self, sid: SessionId, words: Vec<String>) {
+        if !self.sessions.contains_key(&sid) {
+            return;
+        }
+        let name = words.first().cloned().unwrap_or_default();
+        let external = self.external.get(&name).cloned();
+        let started = if let Some(handler) = self.commands.get(&name) {
+            Some(
+                commands::spawn_closure(handler.clone(), words, sid, self.outbox.clone())
+                    .map(|tx| (tx, false)),
+            )
+        } else {
+            external.map(|c| {
+                self.open_door(sid).and_then(|door| {
+                    // The program's copy is the child's now: ours closes when this returns.
+                    commands::spawn_program(&c, &words[1..], door.as_fd(), sid, self.outbox.clone())
+                        .map(|tx| (tx, true))
+                })
+            })
+        };
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let name = words.first().cloned().unwrap_or_default();
-        let started = if let Some(handler) = self.commands.get(&name) {
-            commands::spawn_closure(handler.clone(), words, sid, self.outbox.clone())
-                .map(|tx| (tx, false))
-        } else if let Some(c) = self.external.get(&name) {
-            commands::spawn_program(c, &words[1..], &self.control_path, sid, self.outbox.clone())
-                .map(|tx| (tx, true))
-        } else {
-            s.say(&format!(
-                "{ERROR_PREFIX}unknown command '{name}'; 'help' lists the commands\n"
-            ));
-            s.prompt();
-            return;
-        };
         match started {
-            Ok((input, external)) => {
+            None => {
+                s.say(&format!(
+                    "{ERROR_PREFIX}unknown command '{name}'; 'help' lists the commands\n"
+                ));
+                s.prompt();
+            }
+            Some(Ok((input, external))) => {
                 log::info!("admin console: {} runs '{name}'", s.peer);
                 s.phase = Phase::Job {
                     input,
@@ -1013,7 +1070,7 @@ impl Shell {
                     external,
                 };
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 s.say(&format!("{ERROR_PREFIX}{e}\n"));
                 s.prompt();
             }
@@ -1120,6 +1177,7 @@ impl Shell {
         let Some(why) = s.closing.clone() else {
             return;
         };
+        self.close_doors(sid);
         if let Some(mut s) = self.sessions.remove(&sid) {
             // A queued check of a closed session is dropped before anything is hashed.
             self.checks.cancel(sid);

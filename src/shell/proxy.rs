@@ -1,13 +1,14 @@
-//! The shell worker's own control socket, for console programs once the shell has dropped to
-//! another uid (`--admin-user`, `--user`): the primary's `control.sock` accepts only its own uid
-//! and root, so a program's `reloadsup ctl` talks to this socket instead, and the shell
-//! forwards each request over its link under an id of its own and relays the progress and the
-//! reply back ([`super::Shell`] does the forwarding).
+//! The console programs' connections to the supervisor: a program's `reloadsup ctl` cannot use
+//! the primary's `control.sock` (it serves only the primary's own uid and root, and the shell
+//! runs as `nobody` or `--admin-user`), so it connects through the door its session gave it
+//! (see `Proxy` in the shell), and the shell forwards each request over its link under an id
+//! of its own and relays the progress and the reply back ([`super::Shell`] does the
+//! forwarding).
 //!
 //! It owns the client connections' buffers and framing, nothing else. Like everything in the
 //! shell's loop it never blocks: every client is non-blocking, its input and output are
-//! bounded, and a client that breaks a bound or the protocol is closed. Only peers of the
-//! shell's own uid (or root) are served.
+//! bounded, and a client that breaks a bound or the protocol is closed. Only connections
+//! passed through a door are served: there is no path to find.
 
 use std::io::{self, Read, Write};
 
@@ -37,23 +38,12 @@ pub(super) struct Client {
     greeted: bool,
     writable: bool,
     pub in_flight: usize,
-}
-
-/// Whether a connected peer may use the socket: the shell's own uid, or root.
-pub(super) fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
-    match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials) {
-        Ok(cred) if cred.uid() == nix::unistd::geteuid().as_raw() || cred.uid() == 0 => Ok(()),
-        Ok(cred) => Err(format!(
-            "refused a peer of uid {} (pid {})",
-            cred.uid(),
-            cred.pid()
-        )),
-        Err(e) => Err(format!("unable to check a peer: {e}")),
-    }
+    /// The console session whose program opened it: it ends with that session.
+    pub session: super::SessionId,
 }
 
 impl Client {
-    pub(super) fn new(stream: UnixStream) -> Client {
+    pub(super) fn new(stream: UnixStream, session: super::SessionId) -> Client {
         let mut c = Client {
             stream,
             reader: FrameReader::new(),
@@ -61,6 +51,7 @@ impl Client {
             greeted: false,
             writable: false,
             in_flight: 0,
+            session,
         };
         if let Ok(hello) = proto::encode_frame(&Message::hello()) {
             c.out.extend_from_slice(&hello);

@@ -467,11 +467,14 @@ fn external_commands_get_words_input_and_the_control_path() {
         .any(|l| l.contains("an external program")));
     c.send_line("ext 'a b' c").unwrap();
     assert_eq!(c.next(), Said::Line("args: a b c".into()));
-    let control = h.dir.join("control.sock");
-    assert_eq!(
-        c.next(),
-        Said::Line(format!("control: {}", control.display()))
-    );
+    // Its way to the supervisor is an inherited fd, never a path (issue 18, item 4).
+    let Said::Line(control) = c.next() else {
+        panic!("no control line")
+    };
+    let fd = control
+        .strip_prefix("control: fd:")
+        .and_then(|n| n.parse::<i32>().ok());
+    assert!(fd.is_some_and(|n| n > 2), "{control}");
     let out = run(&mut c, "hello there");
     assert_eq!(out, ["got hello there", "error: ext exited with status 3"]);
 }
@@ -656,7 +659,7 @@ fn external_programs_get_a_clean_environment_and_only_fds_0_to_2() {
         run: vec![
             "/bin/sh".into(),
             "-c".into(),
-            "ls /proc/$$/fd; echo vars:; env | cut -d= -f1 | sort | tr '\\n' ' '; echo".into(),
+            "ls /proc/$$/fd | tr '\\n' ' '; echo; echo $RELOADSUP_CONTROL; echo vars:; env | cut -d= -f1 | sort | tr '\\n' ' '; echo".into(),
         ],
         help: "fds and environment".into(),
     }];
@@ -664,9 +667,16 @@ fn external_programs_get_a_clean_environment_and_only_fds_0_to_2() {
     let mut c = h.login();
     let out = run(&mut c, "env");
     drop(leaked);
-    // ls lists the shell's fds from outside, so its own directory fd is not among them.
-    assert_eq!(out[..4], ["0", "1", "2", "vars:"], "{out:?}");
-    let vars: Vec<&str> = out[4].split_whitespace().collect();
+    // ls lists the shell's fds from outside, so its own directory fd is not among them: 0 to
+    // 2 and its control channel, which RELOADSUP_CONTROL names (issue 18, item 4).
+    let door = out[1].strip_prefix("fd:").expect("RELOADSUP_CONTROL=fd:N");
+    let mut fds: Vec<&str> = out[0].split_whitespace().collect();
+    fds.sort();
+    let mut want = vec!["0", "1", "2", door];
+    want.sort();
+    assert_eq!(fds, want, "{out:?}");
+    assert_eq!(out[2], "vars:", "{out:?}");
+    let vars: Vec<&str> = out[3].split_whitespace().collect();
     assert!(vars.contains(&"RELOADSUP_CONTROL"), "{vars:?}");
     assert!(vars.contains(&"PATH"), "{vars:?}");
     // cargo sets these for every test process; the program must not inherit them.
@@ -720,12 +730,14 @@ fn a_burst_larger_than_an_accept_batch_is_accepted_without_a_new_connection() {
 fn the_programs_control_socket_bounds_what_it_forwards() {
     use super::proxy::{MAX_FORWARDED, MAX_IN_FLIGHT};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let h = Harness::start_full("proxy-bound", Commands::default(), vec![], listener, true);
-    let path = h.dir.join("control.sock");
+    let h = Harness::start_full("proxy-bound", Commands::default(), door(), listener, true);
+    let (_session, door) = program_door(&h);
     let mut clients: Vec<UnixStream> = Vec::new();
     let sent = MAX_FORWARDED + MAX_IN_FLIGHT;
     for _ in 0..sent / MAX_IN_FLIGHT {
-        let mut c = wait_for_connect(&path);
+        let mut c = UnixStream::from(
+            sys::connect_through_door(std::os::fd::AsRawFd::as_raw_fd(&door)).unwrap(),
+        );
         let mut bytes = proto::encode_frame(&Message::hello()).unwrap();
         for id in 1..=MAX_IN_FLIGHT as u32 {
             let stop = Message::Request {
@@ -773,11 +785,10 @@ fn the_programs_control_socket_bounds_what_it_forwards() {
 #[test]
 fn the_programs_control_socket_relays_progress_and_replies() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let h = Harness::start_full("proxy-relay", Commands::default(), vec![], listener, true);
-    drop(wait_for_connect(&h.dir.join("control.sock")));
-    let mut ctl =
-        crate::client::ctl::Client::connect(&h.dir.join("control.sock"), Duration::from_secs(30))
-            .unwrap();
+    let h = Harness::start_full("proxy-relay", Commands::default(), door(), listener, true);
+    let (_session, door) = program_door(&h);
+    let path = std::path::PathBuf::from(format!("fd:{}", std::os::fd::AsRawFd::as_raw_fd(&door)));
+    let mut ctl = crate::client::ctl::Client::connect(&path, Duration::from_secs(30)).unwrap();
     let mut progress = Vec::new();
     let reply = ctl
         .request(Request::Reload, |p| progress.push(p.clone()))
@@ -800,13 +811,28 @@ fn the_programs_control_socket_relays_progress_and_replies() {
     );
 }
 
-fn wait_for_connect(path: &std::path::Path) -> UnixStream {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match UnixStream::connect(path) {
-            Ok(c) => return c,
-            Err(e) if Instant::now() > deadline => panic!("{}: {e}", path.display()),
-            Err(_) => std::thread::sleep(Duration::from_millis(10)), // waiting for the bind
-        }
-    }
+/// A console command that shows its pid and control channel, then waits.
+fn door() -> Vec<CustomCommand> {
+    vec![CustomCommand {
+        name: "door".into(),
+        run: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo \"$$ $RELOADSUP_CONTROL\"; exec sleep 60".into(),
+        ],
+        help: "a program's control channel".into(),
+    }]
+}
+
+/// Runs [`door`] in a session and copies its control channel into this process, as a
+/// program's `reloadsup ctl` would use it; the session (returned) keeps it open.
+fn program_door(h: &Harness) -> (Conn, OwnedFd) {
+    let mut c = h.login();
+    c.send_line("door").unwrap();
+    let Said::Line(line) = c.next() else {
+        panic!("no line from the program")
+    };
+    let (pid, fd) = line.split_once(" fd:").expect("PID fd:N");
+    let door = sys::copy_fd_of(pid.parse().unwrap(), fd.parse().unwrap()).unwrap();
+    (c, door)
 }

@@ -2,7 +2,7 @@
 //! once, truncation an error), credentials, and non-blocking sends without SIGPIPE.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 
@@ -228,6 +228,31 @@ pub(crate) fn recv_with_creds(
         pidfd: got.pidfd,
     });
     Ok((got.bytes, sender))
+}
+
+/// A new connection through the *door* `door`, an inherited SOCK_SEQPACKET socket whose other
+/// end accepts one end of a stream pair per message (a console program's way to the
+/// supervisor, `RELOADSUP_CONTROL=fd:N`). Returns our end. Never waits: a door that cannot
+/// take the message now is an error.
+pub(crate) fn connect_through_door(door: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only queries the fd table.
+    if door < 3 || unsafe { libc::fcntl(door, libc::F_GETFD) } == -1 {
+        return Err(io::Error::other(format!(
+            "fd {door} is not an open control channel"
+        )));
+    }
+    // SAFETY: the fd is open (checked above), and this process never closes it while the
+    // borrow lives (it is only used by the two calls below).
+    let door = unsafe { BorrowedFd::borrow_raw(door) };
+    let kind = socket::getsockopt(&door, socket::sockopt::SockType).map_err(errno)?;
+    if kind != SockType::SeqPacket {
+        return Err(io::Error::other(
+            "the inherited fd is not a console program's control channel",
+        ));
+    }
+    let (ours, theirs) = stream_pair()?;
+    send_with_fds_nonblocking(door, b"c", &[theirs.as_fd()])?;
+    Ok(ours)
 }
 
 /// `setsockopt(2)` with an `int` value, for the options nix does not name (`TCP_DEFER_ACCEPT`,

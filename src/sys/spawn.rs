@@ -123,3 +123,20 @@ pub(crate) fn no_inherited_fds(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// Lets the program `cmd` starts inherit `fd`, under the same number: call after
+/// [`no_inherited_fds`], which marked it close-on-exec with every other fd above 2.
+pub(crate) fn inherit_fd(cmd: &mut std::process::Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs between fork and exec in the child of a multi-threaded process, so
+    // it makes one async-signal-safe call (fcntl) and allocates nothing (an OS error is not
+    // allocated).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

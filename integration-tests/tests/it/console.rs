@@ -936,6 +936,70 @@ fn worker_scale_in_the_console_reports_the_old_count() {
     assert_eq!(text(&out), "workers: 2 -> 4\nworkers: 4 -> 3\n");
 }
 
+/// Issue 18, item 4: a console program reaches the supervisor through a channel it inherits,
+/// not a path that any process of the shell's uid could find in `/proc/net/unix`; and the
+/// channel ends with the program's session, so a process it left behind (out of its process
+/// group, with `setsid`) holds no authority afterwards.
+#[test]
+fn a_console_programs_channel_is_inherited_and_ends_with_its_session() {
+    if !crate::running_as_root("a_console_programs_channel_is_inherited_and_ends_with_its_session")
+    {
+        return;
+    }
+    let sandbox = Sandbox::new("console-door");
+    // The shell runs as nobody: a copy of ctl it can run, and a place it can write.
+    let ctl = sandbox.shared_copy(&bins::reloadsup());
+    let out = sandbox.join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let ctl = shell_quote(&ctl.to_string_lossy());
+    let left = shell_quote(&out.to_string_lossy());
+    let config = sandbox.write(
+        "console.toml",
+        &format!(
+            "[commands.leave]\nrun = [\"/bin/sh\", \"-c\", {script:?}]\n",
+            script = format!(
+                "{ctl} ctl status; \
+                 setsid sh -c 'sleep 1; {ctl} ctl --timeout 5s status > {left}/out 2>&1; \
+                 echo $? > {left}/rc.tmp; mv {left}/rc.tmp {left}/rc' \
+                 < /dev/null > /dev/null 2>&1 & \
+                 echo control=$RELOADSUP_CONTROL"
+            ),
+        ),
+    );
+    let admin = Admin::start_with(
+        &sandbox,
+        1,
+        bins::reloadsup(),
+        &["-c", config.to_str().unwrap()],
+    );
+    let run = admin.console(&["leave"]);
+    let said = text(&run);
+    assert!(run.status.success(), "{said}");
+    assert!(
+        said.contains("generation: 1"),
+        "the program reached the primary: {said}"
+    );
+    assert!(said.contains("control=fd:"), "{said}");
+    // No socket of the console's in the state directory, nor anywhere else by name.
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let console_dir = format!("{}/console-", admin.state.display());
+    assert!(
+        !unix.contains(&console_dir),
+        "a console socket is listed in /proc/net/unix"
+    );
+    let rc = sandbox.join("out/rc");
+    wait_until(DEADLINE, "the leftover process to try", || rc.exists());
+    let code = std::fs::read_to_string(&rc).unwrap();
+    let tried = std::fs::read_to_string(sandbox.join("out/out")).unwrap_or_default();
+    assert_ne!(
+        code.trim(),
+        "0",
+        "a process left behind by a finished session still reached the primary: {tried}"
+    );
+    assert!(!tried.contains("generation:"), "{tried}");
+}
+
 /// Issue 12, item 4: with `--user`, the shell worker (TLS, login, console programs) drops to
 /// that user once it holds its fds, is not dumpable (a worker of the same uid cannot ptrace it
 /// and use its link), and its programs still reach the primary with `reloadsup ctl` through

@@ -8,7 +8,6 @@
 //! Nothing the shell worker does can stall the primary: the link is non-blocking like every
 //! control connection, and the shell's process is reaped like a worker's.
 
-use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -27,7 +26,8 @@ pub(crate) struct Shell {
     /// Its process (`__shell --uid U --gid G` when it drops to other credentials than ours);
     /// its link is a control connection of the primary's, `conn`.
     pub helper: Helper,
-    /// The directory of the shell's own control socket for its programs, removed at exit.
+    /// The directory of the programs' control socket an older release made (carried in its
+    /// image), removed at exit; this release makes none.
     pub proxy_dir: Option<PathBuf>,
     conn: Option<ConnId>,
 }
@@ -102,31 +102,6 @@ impl Shell {
 /// ours already (see [`crate::config::Admin`]).
 pub(crate) fn drop_to(admin: &crate::config::Admin) -> Option<(u32, u32)> {
     crate::roles::switch_to(admin.uid, admin.gid)
-}
-
-/// Makes the directory of the dropped shell worker's own control socket: `console-<random>` in
-/// the state directory, 0700 and owned by the shell's uid. The state directory is 0711 then, so
-/// the name is unguessable and unlistable: processes of the shell's uid (the workers, by
-/// default) reach it only if they learn the name from a running console program. Earlier
-/// instances' directories are removed first (only one instance runs on a state directory).
-pub(crate) fn proxy_dir(state_dir: &Path, (uid, gid): (u32, u32)) -> io::Result<PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Ok(entries) = std::fs::read_dir(state_dir) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("console-") {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-    let mut random = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-        .map_err(|_| io::Error::other("no random bytes"))?;
-    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let dir = state_dir.join(format!("console-{name}"));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    Ok(dir)
 }
 
 /// The spec sent to every shell worker, built once at start.
