@@ -726,14 +726,6 @@ pub(crate) fn legacy_state_dir(name: &str) -> Option<PathBuf> {
 }
 
 impl Config {
-    /// The configuration a reload asks for: the `--config` file read again and merged under the
-    /// original command line, validated like at start. `None` without a `--config` file: the
-    /// command line alone cannot have changed.
-    pub(crate) fn reread(args: &RunArgs) -> Option<Result<Config, ConfigError>> {
-        args.config.as_ref()?;
-        Some(Config::from_args(args.clone()))
-    }
-
     /// Merges the command line over the config file and validates everything.
     pub(crate) fn from_args(args: RunArgs) -> Result<Config, ConfigError> {
         let text = match &args.config {

@@ -42,6 +42,8 @@ pub(crate) enum Input {
     FileChanged,
     /// A deadline of one of the timers is due.
     Deadline(Timer),
+    /// A config file load finished, or its deadline passed (see `loading`).
+    ConfigLoaded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +114,10 @@ impl Primary {
                 false
             }
             Input::Notify(token) => self.on_notify(token, &mut actions),
+            Input::ConfigLoaded => {
+                self.on_loaded(&mut actions);
+                false
+            }
             Input::Deadline(Timer::Generations) => {
                 actions.extend(self.state.handle(Instant::now(), Event::Tick));
                 false

@@ -19,6 +19,7 @@ pub(crate) mod helpers;
 pub(crate) mod input;
 pub(crate) mod listeners;
 mod listening;
+mod loading;
 mod manager;
 pub(crate) mod notify;
 mod reconfigure;
@@ -103,6 +104,8 @@ pub(crate) struct Primary {
     listening_dump_at: Option<Instant>,
     /// Looks at starting workers for `--ready listening`, in a process of its own.
     inspector: helpers::inspector::Inspector,
+    /// Reads the `--config` file off the loop for reloads, restarts and upgrades.
+    loader: loading::Loader,
     /// Kills every worker's process group and cgroup if the primary dies (promise 4).
     keeper: helpers::keeper::Keeper,
     /// The hand-off link of each worker role that may not have exec'd yet, by pid: a role that
@@ -183,6 +186,7 @@ impl Primary {
         }
 
         let poll = Poll::new().map_err(Fatal::system("create the poll"))?;
+        let loader = loading::Loader::new(&poll).map_err(Fatal::system("create a waker"))?;
         let mut signals = Signals::new([
             SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2, SIGUSR1,
         ])
@@ -261,6 +265,7 @@ impl Primary {
             listening_at: None,
             listening_dump_at: None,
             inspector: helpers::inspector::Inspector::new(),
+            loader,
             keeper: helpers::keeper::Keeper::new(pid),
             links: HashMap::new(),
             binary: handoff::start_binary(own.first()),
@@ -299,6 +304,7 @@ impl Primary {
                 self.preflight_deadline(),
                 self.watch.as_ref().and_then(|w| w.next_deadline()),
                 self.manager.as_ref().and_then(|m| m.watchdog_at),
+                self.loader.deadline(),
             ]
             .into_iter()
             .flatten()
@@ -342,6 +348,7 @@ impl Primary {
                     helpers::logger::LOGGER => self.handle(Input::Link(Link::Logger)),
                     helpers::metrics::METRICS => self.handle(Input::Link(Link::Metrics)),
                     helpers::inspector::INSPECTOR => self.handle(Input::Link(Link::Inspector)),
+                    loading::LOADED => self.handle(Input::ConfigLoaded),
                     watch::WATCH => self.handle(Input::FileChanged),
                     Token(t) if t >= FIRST_LINK => match u32::try_from(t - FIRST_LINK) {
                         Ok(pid) => self.handle(Input::Link(Link::Worker(pid))),
@@ -378,6 +385,9 @@ impl Primary {
                 .is_some_and(|t| t <= now)
             {
                 self.handle(Input::Deadline(Timer::Watch));
+            }
+            if self.loader.deadline().is_some_and(|t| t <= now) {
+                self.handle(Input::ConfigLoaded);
             }
             if let Some(m) = &mut self.manager {
                 m.tick(now);
@@ -773,19 +783,10 @@ impl Primary {
         };
         let reply = match request {
             Request::Status => Some(Reply::Status(self.status(now))),
-            Request::Reload => match self.reconfigure(now, who, actions) {
-                Ok(()) => {
-                    actions.extend(self.state.handle(now, Event::reload(who, canary)));
-                    None
-                }
-                Err(refused) => {
-                    if let Some(m) = &mut self.manager {
-                        m.refused(&self.state);
-                    }
-                    self.metrics.counters.reload_done(&refused, now);
-                    Some(Reply::Reload(refused))
-                }
-            },
+            Request::Reload => {
+                self.load_config(loading::After::Reload { who, canary }, actions);
+                None
+            }
             Request::Login { ok } => Some(self.login(who, ok)),
             // Made a `Reload` with its canary count above.
             Request::ReloadWith { .. } => Some(Reply::Error("a canary reload went astray".into())),

@@ -301,15 +301,18 @@ pub(crate) fn settings(config: &Config) -> Settings {
 }
 
 impl Primary {
-    /// Re-reads the config for a reload asked for by `who`, and applies it; the reload then
-    /// starts its generation. `Err` is the refused reload's outcome: nothing was changed.
+    /// Applies `new`, the config a load read off the loop (see [`super::loading`]; `None`:
+    /// there is no config file), for a reload (or a restart, or an upgrade) whose progress goes
+    /// to `waiters`; the reload then starts its generation. `Err` is the refused reload's
+    /// outcome: nothing was changed.
     pub(super) fn reconfigure(
         &mut self,
         now: Instant,
-        who: Requester,
+        new: Option<Result<Config, String>>,
+        waiters: &[Requester],
         actions: &mut Vec<Action>,
     ) -> Result<(), ReloadOutcome> {
-        let result = self.reconfigure_with(now, who, actions);
+        let result = self.reconfigure_with(now, new, waiters, actions);
         if let Err(refused) = &result {
             // Shown by `ctl status` as the last reload: after a SIGHUP nobody else hears why.
             self.state.last_reload = Some(refused.clone());
@@ -320,7 +323,8 @@ impl Primary {
     fn reconfigure_with(
         &mut self,
         now: Instant,
-        who: Requester,
+        new: Option<Result<Config, String>>,
+        waiters: &[Requester],
         actions: &mut Vec<Action>,
     ) -> Result<(), ReloadOutcome> {
         let refuse = |reason: String| {
@@ -332,10 +336,10 @@ impl Primary {
                 reason,
             }
         };
-        let new = match crate::config::Config::reread(&self.args) {
+        let new = match new {
             None => return Ok(()),
             // toml's messages span lines; one line reads better in the log and in `status`.
-            Some(Err(e)) => return Err(refuse(one_line(&e.to_string()))),
+            Some(Err(e)) => return Err(refuse(one_line(&e))),
             Some(Ok(new)) => new,
         };
         let changes = changes(&self.config, &new);
@@ -418,7 +422,7 @@ impl Primary {
                 );
                 log::warn!("reload: {text}");
                 actions.push(Action::Progress {
-                    waiters: vec![who],
+                    waiters: waiters.to_vec(),
                     progress: Progress::Text(text),
                 });
             }
@@ -429,7 +433,7 @@ impl Primary {
             );
             log::warn!("reload: {text}");
             actions.push(Action::Progress {
-                waiters: vec![who],
+                waiters: waiters.to_vec(),
                 progress: Progress::Text(text),
             });
         }

@@ -270,15 +270,6 @@ impl Primary {
     /// The reload of a `restart`: it re-reads the config like any reload; a bad file refuses
     /// it (the upgrade, if it happened, stays done).
     fn restart_after_upgrade(&mut self, who: Requester, actions: &mut Vec<super::Action>) {
-        let now = Instant::now();
-        match self.reconfigure(now, who, actions) {
-            Ok(()) => {
-                self.restarting.push(who);
-                actions.extend(self.state.handle(now, super::Event::Reload(who)));
-            }
-            Err(refused) => self
-                .conns
-                .send_reply(&self.poll, who, Reply::Reload(refused)),
-        }
+        self.load_config(super::loading::After::Restart { who }, actions);
     }
 }

@@ -6,7 +6,6 @@ use std::io::Read;
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use reloadsup_protocol::upgrade::{self as image, Handoff};
 
@@ -16,7 +15,6 @@ use crate::primary::{listeners::Listener, Primary, Spare};
 use crate::primary::{CONTROL, FIRST_LINK, SIGNALS};
 use crate::sys;
 use mio::{Interest, Poll};
-use reloadsup_protocol::Reply;
 use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
 
@@ -117,6 +115,8 @@ impl Primary {
         let epochs = epochs_from(&h, &config)?;
         let pid = std::process::id();
         let poll = Poll::new().map_err(|e| format!("create the poll: {}", lower(&e)))?;
+        let loader = crate::primary::loading::Loader::new(&poll)
+            .map_err(|e| format!("create a waker: {}", lower(&e)))?;
         let mut signals = Signals::new([
             SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2, SIGUSR1,
         ])
@@ -272,6 +272,7 @@ impl Primary {
             listening_at: None,
             listening_dump_at: None,
             inspector: crate::primary::helpers::inspector::Inspector::new(),
+            loader,
             keeper,
             links: Default::default(),
             watch: None,
@@ -320,23 +321,17 @@ impl Primary {
         // a reload would, but without starting a generation, so no worker is restarted; what
         // only a new generation gets (command, env, listeners) waits for the next reload. A
         // bad file is logged, shown as the last reload and changes nothing.
-        let mut done = format!(
+        let done = format!(
             "upgraded in place to reloadsup {VERSION} (pid {pid}, upgrade {})",
             primary.upgrades
         );
-        if let Err(refused) =
-            primary.reconfigure(Instant::now(), crate::primary::FROM_SIGNAL, &mut actions)
-        {
-            done.push_str(&format!(
-                "; the config file was not applied: {}",
-                refused.reason
-            ));
-        }
-        for who in h.waiters {
-            primary
-                .conns
-                .send_reply(&primary.poll, who, Reply::Done(done.clone()));
-        }
+        primary.load_config(
+            crate::primary::loading::After::Upgraded {
+                waiters: h.waiters,
+                done,
+            },
+            &mut actions,
+        );
         for who in h.restarters {
             log::info!("restart: the primary is upgraded; reloading every worker");
             primary.restart_after_upgrade(who, &mut actions);
