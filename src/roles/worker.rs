@@ -127,6 +127,13 @@ fn prepare(
     if let Some(parent) = parent {
         // Before waiting for the spec: a spare may wait a long time.
         sys::die_with_parent(parent).map_err(|e| (None, SetupError::ParentDeath(e)))?;
+        // `--ready listening` under Yama's ptrace scope 1 and a primary that is not root: only
+        // an ancestor may read this process's system calls and memory, and the inspector that
+        // looks is the primary's child, not ours. Naming the primary lets its descendants look
+        // (this process only, not what it forks; nothing is lost where Yama is off).
+        if !nix::unistd::geteuid().is_root() {
+            sys::allow_ptrace_by_descendants_of(parent);
+        }
     }
     let Some((spec, fds)) = receive(link).map_err(|e| (None, e))? else {
         return Ok(None);

@@ -34,8 +34,8 @@ pub(crate) use fdpass::{
 };
 pub(crate) use fork::{close_all_except, fork_with};
 pub(crate) use process::{
-    die_with_parent, drop_privileges, getpgid, kill, kill_group, reap_one, set_subreaper,
-    set_undumpable, shed_code_pages, wait_exit, was_stopped, ExitStatus,
+    allow_ptrace_by_descendants_of, die_with_parent, drop_privileges, getpgid, kill, kill_group,
+    reap_one, set_subreaper, set_undumpable, shed_code_pages, wait_exit, was_stopped, ExitStatus,
 };
 pub(crate) use procfs::{copy_fd_of, pidfd_alive};
 pub(crate) use sched::{monotonic_ns, sched_defer, sched_normal};

@@ -151,6 +151,22 @@ pub(crate) fn reap_one(mut before_reap: impl FnMut(u32)) -> io::Result<Option<(u
     Ok(Some((pid as u32, status)))
 }
 
+/// Under Yama's ptrace scope 1, lets `pid` and its descendants read this process's system
+/// calls and memory, as its ancestors may (`PR_SET_PTRACER`, kept across exec). Does nothing
+/// where Yama is off or stricter.
+pub(crate) fn allow_ptrace_by_descendants_of(pid: u32) {
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    if scope == Some(1) {
+        // SAFETY: prctl(PR_SET_PTRACER, pid) takes plain integers and changes only our own
+        // Yama exception.
+        unsafe {
+            libc::prctl(libc::PR_SET_PTRACER, pid as libc::c_ulong, 0, 0, 0);
+        }
+    }
+}
+
 /// Whether child `pid` was stopped (SIGSTOP, SIGTSTP) since the last look: consumes that
 /// report, never waits, never reaps.
 pub(crate) fn was_stopped(pid: u32) -> bool {

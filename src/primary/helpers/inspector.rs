@@ -39,6 +39,15 @@ const MAX_UNREAPED: usize = 2;
 /// The largest answer read.
 const MAX_ANSWER: usize = 64 * 1024;
 
+/// At most this many workers are named in one request, a window that moves on at each request
+/// so that every starting worker is looked at in turn: a request, and its answer, stay small
+/// whatever `--workers` is, and one worker that is slow to look at holds up only its window.
+const WINDOW: usize = 64;
+
+/// The largest request sent (a SOCK_SEQPACKET message must fit the socket's send buffer,
+/// about 208 KiB): a window of workers with many listeners each is halved until it fits.
+const MAX_REQUEST: usize = 128 * 1024;
+
 /// A request on its way.
 struct Asked {
     id: u64,
@@ -50,6 +59,8 @@ pub(crate) struct Inspector {
     helper: Option<Helper>,
     asked: Option<Asked>,
     next_id: u64,
+    /// Where the next window of starting workers begins.
+    offset: usize,
     backoff: Duration,
     /// No inspector is started before this (after a failure).
     not_before: Option<Instant>,
@@ -84,6 +95,7 @@ impl Inspector {
             helper: None,
             asked: None,
             next_id: 1,
+            offset: 0,
             backoff: FIRST_BACKOFF,
             not_before: None,
             killed: Vec::new(),
@@ -122,20 +134,12 @@ impl Inspector {
         }
         let id = self.next_id;
         self.next_id += 1;
+        let (workers, body) = self.window(workers, id, primary_pid, may_dump);
         let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
-        let request = Inspect {
-            version: PROTOCOL_VERSION,
-            primary_pid,
-            id,
-            may_dump,
-            workers,
-        };
-        let sent = proto::encode(&request)
-            .map_err(io::Error::other)
-            .and_then(|body| match self.link() {
-                Some(link) => sys::send_nonblocking(link.as_fd(), &body),
-                None => Err(io::Error::other("no link")),
-            });
+        let sent = body.and_then(|body| match self.link() {
+            Some(link) => sys::send_nonblocking(link.as_fd(), &body),
+            None => Err(io::Error::other("no link")),
+        });
         match sent {
             Ok(()) => {
                 self.asked = Some(Asked {
@@ -148,6 +152,49 @@ impl Inspector {
                 now,
                 format!("the inspector could not be asked ({})", lower(&e)),
             ),
+        }
+    }
+
+    /// The next window of `workers` (see [`WINDOW`]) and its request, encoded within
+    /// [`MAX_REQUEST`].
+    fn window(
+        &mut self,
+        mut workers: Vec<Inspected>,
+        id: u64,
+        primary_pid: u32,
+        may_dump: bool,
+    ) -> (Vec<Inspected>, io::Result<Vec<u8>>) {
+        workers.sort_by_key(|w| w.pid);
+        if !workers.is_empty() {
+            let start = self.offset % workers.len();
+            workers.rotate_left(start);
+        }
+        let mut take = WINDOW.min(workers.len());
+        loop {
+            let request = Inspect {
+                version: PROTOCOL_VERSION,
+                primary_pid,
+                id,
+                may_dump,
+                workers: workers[..take].to_vec(),
+            };
+            let body = proto::encode(&request).map_err(io::Error::other);
+            match body {
+                Ok(b) if b.len() > MAX_REQUEST && take > 1 => take /= 2,
+                Ok(b) if b.len() > MAX_REQUEST => {
+                    return (
+                        Vec::new(),
+                        Err(io::Error::other(
+                            "one worker's listeners do not fit a request",
+                        )),
+                    )
+                }
+                body => {
+                    self.offset = self.offset.wrapping_add(take);
+                    workers.truncate(take);
+                    return (workers, body);
+                }
+            }
         }
     }
 
@@ -228,6 +275,8 @@ impl Inspector {
         match (looked, asked) {
             (Ok(mut looked), Some(asked)) if looked.id == asked.id => {
                 looked.seen.retain(|s| asked.workers.contains(&s.worker));
+                // It says how long its dumps took, which paces the next: never beyond reason.
+                looked.dumped_ns = looked.dumped_ns.min(OVERRUN.as_nanos() as u64);
                 self.blind = None;
                 self.backoff = FIRST_BACKOFF;
                 Some(looked)
@@ -265,8 +314,7 @@ impl Inspector {
         }
     }
 
-    /// At exit, or when no worker needs a look any more and one was asked: nothing it says
-    /// matters.
+    /// At exit, and before an upgrade's exec: nothing it says matters any more.
     pub(crate) fn kill(&mut self) {
         if let Some(helper) = self.helper.take() {
             if let Some(pid) = helper.pid {
@@ -368,6 +416,47 @@ mod tests {
         // Within the back-off no other starts (a start would spawn a process here).
         ask(&mut i, now + OVERRUN + Duration::from_millis(1), &[10]);
         assert!(i.helper.is_none() && i.asked.is_none());
+    }
+
+    /// The attacker's review: every starting worker went into one request, which past about
+    /// 2 400 workers no longer fitted the link, so none was ever seen. A request names a
+    /// window of at most [`WINDOW`] workers within [`MAX_REQUEST`], and the window moves on.
+    #[test]
+    fn a_request_names_a_window_of_workers_that_moves_on_and_fits_the_link() {
+        let (mut i, theirs) = linked();
+        let now = Instant::now();
+        let many: Vec<u32> = (1000..1000 + 3 * WINDOW as u32 + 5).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for round in 0..4 {
+            let t = now + Duration::from_secs(round);
+            ask(&mut i, t, &many);
+            let request = received(&theirs);
+            assert!(request.workers.len() <= WINDOW);
+            seen.extend(request.workers.iter().map(|w| w.pid));
+            answer(&theirs, request.id, &[]);
+            assert!(i.on_link(t).is_some());
+        }
+        assert_eq!(
+            seen.len(),
+            many.len(),
+            "every worker is asked about in turn"
+        );
+        // Workers with many listeners each: the window shrinks until the request fits.
+        let poll = Poll::new().unwrap();
+        let heavy: Vec<Inspected> = (0..WINDOW as u32)
+            .map(|pid| Inspected {
+                pid,
+                cgroup: Some("/sys/fs/cgroup/x".repeat(8)),
+                inodes: ((1u64 << 60)..(1u64 << 60) + 1000).collect(),
+                tcp: Vec::new(),
+            })
+            .collect();
+        i.ask(&poll, now, 1, (None, None), false, heavy);
+        let mut buf = vec![0u8; 256 * 1024];
+        let n = sys::recv_nowait(theirs.as_fd(), &mut buf).unwrap();
+        assert!(n <= MAX_REQUEST, "{n} bytes");
+        let request: Inspect = proto::decode(&buf[..n]).unwrap();
+        assert!(!request.workers.is_empty() && request.workers.len() < WINDOW);
     }
 
     #[test]

@@ -31,8 +31,13 @@ use crate::sys;
 /// How long it waits for a request before it exits.
 pub(crate) const IDLE: Duration = Duration::from_secs(10);
 
-/// The largest request read (a few hundred workers' listeners).
+/// The largest request read (the primary sends at most 128 KiB).
 const MAX_REQUEST: usize = 256 * 1024;
+
+/// A request's workers are looked at until this much time went by; the answer then says what
+/// was seen so far, and the others are asked about again: one worker that is slow to look at
+/// does not keep the others from being seen.
+const BUDGET: Duration = Duration::from_millis(500);
 
 /// Runs the inspector role; `args` are the words after `__inspector`: `--uid U --gid G` when
 /// it must switch to the workers' user, or nothing.
@@ -62,6 +67,11 @@ fn serve(drop_to: Option<(u32, u32)>) -> io::Result<()> {
     }
     // A worker of the same uid must not ptrace it and answer for it.
     sys::set_undumpable()?;
+    // One that attached between the drop and that call (with fs.suid_dumpable=1, where the
+    // kernel leaves a process dumpable across a change of user) stays attached: then stop.
+    if traced() {
+        return Err(io::Error::other("traced by another process; exiting"));
+    }
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut parent_checked = false;
     loop {
@@ -98,12 +108,24 @@ fn serve(drop_to: Option<(u32, u32)>) -> io::Result<()> {
     }
 }
 
-/// One scan of every worker `request` names.
+/// Whether a process traces this one (`TracerPid` of `/proc/self/status`).
+fn traced() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .is_some_and(|p| p.trim() != "0")
+    })
+}
+
+/// One scan of the workers `request` names, within [`BUDGET`].
 fn look_at(request: &Inspect) -> Looked {
     let mut scan = look::Scan::new(u32::from(request.may_dump));
     let began = Instant::now();
     let mut seen = Vec::new();
     for worker in &request.workers {
+        if began.elapsed() > BUDGET {
+            break;
+        }
         let ours = look::Ours {
             inodes: worker.inodes.clone(),
             tcp: worker.tcp.clone(),
