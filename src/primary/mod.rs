@@ -722,13 +722,14 @@ impl Primary {
         let (primary, cgroups) = (self.pid, self.keeper.worker_arg().is_some());
         // Whether `sender` is one of worker `pid`'s processes: in its cgroup, which a child
         // that called `setsid()` cannot leave and no other worker's child can join; without
-        // per-worker cgroups, in its process group (which a process of another worker of this
-        // instance could still join: the cgroups are what closes that).
+        // per-worker cgroups, in its process group and below it.
         let belongs = |sender: u32, pid: u32| {
             if cgroups {
                 sys::cgroup::worker_of(sender, primary) == Some(pid)
             } else {
-                sys::getpgid(sender) == Some(pid)
+                // A process of another worker may join this one's group (they share the
+                // primary's session): it must also descend from this worker.
+                sys::getpgid(sender) == Some(pid) && sys::descends_from(sender, pid)
             }
         };
         let batch = sockets.read(token, belongs);

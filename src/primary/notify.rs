@@ -180,7 +180,7 @@ impl NotifySockets {
                 batch.more = true;
                 break;
             }
-            let (n, sender) = match sys::recv_with_creds(s.sock.as_fd(), &mut buf) {
+            let (n, sender, later) = match sys::recv_with_creds(s.sock.as_fd(), &mut buf) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -194,6 +194,16 @@ impl NotifySockets {
                     break;
                 }
             };
+            if later > 0 && !sys::closer_keeps_up() {
+                // Fds whose close may wait (a TCP socket set to linger, a FUSE file) go to the
+                // closing thread, and it is far behind: this socket's sender makes them; it is
+                // read no more until its next datagram, so that they cannot pile up here.
+                log::warn!(
+                    "notify socket {}: a sender passes fds whose close waits; not read for now",
+                    s.path.display()
+                );
+                break;
+            }
             let Some(pid) = s.pid else {
                 // Not handed to a worker yet: nobody legitimate knows the path.
                 continue;
@@ -211,7 +221,8 @@ impl NotifySockets {
             // cannot be told from another worker's child that sent and exited (issue 18,
             // item 6), so it is not believed.
             let attributed = sender.pid == pid
-                || (belongs(sender.pid, pid)
+                || (!sender.gone
+                    && belongs(sender.pid, pid)
                     && sender
                         .pidfd
                         .as_ref()

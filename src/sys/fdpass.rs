@@ -63,6 +63,8 @@ struct Received {
     pid: Option<u32>,
     /// A pidfd of the sender, when the socket asked for one (SO_PASSPIDFD, Linux 6.5).
     pidfd: Option<OwnedFd>,
+    /// The kernel said the sender was already reaped (a negative SCM_PIDFD, Linux 6.5 to 6.15).
+    pidfd_gone: bool,
     /// MSG_TRUNC, MSG_CTRUNC.
     truncated: bool,
     control_truncated: bool,
@@ -123,6 +125,7 @@ fn recvmsg_owning(
         fds: Vec::new(),
         pid: None,
         pidfd: None,
+        pidfd_gone: false,
         truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
         control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     };
@@ -157,6 +160,8 @@ fn recvmsg_owning(
                 let fd = std::ptr::read_unaligned(data.cast::<libc::c_int>());
                 if fd >= 0 {
                     got.pidfd = Some(OwnedFd::from_raw_fd(fd));
+                } else {
+                    got.pidfd_gone = true;
                 }
             }
             c = libc::CMSG_NXTHDR(&msg, c);
@@ -198,6 +203,8 @@ pub(crate) fn recv_with_fds(
 pub(crate) struct Sender {
     pub pid: u32,
     pub pidfd: Option<OwnedFd>,
+    /// The kernel said the sender was already reaped: its pid may be anyone's now.
+    pub gone: bool,
 }
 
 /// Asks the kernel to attach a pidfd of the sender to every datagram (`SO_PASSPIDFD`, Linux
@@ -207,15 +214,26 @@ pub(crate) fn pass_pidfd(sock: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Receives one datagram with the sender's credentials (SO_PASSCRED must be on), without
-/// waiting. Returns the sender, or `None` when the kernel attached no credentials; a datagram
+/// waiting. Returns its length, the sender (`None` when the kernel attached no credentials)
+/// and how many of the fds that came with it were handed to the closing thread; a datagram
 /// longer than `buf` is consumed and an `InvalidData` error.
-/// Whatever fds came with it are closed: nobody should send us fds there (closing them is
-/// what ends the wait of a sender's `BARRIER=1`).
+///
+/// Nobody should send us fds there, but closing them is what ends the wait of a sender's
+/// `BARRIER=1`: each is closed at once, unless its last close may wait on something another
+/// process controls ([`super::may_wait_on_close`]: a TCP socket set to linger, a FUSE file),
+/// which goes to the closing thread ([`super::close_later`]).
 pub(crate) fn recv_with_creds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
-) -> io::Result<(usize, Option<Sender>)> {
-    let got = recvmsg_owning(sock, buf, libc::MSG_DONTWAIT)?;
+) -> io::Result<(usize, Option<Sender>, usize)> {
+    let mut got = recvmsg_owning(sock, buf, libc::MSG_DONTWAIT)?;
+    let mut later = 0;
+    for fd in got.fds.drain(..) {
+        if super::may_wait_on_close(fd.as_fd()) {
+            later += 1;
+            super::close_later(fd);
+        }
+    }
     if got.truncated {
         // As systemd does: a message cut short is not read at all.
         return Err(io::Error::new(
@@ -226,8 +244,9 @@ pub(crate) fn recv_with_creds(
     let sender = got.pid.map(|pid| Sender {
         pid,
         pidfd: got.pidfd,
+        gone: got.pidfd_gone,
     });
-    Ok((got.bytes, sender))
+    Ok((got.bytes, sender, later))
 }
 
 /// A new connection through the *door* `door`, an inherited SOCK_SEQPACKET socket whose other
@@ -429,7 +448,7 @@ mod tests {
         let mut buf = [0u8; 64];
         let e = recv_with_creds(b.as_fd(), &mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
-        let (n, _) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
+        let (n, _, _) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
         assert_eq!(&buf[..n], b"STATUS=next");
     }
 
@@ -444,7 +463,8 @@ mod tests {
         socket::sendmsg::<()>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
         drop(x);
         let mut buf = [0u8; 64];
-        let (n, sender) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
+        let (n, sender, later) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(later, 0, "a stream pair's end closes at once");
         assert_eq!(
             (&buf[..n], sender.map(|s| s.pid)),
             (&b"READY=1"[..], Some(std::process::id()))
@@ -464,7 +484,7 @@ mod tests {
         }
         let mut buf = [0u8; 64];
         a.send(b"READY=1").unwrap();
-        let (_, sender) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
+        let (_, sender, _) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
         let pidfd = sender.and_then(|s| s.pidfd).expect("a pidfd of the sender");
         assert!(super::super::pidfd_alive(pidfd.as_fd()), "we run");
         // A child sends, exits and is reaped before the datagram is read.
@@ -484,7 +504,7 @@ mod tests {
         if !status.is_ok_and(|s| s.success()) {
             return;
         }
-        let (_, sender) = recv_with_creds(c.as_fd(), &mut buf).unwrap();
+        let (_, sender, _) = recv_with_creds(c.as_fd(), &mut buf).unwrap();
         let pidfd = sender.and_then(|s| s.pidfd).expect("a pidfd of the sender");
         assert!(
             !super::super::pidfd_alive(pidfd.as_fd()),

@@ -22,8 +22,8 @@ mod spawn;
 
 pub(crate) use exec::{exec_in_place, execvp};
 pub(crate) use fd::{
-    dup_onto, ensure_std_fds, memfd_with, pipe, place_fds, set_cloexec, set_nonblocking,
-    take_inherited_fd, tee, wait_readable, writable_now,
+    dup_onto, ensure_std_fds, may_wait_on_close, memfd_with, pipe, place_fds, set_cloexec,
+    set_nonblocking, take_inherited_fd, tee, wait_readable, writable_now,
 };
 #[cfg(test)]
 pub(crate) use fdpass::getsockopt_int;
@@ -37,9 +37,12 @@ pub(crate) use process::{
     allow_ptrace_by_descendants_of, die_with_parent, drop_privileges, getpgid, kill, kill_group,
     reap_one, set_subreaper, set_undumpable, shed_code_pages, wait_exit, was_stopped, ExitStatus,
 };
-pub(crate) use procfs::{copy_fd_of, pidfd_alive};
+pub(crate) use procfs::{copy_fd_of, descends_from, pidfd_alive};
 pub(crate) use sched::{monotonic_ns, sched_defer, sched_normal};
-pub(crate) use signal::{ignore_signals, reset_signals, spawn_quiet_thread, unblock_signals};
+pub(crate) use signal::{
+    close_later, closer_keeps_up, ignore_signals, reset_signals, spawn_quiet_thread,
+    unblock_signals,
+};
 pub(crate) use spawn::{
     inherit_fd, no_inherited_fds, spawn_linked_role, spawn_role, take_role_link,
 };

@@ -43,3 +43,29 @@ pub(crate) fn pidfd_alive(pidfd: std::os::fd::BorrowedFd<'_>) -> bool {
     // EPERM: it runs, as a user we may not signal.
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
+
+/// Whether process `pid` descends from `ancestor` (or is it), by the parent fields of
+/// `/proc/PID/stat`, at most 64 generations up. Kernel data: a read never waits on the process.
+pub(crate) fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut at = pid;
+    for _ in 0..64 {
+        if at == ancestor {
+            return true;
+        }
+        let Some(parent) = std::fs::read_to_string(format!("/proc/{at}/stat"))
+            .ok()
+            .and_then(|s| {
+                // pid (comm) state ppid: the command name may hold spaces and parentheses.
+                let rest = &s[s.rfind(')')? + 1..];
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            })
+        else {
+            return false;
+        };
+        if parent <= 1 {
+            return false;
+        }
+        at = parent;
+    }
+    false
+}

@@ -54,6 +54,60 @@ pub(crate) fn ignore_signals(signals: &[Signal]) {
     unblock_signals();
 }
 
+/// The thread that closes fds whose last close may wait (see [`close_later`]), and how many
+/// it has still to close.
+struct Closer {
+    send: std::sync::Mutex<std::sync::mpsc::Sender<std::os::fd::OwnedFd>>,
+    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Fds waiting to be closed beyond which [`closer_keeps_up`] says no: the closing thread is
+/// stuck in closes that wait.
+const MAX_PENDING_CLOSES: usize = 256;
+
+/// The closing thread, started at the first need; `None` if it cannot be.
+fn closer() -> Option<&'static Closer> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CLOSER: OnceLock<Option<Closer>> = OnceLock::new();
+    CLOSER
+        .get_or_init(|| {
+            let (send, receive) = std::sync::mpsc::channel::<std::os::fd::OwnedFd>();
+            let pending = Arc::new(AtomicUsize::new(0));
+            let left = Arc::clone(&pending);
+            spawn_quiet_thread("close", move || {
+                for fd in receive {
+                    drop(fd);
+                    left.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+            .ok()?;
+            Some(Closer {
+                send: Mutex::new(send),
+                pending,
+            })
+        })
+        .as_ref()
+}
+
+/// Whether the closing thread runs and keeps up (fewer than [`MAX_PENDING_CLOSES`] waiting).
+pub(crate) fn closer_keeps_up() -> bool {
+    closer()
+        .is_some_and(|c| c.pending.load(std::sync::atomic::Ordering::SeqCst) < MAX_PENDING_CLOSES)
+}
+
+/// Closes `fd` on the closing thread, never on the caller's. An fd another process chose may
+/// be the last reference to something whose close waits: a TCP socket with `SO_LINGER` and
+/// unsent data, a file on a FUSE mount whose daemon does not answer. Without the thread (it
+/// could not start), it is closed here, the only way left.
+pub(crate) fn close_later(fd: std::os::fd::OwnedFd) {
+    let Some(c) = closer() else { return };
+    c.pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if let Ok(send) = c.send.lock() {
+        let _ = send.send(fd);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

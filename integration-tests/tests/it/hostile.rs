@@ -76,6 +76,61 @@ fn notify_datagrams_with_many_fds_leak_none_into_the_primary() {
     );
 }
 
+/// The attacker's review of issue 18: a worker sent, with its READY=1, a TCP socket whose
+/// peer never reads, set to linger for an hour, and closed its own copy: the primary's close
+/// of the one it received was the last, and waited. Such an fd is closed on the closing
+/// thread: the worker is ready and `ctl status` answers at once.
+#[test]
+fn a_lingering_socket_sent_to_a_notify_socket_never_blocks_the_primary() {
+    let Some(python) = python_or_skip() else {
+        return;
+    };
+    let sb = Sandbox::new("a_lingering_socket_sent_to_a_notify_socket");
+    let script = sb.write(
+        "linger.py",
+        r#"import array, os, signal, socket, struct, time
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen()
+c = socket.socket()
+c.connect(l.getsockname())
+srv, _ = l.accept()
+srv.setblocking(False)
+try:
+    while True:
+        srv.send(b"x" * 65536)
+except BlockingIOError:
+    pass
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 3600))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect(os.environ["NOTIFY_SOCKET"])
+# The primary reads only once this copy is closed: its close is then the last.
+os.kill(os.getppid(), signal.SIGSTOP)
+s.sendmsg([b"READY=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [srv.fileno()]))])
+srv.close()
+os.kill(os.getppid(), signal.SIGCONT)
+while True:
+    time.sleep(1)
+"#,
+    );
+    let run = Run::new([python.as_os_str(), script.as_os_str()]).args([
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "30s",
+    ]);
+    let (sup, _) = start(&sb, run, 1);
+    for _ in 0..3 {
+        let asked = std::time::Instant::now();
+        assert!(sup.ctl(&["status"]).status.success(), "ctl status failed");
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(5),
+            "ctl status took {:?}",
+            asked.elapsed()
+        );
+    }
+}
+
 /// A TCP connection to `to` from the local address `from` (any address of 127/8 is the
 /// loopback's), so that one test can play two hosts.
 fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {

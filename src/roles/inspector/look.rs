@@ -572,7 +572,7 @@ fn copied_in(pid: u32, table: &FdTable, ours: &Ours) -> Copied {
         return Copied::CannotLook;
     }
     let sockets = &table.sockets;
-    if !sockets.is_empty() && !may_copy() {
+    if !sockets.is_empty() && !crate::sys::closer_keeps_up() {
         return Copied::CannotLook;
     }
     for &fd in sockets.iter().take(MAX_COPIED) {
@@ -590,7 +590,9 @@ fn copied_in(pid: u32, table: &FdTable, ours: &Ours) -> Copied {
         let connected =
             nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(copy.as_raw_fd())
                 .is_ok();
-        close_elsewhere(copy);
+        // Closed on another thread: if the process closed its own fd meanwhile, ours is the
+        // last, and with `SO_LINGER` set and unsent data its close waits.
+        crate::sys::close_later(copy);
         if let Some(local) = local.filter(|_| connected) {
             if ours.tcp.iter().any(|&l| accepted_on(l, local)) {
                 return Copied::Found(format!("holds fd {fd} accepted from the listener"));
@@ -598,61 +600,6 @@ fn copied_in(pid: u32, table: &FdTable, ours: &Ours) -> Copied {
         }
     }
     Copied::Nothing
-}
-
-/// The thread that closes copied sockets, and how many it has still to close.
-struct Closer {
-    send: std::sync::Mutex<std::sync::mpsc::Sender<std::os::fd::OwnedFd>>,
-    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// Copies waiting to be closed beyond which no more are made (the closing thread is stuck in
-/// lingering closes): the dump looks instead.
-const MAX_PENDING_CLOSES: usize = 256;
-
-/// The closing thread, started at the first need; `None` if it cannot be.
-fn closer() -> Option<&'static Closer> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex, OnceLock};
-    static CLOSER: OnceLock<Option<Closer>> = OnceLock::new();
-    CLOSER
-        .get_or_init(|| {
-            let (send, receive) = std::sync::mpsc::channel::<std::os::fd::OwnedFd>();
-            let pending = Arc::new(AtomicUsize::new(0));
-            let left = Arc::clone(&pending);
-            crate::sys::spawn_quiet_thread("close", move || {
-                for copy in receive {
-                    drop(copy);
-                    left.fetch_sub(1, Ordering::SeqCst);
-                }
-            })
-            .ok()?;
-            Some(Closer {
-                send: Mutex::new(send),
-                pending,
-            })
-        })
-        .as_ref()
-}
-
-/// Whether sockets may be copied now: the closing thread runs and keeps up.
-fn may_copy() -> bool {
-    closer()
-        .is_some_and(|c| c.pending.load(std::sync::atomic::Ordering::SeqCst) < MAX_PENDING_CLOSES)
-}
-
-/// Closes a copied socket on the closing thread, never on the loop's: if the process closed
-/// its own fd meanwhile, ours is the last and its close does what the process's would have,
-/// which with `SO_LINGER` set and unsent data waits up to the linger time. A worker must not be
-/// able to stall the primary so.
-fn close_elsewhere(copy: std::os::fd::OwnedFd) {
-    // A copy is made only while the thread runs (see [`may_copy`]); were it gone, the copy
-    // would be closed here, as before the thread.
-    let Some(c) = closer() else { return };
-    c.pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    if let Ok(send) = c.send.lock() {
-        let _ = send.send(copy);
-    }
 }
 
 /// Whether a connection whose local address is `local` was accepted on `listener`: the same
@@ -923,9 +870,9 @@ mod tests {
         };
         nix::sys::socket::setsockopt(&server, nix::sys::socket::sockopt::Linger, &linger).unwrap();
         server.set_nonblocking(false).unwrap();
-        assert!(may_copy(), "the closing thread runs");
+        assert!(crate::sys::closer_keeps_up(), "the closing thread runs");
         let began = Instant::now();
-        close_elsewhere(std::os::fd::OwnedFd::from(server));
+        crate::sys::close_later(std::os::fd::OwnedFd::from(server));
         assert!(
             began.elapsed() < Duration::from_secs(10),
             "the close waited {:?} on the caller",
