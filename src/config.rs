@@ -1161,8 +1161,15 @@ impl Config {
                             .or_else(|e| bad(src("admin-user", "admin-user", admin_user_cli), e))?;
                         (Some(u), Some(g))
                     }
-                    None => default_admin_user()
-                        .or_else(|e| bad(src("admin-user", "admin-user", false), e))?,
+                    None => {
+                        let default = default_admin_user()
+                            .or_else(|e| bad(src("admin-user", "admin-user", false), e))?;
+                        // Never the workers' user unless asked for (issue 18, item 4).
+                        if default.0.is_some() && default.0 == uid {
+                            return Err(ConfigError::AdminUserIsWorkers("nobody".into()));
+                        }
+                        default
+                    }
                 };
                 let workers_uid = uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
                 if admin_uid.is_some() && admin_uid == Some(workers_uid) {
@@ -1403,6 +1410,14 @@ mod tests {
         assert_eq!((a.uid, a.gid), default);
         let a = admin(&["--user", "1234", "--group", "65533"]).unwrap();
         assert_eq!((a.uid, a.gid), default);
+        if let Some(nobody) = default.0 {
+            // The default would be the workers' user: refused, unless asked for.
+            let workers = nobody.to_string();
+            let e = admin(&["--user", &workers]).unwrap_err();
+            assert!(e.to_string().contains("--admin-user"), "{e}");
+            let a = admin(&["--user", &workers, "--admin-user", &workers]).unwrap();
+            assert!(a.warnings.iter().any(|w| w.contains("workers' user")));
+        }
         assert!(
             !a.warnings.iter().any(|w| w.contains("workers' user")),
             "{:?}",

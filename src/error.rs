@@ -392,6 +392,8 @@ pub(crate) enum ConfigError {
     EmptyCustomCommand(String),
     /// `--admin-user` (or the key) without the console.
     AdminUserWithoutAdmin(Origin),
+    /// No `--admin-user`, and the default one (`nobody`) is the workers' user too.
+    AdminUserIsWorkers(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -418,6 +420,7 @@ impl fmt::Display for ConfigError {
             ConfigError::HashFile { what, reason } => write!(f, "{what}: unable to read: {reason}"),
             ConfigError::BothHashKeys => f.write_str("config keys 'admin-password-hash' and 'admin-password-hash-file' cannot both be given"),
             ConfigError::CertWithoutKey => f.write_str("--admin-cert and --admin-key go together"),
+            ConfigError::AdminUserIsWorkers(user) => write!(f, "--admin: the console's shell worker would run as {user}, which is also the workers' user (--user), so any worker process could stop it or use its console programs' channel: give --admin-user a user of its own (or --admin-user {user} to accept that)"),
             ConfigError::EmptyCustomCommand(name) => write!(f, "config key 'commands.{name}.run' is empty"),
             ConfigError::AdminUserWithoutAdmin(origin) => write!(f, "{origin} needs --admin"),
         }

@@ -152,9 +152,9 @@ impl Client {
         };
         let stream = match door(path) {
             // A console program's inherited channel: trusted as inherited, no uid to check.
-            Some(fd) => {
-                UnixStream::from(crate::sys::connect_through_door(fd).map_err(no_instance)?)
-            }
+            Some(fd) => UnixStream::from(
+                crate::sys::connect_through_door(fd, timeout).map_err(no_instance)?,
+            ),
             None => {
                 let stream = connect_within(path, timeout).map_err(no_instance)?;
                 check_server_uid(&stream, path)?;

@@ -236,8 +236,9 @@ enum Waiter {
 /// How console programs reach the primary ([`proxy`]): never through a path, which any
 /// process of the shell's uid could find and use (issue 18, item 4), but through a *door*, one
 /// end of a socket pair the program inherits (`RELOADSUP_CONTROL=fd:N`). Through it the
-/// program's `reloadsup ctl` passes one end of a fresh stream pair, which becomes a client
-/// here. A session's doors, and the clients that came through them, end with the session.
+/// program's `reloadsup ctl` asks for a connection, and the shell answers with one end of a
+/// stream pair it made, serving the other as a client. A program's doors, and the clients
+/// that came through them, end with its job, or its session.
 #[derive(Default)]
 struct Proxy {
     doors: BTreeMap<usize, Door>,
@@ -456,10 +457,11 @@ impl Shell {
             .is_some_and(|p| p.doors.contains_key(&id))
     }
 
-    /// A door is readable: each message carries one end of a stream pair, a new client (to
-    /// WouldBlock: readiness is edge-triggered; each one over [`proxy::MAX_CLIENTS`], or that
-    /// is not a stream socket, is closed at once). At its end (every copy of the program's
-    /// end closed) the door is closed.
+    /// A door is readable: each message asks for a connection, which the shell makes (a
+    /// stream pair, never an fd of the program's, whose flags the program could change) and
+    /// answers with its other end (to WouldBlock: readiness is edge-triggered; a request past
+    /// [`proxy::MAX_CLIENTS`] in all or [`proxy::MAX_PER_SESSION`] for this session gets no
+    /// answer). At its end (every copy of the program's end closed) the door is closed.
     fn on_door(&mut self, id: usize) {
         loop {
             let Some(proxy) = self.proxy.as_mut() else {
@@ -484,23 +486,40 @@ impl Shell {
                     continue;
                 }
             };
-            let Some(fd) = fds.into_iter().next() else {
-                continue;
-            };
-            let is_stream = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
-                .is_ok_and(|t| t == nix::sys::socket::SockType::Stream);
-            if !is_stream {
-                log::debug!("admin console: a program passed something else than a socket");
-                continue;
+            // Nothing is to be sent to us: an fd whose last close may wait is closed on the
+            // closing thread, never on this loop.
+            for fd in fds {
+                if sys::may_wait_on_close(fd.as_fd()) {
+                    sys::close_later(fd);
+                }
             }
-            if proxy.clients.len() >= proxy::MAX_CLIENTS {
+            let held = proxy
+                .clients
+                .values()
+                .filter(|c| c.session == session)
+                .count();
+            if proxy.clients.len() >= proxy::MAX_CLIENTS || held >= proxy::MAX_PER_SESSION {
                 log::warn!(
-                    "admin console: console programs: more than {} connections; closed one",
-                    proxy::MAX_CLIENTS
+                    "admin console: console programs: more than {} connections (or {} of one session); refused one",
+                    proxy::MAX_CLIENTS,
+                    proxy::MAX_PER_SESSION
                 );
                 continue;
             }
-            let std_stream = std::os::unix::net::UnixStream::from(fd);
+            let (ours, theirs) = match sys::stream_pair() {
+                Ok(pair) => pair,
+                Err(e) => {
+                    log::warn!("admin console: a program's connection: {}", lower(&e));
+                    continue;
+                }
+            };
+            if let Err(e) = sys::send_with_fds_nonblocking(door.fd.as_fd(), b"c", &[theirs.as_fd()])
+            {
+                log::debug!("admin console: a program's connection: {}", lower(&e));
+                continue;
+            }
+            drop(theirs);
+            let std_stream = std::os::unix::net::UnixStream::from(ours);
             if let Err(e) = std_stream.set_nonblocking(true) {
                 log::debug!("admin console: a program's connection: {}", lower(&e));
                 continue;
@@ -521,8 +540,9 @@ impl Shell {
         }
     }
 
-    /// Session `sid` ended: its programs' doors close, and so do the connections that came
-    /// through them, so that nothing a program left behind keeps the console's authority.
+    /// Session `sid`'s program ended, or the session did: its doors close, and so do the
+    /// connections that came through them, so that nothing a program left behind keeps the
+    /// console's authority.
     fn close_doors(&mut self, sid: SessionId) {
         let Some(proxy) = self.proxy.as_mut() else {
             return;
@@ -1234,6 +1254,9 @@ impl Shell {
                     self.ask(Waiter::Job(reply, restart.then_some(sid)), request);
                 }
                 ToLoop::Done(sid, result) => {
+                    // A program's authority ends with it: a process it left behind (out of
+                    // its process group) keeps nothing.
+                    self.close_doors(sid);
                     let Some(s) = self.sessions.get_mut(&sid) else {
                         continue;
                     };

@@ -18,8 +18,11 @@ use reloadsup_protocol::{self as proto, FrameReader, Message, Request};
 
 use crate::error::lower;
 
-/// At most this many programs' connections at once; more are closed at accept.
+/// At most this many programs' connections at once; more are refused.
 pub(super) const MAX_CLIENTS: usize = 16;
+/// At most this many of them for the programs of one session: one program cannot take every
+/// connection from the others.
+pub(super) const MAX_PER_SESSION: usize = 8;
 /// Requests of one client waiting for the primary; `ctl` sends one at a time.
 pub(super) const MAX_IN_FLIGHT: usize = 8;
 /// Requests of all clients together on the shell's link, closed clients' included until the

@@ -736,7 +736,11 @@ fn the_programs_control_socket_bounds_what_it_forwards() {
     let sent = MAX_FORWARDED + MAX_IN_FLIGHT;
     for _ in 0..sent / MAX_IN_FLIGHT {
         let mut c = UnixStream::from(
-            sys::connect_through_door(std::os::fd::AsRawFd::as_raw_fd(&door)).unwrap(),
+            sys::connect_through_door(
+                std::os::fd::AsRawFd::as_raw_fd(&door),
+                Duration::from_secs(30),
+            )
+            .unwrap(),
         );
         let mut bytes = proto::encode_frame(&Message::hello()).unwrap();
         for id in 1..=MAX_IN_FLIGHT as u32 {

@@ -250,10 +250,12 @@ pub(crate) fn recv_with_creds(
 }
 
 /// A new connection through the *door* `door`, an inherited SOCK_SEQPACKET socket whose other
-/// end accepts one end of a stream pair per message (a console program's way to the
-/// supervisor, `RELOADSUP_CONTROL=fd:N`). Returns our end. Never waits: a door that cannot
-/// take the message now is an error.
-pub(crate) fn connect_through_door(door: RawFd) -> io::Result<OwnedFd> {
+/// end answers each one-byte request with one end of a stream pair (a console program's way to
+/// the supervisor, `RELOADSUP_CONTROL=fd:N`). Waits at most `timeout` for the answer.
+pub(crate) fn connect_through_door(
+    door: RawFd,
+    timeout: std::time::Duration,
+) -> io::Result<OwnedFd> {
     // SAFETY: F_GETFD only queries the fd table.
     if door < 3 || unsafe { libc::fcntl(door, libc::F_GETFD) } == -1 {
         return Err(io::Error::other(format!(
@@ -261,7 +263,7 @@ pub(crate) fn connect_through_door(door: RawFd) -> io::Result<OwnedFd> {
         )));
     }
     // SAFETY: the fd is open (checked above), and this process never closes it while the
-    // borrow lives (it is only used by the two calls below).
+    // borrow lives (it is only used by the calls below).
     let door = unsafe { BorrowedFd::borrow_raw(door) };
     let kind = socket::getsockopt(&door, socket::sockopt::SockType).map_err(errno)?;
     if kind != SockType::SeqPacket {
@@ -269,9 +271,20 @@ pub(crate) fn connect_through_door(door: RawFd) -> io::Result<OwnedFd> {
             "the inherited fd is not a console program's control channel",
         ));
     }
-    let (ours, theirs) = stream_pair()?;
-    send_with_fds_nonblocking(door, b"c", &[theirs.as_fd()])?;
-    Ok(ours)
+    send_nonblocking(door, b"c")?;
+    if !super::wait_readable(door, Some(timeout))? {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the console's shell did not answer",
+        ));
+    }
+    let mut byte = [0u8; 16];
+    let (n, mut fds) = recv_with_fds(door, &mut byte, 1)?;
+    match (n, fds.pop()) {
+        (0, _) => Err(io::Error::other("the console session is over")),
+        (_, Some(fd)) => Ok(fd),
+        (_, None) => Err(io::Error::other("the console's shell refused a connection")),
+    }
 }
 
 /// `setsockopt(2)` with an `int` value, for the options nix does not name (`TCP_DEFER_ACCEPT`,

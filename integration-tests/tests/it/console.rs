@@ -1000,10 +1000,10 @@ fn a_console_programs_channel_is_inherited_and_ends_with_its_session() {
     assert!(!tried.contains("generation:"), "{tried}");
 }
 
-/// Issue 12, item 4: with `--user`, the shell worker (TLS, login, console programs) drops to
-/// that user once it holds its fds, is not dumpable (a worker of the same uid cannot ptrace it
-/// and use its link), and its programs still reach the primary with `reloadsup ctl` through
-/// the shell's own control socket (the primary's accepts only root).
+/// Issue 12, item 4: with `--admin-user`, the shell worker (TLS, login, console programs) drops
+/// to that user once it holds its fds, is not dumpable (a worker of the same uid cannot ptrace
+/// it and use its link), and its programs still reach the primary with `reloadsup ctl` through
+/// the channel they inherit (the primary's socket accepts only root).
 #[test]
 fn shell_worker_drops_to_the_user_and_its_programs_still_reach_the_primary() {
     // SAFETY: geteuid has no preconditions.
@@ -1032,6 +1032,9 @@ fn shell_worker_drops_to_the_user_and_its_programs_still_reach_the_primary() {
             "--user",
             "65534",
             "--group",
+            "65534",
+            // The console shares the workers' user only when asked (issue 18, item 4).
+            "--admin-user",
             "65534",
             "-c",
             config.to_str().unwrap(),
