@@ -434,6 +434,7 @@ struct FileConfig {
     restart: Option<String>,
     user: Option<String>,
     group: Option<String>,
+    #[serde(default, deserialize_with = "env_list_or_table")]
     env: Option<Vec<String>>,
     #[serde(alias = "einhorn_env")]
     einhorn_env: Option<bool>,
@@ -751,7 +752,7 @@ impl Config {
             (Some(path), Some(text)) => {
                 toml::from_str::<FileConfig>(text).map_err(|e| ConfigError::ParseFile {
                     path: path.display().to_string().replace('`', "'"),
-                    message: e.message().trim().replace('`', "'"),
+                    message: nearest_key(e.message().trim()).replace('`', "'"),
                     line: line_of(text, e.span()),
                 })?
             }
@@ -1240,6 +1241,71 @@ impl Config {
     }
 }
 
+/// `env` as a list of `"KEY=VALUE"` strings, or as the table TOML users write first
+/// (`env = { KEY = "value" }`), turned into that list (issue 22, defect 14).
+fn env_list_or_table<'de, D>(d: D) -> Result<Option<Vec<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Env;
+    impl<'de> serde::de::Visitor<'de> for Env {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of \"KEY=VALUE\" strings or a table of KEY = \"VALUE\"")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(kv) = seq.next_element::<String>()? {
+                out.push(kv);
+            }
+            Ok(out)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if k.is_empty() || k.contains('=') {
+                    return Err(serde::de::Error::custom(format!(
+                        "'{k}' is not a variable name"
+                    )));
+                }
+                out.push(format!("{k}={v}"));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Env).map(Some)
+}
+
+/// toml's message for an unknown key lists all sixty keys; the nearest one, when one is near,
+/// reads better (issue 22, defect 14).
+fn nearest_key(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((field, rest)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let nearest = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|key| (strsim::jaro_winkler(field, key), key))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match nearest {
+        Some((_, key)) => format!("unknown key `{field}`: did you mean `{key}`?"),
+        None => format!(
+            "unknown key `{field}` (the keys are the long options' names, as in README's options table)"
+        ),
+    }
+}
+
 /// The line of a TOML error's span, so a typo is easy to find.
 fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> Option<usize> {
     let r = span?;
@@ -1267,6 +1333,39 @@ mod tests {
         assert_eq!(
             state_dir_for("web", Some(OsString::new()), 1000),
             Path::new("/tmp/reloadsup-1000/web")
+        );
+    }
+
+    /// The config file's `text` under `-c` (never read: the text is given).
+    fn from_file(text: &str) -> Result<Config, ConfigError> {
+        let args = RunArgs::try_parse_from(["reloadsup", "-c", "/nonexistent.toml"]).unwrap();
+        Config::from_text(args, Some(text.to_string()))
+    }
+
+    /// Issue 22, defect 14: `env = {K = "v"}`, the natural TOML, was refused as "expected a
+    /// sequence"; a misspelt key listed all the keys.
+    #[test]
+    fn env_as_a_table_and_a_misspelt_key_named_with_the_nearest() {
+        let c = from_file("command = [\"/bin/sh\"]\nenv = { A = \"1\", B = \"x=y\" }\n").unwrap();
+        assert_eq!(
+            c.env,
+            [("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        let c = from_file("command = [\"/bin/sh\"]\nenv = [\"A=1\"]\n").unwrap();
+        assert_eq!(c.env, [("A".into(), "1".into())]);
+        let e = from_file("command = [\"/bin/sh\"]\nenv = 3\n").unwrap_err();
+        assert!(e.to_string().contains("a list of"), "{e}");
+        let e = from_file("command = [\"/bin/sh\"]\nwokers = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean 'workers'"), "{e}");
+        assert!(!e.contains("backlog"), "the whole list again: {e}");
+        let e = from_file("command = [\"/bin/sh\"]\nzzzzqq = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown key 'zzzzqq'") && !e.contains("did you mean"),
+            "{e}"
         );
     }
 
