@@ -408,7 +408,17 @@ fn flag<'a>(words: &[&'a str], flag: &str) -> Option<&'a str> {
 
 #[test]
 fn systemd_units_have_what_the_readme_promises() {
-    for (file, socket) in [("web.service", true), ("web-nosocket.service", false)] {
+    for (file, socket) in [
+        ("web.service", true),
+        ("web-nosocket.service", false),
+        ("web-notify.service", true),
+    ] {
+        let text = example_file(&format!("systemd/{file}"));
+        // Issue 22, defect 13: a plain `systemctl kill -s USR2` signals every process of the
+        // unit, and killed the keeper and every worker.
+        for line in text.lines().filter(|l| l.contains("systemctl kill")) {
+            assert!(line.contains("--kill-whom=main"), "{file}: {line}");
+        }
         let keys = unit_keys(&example_file(&format!("systemd/{file}")));
         let get = |k: &str| {
             keys.iter()
@@ -416,11 +426,21 @@ fn systemd_units_have_what_the_readme_promises() {
                 .map(|(_, v)| v.as_str())
                 .unwrap_or_else(|| panic!("{file}: no {k}="))
         };
-        assert_eq!(get("Type"), "notify-reload", "{file}");
-        assert_eq!(get("ReloadSignal"), "SIGHUP", "{file}");
+        let exec: Vec<&str> = get("ExecStart").split_whitespace().collect();
+        if file == "web-notify.service" {
+            // For systemd before 253: the reload through ctl, which fails on a rollback.
+            assert_eq!(get("Type"), "notify", "{file}");
+            let reload: Vec<&str> = get("ExecReload").split_whitespace().collect();
+            assert!(reload[0].ends_with("/reloadsup"), "{file}: {reload:?}");
+            assert_eq!(reload[1..2], ["ctl"], "{file}: {reload:?}");
+            assert_eq!(reload.last(), Some(&"reload"), "{file}: {reload:?}");
+            assert_eq!(flag(&reload, "--name"), flag(&exec, "--name"), "{file}");
+        } else {
+            assert_eq!(get("Type"), "notify-reload", "{file}");
+            assert_eq!(get("ReloadSignal"), "SIGHUP", "{file}");
+        }
         assert_eq!(get("KillMode"), "mixed", "{file}");
         assert_eq!(get("NotifyAccess"), "main", "{file}");
-        let exec: Vec<&str> = get("ExecStart").split_whitespace().collect();
         assert!(exec[0].ends_with("/reloadsup"), "{file}: {exec:?}");
         assert_eq!(flag(&exec, "--ready"), Some("notify"), "{file}");
         let graceful = seconds(flag(&exec, "--graceful-timeout").expect("--graceful-timeout"));
