@@ -122,6 +122,50 @@ pub(super) fn prepare_state_dir(dir: &Path, mode: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether user `uid` (group `gid` and the user's other groups) may traverse every directory
+/// from `/` down to `dir`: the workers' notify sockets live in the state directory (issue 22,
+/// defect 7: a 0700 `XDG_RUNTIME_DIR` above it failed every `READY=1` with EACCES). `Err`
+/// names the first directory it cannot.
+pub(super) fn traversable_by(dir: &Path, uid: u32, gid: u32) -> Result<(), PathBuf> {
+    if uid == 0 {
+        return Ok(());
+    }
+    let mut groups = vec![gid];
+    if let Ok(Some(user)) = nix::unistd::User::from_uid(Uid::from_raw(uid)) {
+        if let Ok(name) = std::ffi::CString::new(user.name) {
+            if let Ok(more) = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)) {
+                groups.extend(more.into_iter().map(|g| g.as_raw()));
+            }
+        }
+    }
+    let mut at = PathBuf::from("/");
+    let parts: Vec<PathBuf> = std::iter::once(at.clone())
+        .chain(dir.components().filter_map(|c| match c {
+            Component::Normal(name) => {
+                at.push(name);
+                Some(at.clone())
+            }
+            _ => None,
+        }))
+        .collect();
+    for part in parts {
+        let Ok(st) = nix::sys::stat::stat(&part) else {
+            return Err(part);
+        };
+        let bit = if st.st_uid == uid {
+            0o100
+        } else if groups.contains(&st.st_gid) {
+            0o010
+        } else {
+            0o001
+        };
+        if st.st_mode & bit == 0 {
+            return Err(part);
+        }
+    }
+    Ok(())
+}
+
 fn kind(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }

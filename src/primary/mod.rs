@@ -178,6 +178,18 @@ impl Primary {
                 .as_ref()
                 .is_some_and(|a| helpers::shell::drop_to(a).is_some());
         prepare_state_dir(&config.state_dir, &config.name, other_user)?;
+        if let (Some(uid), crate::config::ReadyMode::Notify) = (config.uid, config.ready) {
+            let gid = config.gid.unwrap_or(uid);
+            if let Err(dir) = files::traversable_by(&config.state_dir, uid, gid) {
+                return Err(Fatal::StateDir {
+                    dir: config.state_dir.display().to_string(),
+                    problem: format!(
+                        "the workers' user (uid {uid}) cannot reach their notify sockets here: {} is closed to them; give --state-dir a directory they can reach",
+                        dir.display()
+                    ),
+                });
+            }
+        }
         check_log_file(&config)?;
 
         let listeners = activation::adopt(&config.listeners, inherited, config.backlog)?;

@@ -616,3 +616,39 @@ fn stuck_keeper_is_replaced_without_blocking_the_primary() {
         || all_gone(&children),
     );
 }
+
+/// Issue 22, defect 7: with `--user` and `--ready notify`, a state directory below a 0700
+/// `XDG_RUNTIME_DIR` left every worker unable to send `READY=1` (EACCES), and every slot went
+/// dead. The start is refused, naming the directory and `--state-dir`.
+#[test]
+fn a_state_dir_the_workers_user_cannot_reach_is_refused_at_start() {
+    if !crate::running_as_root("a_state_dir_the_workers_user_cannot_reach_is_refused_at_start") {
+        return;
+    }
+    let sb = Sandbox::new("state_dir_unreachable");
+    let xdg = sb.join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    std::fs::set_permissions(&xdg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let out = Run::new(["/bin/sleep", "60"])
+        .bare()
+        .args(["-l", "tcp://127.0.0.1:0", "--name", "t"])
+        .args(["--user", "65534", "--ready", "notify"])
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .output(&sb, DEADLINE);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&xdg.display().to_string()) && err.contains("--state-dir"),
+        "{err}"
+    );
+    // Reachable (0711, as reloadsup makes its own directories): it starts.
+    std::fs::set_permissions(&xdg, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    let mut sup = Run::new(["/bin/sleep", "60"])
+        .bare()
+        .args(["-l", "tcp://127.0.0.1:0", "--name", "t"])
+        .args(["--user", "65534", "--ready", "notify"])
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .start(&sb);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!sup.has_exited(), "{}", sup.log());
+}
