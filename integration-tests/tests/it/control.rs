@@ -153,6 +153,26 @@ fn ctl_scale_under_load() {
     report.assert_no_failures();
 }
 
+/// Issue 19, mutant M8: the 4096-worker limit of `scale` (and of `-n`) had no test; a scale
+/// past it is refused and changes nothing.
+#[test]
+fn scale_past_4096_workers_is_refused_and_changes_nothing() {
+    let sb = Sandbox::new("scale_past_4096");
+    let (sup, _) = start(&sb, Run::hello(&[]).args(standard(1)), 1);
+    let out = sup.ctl(&["scale", "4097"]);
+    assert!(
+        !out.status.success(),
+        "scale 4097 went through: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("limit of 4096"), "{}", text(&out));
+    assert_eq!(sup.status_json()["target_workers"], 1);
+    let out = Run::hello(&[]).args(["-n", "4097"]).output(&sb, DEADLINE);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("4096"), "{err}");
+}
+
 #[test]
 fn ctl_inc_dec_and_stop() {
     let sb = Sandbox::new("ctl_inc_dec_and_stop");
