@@ -703,6 +703,9 @@ pub struct Looked {
     pub seen: Vec<SeenListening>,
     /// The time spent in sock_diag dumps, in nanoseconds (the primary paces the next one).
     pub dumped_ns: u64,
+    /// How many of the request's workers were looked at, in order, before its time ran out:
+    /// the next request starts after them.
+    pub looked: u32,
 }
 
 /// A worker seen waiting for connections: by which of its processes, and how.

@@ -66,6 +66,17 @@ impl Loader {
         })
     }
 
+    /// Whether a load runs, or one that overran has not ended: its thread would hold an exec
+    /// (which waits for every other thread to end).
+    pub(crate) fn busy(&mut self) -> bool {
+        if let Some((_, rx)) = &self.stuck {
+            if !matches!(rx.try_recv(), Err(TryRecvError::Empty)) {
+                self.stuck = None;
+            }
+        }
+        self.current.is_some() || self.stuck.is_some()
+    }
+
     /// When the load on its way overruns.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.current.as_ref().map(|l| l.started + LOAD_DEADLINE)
@@ -163,6 +174,23 @@ impl Primary {
         actions: &mut Vec<Action>,
     ) {
         let now = Instant::now();
+        if self.state.is_shutting_down() {
+            // A load that finished after a stop began: nothing is applied, nothing starts.
+            for after in waiting {
+                let whom = match after {
+                    After::Reload { who, .. } | After::Restart { who } => vec![who],
+                    After::Upgraded { waiters, .. } => waiters,
+                };
+                for who in whom {
+                    self.conns.send_reply(
+                        &self.poll,
+                        who,
+                        Reply::Error("the supervisor is shutting down".into()),
+                    );
+                }
+            }
+            return;
+        }
         let progress_to: Vec<Requester> = waiting
             .iter()
             .flat_map(|a| match a {

@@ -139,6 +139,8 @@ impl NotifySockets {
         if let Some(mut s) = self.socks.remove(&token) {
             let _ = poll.registry().deregister(&mut s.sock);
             let _ = std::fs::remove_file(&s.path);
+            // Datagrams left in it may carry fds whose close waits: closed with the socket.
+            sys::close_later(std::os::fd::OwnedFd::from(s.sock));
         }
     }
 
@@ -180,7 +182,18 @@ impl NotifySockets {
                 batch.more = true;
                 break;
             }
-            let (n, sender, later) = match sys::recv_with_creds(s.sock.as_fd(), &mut buf) {
+            if !sys::closer_keeps_up() {
+                // Fds that came with notify datagrams and may wait on their close are closed
+                // on the closing thread, and it is behind (a worker sends such fds): nothing is
+                // read, so that they cannot pile up here, until it catches up; the next
+                // datagram wakes this socket.
+                log::warn!(
+                    "notify socket {}: fds sent to notify sockets are still being closed; not read for now",
+                    s.path.display()
+                );
+                break;
+            }
+            let (n, sender, _) = match sys::recv_with_creds(s.sock.as_fd(), &mut buf) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -194,16 +207,6 @@ impl NotifySockets {
                     break;
                 }
             };
-            if later > 0 && !sys::closer_keeps_up() {
-                // Fds whose close may wait (a TCP socket set to linger, a FUSE file) go to the
-                // closing thread, and it is far behind: this socket's sender makes them; it is
-                // read no more until its next datagram, so that they cannot pile up here.
-                log::warn!(
-                    "notify socket {}: a sender passes fds whose close waits; not read for now",
-                    s.path.display()
-                );
-                break;
-            }
             let Some(pid) = s.pid else {
                 // Not handed to a worker yet: nobody legitimate knows the path.
                 continue;

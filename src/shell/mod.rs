@@ -472,18 +472,13 @@ impl Shell {
             };
             let session = door.session;
             let mut byte = [0u8; 16];
-            let fds = match sys::recv_with_fds(door.fd.as_fd(), &mut byte, 1) {
-                Ok((0, _)) => {
-                    proxy.doors.remove(&id);
-                    return;
-                }
-                Ok((_, fds)) => fds,
+            let (n, fds) = match sys::recv_all_fds(door.fd.as_fd(), &mut byte) {
+                Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Too many fds, a cut message: that message is gone, the door stays.
                     log::debug!("admin console: a program's control channel: {}", lower(&e));
-                    continue;
+                    return;
                 }
             };
             // Nothing is to be sent to us: an fd whose last close may wait is closed on the
@@ -493,12 +488,26 @@ impl Shell {
                     sys::close_later(fd);
                 }
             }
+            if n == 0 {
+                // Every copy of the program's end is closed (or an empty message: the same).
+                if let Some(door) = proxy.doors.remove(&id) {
+                    let raw = std::os::fd::AsRawFd::as_raw_fd(&door.fd);
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut mio::unix::SourceFd(&raw));
+                    sys::close_later(door.fd);
+                }
+                return;
+            }
             let held = proxy
                 .clients
                 .values()
                 .filter(|c| c.session == session)
                 .count();
             if proxy.clients.len() >= proxy::MAX_CLIENTS || held >= proxy::MAX_PER_SESSION {
+                // Said, so that the program's ctl need not wait for its timeout.
+                let _ = sys::send_nonblocking(door.fd.as_fd(), b"r");
                 log::warn!(
                     "admin console: console programs: more than {} connections (or {} of one session); refused one",
                     proxy::MAX_CLIENTS,
@@ -547,7 +556,23 @@ impl Shell {
         let Some(proxy) = self.proxy.as_mut() else {
             return;
         };
-        proxy.doors.retain(|_, d| d.session != sid);
+        let gone: Vec<usize> = proxy
+            .doors
+            .iter()
+            .filter(|(_, d)| d.session == sid)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            if let Some(door) = proxy.doors.remove(&id) {
+                let raw = std::os::fd::AsRawFd::as_raw_fd(&door.fd);
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut mio::unix::SourceFd(&raw));
+                // Messages left in it may carry fds whose close waits.
+                sys::close_later(door.fd);
+            }
+        }
         let clients: Vec<usize> = proxy
             .clients
             .iter()

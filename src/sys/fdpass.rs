@@ -213,6 +213,17 @@ pub(crate) fn pass_pidfd(sock: BorrowedFd<'_>) -> io::Result<()> {
     setsockopt_int(sock, libc::SOL_SOCKET, SO_PASSPIDFD, 1)
 }
 
+/// Receives one message without waiting, with every fd it carried however many there were and
+/// whether or not it was cut short (the caller decides how each is closed). `(0, _)` is the
+/// peer's end.
+pub(crate) fn recv_all_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let got = recvmsg_owning(sock, buf, libc::MSG_DONTWAIT)?;
+    Ok((got.bytes, got.fds))
+}
+
 /// Receives one datagram with the sender's credentials (SO_PASSCRED must be on), without
 /// waiting. Returns its length, the sender (`None` when the kernel attached no credentials)
 /// and how many of the fds that came with it were handed to the closing thread; a datagram
@@ -477,11 +488,18 @@ mod tests {
         drop(x);
         let mut buf = [0u8; 64];
         let (n, sender, later) = recv_with_creds(b.as_fd(), &mut buf).unwrap();
-        assert_eq!(later, 0, "a stream pair's end closes at once");
+        assert_eq!(
+            later, 40,
+            "a socket's close may wait: on the closing thread"
+        );
         assert_eq!(
             (&buf[..n], sender.map(|s| s.pid)),
             (&b"READY=1"[..], Some(std::process::id()))
         );
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !peer_closed(&y) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert!(peer_closed(&y), "every fd of the datagram must be closed");
     }
 

@@ -57,54 +57,93 @@ pub(crate) fn ignore_signals(signals: &[Signal]) {
 /// The thread that closes fds whose last close may wait (see [`close_later`]), and how many
 /// it has still to close.
 struct Closer {
-    send: std::sync::Mutex<std::sync::mpsc::Sender<std::os::fd::OwnedFd>>,
+    send: std::sync::mpsc::Sender<std::os::fd::OwnedFd>,
     pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Fds waiting to be closed beyond which [`closer_keeps_up`] says no: the closing thread is
 /// stuck in closes that wait.
-const MAX_PENDING_CLOSES: usize = 256;
+const MAX_PENDING_CLOSES: usize = 64;
 
-/// The closing thread, started at the first need; `None` if it cannot be.
-fn closer() -> Option<&'static Closer> {
+/// The closing thread, started at the first need and again after a start that failed (a task
+/// limit reached for a moment must not make every later close wait on the caller), and the
+/// fds kept until it runs.
+static CLOSER: std::sync::Mutex<(Option<Closer>, Vec<std::os::fd::OwnedFd>)> =
+    std::sync::Mutex::new((None, Vec::new()));
+
+fn start_closer() -> Option<Closer> {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex, OnceLock};
-    static CLOSER: OnceLock<Option<Closer>> = OnceLock::new();
-    CLOSER
-        .get_or_init(|| {
-            let (send, receive) = std::sync::mpsc::channel::<std::os::fd::OwnedFd>();
-            let pending = Arc::new(AtomicUsize::new(0));
-            let left = Arc::clone(&pending);
-            spawn_quiet_thread("close", move || {
-                for fd in receive {
-                    drop(fd);
-                    left.fetch_sub(1, Ordering::SeqCst);
-                }
-            })
-            .ok()?;
-            Some(Closer {
-                send: Mutex::new(send),
-                pending,
-            })
-        })
-        .as_ref()
+    let (send, receive) = std::sync::mpsc::channel::<std::os::fd::OwnedFd>();
+    let pending = std::sync::Arc::new(AtomicUsize::new(0));
+    let left = std::sync::Arc::clone(&pending);
+    spawn_quiet_thread("close", move || {
+        for fd in receive {
+            drop(fd);
+            left.fetch_sub(1, Ordering::SeqCst);
+        }
+    })
+    .ok()?;
+    Some(Closer { send, pending })
 }
 
-/// Whether the closing thread runs and keeps up (fewer than [`MAX_PENDING_CLOSES`] waiting).
+/// Whether fds handed to [`close_later`] are being closed: the closing thread runs and has
+/// fewer than [`MAX_PENDING_CLOSES`] waiting, and none is kept for want of it.
 pub(crate) fn closer_keeps_up() -> bool {
-    closer()
-        .is_some_and(|c| c.pending.load(std::sync::atomic::Ordering::SeqCst) < MAX_PENDING_CLOSES)
+    let Ok(mut guard) = CLOSER.lock() else {
+        return false;
+    };
+    let (closer, kept) = &mut *guard;
+    if closer.is_none() {
+        *closer = start_closer();
+    }
+    match closer {
+        Some(c) => {
+            for fd in kept.drain(..) {
+                c.pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = c.send.send(fd);
+            }
+            c.pending.load(std::sync::atomic::Ordering::SeqCst) < MAX_PENDING_CLOSES
+        }
+        None => false,
+    }
+}
+
+/// Whether nothing handed to [`close_later`] is still open (before an exec, which waits for
+/// every other thread to end: one stuck in a close would hold it).
+pub(crate) fn closer_idle() -> bool {
+    CLOSER.lock().is_ok_and(|g| {
+        g.1.is_empty()
+            && g.0
+                .as_ref()
+                .is_none_or(|c| c.pending.load(std::sync::atomic::Ordering::SeqCst) == 0)
+    })
 }
 
 /// Closes `fd` on the closing thread, never on the caller's. An fd another process chose may
 /// be the last reference to something whose close waits: a TCP socket with `SO_LINGER` and
-/// unsent data, a file on a FUSE mount whose daemon does not answer. Without the thread (it
-/// could not start), it is closed here, the only way left.
+/// unsent data, a Unix socket with such fds queued in it, a file on a FUSE mount whose daemon
+/// does not answer. Without the thread (it could not start), the fd is kept until it can.
 pub(crate) fn close_later(fd: std::os::fd::OwnedFd) {
-    let Some(c) = closer() else { return };
-    c.pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    if let Ok(send) = c.send.lock() {
-        let _ = send.send(fd);
+    let Ok(mut guard) = CLOSER.lock() else {
+        // Poisoned: nothing here panics while holding it; keep the fd open rather than wait.
+        std::mem::forget(fd);
+        return;
+    };
+    let (closer, kept) = &mut *guard;
+    if closer.is_none() {
+        *closer = start_closer();
+    }
+    match closer {
+        Some(c) => {
+            c.pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Err(e) = c.send.send(fd) {
+                // The thread is gone: start another next time.
+                c.pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                kept.push(e.0);
+                *closer = None;
+            }
+        }
+        None => kept.push(fd),
     }
 }
 

@@ -78,17 +78,22 @@ fn notify_datagrams_with_many_fds_leak_none_into_the_primary() {
 
 /// The attacker's review of issue 18: a worker sent, with its READY=1, a TCP socket whose
 /// peer never reads, set to linger for an hour, and closed its own copy: the primary's close
-/// of the one it received was the last, and waited. Such an fd is closed on the closing
-/// thread: the worker is ready and `ctl status` answers at once.
-#[test]
-fn a_lingering_socket_sent_to_a_notify_socket_never_blocks_the_primary() {
+/// of the one it received was the last, and waited. The second review: the same socket queued
+/// inside a Unix socket that is sent instead (its close closes what it holds). Such fds are
+/// closed on the closing thread: the worker is ready and `ctl status` answers at once.
+fn lingering_socket_sent_to_a_notify_socket(nested: bool) {
     let Some(python) = python_or_skip() else {
         return;
     };
-    let sb = Sandbox::new("a_lingering_socket_sent_to_a_notify_socket");
+    let sb = Sandbox::new(if nested {
+        "a_lingering_socket_in_a_unix_socket_sent_to_a_notify_socket"
+    } else {
+        "a_lingering_socket_sent_to_a_notify_socket"
+    });
     let script = sb.write(
         "linger.py",
-        r#"import array, os, signal, socket, struct, time
+        &format!(
+            r#"import array, os, signal, socket, struct, time
 l = socket.socket()
 l.bind(("127.0.0.1", 0))
 l.listen()
@@ -102,16 +107,33 @@ try:
 except BlockingIOError:
     pass
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 3600))
+sent = srv
+if {nested}:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [srv.fileno()]))])
+    a.close()
+    srv.close()
+    sent = b
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.connect(os.environ["NOTIFY_SOCKET"])
 # The primary reads only once this copy is closed: its close is then the last.
 os.kill(os.getppid(), signal.SIGSTOP)
-s.sendmsg([b"READY=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [srv.fileno()]))])
-srv.close()
+s.sendmsg([b"READY=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sent.fileno()]))])
+sent.close()
 os.kill(os.getppid(), signal.SIGCONT)
 while True:
     time.sleep(1)
 "#,
+            nested = if nested {
+                {
+                    "True"
+                }
+            } else {
+                {
+                    "False"
+                }
+            }
+        ),
     );
     let run = Run::new([python.as_os_str(), script.as_os_str()]).args([
         "--ready",
@@ -129,6 +151,16 @@ while True:
             asked.elapsed()
         );
     }
+}
+
+#[test]
+fn a_lingering_socket_sent_to_a_notify_socket_never_blocks_the_primary() {
+    lingering_socket_sent_to_a_notify_socket(false);
+}
+
+#[test]
+fn a_lingering_socket_inside_a_unix_socket_sent_to_a_notify_socket_never_blocks_the_primary() {
+    lingering_socket_sent_to_a_notify_socket(true);
 }
 
 /// A TCP connection to `to` from the local address `from` (any address of 127/8 is the

@@ -205,6 +205,20 @@ impl Primary {
 
     /// Hands everything over to the new image. Returns only if `execve` failed.
     pub(super) fn exec_upgrade(&mut self, up: Upgrade, actions: &mut Vec<super::Action>) {
+        // An exec waits for every other thread of the process to end: one stuck in a close
+        // (an fd a worker sent, on a FUSE mount) or in reading the config (a hung mount) would
+        // hold the primary in the exec for as long as it lasts.
+        let busy = if self.loader.busy() {
+            Some("the config file is still being read")
+        } else if !sys::closer_idle() {
+            Some("fds that workers sent are still being closed")
+        } else {
+            None
+        };
+        if let Some(why) = busy {
+            let why = format!("{why}; try again later");
+            return self.refuse_upgrade(up.waiters, up.restarters, why, actions);
+        }
         if let Some(logs) = &mut self.logs {
             logs.end_tails(&self.poll, &mut self.conns);
         }

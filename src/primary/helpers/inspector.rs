@@ -190,7 +190,6 @@ impl Inspector {
                     )
                 }
                 body => {
-                    self.offset = self.offset.wrapping_add(take);
                     workers.truncate(take);
                     return (workers, body);
                 }
@@ -241,7 +240,10 @@ impl Inspector {
                 self.killed.push(pid);
             }
         }
-        self.asked = None;
+        if self.asked.take().is_some() {
+            // The window's first worker may be what made it overrun: the next starts after it.
+            self.offset = self.offset.wrapping_add(1);
+        }
         self.blind = Some(why);
         self.not_before = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
@@ -275,6 +277,10 @@ impl Inspector {
         match (looked, asked) {
             (Ok(mut looked), Some(asked)) if looked.id == asked.id => {
                 looked.seen.retain(|s| asked.workers.contains(&s.worker));
+                // The next window starts after what was looked at (at least one: a worker
+                // that uses up the time is not first again).
+                let moved = (looked.looked as usize).clamp(1, asked.workers.len().max(1));
+                self.offset = self.offset.wrapping_add(moved);
                 // It says how long its dumps took, which paces the next: never beyond reason.
                 looked.dumped_ns = looked.dumped_ns.min(OVERRUN.as_nanos() as u64);
                 self.blind = None;
@@ -375,6 +381,7 @@ mod tests {
                 })
                 .collect(),
             dumped_ns: 0,
+            looked: u32::MAX,
         };
         sys::send_nonblocking(theirs.as_fd(), &proto::encode(&looked).unwrap()).unwrap();
     }
@@ -457,6 +464,29 @@ mod tests {
         assert!(n <= MAX_REQUEST, "{n} bytes");
         let request: Inspect = proto::decode(&buf[..n]).unwrap();
         assert!(!request.workers.is_empty() && request.workers.len() < WINDOW);
+    }
+
+    /// The second attacker's review: with 64 workers or fewer the window never moved, so a
+    /// worker slow to look at kept every worker after it from being seen. The next request
+    /// starts after what the inspector could look at.
+    #[test]
+    fn the_next_request_starts_after_what_was_looked_at() {
+        let (mut i, theirs) = linked();
+        let now = Instant::now();
+        ask(&mut i, now, &[10, 11, 12]);
+        let first = received(&theirs);
+        assert_eq!(first.workers[0].pid, 10);
+        let looked = Looked {
+            id: first.id,
+            seen: Vec::new(),
+            dumped_ns: 0,
+            looked: 1,
+        };
+        sys::send_nonblocking(theirs.as_fd(), &proto::encode(&looked).unwrap()).unwrap();
+        assert!(i.on_link(now).is_some());
+        ask(&mut i, now, &[10, 11, 12]);
+        let second = received(&theirs);
+        assert_eq!(second.workers[0].pid, 11, "{:?}", second.workers);
     }
 
     #[test]

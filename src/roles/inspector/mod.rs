@@ -122,10 +122,12 @@ fn look_at(request: &Inspect) -> Looked {
     let mut scan = look::Scan::new(u32::from(request.may_dump));
     let began = Instant::now();
     let mut seen = Vec::new();
+    let mut looked = 0;
     for worker in &request.workers {
         if began.elapsed() > BUDGET {
             break;
         }
+        looked += 1;
         let ours = look::Ours {
             inodes: worker.inodes.clone(),
             tcp: worker.tcp.clone(),
@@ -148,5 +150,6 @@ fn look_at(request: &Inspect) -> Looked {
         id: request.id,
         seen,
         dumped_ns: scan.dumped.as_nanos() as u64,
+        looked,
     }
 }
