@@ -245,6 +245,14 @@ struct Proxy {
     clients: BTreeMap<usize, proxy::Client>,
 }
 
+/// Stops polling `door` and closes it on the closing thread: messages left in it may carry
+/// fds whose close waits.
+fn shut(poll: &Poll, door: Door) {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&door.fd);
+    let _ = poll.registry().deregister(&mut mio::unix::SourceFd(&raw));
+    sys::close_later(door.fd);
+}
+
 /// The shell's end of a console program's door.
 struct Door {
     session: SessionId,
@@ -483,20 +491,11 @@ impl Shell {
             };
             // Nothing is to be sent to us: an fd whose last close may wait is closed on the
             // closing thread, never on this loop.
-            for fd in fds {
-                if sys::may_wait_on_close(fd.as_fd()) {
-                    sys::close_later(fd);
-                }
-            }
+            fds.into_iter().for_each(sys::close_soon);
             if n == 0 {
                 // Every copy of the program's end is closed (or an empty message: the same).
                 if let Some(door) = proxy.doors.remove(&id) {
-                    let raw = std::os::fd::AsRawFd::as_raw_fd(&door.fd);
-                    let _ = self
-                        .poll
-                        .registry()
-                        .deregister(&mut mio::unix::SourceFd(&raw));
-                    sys::close_later(door.fd);
+                    shut(&self.poll, door);
                 }
                 return;
             }
@@ -564,13 +563,7 @@ impl Shell {
             .collect();
         for id in gone {
             if let Some(door) = proxy.doors.remove(&id) {
-                let raw = std::os::fd::AsRawFd::as_raw_fd(&door.fd);
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut mio::unix::SourceFd(&raw));
-                // Messages left in it may carry fds whose close waits.
-                sys::close_later(door.fd);
+                shut(&self.poll, door);
             }
         }
         let clients: Vec<usize> = proxy

@@ -240,10 +240,8 @@ pub(crate) fn recv_with_creds(
     let mut got = recvmsg_owning(sock, buf, libc::MSG_DONTWAIT)?;
     let mut later = 0;
     for fd in got.fds.drain(..) {
-        if super::may_wait_on_close(fd.as_fd()) {
-            later += 1;
-            super::close_later(fd);
-        }
+        later += usize::from(super::may_wait_on_close(fd.as_fd()));
+        super::close_soon(fd);
     }
     if got.truncated {
         // As systemd does: a message cut short is not read at all.

@@ -40,8 +40,8 @@ pub(crate) use process::{
 pub(crate) use procfs::{copy_fd_of, descends_from, pidfd_alive};
 pub(crate) use sched::{monotonic_ns, sched_defer, sched_normal};
 pub(crate) use signal::{
-    close_later, closer_idle, closer_keeps_up, ignore_signals, reset_signals, spawn_quiet_thread,
-    unblock_signals,
+    close_later, close_soon, closer_idle, closer_keeps_up, ignore_signals, reset_signals,
+    spawn_quiet_thread, unblock_signals,
 };
 pub(crate) use spawn::{
     inherit_fd, no_inherited_fds, spawn_linked_role, spawn_role, take_role_link,

@@ -119,6 +119,14 @@ pub(crate) fn closer_idle() -> bool {
     })
 }
 
+/// Closes `fd` now when its close cannot wait ([`super::may_wait_on_close`]), else on the
+/// closing thread: for fds another process sent.
+pub(crate) fn close_soon(fd: std::os::fd::OwnedFd) {
+    if super::may_wait_on_close(std::os::fd::AsFd::as_fd(&fd)) {
+        close_later(fd);
+    }
+}
+
 /// Closes `fd` on the closing thread, never on the caller's. An fd another process chose may
 /// be the last reference to something whose close waits: a TCP socket with `SO_LINGER` and
 /// unsent data, a Unix socket with such fds queued in it, a file on a FUSE mount whose daemon
