@@ -17,7 +17,7 @@
 //! turn rather than waiting for an edge that may never come.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Poll, Token};
@@ -258,7 +258,9 @@ impl Connections {
                 more = true;
                 break;
             }
-            match conn.stream.read(&mut buf) {
+            // Fds a peer (the shell worker, on its link) sends along are closed off the loop.
+            let got = crate::sys::recv_nowait(std::os::fd::AsFd::as_fd(&conn.stream), &mut buf);
+            match got {
                 Ok(0) => {
                     closed = Some("closed by peer".to_string());
                     break;
@@ -408,6 +410,8 @@ impl Connections {
                 log::debug!("control connection {} closed: {why}", id.0);
             }
             let _ = poll.registry().deregister(&mut conn.stream);
+            // Bytes left unread may carry fds whose close waits: closed with it, off the loop.
+            crate::sys::close_later(std::os::fd::OwnedFd::from(conn.stream));
         }
     }
 }

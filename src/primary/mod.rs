@@ -317,6 +317,7 @@ impl Primary {
                 self.watch.as_ref().and_then(|w| w.next_deadline()),
                 self.manager.as_ref().and_then(|m| m.watchdog_at),
                 self.loader.deadline(),
+                self.notify.as_ref().and_then(|n| n.next_deadline()),
             ]
             .into_iter()
             .flatten()
@@ -400,6 +401,12 @@ impl Primary {
             }
             if self.loader.deadline().is_some_and(|t| t <= now) {
                 self.handle(Input::ConfigLoaded);
+            }
+            let again = self.notify.as_mut().map(|n| n.take_deferred(now));
+            for token in again.unwrap_or_default() {
+                if self.handle(Input::Notify(token)) {
+                    self.pending.insert(token);
+                }
             }
             if let Some(m) = &mut self.manager {
                 m.tick(now);

@@ -51,7 +51,14 @@ pub(crate) struct NotifySockets {
     owner: (Option<u32>, Option<u32>),
     socks: BTreeMap<usize, Socket>,
     next: usize,
+    /// Sockets left unread while the closing thread lagged, and when to read them again: an
+    /// edge already reported does not come again.
+    deferred: std::collections::BTreeSet<usize>,
+    retry_at: Option<std::time::Instant>,
 }
+
+/// How soon a socket left unread while the closing thread lagged is read again.
+const RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What one read of a socket produced.
 pub(crate) struct Batch {
@@ -68,7 +75,23 @@ impl NotifySockets {
             owner: (uid, gid),
             socks: BTreeMap::new(),
             next: FIRST_NOTIFY,
+            deferred: std::collections::BTreeSet::new(),
+            retry_at: None,
         }
+    }
+
+    /// When sockets left unread are to be read again.
+    pub(crate) fn next_deadline(&self) -> Option<std::time::Instant> {
+        self.retry_at
+    }
+
+    /// The sockets to read again, once their time came.
+    pub(crate) fn take_deferred(&mut self, now: std::time::Instant) -> Vec<usize> {
+        if self.retry_at.is_none_or(|t| t > now) {
+            return Vec::new();
+        }
+        self.retry_at = None;
+        std::mem::take(&mut self.deferred).into_iter().collect()
     }
 
     /// Removes the sockets a previous primary of this state directory left behind when it was
@@ -187,10 +210,12 @@ impl NotifySockets {
                 // on the closing thread, and it is behind (a worker sends such fds): nothing is
                 // read, so that they cannot pile up here, until it catches up; the next
                 // datagram wakes this socket.
-                log::warn!(
-                    "notify socket {}: fds sent to notify sockets are still being closed; not read for now",
+                log::debug!(
+                    "notify socket {}: fds sent to notify sockets are still being closed; read again in {RETRY:?}",
                     s.path.display()
                 );
+                self.deferred.insert(token);
+                self.retry_at = Some(std::time::Instant::now() + RETRY);
                 break;
             }
             let (n, sender, _) = match sys::recv_with_creds(s.sock.as_fd(), &mut buf) {

@@ -472,6 +472,11 @@ impl Shell {
     /// answer). At its end (every copy of the program's end closed) the door is closed.
     fn on_door(&mut self, id: usize) {
         loop {
+            if !sys::closer_keeps_up() {
+                // Fds programs sent wait to be closed: read nothing that could add to them (a
+                // program's ctl then times out and says so).
+                return;
+            }
             let Some(proxy) = self.proxy.as_mut() else {
                 return;
             };
@@ -651,6 +656,8 @@ impl Shell {
             return;
         };
         let _ = self.poll.registry().deregister(&mut client.stream);
+        // Bytes left unread may carry fds whose close waits: closed with it, off the loop.
+        sys::close_later(std::os::fd::OwnedFd::from(client.into_stream()));
         // Its follows would go on in the primary and the logger for nobody.
         for request in self.follows.remove(&id).unwrap_or_default() {
             if self.link.waiting.contains_key(&request) {

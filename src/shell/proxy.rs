@@ -10,7 +10,7 @@
 //! bounded, and a client that breaks a bound or the protocol is closed. Only connections
 //! passed through a door are served: there is no path to find.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
 use mio::net::UnixStream;
 use mio::{Interest, Registry, Token};
@@ -62,6 +62,11 @@ impl Client {
         c
     }
 
+    /// The connection itself, to be closed.
+    pub(super) fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+
     /// Reads everything the client sent (to WouldBlock: readiness is edge-triggered) and
     /// returns its requests, or why it must be closed. `Ok((_, true))` is the end of its input.
     pub(super) fn read(&mut self) -> Result<(Vec<(u32, Request)>, bool), String> {
@@ -69,7 +74,9 @@ impl Client {
         let mut buf = [0u8; 16 * 1024];
         let mut eof = false;
         loop {
-            match self.stream.read(&mut buf) {
+            // Fds a program sends along are closed off this loop (`close_soon`).
+            let got = crate::sys::recv_nowait(std::os::fd::AsFd::as_fd(&self.stream), &mut buf);
+            match got {
                 Ok(0) => {
                     eof = true;
                     break;

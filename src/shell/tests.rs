@@ -815,6 +815,51 @@ fn the_programs_control_socket_relays_progress_and_replies() {
     );
 }
 
+/// The third attacker's review: a console program sent, on its connection to the shell, a
+/// byte carrying a TCP socket set to linger whose peer never reads. The shell read the byte
+/// with a plain read, the kernel dropped the fd, and its last close (the linger) ran on the
+/// shell's loop. Fds that come on a program's connection are closed off the loop.
+#[test]
+fn a_lingering_socket_sent_on_a_programs_connection_never_blocks_the_shell() {
+    use std::io::Write as _;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let h = Harness::start_full("proxy-linger", Commands::default(), door(), listener, true);
+    let (_session, door) = program_door(&h);
+    let conn = sys::connect_through_door(
+        std::os::fd::AsRawFd::as_raw_fd(&door),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    // A TCP connection whose peer never reads, its send buffer full, set to linger 30 s.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let _peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut lingering, _) = l.accept().unwrap();
+    lingering.set_nonblocking(true).unwrap();
+    let chunk = [0u8; 65536];
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(10) && lingering.write(&chunk).is_ok() {}
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 30,
+    };
+    nix::sys::socket::setsockopt(&lingering, nix::sys::socket::sockopt::Linger, &linger).unwrap();
+    sys::send_with_fds(conn.as_fd(), b"x", &[lingering.as_fd()]).unwrap();
+    // Ours is not the last while the copy is in flight, so the shell's close is (unless the
+    // shell was quicker than this drop: then this thread lingers 30 s, and the test passes
+    // slowly without having tried anything).
+    drop(lingering);
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    let mut c = h.login();
+    let out = run(&mut c, "worker info");
+    assert_eq!(out[0], "  Current Workers: 3", "{out:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the shell answered after {:?}",
+        asked.elapsed()
+    );
+}
+
 /// A console command that shows its pid and control channel, then waits.
 fn door() -> Vec<CustomCommand> {
     vec![CustomCommand {

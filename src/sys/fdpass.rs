@@ -371,7 +371,11 @@ pub(crate) fn send_with_fds_nonblocking(
 /// Receives one message without waiting; attached fds, if any, are discarded by the kernel.
 /// `Ok(0)` is end-of-file on a SOCK_SEQPACKET socket.
 pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    socket::recv(sock.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(errno)
+    // With room for fds, so that any the peer sent are ours to close off this thread (without
+    // it the kernel drops them, and their last close runs here).
+    let (n, fds) = recv_all_fds(sock, buf)?;
+    fds.into_iter().for_each(super::close_soon);
+    Ok(n)
 }
 
 /// Whether the peer closed this SOCK_SEQPACKET socket with nothing left to read. Neither waits
