@@ -372,9 +372,17 @@ pub(crate) fn send_with_fds_nonblocking(
 /// `Ok(0)` is end-of-file on a SOCK_SEQPACKET socket.
 pub(crate) fn recv_nowait(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // With room for fds, so that any the peer sent are ours to close off this thread (without
-    // it the kernel drops them, and their last close runs here).
+    // it the kernel drops them, and their last close runs here). No peer read this way has
+    // fds to send: one that does breaks the protocol, and the caller closes it (a peer that
+    // sent fds again and again would fill our fd table while the closing thread is stuck).
     let (n, fds) = recv_all_fds(sock, buf)?;
-    fds.into_iter().for_each(super::close_soon);
+    if !fds.is_empty() {
+        fds.into_iter().for_each(super::close_soon);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "fds were sent where none belong",
+        ));
+    }
     Ok(n)
 }
 
@@ -503,6 +511,28 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(peer_closed(&y), "every fd of the datagram must be closed");
+    }
+
+    /// The fourth attacker's review: a peer that sends fds where none belong (a helper's link,
+    /// a control or program connection) could fill our fd table while the closing thread is
+    /// stuck. Its fds are closed off the caller's thread and the read is an error: the caller
+    /// closes that peer.
+    #[test]
+    fn fds_where_none_belong_are_an_error() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (x, y) = stream_pair().unwrap();
+        send_with_fds(a.as_fd(), b"x", &[x.as_fd()]).unwrap();
+        drop(x);
+        let mut buf = [0u8; 8];
+        let e = recv_nowait(b.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !peer_closed(&y) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(peer_closed(&y), "the fd was closed");
+        send_with_fds(a.as_fd(), b"ok", &[]).unwrap();
+        assert_eq!(recv_nowait(b.as_fd(), &mut buf).unwrap(), 2);
     }
 
     /// Issue 18, item 6: the pidfd that comes with a datagram tells whether its very sender

@@ -159,7 +159,10 @@ impl Helper {
     /// its fork and its exec; an event delivered meanwhile under the old token finds no link,
     /// or the next one, whose read does not block, and is harmless either way.
     pub(crate) fn close_link(&mut self) {
-        self.link = None;
+        // Messages left in it may carry fds whose close waits (a helper that misbehaves).
+        if let Some(link) = self.link.take() {
+            sys::close_later(link);
+        }
     }
 
     /// Sends `sig` to its process group, if it runs.
