@@ -411,7 +411,7 @@ impl Connections {
             }
             let _ = poll.registry().deregister(&mut conn.stream);
             // Bytes left unread may carry fds whose close waits: closed with it, off the loop.
-            crate::sys::close_later(std::os::fd::OwnedFd::from(conn.stream));
+            crate::sys::close_own(std::os::fd::OwnedFd::from(conn.stream));
         }
     }
 }

@@ -163,7 +163,7 @@ impl NotifySockets {
             let _ = poll.registry().deregister(&mut s.sock);
             let _ = std::fs::remove_file(&s.path);
             // Datagrams left in it may carry fds whose close waits: closed with the socket.
-            sys::close_later(std::os::fd::OwnedFd::from(s.sock));
+            sys::close_own(std::os::fd::OwnedFd::from(s.sock));
         }
     }
 

@@ -250,7 +250,7 @@ struct Proxy {
 fn shut(poll: &Poll, door: Door) {
     let raw = std::os::fd::AsRawFd::as_raw_fd(&door.fd);
     let _ = poll.registry().deregister(&mut mio::unix::SourceFd(&raw));
-    sys::close_later(door.fd);
+    sys::close_own(door.fd);
 }
 
 /// The shell's end of a console program's door.
@@ -657,7 +657,7 @@ impl Shell {
         };
         let _ = self.poll.registry().deregister(&mut client.stream);
         // Bytes left unread may carry fds whose close waits: closed with it, off the loop.
-        sys::close_later(std::os::fd::OwnedFd::from(client.into_stream()));
+        sys::close_own(std::os::fd::OwnedFd::from(client.into_stream()));
         // Its follows would go on in the primary and the logger for nobody.
         for request in self.follows.remove(&id).unwrap_or_default() {
             if self.link.waiting.contains_key(&request) {

@@ -213,6 +213,23 @@ pub(crate) fn pass_pidfd(sock: BorrowedFd<'_>) -> io::Result<()> {
     setsockopt_int(sock, libc::SOL_SOCKET, SO_PASSPIDFD, 1)
 }
 
+/// Whether nothing waits in socket `sock`'s receive queue, so that closing it closes no fd a
+/// peer sent: a peek finds nothing, or the end of a stream (fds ride only on a stream's
+/// bytes; a datagram or packet of no bytes may still carry them).
+pub(crate) fn queue_empty(sock: BorrowedFd<'_>) -> bool {
+    let mut byte = [0u8; 1];
+    let peeked = socket::recv(
+        sock.as_raw_fd(),
+        &mut byte,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    );
+    match peeked {
+        Err(nix::errno::Errno::EAGAIN) => true,
+        Ok(0) => socket::getsockopt(&sock, socket::sockopt::SockType) == Ok(SockType::Stream),
+        _ => false,
+    }
+}
+
 /// Receives one message without waiting, with every fd it carried however many there were and
 /// whether or not it was cut short (the caller decides how each is closed). `(0, _)` is the
 /// peer's end.
@@ -533,6 +550,22 @@ mod tests {
         assert!(peer_closed(&y), "the fd was closed");
         send_with_fds(a.as_fd(), b"ok", &[]).unwrap();
         assert_eq!(recv_nowait(b.as_fd(), &mut buf).unwrap(), 2);
+    }
+
+    /// The fifth attacker's review: a worker could stick the closing thread for good, and our
+    /// own sockets handed to it stayed open. A socket with nothing queued is closed at once.
+    #[test]
+    fn a_socket_is_told_empty_only_when_nothing_waits_in_it() {
+        let (a, b) = seqpacket_pair().unwrap();
+        assert!(queue_empty(b.as_fd()), "an empty link");
+        send_with_fds(a.as_fd(), b"x", &[]).unwrap();
+        assert!(!queue_empty(b.as_fd()), "a message waits");
+        let (c, d) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        c.send(b"").unwrap();
+        assert!(!queue_empty(d.as_fd()), "an empty datagram may carry fds");
+        let (e, f) = stream_pair().unwrap();
+        drop(e);
+        assert!(queue_empty(f.as_fd()), "a stream at its end");
     }
 
     /// Issue 18, item 6: the pidfd that comes with a datagram tells whether its very sender

@@ -28,9 +28,9 @@ pub(crate) use fd::{
 #[cfg(test)]
 pub(crate) use fdpass::getsockopt_int;
 pub(crate) use fdpass::{
-    at_eof, connect_through_door, pass_pidfd, recv_all_fds, recv_nowait, recv_with_creds,
-    recv_with_fds, send_nonblocking, send_with_fds, send_with_fds_nonblocking, seqpacket_pair,
-    setsockopt_int, stream_pair,
+    at_eof, connect_through_door, pass_pidfd, queue_empty, recv_all_fds, recv_nowait,
+    recv_with_creds, recv_with_fds, send_nonblocking, send_with_fds, send_with_fds_nonblocking,
+    seqpacket_pair, setsockopt_int, stream_pair,
 };
 pub(crate) use fork::{close_all_except, fork_with};
 pub(crate) use process::{
@@ -40,8 +40,8 @@ pub(crate) use process::{
 pub(crate) use procfs::{copy_fd_of, descends_from, pidfd_alive};
 pub(crate) use sched::{monotonic_ns, sched_defer, sched_normal};
 pub(crate) use signal::{
-    close_later, close_soon, closer_idle, closer_keeps_up, ignore_signals, reset_signals,
-    spawn_quiet_thread, unblock_signals,
+    close_later, close_own, close_soon, closer_idle, closer_keeps_up, ignore_signals,
+    reset_signals, spawn_quiet_thread, unblock_signals,
 };
 pub(crate) use spawn::{
     inherit_fd, no_inherited_fds, spawn_linked_role, spawn_role, take_role_link,

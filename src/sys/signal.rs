@@ -119,6 +119,18 @@ pub(crate) fn closer_idle() -> bool {
     })
 }
 
+/// Closes a socket of our own (a link, a connection, a notify socket) now when nothing waits
+/// in its queue, else on the closing thread: a message left in it may carry fds whose close
+/// waits. Closing now keeps our own closes out of the closing thread, which a worker may have
+/// stuck for good (a TCP pair it never reads, set to linger): there they would stay open.
+pub(crate) fn close_own(fd: std::os::fd::OwnedFd) {
+    if super::queue_empty(std::os::fd::AsFd::as_fd(&fd)) {
+        drop(fd);
+    } else {
+        close_later(fd);
+    }
+}
+
 /// Closes `fd` now when its close cannot wait ([`super::may_wait_on_close`]), else on the
 /// closing thread: for fds another process sent.
 pub(crate) fn close_soon(fd: std::os::fd::OwnedFd) {

@@ -161,7 +161,7 @@ impl Helper {
     pub(crate) fn close_link(&mut self) {
         // Messages left in it may carry fds whose close waits (a helper that misbehaves).
         if let Some(link) = self.link.take() {
-            sys::close_later(link);
+            sys::close_own(link);
         }
     }
 
