@@ -162,6 +162,12 @@ impl Connections {
                     return false;
                 }
             };
+            // A peer's out-of-band byte, fds attached, would be skipped by our reads and its
+            // fds closed on the loop: taken inline instead.
+            if let Err(e) = crate::sys::oob_inline(std::os::fd::AsFd::as_fd(&stream)) {
+                log::warn!("control socket: {}", lower(&e));
+                continue;
+            }
             match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
             {
                 Ok(cred) if cred.uid() == self.uid || cred.uid() == 0 => {}

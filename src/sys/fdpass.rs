@@ -19,15 +19,19 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     .map_err(errno)
 }
 
-/// A connected pair of SOCK_STREAM Unix sockets, both close-on-exec.
+/// A connected pair of SOCK_STREAM Unix sockets, both close-on-exec, both taking out-of-band
+/// data inline ([`oob_inline`]): either end may be read by us from a peer we do not trust.
 pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    socket::socketpair(
+    let (a, b) = socket::socketpair(
         AddressFamily::Unix,
         SockType::Stream,
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(errno)
+    .map_err(errno)?;
+    oob_inline(a.as_fd())?;
+    oob_inline(b.as_fd())?;
+    Ok((a, b))
 }
 
 /// Sends `bytes` with `fds` attached as SCM_RIGHTS. Uses the `sendfd` crate for the send side.
@@ -211,6 +215,14 @@ pub(crate) struct Sender {
 /// 6.5); an error on an older kernel.
 pub(crate) fn pass_pidfd(sock: BorrowedFd<'_>) -> io::Result<()> {
     setsockopt_int(sock, libc::SOL_SOCKET, SO_PASSPIDFD, 1)
+}
+
+/// Makes a Unix stream socket take out-of-band data (`MSG_OOB`, Linux 5.15) inline: without it
+/// a peer's OOB byte, with fds attached, is skipped by a peek and by an ordinary read, whose
+/// kernel then drops those fds and runs their last close on the reader's thread. Inline, the
+/// byte and its fds come as any other (see [`recv_all_fds`]).
+pub(crate) fn oob_inline(sock: BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_OOBINLINE, 1)
 }
 
 /// Whether nothing waits in socket `sock`'s receive queue, so that closing it closes no fd a
@@ -566,6 +578,36 @@ mod tests {
         let (e, f) = stream_pair().unwrap();
         drop(e);
         assert!(queue_empty(f.as_fd()), "a stream at its end");
+    }
+
+    /// The sixth attacker's review: a Unix stream peer's out-of-band byte with fds attached
+    /// was skipped by the peek and by an ordinary read, and the kernel closed its fds on the
+    /// reader's thread. Inline, the byte is seen and its fds come to us.
+    #[test]
+    fn an_out_of_band_byte_with_fds_is_seen_and_its_fds_received() {
+        let (a, b) = stream_pair().unwrap();
+        let (x, y) = stream_pair().unwrap();
+        let raw = [x.as_raw_fd()];
+        let cmsg = [socket::ControlMessage::ScmRights(&raw)];
+        let iov = [io::IoSlice::new(b"!")];
+        if socket::sendmsg::<()>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_OOB, None).is_err() {
+            // Linux before 5.15 has no MSG_OOB on Unix sockets: nothing to skip there.
+            return;
+        }
+        drop(x);
+        assert!(!queue_empty(b.as_fd()), "the out-of-band byte was skipped");
+        let mut buf = [0u8; 8];
+        let e = recv_nowait(b.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::InvalidData,
+            "its fd came with it: {e}"
+        );
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !peer_closed(&y) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(peer_closed(&y), "the fd was closed");
     }
 
     /// Issue 18, item 6: the pidfd that comes with a datagram tells whether its very sender

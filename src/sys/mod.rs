@@ -28,7 +28,7 @@ pub(crate) use fd::{
 #[cfg(test)]
 pub(crate) use fdpass::getsockopt_int;
 pub(crate) use fdpass::{
-    at_eof, connect_through_door, pass_pidfd, queue_empty, recv_all_fds, recv_nowait,
+    at_eof, connect_through_door, oob_inline, pass_pidfd, queue_empty, recv_all_fds, recv_nowait,
     recv_with_creds, recv_with_fds, send_nonblocking, send_with_fds, send_with_fds_nonblocking,
     seqpacket_pair, setsockopt_int, stream_pair,
 };
