@@ -470,6 +470,10 @@ impl Connections {
         };
         for c in image.conns {
             let fd = take(c.fd, "a control connection")?;
+            // An older release accepted it (or made the shell's link) without taking
+            // out-of-band data inline.
+            crate::sys::oob_inline(std::os::fd::AsFd::as_fd(&fd))
+                .map_err(|e| format!("a control connection: {}", lower(&e)))?;
             let mut stream = UnixStream::from_std(std::os::unix::net::UnixStream::from(fd));
             let id = ConnId(c.id as usize);
             poll.registry()
