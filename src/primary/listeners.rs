@@ -227,20 +227,7 @@ fn bind(spec: &ListenerSpec, resolved: Option<SocketAddr>, backlog: i32) -> io::
             remove_stale_unix_socket(path)?;
             let fd = unix_socket(&UnixAddr::new(path.as_path()).map_err(nixerr)?)?;
             // Before `listen`: nobody can connect until the file has its owner and mode.
-            let set = || -> io::Result<()> {
-                if o.owner.is_some() || o.group.is_some() {
-                    nix::unistd::chown(
-                        path.as_path(),
-                        o.owner.map(nix::unistd::Uid::from_raw),
-                        o.group.map(nix::unistd::Gid::from_raw),
-                    )
-                    .map_err(nixerr)?;
-                }
-                if let Some(mode) = o.mode {
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-                }
-                Ok(())
-            };
+            let set = || set_owner_and_mode(path, o.owner, o.group, o.mode);
             if let Err(e) = set() {
                 let _ = std::fs::remove_file(path);
                 return Err(e);
@@ -262,6 +249,53 @@ fn bind(spec: &ListenerSpec, resolved: Option<SocketAddr>, backlog: i32) -> io::
         fd,
         adopted: false,
     })
+}
+
+/// Gives the socket file just bound at `path` its `owner`, `group` and `mode`, through the file
+/// itself and never through the path again: whoever can write the directory could swap the
+/// name for a symlink to a file of root's between the bind and a `chown(path)`, which follows
+/// it (the eighth attacker's review of issue 18). The name is opened once with `O_PATH` and
+/// `O_NOFOLLOW`; it must still be a socket; the owner is set on that open file, the mode
+/// through `/proc/self/fd`, which names that very inode.
+fn set_owner_and_mode(
+    path: &std::path::Path,
+    owner: Option<u32>,
+    group: Option<u32>,
+    mode: Option<u32>,
+) -> io::Result<()> {
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::{fstat, Mode, SFlag};
+    if owner.is_none() && group.is_none() && mode.is_none() {
+        return Ok(());
+    }
+    let fd = open(
+        path,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(nixerr)?;
+    let st = fstat(&fd).map_err(nixerr)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return Err(io::Error::other(format!(
+            "{} is no longer the socket just bound (replaced meanwhile?)",
+            path.display()
+        )));
+    }
+    if owner.is_some() || group.is_some() {
+        nix::unistd::fchownat(
+            &fd,
+            "",
+            owner.map(nix::unistd::Uid::from_raw),
+            group.map(nix::unistd::Gid::from_raw),
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        )
+        .map_err(nixerr)?;
+    }
+    if let Some(mode) = mode {
+        let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        std::fs::set_permissions(proc_path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// A socket file left behind by a previous run is removed; a live one is "address in use".
@@ -349,6 +383,39 @@ mod tests {
 
     fn ipv6_here() -> bool {
         std::net::TcpListener::bind("[::1]:0").is_ok()
+    }
+
+    /// The eighth attacker's review of issue 18: between the bind and `chown(path)` the name
+    /// could become a symlink to a file of root's, which the chown followed. A name that is
+    /// not a socket is refused, and what it points to is left alone; a socket gets its mode.
+    #[test]
+    fn owner_and_mode_go_to_the_bound_socket_never_through_a_symlink() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("rs-sockmode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("target");
+        std::fs::write(&target, "root's").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.join("app.sock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let uid = nix::unistd::geteuid().as_raw();
+        let e = set_owner_and_mode(&link, Some(uid), None, Some(0o666)).unwrap_err();
+        assert!(
+            e.to_string().contains("no longer the socket") || e.raw_os_error() == Some(libc::ELOOP),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().mode() & 0o777,
+            0o600,
+            "followed"
+        );
+        let sock = dir.join("real.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        set_owner_and_mode(&sock, Some(uid), None, Some(0o640)).unwrap();
+        let meta = std::fs::symlink_metadata(&sock).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.uid()), (0o640, uid));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
