@@ -275,7 +275,13 @@ fn set_owner_and_mode(
     )
     .map_err(nixerr)?;
     let st = fstat(&fd).map_err(nixerr)?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+    // The socket just bound is ours and has one name: another socket hard-linked in its place
+    // (a service's control socket, where `fs.protected_hardlinks` is 0) is not (the ninth
+    // review). The O_PATH fd pins the inode checked here.
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK
+        || st.st_nlink != 1
+        || st.st_uid != nix::unistd::geteuid().as_raw()
+    {
         return Err(io::Error::other(format!(
             "{} is no longer the socket just bound (replaced meanwhile?)",
             path.display()
@@ -410,6 +416,12 @@ mod tests {
             0o600,
             "followed"
         );
+        // Another socket hard-linked in its place (a second name): refused too.
+        let other = dir.join("other.sock");
+        let _o = std::os::unix::net::UnixListener::bind(&other).unwrap();
+        let linked = dir.join("linked.sock");
+        std::fs::hard_link(&other, &linked).unwrap();
+        assert!(set_owner_and_mode(&linked, Some(uid), None, Some(0o666)).is_err());
         let sock = dir.join("real.sock");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         set_owner_and_mode(&sock, Some(uid), None, Some(0o640)).unwrap();
