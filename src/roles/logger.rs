@@ -80,21 +80,7 @@ const FIRST_PIPE: usize = 16;
 /// Runs the logger role; `args` are the words after `__logger`: `--uid U --gid G` when it
 /// must switch to the workers' user, whose bytes it parses, or nothing.
 pub(crate) fn run(args: &[OsString]) -> u8 {
-    sys::reset_signals();
-    let drop_to = match super::credentials(args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("reloadsup: logger: {e}");
-            return 2;
-        }
-    };
-    match serve(drop_to) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("reloadsup: logger: {}", lower(&e));
-            1
-        }
-    }
+    super::run_as_workers("logger", args, serve)
 }
 
 /// What a pipe's lines are labelled with.

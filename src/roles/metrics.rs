@@ -50,21 +50,7 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Runs the metrics role; `args` are the words after `__metrics`: `--uid U --gid G` when it
 /// must switch to the workers' user, or nothing.
 pub(crate) fn run(args: &[OsString]) -> u8 {
-    sys::reset_signals();
-    let drop_to = match super::credentials(args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("reloadsup: metrics: {e}");
-            return 2;
-        }
-    };
-    match serve(drop_to) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("reloadsup: metrics: {}", lower(&e));
-            1
-        }
-    }
+    super::run_as_workers("metrics", args, serve)
 }
 
 struct Shared {

@@ -35,6 +35,31 @@ pub(crate) fn credential_args(to: Option<(u32, u32)>) -> Vec<String> {
     }
 }
 
+/// Runs a role that switches to the workers' user: resets signals, reads `--uid U --gid G`
+/// from `args` (exit 2 on bad words), then `serve` with them (exit 1, said on stderr as
+/// `reloadsup: NAME: ...`, when it fails).
+pub(crate) fn run_as_workers(
+    name: &str,
+    args: &[OsString],
+    serve: impl FnOnce(Option<(u32, u32)>) -> std::io::Result<()>,
+) -> u8 {
+    crate::sys::reset_signals();
+    let drop_to = match credentials(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("reloadsup: {name}: {e}");
+            return 2;
+        }
+    };
+    match serve(drop_to) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("reloadsup: {name}: {}", crate::error::lower(&e));
+            1
+        }
+    }
+}
+
 /// The words `--uid U --gid G` (both or neither) after a role's name: the credentials a role
 /// that starts as root switches to once it holds what needs root.
 pub(crate) fn credentials(args: &[OsString]) -> Result<Option<(u32, u32)>, String> {

@@ -25,7 +25,6 @@ use reloadsup_protocol::{self as proto, Inspect, Looked, SeenListening, PROTOCOL
 
 pub(crate) use look::{socket_inode, tcp_address};
 
-use crate::error::lower;
 use crate::sys;
 
 /// How long it waits for a request before it exits.
@@ -42,21 +41,7 @@ const BUDGET: Duration = Duration::from_millis(500);
 /// Runs the inspector role; `args` are the words after `__inspector`: `--uid U --gid G` when
 /// it must switch to the workers' user, or nothing.
 pub(crate) fn run(args: &[OsString]) -> u8 {
-    sys::reset_signals();
-    let drop_to = match super::credentials(args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("reloadsup: inspector: {e}");
-            return 2;
-        }
-    };
-    match serve(drop_to) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("reloadsup: inspector: {}", lower(&e));
-            1
-        }
-    }
+    crate::roles::run_as_workers("inspector", args, serve)
 }
 
 fn serve(drop_to: Option<(u32, u32)>) -> io::Result<()> {
